@@ -1,0 +1,31 @@
+"""onespike: ANN-to-SNN conversion with single-spike phase coding and base manipulation.
+
+import onespike
+snn = onespike.convert(ann, calibration, phases=8)
+logits = snn(x)                               # event-exact fast path
+run = snn.simulate(x, mode="step")            # step-by-step simulator
+report = onespike.cost(ann, snn, x)           # ops, spikes, energy
+"""
+
+from onespike.accounting import CostReport, cost
+from onespike.convert import convert
+from onespike.errors import CalibrationError
+from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
+from onespike.plan import LayerPlan, Plan
+from onespike.trace import UnsupportedModelError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationError",
+    "CostReport",
+    "LayerPlan",
+    "Plan",
+    "SimulationResult",
+    "SpikeLayer",
+    "SpikingNetwork",
+    "UnsupportedModelError",
+    "__version__",
+    "convert",
+    "cost",
+]

@@ -1,0 +1,370 @@
+"""Cost accounting: operations, spikes and energy of the ANN and of its SNN.
+
+Both networks are counted on the same inputs, layer by layer (a layer's row
+holds the operations of its incoming synapses and the updates of its own
+neurons), per inference (averaged over the batch).
+
+ANN: multiply-accumulates (MACs) of every Conv/Linear/matrix product, and the
+share of them whose input is non-zero. Pooling, adds and BatchNorm (folded)
+are not counted, as usual.
+
+SNN:
+- synaptic operations (ACs): each spike costs one accumulate per outgoing
+  synapse. Average pooling in front of a weighted layer is folded into it (a
+  spike reaches every output its pooled kernel covers); an identity shortcut
+  costs one accumulate per spike.
+- MACs where a weighted layer takes analog values (the analog input layer).
+- neuron updates: in the input window, one multiply by the sender's base per
+  step and compartment (an analog input compartment adds its constant current
+  instead: one add per step); in the fire window, one multiply and one compare
+  per step until the neuron fires (all ``T`` steps if it never does).
+- spikes per neuron of every spiking layer (mean and max).
+
+Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
+memory access 5 pJ. Compute-only: ANN = MACs x 4.6; SNN = ACs x 0.9 + MACs x
+4.6 + input-window multiplies x 3.7 (adds x 0.9) + fire-window steps x (3.7 +
+0.9). With memory: one access (5 pJ) per MAC or AC (the weight) and per neuron
+update (the membrane). The ANN figures count every MAC (dense hardware).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from onespike.graph import Region, Runner, weighted_call
+from onespike.network import SimulationResult, SpikingNetwork
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+E_ADD = 0.9  # pJ
+E_MUL = 3.7
+E_MAC = 4.6
+E_MEM = 5.0
+
+
+@dataclass
+class LayerCost:
+    """Per-inference figures of one layer (its incoming synapses and its neurons)."""
+
+    name: str
+    neurons: int
+    ann_macs: float
+    ann_nonzero_macs: float
+    snn_acs: float
+    snn_macs: float
+    input_updates: float  # multiplies (or adds, analog) in the input window
+    input_adds: float
+    fire_updates: float  # multiply + compare steps in the fire window
+    spikes: float
+    spikes_per_neuron_mean: float
+    spikes_per_neuron_max: int
+
+
+@dataclass
+class CostReport:
+    """Operations, spikes and energy per inference for an ANN and its SNN."""
+
+    phases: int
+    latency_steps: int
+    samples: int
+    layers: list[LayerCost]
+    input_spikes: float = 0.0
+    totals: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "phases": self.phases,
+            "latency_steps": self.latency_steps,
+            "samples": self.samples,
+            "input_spikes": self.input_spikes,
+            "layers": [asdict(r) for r in self.layers],
+            "totals": dict(self.totals),
+            "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
+        }
+
+    def table(self) -> str:
+        head = ("layer", "neurons", "ANN MACs", "SNN ACs", "SNN MACs", "updates", "spk/neur", "max")
+        rows = [head]
+        for r in self.layers:
+            rows.append(
+                (
+                    r.name,
+                    str(r.neurons),
+                    f"{r.ann_macs:,.0f}",
+                    f"{r.snn_acs:,.0f}",
+                    f"{r.snn_macs:,.0f}",
+                    f"{r.input_updates + r.input_adds + r.fire_updates:,.0f}",
+                    f"{r.spikes_per_neuron_mean:.3f}",
+                    str(r.spikes_per_neuron_max),
+                )
+            )
+        w = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = [
+            "  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows
+        ]
+        lines.insert(1, "  ".join("-" * x for x in w))
+        t = self.totals
+        lines.append(
+            f"energy per inference: ANN {t['ann_energy_compute_pj'] / 1e6:.3f} uJ, "
+            f"SNN {t['snn_energy_compute_pj'] / 1e6:.3f} uJ (compute only, ratio "
+            f"{t['energy_ratio_compute']:.2f}x); with memory: ANN "
+            f"{t['ann_energy_total_pj'] / 1e6:.3f} uJ, SNN {t['snn_energy_total_pj'] / 1e6:.3f} uJ "
+            f"(ratio {t['energy_ratio_total']:.2f}x)"
+        )
+        return "\n".join(lines)
+
+
+def _ones_op(runner: Runner, node: Node, m: Tensor, const_env: dict) -> Tensor:
+    """Apply a weighted node with every existing synapse weighing 1 (and no bias) to counts."""
+    if node.op == "call_module":
+        mod = runner.modules[node.target]
+        w = (mod.weight != 0).to(m.dtype)
+        return weighted_call(mod, m, bias=False, weight=w)
+    mat = const_env[node.args[0]]
+    if mat.is_sparse:
+        ind = torch.sparse_coo_tensor(
+            mat._indices(), torch.ones_like(mat._values(), dtype=m.dtype), mat.shape
+        )
+        return torch.sparse.mm(ind, m)
+    return (mat != 0).to(m.dtype) @ m
+
+
+def _pool_area(runner: Runner, node: Node, m_in: Tensor, m_out: Tensor) -> float:
+    mod = runner.modules.get(node.target) if node.op == "call_module" else None
+    k = getattr(mod, "kernel_size", None)
+    if k is None and node.op == "call_function" and len(node.args) > 1:
+        k = node.args[1] if node.target in (F.avg_pool1d, F.avg_pool2d) else None
+    if k is not None:
+        return float(math.prod(k) if isinstance(k, (tuple, list)) else k ** (m_in.dim() - 2))
+    return m_in[0].numel() / m_out[0].numel()  # adaptive pooling, divisible sizes
+
+
+def _is_pool(runner: Runner, node: Node) -> bool:
+    pools = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+    if node.op == "call_module":
+        return isinstance(runner.modules[node.target], pools)
+    return node.op == "call_function" and node.target in (
+        F.avg_pool1d,
+        F.avg_pool2d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_avg_pool2d,
+    )
+
+
+def _is_add(node: Node) -> bool:
+    return node.target in (operator.add, torch.add, "add")
+
+
+def _weighted_input(node: Node) -> Node:
+    return node.args[0] if node.op == "call_module" else node.args[1]
+
+
+def count_region(
+    runner: Runner, reg: Region, tags: dict[Node, tuple[str, Tensor]], const_env: dict
+) -> tuple[float, float]:
+    """(accumulates, multiply-accumulates) of a region, summed over the batch.
+
+    ``tags[source] = ("events", counts)`` for spike sources (spikes per
+    element) or ``("dense", values)`` for analog values. Events stay events
+    through reshapes, concatenation and pooling (which multiplies them by the
+    pool area: the pooling is folded into the next weighted layer); a weighted
+    layer costs one AC per event and synapse, or one MAC per synapse on dense
+    values; events added onto membranes (identity shortcut) cost one AC each.
+    """
+    kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
+    val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
+    acs = macs = 0.0
+    for n in reg.nodes:
+        r = runner.role(n)
+        if r in ("shape", "const"):
+            val[n] = runner.run_node(n, val)
+            kind[n] = r
+            continue
+        ins = [a for a in n.all_input_nodes if kind.get(a) in ("events", "dense")]
+        kinds = {kind[a] for a in ins}
+        if r == "weighted":
+            arg = _weighted_input(n)
+            m = val[arg]
+            if kind[arg] == "events":
+                acs += float(_ones_op(runner, n, m, const_env).sum())
+            else:
+                macs += float(_ones_op(runner, n, torch.ones_like(m), const_env).sum())
+            val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
+            kind[n] = "dense"
+        elif kinds == {"events"} and not _is_add(n):
+            out = runner.run_node(n, val)
+            if _is_pool(runner, n):
+                out = out * _pool_area(runner, n, val[ins[0]], out)
+            val[n] = out
+            kind[n] = "events"
+        else:
+            acs += sum(float(val[a].sum()) for a in ins if kind[a] == "events")
+            val[n] = runner.run_node(n, val)
+            kind[n] = "dense"
+    if kind.get(reg.pre) == "events":  # pooled spikes straight onto membranes
+        acs += float(val[reg.pre].sum())
+    return acs, macs
+
+
+def ann_counts(runner: Runner, reg: Region, env: dict[Node, object]) -> tuple[float, float]:
+    """(MACs, MACs whose input is non-zero) of the weighted layers of an ANN region."""
+    dense = nonzero = 0.0
+    consts = {k: v for k, v in env.items() if k.op == "get_attr"}
+    for n in reg.nodes:
+        if runner.role(n) != "weighted":
+            continue
+        x = env[_weighted_input(n)]
+        dense += float(_ones_op(runner, n, torch.ones_like(x), consts).sum())
+        nonzero += float(_ones_op(runner, n, (x != 0).to(x.dtype), consts).sum())
+    return dense, nonzero
+
+
+@torch.no_grad()
+def cost(
+    ann: nn.Module | None,
+    snn: SpikingNetwork,
+    x: Tensor,
+    *,
+    run: SimulationResult | None = None,
+    mode: str = "event",
+) -> CostReport:
+    """Count operations, spikes and energy of ``snn`` and of its ANN on inputs ``x``.
+
+    ``ann`` is the original model (checked against ``snn``; the counts use the
+    folded copy ``snn.ann_graph``, which computes the same function). ``run``
+    reuses a simulation of ``x``; otherwise one is made with ``mode``
+    (``"event"`` or ``"step"``, which give the same spikes).
+    """
+    snn.check_input(x)
+    if ann is not None:
+        y = ann.eval()(x[:1])
+        if y.shape[1:] != snn(x[:1]).shape[1:]:
+            raise ValueError("the ANN and the SNN produce outputs of different shapes")
+    run = run if run is not None else snn.simulate(x, mode=mode)
+    n = x.shape[0]
+    T = snn.phases
+    ann_runner = Runner(snn.ann_graph)
+    ann_env = ann_runner.forward_all(x)
+    runner = Runner(snn.graph_module)
+    tags, bases = _spike_tags(runner, run, x)
+    consts = {k: v[1] for k, v in tags.items() if v[0] in ("const", "shape")}
+    ann_targets = [nd for nd in ann_runner.nodes if ann_runner.role(nd) == "relu"]
+    snn_targets = [nd for nd in runner.nodes if runner.role(nd) == "relu"]
+    ann_targets.append(next(nd for nd in ann_runner.nodes if nd.op == "output"))
+    snn_targets.append(next(nd for nd in runner.nodes if nd.op == "output"))
+    rows: list[LayerCost] = []
+    for a_t, s_t in zip(ann_targets, snn_targets):
+        a_reg = ann_runner.region(a_t)
+        dense, nonzero = ann_counts(ann_runner, a_reg, ann_env)
+        s_reg = runner.region(s_t)
+        srcs = s_reg.spike_sources
+        acs, macs = count_region(runner, s_reg, {s: tags[s] for s in srcs}, consts)
+        neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
+        spike_comps = {bases[s] for s in srcs if tags[s][0] == "events"}
+        analog = any(tags[s][0] == "dense" for s in srcs)
+        in_mul = len(spike_comps) * T * neurons * n
+        in_add = (T * neurons * n) if analog else 0
+        if s_t.op == "output":
+            name, fire, spikes, mean, mx = "output", 0.0, 0.0, 0.0, 0
+        else:
+            name = runner.modules[s_t.target].name
+            ph = run.spike_phases[name]
+            fire = float(torch.where(ph >= 0, ph + 1, torch.full_like(ph, T)).sum())
+            cnt = run.spike_counts[name]
+            spikes = float(cnt.sum())
+            mean, mx = spikes / cnt.numel(), int(cnt.max())
+        rows.append(
+            LayerCost(
+                name=name,
+                neurons=neurons,
+                ann_macs=dense / n,
+                ann_nonzero_macs=nonzero / n,
+                snn_acs=acs / n,
+                snn_macs=macs / n,
+                input_updates=in_mul / n,
+                input_adds=in_add / n,
+                fire_updates=fire / n,
+                spikes=spikes / n,
+                spikes_per_neuron_mean=mean,
+                spikes_per_neuron_max=mx,
+            )
+        )
+    in_spk = float(run.input_spikes.sum()) / n if run.input_spikes is not None else 0.0
+    report = CostReport(T, snn.plan.latency_steps, n, rows, in_spk)
+    report.totals = _totals(rows)
+    return report
+
+
+def _spike_tags(
+    runner: Runner, run: SimulationResult, x: Tensor
+) -> tuple[dict[Node, tuple[str, object]], dict[Node, float]]:
+    """Spikes per element of every spike source (events), the input (dense), constants."""
+    tags: dict[Node, tuple[str, object]] = {}
+    bases: dict[Node, float] = {}
+    for node in runner.nodes:
+        r = runner.role(node)
+        vals = {a: v for a, (_, v) in tags.items()}
+        if node.op == "placeholder":
+            tags[node] = ("dense", x)
+        elif r == "input":
+            tags[node] = ("events", run.input_spikes.to(x.dtype))
+            enc = runner.modules[node.target]
+            bases[node] = 2.0 if enc.coding == "phase" else enc.layer.base
+        elif r == "relu":
+            mod = runner.modules[node.target]
+            tags[node] = ("events", run.spike_counts[mod.name].to(x.dtype))
+            bases[node] = mod.base
+        elif r == "const":
+            tags[node] = ("const", runner.run_node(node, vals))
+        elif runner.is_source(node):
+            out = runner.run_node(node, vals)
+            if r == "maxpool":  # the first spike of each pool window passes
+                out = (out > 0).to(x.dtype)
+            tags[node] = ("events", out)
+            bases[node] = bases[node.args[0]]
+        elif r == "shape" and all(a in tags for a in node.all_input_nodes):
+            tags[node] = ("shape", runner.run_node(node, vals))
+    return tags, bases
+
+
+def _totals(rows: list[LayerCost]) -> dict:
+    ann_macs = sum(r.ann_macs for r in rows)
+    acs = sum(r.snn_acs for r in rows)
+    macs = sum(r.snn_macs for r in rows)
+    mul = sum(r.input_updates for r in rows)
+    add = sum(r.input_adds for r in rows)
+    fire = sum(r.fire_updates for r in rows)
+    hidden = [r for r in rows if r.name != "output"]
+    neurons = sum(r.neurons for r in hidden)
+    spikes = sum(r.spikes for r in hidden)
+    ann_c = ann_macs * E_MAC
+    snn_c = acs * E_ADD + macs * E_MAC + mul * E_MUL + add * E_ADD + fire * (E_MUL + E_ADD)
+    ann_t = ann_c + ann_macs * E_MEM
+    snn_t = snn_c + (acs + macs + mul + add + fire) * E_MEM
+    return {
+        "ann_macs": ann_macs,
+        "ann_nonzero_macs": sum(r.ann_nonzero_macs for r in rows),
+        "snn_acs": acs,
+        "snn_macs": macs,
+        "snn_neuron_updates": mul + add + fire,
+        "spikes": spikes,
+        "hidden_neurons": neurons,
+        "spikes_per_neuron_mean": spikes / neurons if neurons else 0.0,
+        "spikes_per_neuron_max": max((r.spikes_per_neuron_max for r in hidden), default=0),
+        "ann_energy_compute_pj": ann_c,
+        "snn_energy_compute_pj": snn_c,
+        "ann_energy_total_pj": ann_t,
+        "snn_energy_total_pj": snn_t,
+        "energy_ratio_compute": ann_c / snn_c if snn_c else float("inf"),
+        "energy_ratio_total": ann_t / snn_t if snn_t else float("inf"),
+    }
+
+
+__all__ = ["CostReport", "LayerCost", "ann_counts", "cost", "count_region"]

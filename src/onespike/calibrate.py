@@ -1,0 +1,354 @@
+"""Calibration: observe the ANN, then search each layer's code (scale and base).
+
+The search runs layer by layer in topological order. For layer ``l`` the
+layers before it are already converted, so the pre-activation it sees carries
+their error. Every candidate ``(scale, base)`` is scored by the objective:
+
+- ``"next"`` (default): the relative squared error that reaches the places the
+  layer's spikes arrive: the pre-activations of the next spiking layers (or
+  the logits), against the ANN's, with the rest of the network as converted so
+  far. This measures the error that matters and lets a layer compensate for
+  the error upstream.
+- ``"activation"`` (the paper's search): the relative squared error between
+  the layer's ANN activation and its code.
+
+Candidates: bases on a grid ``1.05 .. 2.00`` (or fixed), scales at high
+percentiles of the layer's positive activations (or fixed to the max or to a
+given percentile), per layer or per channel. Optional: bias correction of the
+next layer for the mean error of the code. ``base="global"`` searches one
+base shared by every layer, scored by the error of the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx
+from tqdm.auto import tqdm
+
+from onespike.codes import multiphase
+from onespike.codes import phase as pc
+from onespike.graph import Region, Runner
+from onespike.network import channel_shape
+from onespike.plan import LayerPlan, Plan
+from onespike.trace import TracedModel
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+BASE_GRID: tuple[float, ...] = tuple(round(1.05 + 0.05 * i, 2) for i in range(20))
+SCALE_PERCENTILES: tuple[float, ...] = (100.0, 99.99, 99.9, 99.7, 99.5, 99.0, 98.0)
+OBJECTIVES = ("next", "activation")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What the search may choose. See :func:`onespike.convert` for the meaning."""
+
+    phases: int
+    base: str | float | tuple[float, ...] = "auto"
+    scale: str | float = "auto"
+    shift: bool = True
+    objective: str = "next"
+    per_channel: bool = False
+    bias_correction: bool = False
+    input_coding: str = "analog"
+
+    def describe(self) -> dict:
+        return {
+            "base": self.base if isinstance(self.base, str) else "fixed",
+            "scale": self.scale,
+            "objective": self.objective,
+            "per_channel": self.per_channel,
+            "bias_correction": self.bias_correction,
+            "shift": self.shift,
+        }
+
+
+def _rel_err(a: Tensor, ref: Tensor) -> float:
+    den = float((ref.double() ** 2).sum())
+    num = float(((a.double() - ref.double()) ** 2).sum())
+    return num / den if den > 0 else num
+
+
+def _percentiles(values: Tensor, qs: Sequence[float], per_channel: bool) -> list[Tensor]:
+    """Percentiles of the positive values (per channel along dim 1 if asked)."""
+    gen = np.random.default_rng(0)
+    if per_channel and values.dim() >= 2:
+        c = values.shape[1]
+        flat = values.transpose(0, 1).reshape(c, -1).double().numpy()
+        out = []
+        for q in qs:
+            row = []
+            for ch in flat:
+                pos = ch[ch > 0]
+                row.append(np.percentile(pos, q) if pos.size else 0.0)
+            out.append(torch.tensor(row, dtype=torch.float32))
+        return [_safe_scale(s) for s in out]
+    flat = values.reshape(-1).double().numpy()
+    pos = flat[flat > 0]
+    if pos.size > 2_000_000:
+        keep = np.concatenate([gen.choice(pos, 2_000_000, replace=False), [pos.max()]])
+        pos = keep
+    if pos.size == 0:
+        return [torch.tensor(1.0)]
+    return [_safe_scale(torch.tensor(float(np.percentile(pos, q)))) for q in qs]
+
+
+def _safe_scale(s: Tensor) -> Tensor:
+    """Scales must be > 0: a dead channel gets scale 1 (it never fires anyway)."""
+    s = s.to(torch.float32)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+class _Search:
+    def __init__(self, traced: TracedModel, x: Tensor, cfg: SearchConfig, progress: bool):
+        self.traced = traced
+        self.cfg = cfg
+        self.x = x
+        self.progress = progress
+        self.runner = Runner(traced.module)
+        r = self.runner
+        self.relus = traced.relus
+        self.input = traced.input_node
+        self.output = next(n for n in r.nodes if n.op == "output")
+        with torch.no_grad():
+            self.ann = r.forward_all(x)
+        self.regions: dict[Node, Region] = {t: r.region(t) for t in [*self.relus, self.output]}
+        self.consumers: dict[Node, list[Node]] = {n: [] for n in [self.input, *self.relus]}
+        for t, reg in self.regions.items():
+            roots = {self._root(s) for s in reg.spike_sources}
+            for root in roots:
+                if root is not None:
+                    self.consumers[root].append(t)
+        self.derived: dict[Node, list[Node]] = {n: [] for n in [self.input, *self.relus]}
+        for n in r.nodes:
+            role = r.role(n)
+            if n.op != "placeholder" and role in ("maxpool", "linear") and r.is_source(n):
+                self.derived[self._root(n)].append(n)
+
+    def _root(self, src: Node) -> Node | None:
+        if src.op == "placeholder":
+            return src
+        if not self.runner.is_spiking(src):
+            return None
+        return self.runner.spiking_chain(src)[0]
+
+    # --- the converted network so far -------------------------------------------------
+    def quantizer(self, scale: Tensor, base: float) -> Callable[[Tensor], Tensor]:
+        phases, shift = self.cfg.phases, self.cfg.shift
+
+        def q(pre: Tensor) -> Tensor:
+            return pc.quantize(pre, channel_shape(scale, pre.dim()), base, phases, shift=shift)
+
+        return q
+
+    def env_with(self, chosen: dict[Node, tuple[Tensor, float]]) -> dict[Node, object]:
+        """Every node's value with the chosen layers converted, the others plain ReLU."""
+        repl = {n: self.quantizer(s, b) for n, (s, b) in chosen.items() if n is not self.input}
+        runner = Runner(self.traced.module, repl)
+        env: dict[Node, object] = {}
+        x = self.encode_input(chosen)
+        with torch.no_grad():
+            for n in runner.nodes:
+                env[n] = x if n.op == "placeholder" else runner.run_node(n, env)
+        return env
+
+    def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
+        if self.cfg.input_coding == "phase":
+            return multiphase.decode(multiphase.encode(self.x, self.cfg.phases), self.cfg.phases)
+        if self.cfg.input_coding == "single" and self.input in chosen:
+            s, b = chosen[self.input]
+            return self.quantizer(s, b)(self.x)
+        return self.x
+
+    def score(self, node: Node, q: Tensor, env: dict[Node, object]) -> float:
+        """Relative squared error at the consumers of ``node`` when it outputs ``q``."""
+        if self.cfg.objective == "activation":
+            ref = self.ann[node]
+            return _rel_err(q, ref)
+        env = dict(env)
+        env[node] = q
+        with torch.no_grad():
+            self.runner.run(env, self.derived[node])
+            total = 0.0
+            for t in self.consumers[node]:
+                reg = self.regions[t]
+                self.runner.run(env, reg.nodes)
+                total += _rel_err(env[reg.pre], self.ann[reg.pre])
+        return total
+
+    # --- the search ------------------------------------------------------------------
+    def candidates_for(self, layer_index: int, values: Tensor) -> tuple[list[Tensor], list[float]]:
+        cfg = self.cfg
+        if isinstance(cfg.base, tuple):
+            bases = [cfg.base[layer_index]]
+        elif isinstance(cfg.base, (int, float)):
+            bases = [float(cfg.base)]
+        else:
+            bases = list(BASE_GRID)
+        if cfg.scale == "auto":
+            qs: Sequence[float] = SCALE_PERCENTILES
+        elif cfg.scale == "max":
+            qs = (100.0,)
+        else:
+            qs = (float(cfg.scale),)
+        return _percentiles(values, qs, cfg.per_channel), bases
+
+    def search_layer(
+        self, node: Node, index: int, env: dict[Node, object], bases_override: list[float] | None
+    ) -> tuple[Tensor, float, float]:
+        if node is self.input:
+            pre = self.x
+            stats = self.x
+        else:
+            pre_node = node.args[0]
+            pre = env[pre_node] if self.cfg.objective == "next" else self.ann[pre_node]
+            stats = pre
+        scales, bases = self.candidates_for(index, stats)
+        if bases_override is not None:
+            bases = bases_override
+        best = (float("inf"), scales[0], bases[0])
+        cache: dict[tuple[int, float], float] = {}
+
+        def evaluate(i: int, b: float) -> None:
+            nonlocal best
+            if (i, b) in cache:
+                return
+            q = self.quantizer(scales[i], b)(pre)
+            e = cache[(i, b)] = self.score(node, q, env)
+            if e < best[0]:
+                best = (e, scales[i], b)
+
+        # coarse to fine: every other base of the grid, then the neighbours of the best
+        for i in range(len(scales)):
+            for b in bases[1::2] if len(bases) > 2 else bases:
+                evaluate(i, b)
+            j = bases.index(min((b for (k, b) in cache if k == i), key=lambda b: cache[(i, b)]))
+            for b in bases[max(j - 1, 0) : j + 2]:
+                evaluate(i, b)
+        return best[1], best[2], best[0]
+
+    def bias_correct(self, node: Node, env: dict[Node, object]) -> None:
+        """Shift the bias of each consumer's last Conv/Linear by the mean error per channel."""
+        with torch.no_grad():
+            env = dict(env)
+            self.runner.run(env, self.derived[node])
+            for t in self.consumers[node]:
+                reg = self.regions[t]
+                if self.runner.role(reg.pre) != "weighted" or reg.pre.op != "call_module":
+                    continue
+                m = self.runner.modules[reg.pre.target]
+                if m.bias is None:
+                    continue
+                self.runner.run(env, reg.nodes)
+                diff = (env[reg.pre] - self.ann[reg.pre]).double()
+                dims = [d for d in range(diff.dim()) if d != 1] if diff.dim() > 1 else [0]
+                mean = diff.mean(dim=dims)
+                m.bias.data -= mean.to(m.bias.dtype)
+
+    def run_sequential(self, bases_override: list[float] | None = None, desc: str = "calibrate"):
+        chosen: dict[Node, tuple[Tensor, float]] = {}
+        errors: dict[Node, float] = {}
+        order = ([self.input] if self.cfg.input_coding == "single" else []) + list(self.relus)
+        it = tqdm(order, desc=desc, disable=not self.progress, leave=False)
+        for i, node in enumerate(it):
+            env = self.env_with(chosen)
+            idx = i - (1 if self.cfg.input_coding == "single" else 0)
+            s, b, e = self.search_layer(node, idx, env, bases_override)
+            chosen[node] = (s, b)
+            errors[node] = e
+            if self.cfg.bias_correction and node is not self.input:
+                env = self.env_with(chosen)
+                self.bias_correct(node, env)
+        return chosen, errors
+
+    def output_error(self, chosen: dict[Node, tuple[Tensor, float]]) -> float:
+        env = self.env_with(chosen)
+        pre = self.regions[self.output].pre
+        return _rel_err(env[pre], self.ann[pre])
+
+
+def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int], int]:
+    """Fire window of every spiking layer and the output's input window.
+
+    The input is sent (or applied as a current) in window 0. A layer listens
+    in the latest fire window among its sources and fires in the next one.
+    """
+    fire: dict[Node, int] = {}
+
+    def src_window(s: Node) -> int:
+        if s.op == "placeholder" or runner.role(s) == "input":
+            return 0
+        root = runner.spiking_chain(s)[0]
+        return 0 if root.op == "placeholder" else fire[root]
+
+    for n in relus:
+        reg = runner.region(n)
+        srcs = [s for s in reg.spike_sources]
+        fire[n] = max((src_window(s) for s in srcs), default=0) + 1
+    out = next(n for n in runner.nodes if n.op == "output")
+    reg = runner.region(out)
+    if runner.is_spiking(reg.pre):
+        out_window = fire[runner.spiking_chain(reg.pre)[0]]
+    else:
+        out_window = max((src_window(s) for s in reg.spike_sources), default=0)
+    return fire, out_window
+
+
+def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bool = True) -> Plan:
+    """Search every spiking layer's code on calibration inputs ``x`` ``[N, ...]``.
+
+    Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
+    biases); ``traced`` is the converter's private copy of the ANN.
+    """
+    search = _Search(traced, x, cfg, progress)
+    if cfg.base == "global":
+        best = None
+        for b in tqdm(BASE_GRID, desc="global base", disable=not progress, leave=False):
+            chosen, errors = search.run_sequential([b], desc=f"base {b}")
+            e = search.output_error(chosen)
+            if best is None or e < best[0]:
+                best = (e, b, chosen, errors)
+        assert best is not None
+        _, _, chosen, errors = best
+    else:
+        chosen, errors = search.run_sequential()
+    env = search.env_with(chosen)
+    fire, out_window = fire_windows(search.runner, search.relus)
+
+    def lp_for(node: Node, name: str, act: Tensor, pre: Tensor, window: int) -> LayerPlan:
+        s, b = chosen[node]
+        q = search.quantizer(s, b)(pre)
+        scale = tuple(float(v) for v in s) if s.dim() > 0 else float(s)
+        return LayerPlan(
+            name=name,
+            neurons=int(act[0].numel()),
+            scale=scale,
+            base=float(b),
+            phases=cfg.phases,
+            shift=cfg.shift,
+            act_error=_rel_err(q, act),
+            out_error=float(errors[node]),
+            fire_window=window,
+        )
+
+    layers = []
+    for n in search.relus:
+        pre = env[n.args[0]]
+        layers.append(lp_for(n, traced.names[n], torch.relu(pre), pre, fire[n]))
+    inp = None
+    if cfg.input_coding == "single":
+        inp = lp_for(search.input, "input", x, x, 0)
+    search_info = cfg.describe()
+    return Plan(
+        phases=cfg.phases,
+        input_coding=cfg.input_coding,
+        layers=tuple(layers),
+        input=inp,
+        latency_steps=(out_window + 1) * cfg.phases,
+        search=search_info,
+    )

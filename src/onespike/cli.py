@@ -1,0 +1,212 @@
+"""Command line: ``onespike demo`` and ``onespike convert``. Thin: calls the public API.
+
+A user's mistake (a missing data file, an unsupported layer, a bad option)
+prints one line starting with ``error:`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from onespike.convert import convert
+from onespike.data import DataError
+from onespike.errors import CalibrationError
+from onespike.evaluate import EvalResult, evaluate
+from onespike.models import PretrainedWeightsNotFoundError
+from onespike.network import SpikingNetwork
+from onespike.trace import UnsupportedModelError
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+class UserError(Exception):
+    """A mistake on the command line; printed as one line."""
+
+
+def load_dataset(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from onespike import data
+
+    if name == "mnist":
+        return data.load_mnist(split)
+    if name == "fashion-mnist":
+        return data.load_fashion_mnist(split)
+    if name == "cifar10":
+        return data.load_cifar10(split)
+    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def calibration_set(dataset: str, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """``n`` training images (fixed seed); the MNIST fallback is the shipped test set."""
+    try:
+        x, _ = load_dataset(dataset, "train")
+        where = f"{n} training images (seed {seed})"
+    except DataError:
+        if dataset != "mnist":
+            raise
+        x, _ = load_dataset(dataset, "test")
+        where = f"{n} TEST images (MNIST training set not found; set ONESPIKE_DATA)"
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=g)[:n]
+    return x[idx], where
+
+
+def load_user_model(spec: str) -> nn.Module:
+    """``package.module:function`` returning a trained ``nn.Module``."""
+    if ":" not in spec:
+        raise UserError(f"--model must look like package.module:function, got {spec!r}")
+    mod_name, fn_name = spec.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UserError(f"cannot import module {mod_name!r} for --model: {e}") from None
+    fn = getattr(mod, fn_name, None)
+    if fn is None or not callable(fn):
+        raise UserError(f"module {mod_name!r} has no callable {fn_name!r}")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def _parse_base(s: str) -> str | float | list[float]:
+    if s in ("auto", "global"):
+        return s
+    try:
+        vals = [float(v) for v in s.split(",")]
+    except ValueError:
+        raise UserError(f"--base must be auto, global, a number or a list, got {s!r}") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _parse_scale(s: str) -> str | float:
+    if s in ("auto", "max"):
+        return s
+    try:
+        return float(s)
+    except ValueError:
+        raise UserError(f"--scale must be auto, max or a percentile, got {s!r}") from None
+
+
+def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> str:
+    """The one table the demo and convert print."""
+    c = res.cost.totals if res.cost is not None else {}
+    lines = [
+        f"== onespike: {name}, {res.samples} test images ==",
+        f"ANN accuracy              {res.ann_accuracy:8.2f} %",
+        f"SNN accuracy (event path) {res.snn_accuracy:8.2f} %",
+    ]
+    if res.step_accuracy is not None:
+        lines += [
+            f"SNN accuracy (step path)  {res.step_accuracy:8.2f} %",
+            f"step == event predictions {res.step_event_same_predictions} / {res.samples}",
+            f"spike-phase agreement     {100 * res.phase_agreement:10.4f} % "
+            f"({res.phase_mismatches} neuron(s) differ: float ties at a threshold)",
+        ]
+    lines += [
+        f"loss                      {res.loss:+8.2f} points",
+        f"phases T                  {snn.phases:8d}",
+        f"latency                   {snn.plan.latency_steps:8d} steps",
+    ]
+    if c:
+        lines += [
+            f"spikes per neuron         {c['spikes_per_neuron_mean']:8.3f} mean, "
+            f"{c['spikes_per_neuron_max']} max",
+            f"ANN MACs / inference      {c['ann_macs']:12,.0f}",
+            f"SNN ACs / MACs            {c['snn_acs']:12,.0f} / {c['snn_macs']:,.0f}",
+            f"energy ratio ANN/SNN      {c['energy_ratio_compute']:8.2f}x compute only, "
+            f"{c['energy_ratio_total']:.2f}x with memory access",
+        ]
+    lines += ["", str(snn.plan)]
+    if res.cost is not None:
+        lines += ["", res.cost.table()]
+    lines.append(f"\n(total {seconds:.0f} s)")
+    return "\n".join(lines)
+
+
+def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int:
+    t0 = time.time()
+    xc, where = calibration_set(args.dataset, args.calibration, args.seed)
+    print(f"calibration: {where}", flush=True)
+    snn = convert(
+        model,
+        xc,
+        phases=args.phases,
+        base=_parse_base(args.base),
+        scale=_parse_scale(args.scale),
+        input_coding=args.input_coding,
+        threshold_shift=not args.no_shift,
+        objective=args.objective,
+    )
+    x, y = load_dataset(args.dataset, "test")
+    if args.test is not None:
+        x, y = x[: args.test], y[: args.test]
+    res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
+    print(summary(name, snn, res, time.time() - t0))
+    if args.json:
+        out = {"model": name, "dataset": args.dataset, "plan": snn.plan.to_dict(), **res.to_dict()}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
+    if dataset:
+        p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--phases", type=int, default=8, help="window T in steps (default 8)")
+    p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
+    p.add_argument("--scale", default="auto", help="auto | max | percentile")
+    p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
+    p.add_argument("--objective", choices=("next", "activation"), default="next")
+    p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
+    p.add_argument("--calibration", type=int, default=1000, help="calibration images")
+    p.add_argument("--test", type=int, default=None, help="only the first N test images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-step", action="store_true", help="skip the step simulator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onespike", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
+    _add_common(d, dataset=False)
+    c = sub.add_parser("convert", help="convert your model (package.module:function)")
+    c.add_argument("--model", required=True, help="package.module:function returning the ANN")
+    _add_common(c, dataset=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "demo":
+            from onespike.models import load_pretrained
+
+            args.dataset = "mnist"
+            return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
+        model = load_user_model(args.model)
+        return run_conversion(args, model, args.model)
+    except (
+        UserError,
+        DataError,
+        CalibrationError,
+        UnsupportedModelError,
+        PretrainedWeightsNotFoundError,
+        ValueError,
+    ) as e:
+        msg = str(e).strip()
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The single-spike phase code: the one place where its arithmetic lives.
+
+A spiking layer has a scale ``lam > 0``, a base ``B`` in (1, 2] and a window of
+``T`` phases ``k = 0 .. T-1``. A spike at phase ``k`` means the value
+``lam * B**-k``; no spike means 0. Everything in onespike that needs the code
+(the fast path, the step-by-step simulator, the calibration search, the cost
+model) calls the functions of this module; none of them re-derives a level or a
+threshold.
+
+Normalised units: ``z = pre_activation / lam``. Phases are ``int64`` tensors of
+the same shape as ``z``, with ``-1`` meaning "no spike".
+
+Threshold rule (METHOD.md section 2), with the shift (rounds to the nearest
+level in the linear domain)::
+
+    fire at the smallest k with z >= (B^-k + B^-(k+1)) / 2     for k < T-1
+    fire at k = T-1 if z >= B^-(T-1) / 2                        (else no spike)
+
+and without it (floor, the plain rule) ``z >= B^-k``. ``z >= 1`` fires at phase
+0 (saturation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+NO_SPIKE = -1
+
+
+def check_params(base: float, phases: int) -> None:
+    """Raise ``ValueError`` with a clear message for a base or a window that is invalid."""
+    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
+        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+    try:
+        b = float(base)
+    except (TypeError, ValueError):
+        raise ValueError(f"base must be a number in (1, 2], got {base!r}") from None
+    if not (1.0 < b <= 2.0):
+        raise ValueError(f"base must be in (1, 2], got {base!r}")
+
+
+def levels(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Representable normalised values ``B^-k`` for ``k = 0 .. T-1`` (shape ``[T]``)."""
+    k = torch.arange(phases, dtype=torch.float64)
+    return (float(base) ** -k).to(dtype)
+
+
+def thresholds(
+    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Normalised firing threshold of each phase (shape ``[T]``, strictly decreasing).
+
+    With ``shift`` the threshold of phase ``k`` is the midpoint between level
+    ``k`` and the next level down (0 after the last one), so the code rounds to
+    the nearest level; without it the threshold is the level itself (floor).
+    """
+    lv = levels(base, phases, dtype=torch.float64)
+    if shift:
+        below = torch.cat([lv[1:], lv.new_zeros(1)])
+        th = (lv + below) / 2
+    else:
+        th = lv
+    return th.to(dtype)
+
+
+def membrane_thresholds(
+    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Thresholds seen by a membrane that is multiplied by ``B`` at every fire-window step.
+
+    In the step-by-step realisation the neuron does not lower its threshold: its
+    membrane ``u`` (normalised) is multiplied by ``B`` after every step, so at
+    step ``k`` it holds ``u * B^k`` and is compared with ``thresholds[k] * B^k``
+    (a constant ``(1 + 1/B) / 2`` with the shift, except the last step).
+    """
+    th = thresholds(base, phases, shift=shift, dtype=torch.float64)
+    k = torch.arange(phases, dtype=torch.float64)
+    return (th * float(base) ** k).to(dtype)
+
+
+def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
+    """Spike phase of every neuron for normalised input current ``z``.
+
+    Returns an ``int64`` tensor shaped like ``z``: the smallest ``k`` whose
+    threshold ``z`` reaches, or ``-1`` (no spike). Memory: no ``T``-fold copy.
+    """
+    th = thresholds(base, phases, shift=shift, dtype=z.dtype).to(z.device)
+    # ascending copy: number of thresholds <= z is T - phase
+    reached = torch.bucketize(z, th.flip(0), right=True)
+    phase = phases - reached
+    return torch.where(reached > 0, phase, torch.full_like(phase, NO_SPIKE))
+
+
+def decode(
+    phase: Tensor, base: float, scale: Tensor | float = 1.0, phases: int | None = None
+) -> Tensor:
+    """Value carried by each neuron's spike: ``scale * B^-phase``, 0 for no spike.
+
+    ``scale`` broadcasts against ``phase`` (a float, or a per-channel tensor).
+    The levels come from :func:`levels` (a table of ``phases`` entries; by
+    default as many as the largest phase needs).
+    """
+    dtype = scale.dtype if isinstance(scale, Tensor) else torch.get_default_dtype()
+    if phases is None:
+        phases = int(phase.max()) + 1 if phase.numel() else 1
+    table = torch.cat([levels(base, max(phases, 1), dtype=dtype), torch.zeros(1, dtype=dtype)])
+    # index -1 (no spike) picks the trailing 0
+    return table.to(phase.device)[phase] * scale
+
+
+def quantize(
+    x: Tensor, scale: Tensor | float, base: float, phases: int, *, shift: bool = True
+) -> Tensor:
+    """ReLU then the code: ``decode(encode(x / scale))``. Same shape and dtype as ``x``."""
+    if not isinstance(scale, Tensor):
+        scale = torch.tensor(float(scale), dtype=x.dtype)
+    scale = scale.to(dtype=x.dtype, device=x.device)
+    return decode(encode(x / scale, base, phases, shift=shift), base, scale, phases)
+
+
+def max_relative_error(base: float, *, shift: bool = True) -> float:
+    """Worst-case relative error for a value inside the code's range.
+
+    ``(B-1)/(B+1)`` with the threshold shift, ``(B-1)/B`` without.
+    """
+    b = float(base)
+    return (b - 1) / (b + 1) if shift else (b - 1) / b
+
+
+@dataclass(frozen=True)
+class PhaseCode:
+    """Parameters of one layer's code (normalisation scale may be per channel)."""
+
+    base: float
+    phases: int
+    shift: bool = True
+
+    def __post_init__(self) -> None:
+        check_params(self.base, self.phases)
+
+    def encode(self, z: Tensor) -> Tensor:
+        return encode(z, self.base, self.phases, shift=self.shift)
+
+    def decode(self, phase: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+        return decode(phase, self.base, scale)
+
+    def quantize(self, x: Tensor, scale: Tensor | float) -> Tensor:
+        return quantize(x, scale, self.base, self.phases, shift=self.shift)

@@ -1,0 +1,122 @@
+"""``convert``: the one public entry point from a trained ANN to a spiking network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from onespike.calibrate import OBJECTIVES, SearchConfig, calibrate
+from onespike.codes import phase as pc
+from onespike.errors import CalibrationError, collect_calibration
+from onespike.network import INPUT_CODINGS, SpikingNetwork
+from onespike.trace import trace
+
+
+def _check_base(base: object) -> str | float | tuple[float, ...]:
+    if isinstance(base, str):
+        if base not in ("auto", "global"):
+            raise ValueError(
+                f"base must be 'auto', 'global', a number in (1, 2] or a list, got {base!r}"
+            )
+        return base
+    if isinstance(base, Sequence):
+        vals = tuple(float(b) for b in base)
+        for b in vals:
+            pc.check_params(b, 1)
+        return vals
+    pc.check_params(base, 1)
+    return float(base)
+
+
+def _check_scale(scale: object) -> str | float:
+    if scale in ("auto", "max"):
+        return scale  # type: ignore[return-value]
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= 100:
+        return float(scale)
+    raise ValueError(f"scale must be 'auto', 'max' or a percentile in (0, 100], got {scale!r}")
+
+
+def convert(
+    model: nn.Module,
+    calibration: object,
+    *,
+    phases: int,
+    base: str | float | Sequence[float] = "auto",
+    scale: str | float = "auto",
+    input_coding: str = "analog",
+    threshold_shift: bool = True,
+    objective: str = "next",
+    per_channel: bool = False,
+    bias_correction: bool = False,
+    max_calibration: int | None = None,
+    progress: bool = True,
+) -> SpikingNetwork:
+    """Convert a trained ReLU network into a single-spike phase-coded SNN.
+
+    Args:
+        model: the trained ANN (left untouched; a folded copy is converted).
+        calibration: a tensor ``[N, ...]`` or an iterable of tensors or of
+            ``(x, y)`` batches (a DataLoader works): a few hundred inputs.
+        phases: ``T``, the window length in steps (>= 1).
+        base: ``"auto"`` (searched per layer), ``"global"`` (one searched base
+            for all layers), a number in (1, 2] for all layers, or one per layer.
+        scale: ``"auto"`` (searched among high percentiles), ``"max"``, or a
+            percentile in (0, 100] of each layer's positive activations.
+        input_coding: ``"analog"`` (pixels as a current; the first layer does
+            MACs), ``"phase"`` (multi-spike base-2 code) or ``"single"``.
+        threshold_shift: round to the nearest level (True) or floor (False).
+        objective: ``"next"`` (error at the next layers' pre-activations) or
+            ``"activation"`` (error of the layer's own activation, the paper's).
+        per_channel: one scale per channel instead of per layer.
+        bias_correction: correct the next layer's bias for the code's mean error.
+        max_calibration: use at most this many calibration samples.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`SpikingNetwork` (an ``nn.Module``): ``snn(x)`` is the
+        event-exact fast path, ``snn.simulate(x, mode="step")`` the step
+        simulator, ``snn.plan`` what the search chose.
+    """
+    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
+        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+    base_v = _check_base(base)
+    scale_v = _check_scale(scale)
+    if input_coding not in INPUT_CODINGS:
+        raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {input_coding!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if base_v == "global" and bias_correction:
+        raise ValueError("base='global' cannot be combined with bias_correction=True")
+    traced = trace(model)  # fails here, before any data, on unsupported layers
+    if isinstance(base_v, tuple) and len(base_v) != len(traced.relus):
+        raise ValueError(
+            f"base has {len(base_v)} values but the model has {len(traced.relus)} spiking layers"
+        )
+    x = collect_calibration(calibration, max_calibration)
+    if input_coding != "analog" and (x.min() < 0 or x.max() > 1):
+        raise CalibrationError(
+            f"input coding {input_coding!r} needs inputs in [0, 1]; calibration data spans "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}] (use input_coding='analog')"
+        )
+    try:
+        with torch.no_grad():
+            traced.module(x[:1])
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        msg = str(e).splitlines()[0]
+        raise CalibrationError(
+            f"calibration samples of shape {tuple(x.shape[1:])} do not fit the model: {msg}"
+        ) from None
+    cfg = SearchConfig(
+        phases=phases,
+        base=base_v,
+        scale=scale_v,
+        shift=threshold_shift,
+        objective=objective,
+        per_channel=per_channel,
+        bias_correction=bias_correction,
+        input_coding=input_coding,
+    )
+    plan = calibrate(traced, x, cfg, progress=progress)
+    return SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))

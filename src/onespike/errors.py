@@ -1,0 +1,82 @@
+"""Checks of user input that turn mistakes into one clear sentence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class CalibrationError(ValueError):
+    """The calibration data cannot be used (empty, not tensors, NaN/Inf, wrong shape)."""
+
+
+def check_batch(x: object, sample_shape: tuple[int, ...] | None, *, what: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite float tensor ``[N, *sample_shape]``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
+    if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        raise ValueError(
+            f"{what} has shape {tuple(x.shape)}; expected a batch [N, "
+            f"{', '.join(map(str, sample_shape))}] like the calibration data"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or Inf value(s); clean the data first")
+
+
+def collect_calibration(data: object, limit: int | None = None) -> Tensor:
+    """Concatenate calibration data into one tensor ``[N, ...]``.
+
+    ``data`` is a tensor, or an iterable of tensors or of ``(x, y)`` batches (a
+    DataLoader works). At most ``limit`` samples are kept.
+    """
+    if isinstance(data, Tensor):
+        batches: Iterable = [data]
+    elif isinstance(data, Iterable):
+        batches = data
+    else:
+        raise CalibrationError(
+            f"calibration must be a tensor or an iterable of tensors or (x, y) batches, "
+            f"got {type(data).__name__}"
+        )
+    parts: list[Tensor] = []
+    total = 0
+    for i, b in enumerate(batches):
+        if isinstance(b, (tuple, list)):
+            if not b:
+                raise CalibrationError(f"calibration batch {i} is an empty tuple")
+            b = b[0]
+        if not isinstance(b, Tensor):
+            raise CalibrationError(
+                f"calibration batch {i} is a {type(b).__name__}, expected a tensor or (x, y)"
+            )
+        if not b.is_floating_point():
+            raise CalibrationError(f"calibration batch {i} has dtype {b.dtype}; expected floats")
+        if parts and b.shape[1:] != parts[0].shape[1:]:
+            raise CalibrationError(
+                f"calibration batch {i} has sample shape {tuple(b.shape[1:])}, "
+                f"batch 0 has {tuple(parts[0].shape[1:])}"
+            )
+        if not bool(torch.isfinite(b).all()):
+            bad = int((~torch.isfinite(b)).sum())
+            raise CalibrationError(
+                f"calibration batch {i} contains {bad} NaN or Inf value(s); clean the data first"
+            )
+        parts.append(b.detach())
+        total += b.shape[0]
+        if limit is not None and total >= limit:
+            break
+    if total == 0:
+        raise CalibrationError(
+            "the calibration set is empty: pass a few hundred representative inputs "
+            "(a tensor [N, ...], a list of batches or a DataLoader)"
+        )
+    x = torch.cat(parts)
+    return x[:limit] if limit is not None else x

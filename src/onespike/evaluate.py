@@ -1,0 +1,130 @@
+"""Evaluation: accuracy of the ANN and of its SNN (both simulators), agreement, costs.
+
+One function, :func:`evaluate`, used by the command line, the sweeps, the
+benchmarks and the integration tests, so that every figure is computed the
+same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from onespike.accounting import CostReport, LayerCost, _totals, cost
+from onespike.network import SpikingNetwork
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class EvalResult:
+    """Figures on a labelled test set (accuracies in percent)."""
+
+    samples: int
+    ann_accuracy: float
+    snn_accuracy: float  # event-exact fast path
+    step_accuracy: float | None = None
+    step_event_same_predictions: int | None = None  # images with identical predictions
+    phase_agreement: float | None = None  # share of neurons with identical phases
+    phase_mismatches: int | None = None
+    max_spikes_per_neuron: int | None = None  # measured by the step simulator
+    cost: CostReport | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        """Accuracy loss in points (ANN - SNN); negative means the SNN is better."""
+        return self.ann_accuracy - self.snn_accuracy
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("cost",)}
+        d["loss_points"] = self.loss
+        if self.cost is not None:
+            d["cost"] = self.cost.to_dict()
+        return d
+
+
+def merge_reports(reports: list[CostReport]) -> CostReport:
+    """Average per-inference figures of reports made on batches (weighted by batch size)."""
+    n = sum(r.samples for r in reports)
+    first = reports[0]
+    rows = []
+    for i, row in enumerate(first.layers):
+        vals = {}
+        for f in row.__dataclass_fields__:
+            v = getattr(row, f)
+            if f in ("name", "neurons"):
+                vals[f] = v
+            elif f == "spikes_per_neuron_max":
+                vals[f] = max(r.layers[i].spikes_per_neuron_max for r in reports)
+            else:
+                vals[f] = sum(getattr(r.layers[i], f) * r.samples for r in reports) / n
+        rows.append(LayerCost(**vals))
+    spk = sum(r.input_spikes * r.samples for r in reports) / n
+    out = CostReport(first.phases, first.latency_steps, n, rows, spk)
+    out.totals = _totals(rows)
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    ann: nn.Module,
+    snn: SpikingNetwork,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 500,
+    step: bool = True,
+    costs: bool = True,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """ANN and SNN accuracy on ``(x, y)``; with ``step``, the step simulator too.
+
+    With ``step`` the step simulator runs on every image, its predictions and
+    spike phases are compared with the event path's, and the spike counts it
+    measured go into the cost report; without it the event path's spikes do.
+    """
+    ann = ann.eval()
+    n = x.shape[0]
+    ann_ok = snn_ok = step_ok = same = 0
+    mism = total_neurons = 0
+    max_spk = 0
+    reports: list[CostReport] = []
+    batches = range(0, n, batch_size)
+    for i in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        ann_ok += int((ann(xb).argmax(1) == yb).sum())
+        ev = snn.simulate(xb, mode="event")
+        pe = ev.output.argmax(1)
+        snn_ok += int((pe == yb).sum())
+        run = ev
+        if step:
+            st = snn.simulate(xb, mode="step")
+            ps = st.output.argmax(1)
+            step_ok += int((ps == yb).sum())
+            same += int((ps == pe).sum())
+            for k, ph in st.spike_phases.items():
+                mism += int((ph != ev.spike_phases[k]).sum())
+                total_neurons += ph.numel()
+                max_spk = max(max_spk, int(st.spike_counts[k].max()))
+            run = st
+        if costs:
+            reports.append(cost(None, snn, xb, run=run))
+    res = EvalResult(
+        samples=n,
+        ann_accuracy=100.0 * ann_ok / n,
+        snn_accuracy=100.0 * snn_ok / n,
+    )
+    if step:
+        res.step_accuracy = 100.0 * step_ok / n
+        res.step_event_same_predictions = same
+        res.phase_mismatches = mism
+        res.phase_agreement = 1.0 - mism / max(total_neurons, 1)
+        res.max_spikes_per_neuron = max_spk
+    if costs:
+        res.cost = merge_reports(reports)
+    return res

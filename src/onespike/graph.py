@@ -1,0 +1,160 @@
+"""Running parts of a traced graph: one node, a region, the whole graph.
+
+The calibration search, the step-by-step simulator and the cost model all
+evaluate *regions*: the nodes between the spike sources feeding a layer (or
+the output) and that layer. A region is affine in its sources' values, so it
+can be evaluated with its biases (the ANN) or without them (the synaptic part
+that spikes travel through).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from onespike.trace import is_reshape, role
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Tensor:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]
+
+
+def weighted_call(m: nn.Module, x: Tensor, *, bias: bool = True, weight: Tensor | None = None):
+    """Apply a Conv/Linear module, optionally without its bias or with another weight."""
+    w = m.weight if weight is None else weight
+    b = m.bias if bias else None
+    if isinstance(m, nn.Linear):
+        return F.linear(x, w, b)
+    if isinstance(m, nn.Conv2d):
+        return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+    if isinstance(m, nn.Conv1d):
+        return F.conv1d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+    return m(x)  # custom weighted module (has no bias handling)
+
+
+class Runner:
+    """Evaluates nodes of a traced graph on tensors held in an environment dict."""
+
+    def __init__(self, gm: fx.GraphModule, replacements: dict[Node, Callable] | None = None):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = list(gm.graph.nodes)
+        self.order = {n: i for i, n in enumerate(self.nodes)}
+        self.replacements = replacements or {}
+
+    def role(self, node: Node) -> str | None:
+        return role(node, self.modules)
+
+    def run_node(self, node: Node, env: dict[Node, object], *, bias: bool = True) -> object:
+        """Value of ``node`` from its arguments' values in ``env``."""
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node in self.replacements:
+            return self.replacements[node](*args, **kwargs)
+        op = node.op
+        if op == "get_attr":
+            return _fetch_attr(self.gm, node.target)
+        if op == "call_module":
+            m = self.modules[node.target]
+            if not bias and self.role(node) == "weighted":
+                return weighted_call(m, *args, bias=False)
+            return m(*args, **kwargs)
+        if op == "call_function":
+            return node.target(*args, **kwargs)
+        if op == "call_method":
+            self_obj, *rest = args
+            return getattr(self_obj, node.target)(*rest, **kwargs)
+        if op == "output":
+            return args[0]
+        raise RuntimeError(f"cannot run node {node.name} ({op})")
+
+    def run(
+        self,
+        env: dict[Node, object],
+        nodes: Iterable[Node],
+        *,
+        bias: bool = True,
+    ) -> dict[Node, object]:
+        """Evaluate ``nodes`` (topological order) into ``env``; returns ``env``."""
+        for n in nodes:
+            env[n] = self.run_node(n, env, bias=bias)
+        return env
+
+    def forward_all(self, x: Tensor) -> dict[Node, object]:
+        """Every node's value for input ``x`` (placeholder included)."""
+        env: dict[Node, object] = {}
+        for n in self.nodes:
+            env[n] = x if n.op == "placeholder" else self.run_node(n, env)
+        return env
+
+    def is_source(self, node: Node) -> bool:
+        """Nodes whose value a region takes as given: input, spikes, constants."""
+        r = self.role(node)
+        if r in ("input", "relu", "const"):
+            return True
+        if r == "maxpool":
+            return True
+        return r == "linear" and is_reshape(node, self.modules) and self.is_spiking(node.args[0])
+
+    def is_spiking(self, node: object) -> bool:
+        if not isinstance(node, Node):
+            return False
+        r = self.role(node)
+        if r == "relu":
+            return True
+        if r == "maxpool" or (r == "linear" and is_reshape(node, self.modules)):
+            return self.is_spiking(node.args[0])
+        return False
+
+    def region(self, target: Node) -> Region:
+        """Nodes feeding ``target``'s input from the nearest sources (the dendritic tree).
+
+        ``target`` is a ReLU (its input is the pre-activation) or the output
+        node. Shape nodes used by region nodes are included.
+        """
+        inner: set[Node] = set()
+        sources: set[Node] = set()
+        stack = [a for a in target.all_input_nodes]
+        while stack:
+            n = stack.pop()
+            if n in inner or n in sources:
+                continue
+            if self.is_source(n):
+                sources.add(n)
+                continue
+            inner.add(n)
+            stack.extend(n.all_input_nodes)
+        nodes = sorted(inner, key=self.order.__getitem__)
+        srcs = sorted(sources, key=self.order.__getitem__)
+        return Region(target, target.args[0], nodes, srcs)
+
+    def spiking_chain(self, node: Node) -> list[Node]:
+        """Spike nodes derived from a source by max-pool/reshape, in order (source first)."""
+        chain = [node]
+        while self.role(chain[-1]) != "relu" and self.role(chain[-1]) != "input":
+            chain.append(chain[-1].args[0])
+        return chain[::-1]
+
+
+@dataclass
+class Region:
+    """The dendritic region of a ReLU or of the output."""
+
+    target: Node  # the ReLU or output node
+    pre: Node  # the node whose value is the pre-activation (target's input)
+    nodes: list[Node]  # inner nodes, topological order
+    sources: list[Node]  # spike sources, input and constants feeding it
+
+    @property
+    def spike_sources(self) -> list[Node]:
+        return [s for s in self.sources if s.op != "get_attr"]

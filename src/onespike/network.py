@@ -1,0 +1,229 @@
+"""The spiking network: the traced graph with every ReLU replaced by a spiking layer.
+
+``SpikingNetwork.forward`` is the event-exact fast path: every layer is
+computed once from the decoded spikes of the layers before it (one conv or
+matmul, as in the ANN), then the phase rule of :mod:`onespike.codes.phase`
+gives every neuron's spike phase. Max-pooling of decoded values is the
+earliest spike of the pool window. ``simulate(x, mode="step")`` runs the same
+network step by step (:mod:`onespike.simulate`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from onespike.codes import multiphase
+from onespike.codes import phase as pc
+from onespike.plan import LayerPlan, Plan
+
+Tensor = torch.Tensor
+
+INPUT_CODINGS = ("analog", "phase", "single")
+
+
+def channel_shape(scale: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-channel scale ``[C]`` to broadcast over ``[N, C, ...]`` (or keep a scalar)."""
+    if scale.dim() == 0:
+        return scale
+    return scale.reshape((-1,) + (1,) * (ndim - 2))
+
+
+class SpikeLayer(nn.Module):
+    """A layer of single-spike neurons (replaces one ReLU).
+
+    Input: pre-activation (any shape ``[N, C, ...]``); output: the decoded value
+    of each neuron's spike, ``scale * B^-phase`` or 0. With ``record`` set, the
+    phases of the last call are kept in ``last_phase`` (int64, -1 = no spike).
+    """
+
+    _onespike_role = "relu"
+
+    def __init__(self, lp: LayerPlan):
+        super().__init__()
+        self.name = lp.name
+        self.base = float(lp.base)
+        self.phases = int(lp.phases)
+        self.shift = bool(lp.shift)
+        scale = lp.scale if isinstance(lp.scale, tuple) else float(lp.scale)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.record = False
+        self.last_phase: Tensor | None = None
+
+    def scale_for(self, x: Tensor) -> Tensor:
+        return channel_shape(self.scale.to(x.dtype), x.dim())
+
+    def encode(self, pre: Tensor) -> Tensor:
+        return pc.encode(pre / self.scale_for(pre), self.base, self.phases, shift=self.shift)
+
+    def decode(self, phase: Tensor, like: Tensor) -> Tensor:
+        return pc.decode(phase, self.base, self.scale_for(like), self.phases)
+
+    def forward(self, pre: Tensor) -> Tensor:
+        phase = self.encode(pre)
+        if self.record:
+            self.last_phase = phase
+        return self.decode(phase, pre)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, shift={self.shift}"
+
+
+class InputEncoder(nn.Module):
+    """Codes the network input: ``analog`` (identity), ``phase`` or ``single`` spikes."""
+
+    _onespike_role = "input"
+
+    def __init__(self, coding: str, phases: int, lp: LayerPlan | None = None):
+        super().__init__()
+        if coding not in INPUT_CODINGS:
+            raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
+        self.coding = coding
+        self.phases = phases
+        self.record = False
+        self.last_code: Tensor | None = None
+        self.layer = SpikeLayer(lp) if coding == "single" else None
+        if coding == "single" and lp is None:
+            raise ValueError("single-spike input coding needs a layer plan")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.coding == "analog":
+            return x
+        if self.coding == "phase":
+            code = multiphase.encode(x, self.phases)
+            if self.record:
+                self.last_code = code
+            return multiphase.decode(code, self.phases, x.dtype)
+        phase = self.layer.encode(x)
+        if self.record:
+            self.last_code = phase
+        return self.layer.decode(phase, x)
+
+
+@dataclass
+class SimulationResult:
+    """Output of :meth:`SpikingNetwork.simulate`.
+
+    ``spike_phases[name]``: int64 phase of every neuron of a spiking layer
+    (``[N, ...]`` like its activation), -1 for no spike. ``spike_counts[name]``:
+    number of spikes each neuron fired (0 or 1; the step simulator counts them
+    as they happen).
+    """
+
+    output: Tensor
+    spike_phases: dict[str, Tensor]
+    spike_counts: dict[str, Tensor]
+    mode: str
+    input_spikes: Tensor | None = None  # spikes per input element (spike input codings)
+
+
+class SpikingNetwork(nn.Module):
+    """The converted network. ``forward(x)`` is the event-exact fast path."""
+
+    def __init__(self, traced_module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.ann_graph = copy.deepcopy(traced_module)  # the folded ANN, for costs and checks
+        gm = copy.deepcopy(traced_module)
+        self.plan = plan
+        self.input_shape = tuple(input_shape)  # per-sample shape seen at calibration
+        self.spikes = nn.ModuleDict()
+        modules = dict(gm.named_modules())
+        from onespike.trace import role  # local: avoid import cycle in type checkers
+
+        relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
+        if len(relus) != len(plan.layers):
+            raise ValueError("plan does not match the traced model")
+        for i, (node, lp) in enumerate(zip(relus, plan.layers)):
+            key = f"s{i}"
+            self.spikes[key] = SpikeLayer(lp)
+            gm.add_submodule(f"spikes_{key}", self.spikes[key])
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(f"spikes_{key}", (node.args[0],))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+        self.input_encoder = InputEncoder(plan.input_coding, plan.phases, plan.input)
+        if plan.input_coding != "analog":
+            gm.add_submodule("input_encoder", self.input_encoder)
+            ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
+            with gm.graph.inserting_after(ph):
+                enc = gm.graph.call_module("input_encoder", (ph,))
+            ph.replace_all_uses_with(enc, delete_user_cb=lambda u: u is not enc)
+        gm.graph.lint()
+        gm.recompile()
+        self.graph_module = gm
+
+    @property
+    def phases(self) -> int:
+        return self.plan.phases
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [lp.name for lp in self.plan.layers]
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` for an input that is not a batch of the calibrated shape."""
+        from onespike.errors import check_batch
+
+        check_batch(x, self.input_shape, what="input")
+        if self.plan.input_coding != "analog" and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"input coding {self.plan.input_coding!r} needs inputs in [0, 1]; "
+                f"got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.graph_module(x)
+
+    def _set_record(self, flag: bool) -> None:
+        for m in self.spikes.values():
+            m.record = flag
+            m.last_phase = None
+        self.input_encoder.record = flag
+        self.input_encoder.last_code = None
+
+    @torch.no_grad()
+    def simulate(self, x: Tensor, mode: str = "event", *, dtype: torch.dtype | None = None):
+        """Run the network and return spikes as well as the output.
+
+        ``mode="event"``: the fast path, phases recorded from each layer.
+        ``mode="step"``: the step-by-step simulator (windows of ``T`` steps,
+        membranes multiplied by the base each step, one spike at most).
+        ``dtype`` (e.g. ``torch.float64``) runs either in that precision.
+        """
+        self.check_input(x)
+        net = self
+        if dtype is not None and dtype != torch.float32:
+            net = copy.deepcopy(self).to(dtype)
+            x = x.to(dtype)
+        if mode == "event":
+            return net._simulate_event(x)
+        if mode == "step":
+            from onespike.simulate import simulate_steps
+
+            return simulate_steps(net, x)
+        raise ValueError(f"mode must be 'event' or 'step', got {mode!r}")
+
+    def _simulate_event(self, x: Tensor) -> SimulationResult:
+        self._set_record(True)
+        try:
+            out = self.graph_module(x)
+            phases = {m.name: m.last_phase for m in self.spikes.values()}
+            code = self.input_encoder.last_code
+        finally:
+            self._set_record(False)
+        counts = {k: (v >= 0).to(torch.int64) for k, v in phases.items()}
+        in_spikes = None
+        if code is not None:
+            in_spikes = (
+                multiphase.spike_count(code)
+                if self.plan.input_coding == "phase"
+                else (code >= 0).to(torch.int64)
+            )
+        return SimulationResult(out, phases, counts, "event", in_spikes)
+
+    def extra_repr(self) -> str:
+        return f"phases={self.phases}, input_coding={self.plan.input_coding!r}"

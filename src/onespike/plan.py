@@ -1,0 +1,94 @@
+"""The frozen conversion plan: what the search chose for every spiking layer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Code parameters and calibration figures of one spiking layer.
+
+    ``scale`` is in the layer's activation units (a float, or one per channel);
+    ``act_error`` is the relative squared error ``|q - a|^2 / |a|^2`` of the
+    layer's activation ``a`` and its code ``q`` on the calibration data (inputs
+    from the converted network); ``out_error`` is the search objective reached
+    (relative squared error where the layer's spikes arrive: the next layers'
+    pre-activations or the logits, or the activation itself for
+    ``objective="activation"``).
+    """
+
+    name: str
+    neurons: int
+    scale: float | tuple[float, ...]
+    base: float
+    phases: int
+    shift: bool
+    act_error: float
+    out_error: float
+    fire_window: int = 0
+
+    @property
+    def scale_summary(self) -> str:
+        if isinstance(self.scale, tuple):
+            lo, hi = min(self.scale), max(self.scale)
+            return f"{lo:.3g}..{hi:.3g} ({len(self.scale)} ch)"
+        return f"{self.scale:.4g}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to build the spiking network from the traced graph."""
+
+    phases: int
+    input_coding: str
+    layers: tuple[LayerPlan, ...]
+    input: LayerPlan | None = None
+    latency_steps: int = 0
+    search: dict = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerPlan:
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise KeyError(
+            f"no spiking layer named {name!r}; layers: {[lp.name for lp in self.layers]}"
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [asdict(lp) for lp in self.layers]
+        return d
+
+    def table(self) -> str:
+        rows = [("layer", "neurons", "scale", "base", "fire win", "act err", "out err")]
+        entries = ([self.input] if self.input is not None else []) + list(self.layers)
+        for lp in entries:
+            rows.append(
+                (
+                    lp.name,
+                    str(lp.neurons),
+                    lp.scale_summary,
+                    f"{lp.base:.3f}",
+                    str(lp.fire_window),
+                    f"{lp.act_error:.2e}",
+                    f"{lp.out_error:.2e}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            f"Plan: phases={self.phases}, input={self.input_coding}, "
+            f"latency={self.latency_steps} steps, search={self.search}"
+        ]
+        for j, r in enumerate(rows):
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+                )
+            )
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()

@@ -1,0 +1,202 @@
+"""The step-by-step simulator: windows of ``T`` steps, one spike per neuron at most.
+
+Realisation (METHOD.md section 3, the one of the authors' later code):
+
+- A spiking layer listens during its *input window*. Its membrane has one
+  compartment per sender base: at every step the compartment is multiplied by
+  the sender's base, then the synaptic input of the spikes of that step is
+  added (weight times the value of a spike at the window's last step, so a
+  spike of phase ``k`` ends up weighted ``B^-k``). An analog input is a
+  constant current, added every step of the first window with base 1. The
+  bias is added once, at the end of the window.
+- In its *fire window* the membrane (normalised by the layer's scale) is
+  multiplied by the layer's base after every step and compared with the
+  thresholds of :func:`onespike.codes.phase.membrane_thresholds`; a neuron
+  fires the first time it crosses and is silent afterwards.
+- Max-pooling of spikes passes the first spike of each pool window and
+  suppresses later ones (the code is monotonic: earliest = largest).
+- The output layer never fires: its membrane at the end of its input window,
+  in real units, is the output.
+
+Layers are simulated in topological order, each over its own windows; the
+global clock is implicit: a layer's input window is the latest fire window
+among its senders, and spikes of a sender that fired earlier are delayed by
+whole windows (:func:`onespike.calibrate.fire_windows` computes both; the
+delays change when spikes arrive, not what they carry). Only spike phases are
+stored between layers (one integer per neuron), never ``T`` copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from onespike.codes import multiphase
+from onespike.codes import phase as pc
+from onespike.graph import Region, Runner
+from onespike.network import SimulationResult, SpikingNetwork
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Source:
+    """A node whose value is spikes (or the analog input) as seen by a region."""
+
+    kind: str  # "analog" | "single" | "multi"
+    base: float  # the sender's base (1 for analog)
+    code: Tensor  # phases (single, -1 = none), integer code (multi) or the input (analog)
+    unit: Tensor | None = None  # value of one spike at the window's last step (single/multi)
+
+    def step_input(self, t: int, phases: int) -> Tensor:
+        """Unweighted synaptic input of step ``t`` (spikes times the unit value)."""
+        if self.kind == "single":
+            return (self.code == t).to(self.unit.dtype) * self.unit
+        if self.kind == "multi":
+            return multiphase.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
+        raise ValueError("analog input has no spikes")
+
+    def zeros(self, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(self.code.shape, dtype=dtype)
+
+
+def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_const, T, dtype):
+    """Membrane (real units) of every neuron of a region's target at the end of its input window."""
+    srcs = [s for s in reg.spike_sources]
+    groups: dict[tuple[str, float], list[Node]] = {}
+    for s in srcs:
+        src = sources[s]
+        key = ("analog" if src.kind == "analog" else "spike", src.base)
+        groups.setdefault(key, []).append(s)
+
+    def evaluate(values: dict[Node, Tensor], *, bias: bool) -> Tensor:
+        env = dict(env_const)
+        for s in srcs:
+            env[s] = values.get(s, sources[s].zeros(dtype))
+        runner.run(env, reg.nodes, bias=bias)
+        return env[reg.pre]
+
+    u_total = None
+    for (kind, base), members in groups.items():
+        if kind == "analog":
+            # a constant current: computed once (the MACs of the first layer), added every step
+            current = evaluate({s: sources[s].code / T for s in members}, bias=False)
+            u = torch.zeros_like(current)
+            for _ in range(T):
+                u = u + current
+        else:
+            u = None
+            for t in range(T):
+                inp = evaluate({s: sources[s].step_input(t, T) for s in members}, bias=False)
+                u = inp if u is None else base * u + inp
+        u_total = u if u_total is None else u_total + u
+    bias = evaluate({}, bias=True)
+    return bias if u_total is None else u_total + bias
+
+
+def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Tensor]:
+    """Fire window of normalised membranes ``z``: (phases, spike counts)."""
+    mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype)
+    phase = torch.full(z.shape, pc.NO_SPIKE, dtype=torch.int64)
+    count = torch.zeros(z.shape, dtype=torch.int64)
+    v = z.clone()
+    for k in range(phases):
+        fire = (phase < 0) & (v >= mth[k])
+        phase[fire] = k
+        count += fire.to(torch.int64)
+        v = v * base
+    return phase, count
+
+
+def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source:
+    """Max-pool of single-spike trains: the first spike of each window passes."""
+    out_phase = None
+    for t in range(T):
+        s_t = (src.code == t).to(src.unit.dtype)
+        env = {node.args[0]: s_t}
+        pooled = runner.run_node(node, _with_args(node, env))
+        if out_phase is None:
+            out_phase = torch.full(pooled.shape, pc.NO_SPIKE, dtype=torch.int64)
+        new = (pooled > 0) & (out_phase < 0)
+        out_phase[new] = t
+    unit = runner.run_node(node, _with_args(node, {node.args[0]: src.unit}))
+    return _Source("single", src.base, out_phase, unit)
+
+
+def _with_args(node: Node, env: dict[Node, object]) -> dict[Node, object]:
+    for a in node.all_input_nodes:
+        env.setdefault(a, None)
+    return env
+
+
+def simulate_steps(net: SpikingNetwork, x: Tensor) -> SimulationResult:
+    """Run ``net`` step by step on a batch ``x``; see the module docstring."""
+    gm = net.graph_module
+    runner = Runner(gm)
+    T = net.phases
+    dtype = x.dtype
+    sources: dict[Node, _Source] = {}
+    env_const: dict[Node, object] = {}  # constants and shape values
+    phases_out: dict[str, Tensor] = {}
+    counts_out: dict[str, Tensor] = {}
+    input_spikes = None
+    output = None
+    for node in runner.nodes:
+        r = runner.role(node)
+        if node.op == "placeholder":
+            sources[node] = _Source("analog", 1.0, x)
+            env_const[node] = x
+        elif r == "input":  # the input encoder
+            enc = runner.modules[node.target]
+            if enc.coding == "phase":
+                code = multiphase.encode(x, T)
+                unit = torch.full(x.shape, multiphase.unit_weight(T), dtype=dtype)
+                sources[node] = _Source("multi", 2.0, code, unit)
+                input_spikes = multiphase.spike_count(code)
+            else:
+                layer = enc.layer
+                z = x / layer.scale_for(x)
+                phase, count = _fire(z, layer.base, T, layer.shift)
+                unit = (layer.scale_for(x) * layer.base ** -(T - 1)).expand(x.shape).to(dtype)
+                sources[node] = _Source("single", layer.base, phase, unit)
+                input_spikes = count
+            env_const[node] = x
+        elif r == "const":
+            env_const[node] = runner.run_node(node, env_const)
+        elif r == "relu":
+            layer = runner.modules[node.target]
+            reg = runner.region(node)
+            u = _integrate(runner, reg, sources, env_const, T, dtype)
+            z = u / layer.scale_for(u)
+            phase, count = _fire(z, layer.base, T, layer.shift)
+            unit = (layer.scale_for(u) * layer.base ** -(T - 1)).expand(u.shape).to(dtype)
+            sources[node] = _Source("single", layer.base, phase, unit)
+            env_const[node] = phase  # shape queries (x.size(0)) read it
+            phases_out[layer.name] = phase
+            counts_out[layer.name] = count
+        elif runner.is_source(node) and r == "maxpool":
+            sources[node] = _maxpool_spikes(runner, node, sources[node.args[0]], T)
+            env_const[node] = sources[node].code
+        elif runner.is_source(node):  # reshape of spikes: same spikes, new shape
+            src = sources[node.args[0]]
+            code = runner.run_node(node, {**env_const, node.args[0]: src.code})
+            unit = runner.run_node(node, {**env_const, node.args[0]: src.unit})
+            sources[node] = _Source(src.kind, src.base, code, unit)
+            env_const[node] = code
+        elif r == "shape" and all(a in env_const for a in node.all_input_nodes):
+            env_const[node] = runner.run_node(node, env_const)
+        elif node.op == "output":
+            reg = runner.region(node)
+            if runner.is_spiking(reg.pre):
+                src = sources[reg.pre]
+                output = pc.decode(src.code, src.base, 1.0) * src.unit * src.base ** (T - 1)
+            else:
+                output = _integrate(runner, reg, sources, env_const, T, dtype)
+    assert output is not None
+    return SimulationResult(output, phases_out, counts_out, "step", input_spikes)
+
+
+__all__ = ["simulate_steps"]

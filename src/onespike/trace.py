@@ -1,0 +1,338 @@
+"""Tracing: the ANN as a ``torch.fx`` graph of linear operators and ReLUs.
+
+``trace(model)`` copies the model (the user's module is never modified),
+traces it with ``torch.fx``, folds every BatchNorm into the Conv/Linear before
+it, drops Dropout and Identity, and checks every node against the list of
+supported operators. Everything that is not supported is reported in one
+:class:`UnsupportedModelError` that names each node, its operator and its place
+in the model, before any calibration data is touched.
+
+Node roles used by the rest of the package (see :func:`role`):
+
+- ``"input"``: the single placeholder.
+- ``"relu"``: a hidden ReLU (module, ``F.relu``, ``torch.relu``, ``x.relu()``)
+  that becomes a layer of single-spike neurons.
+- ``"maxpool"``: a max-pooling whose input is spikes (exact: earliest spike wins).
+- ``"weighted"``: Conv1d/Conv2d/Linear (bias allowed) and multiplication by a
+  constant matrix (``torch.sparse.mm``/``torch.mm``/``@`` with a buffer), the
+  operators that cost synaptic operations.
+- ``"linear"``: weight-free linear operators (pooling averages, add, cat,
+  flatten/view/reshape, multiplication by a number).
+- ``"shape"``: integer bookkeeping (``x.size()``, indexing a size).
+- ``"const"``: ``get_attr`` of a parameter or buffer.
+- ``"output"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+Node = fx.Node
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains operators that cannot be converted (all listed in the message)."""
+
+
+_WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_POOL_AVG_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d)
+_DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_ACTIVATION_MODULES = (
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Mish,
+    nn.SELU,
+    nn.CELU,
+    nn.Softmax,
+    nn.LogSoftmax,
+)
+_RELU_FUNCTIONS = (F.relu, torch.relu)
+_MATMUL_FUNCTIONS = (torch.sparse.mm, torch.mm, torch.matmul, operator.matmul, torch.spmm)
+_LINEAR_FUNCTIONS = (
+    operator.add,
+    torch.add,
+    torch.cat,
+    torch.flatten,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    operator.mul,
+    torch.mul,
+    operator.truediv,
+)
+_MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d)
+_DROP_FUNCTIONS = (F.dropout,)
+_LINEAR_METHODS = ("view", "reshape", "flatten", "contiguous", "add", "mean")
+_SHAPE_METHODS = ("size", "dim")
+
+
+@dataclass
+class TracedModel:
+    """A folded, checked copy of the ANN as an ``fx.GraphModule``."""
+
+    module: fx.GraphModule
+    input_node: Node
+    relus: list[Node]  # topological order
+    names: dict[Node, str]  # readable name of every spiking layer
+
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self.module.named_modules())
+
+
+def _place(node: Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"'{node.target}' ({type(modules[node.target]).__name__})"
+    if node.op == "call_function":
+        fn = getattr(node.target, "__name__", str(node.target))
+        return f"node '{node.name}' (function {fn})"
+    if node.op == "call_method":
+        return f"node '{node.name}' (method .{node.target}())"
+    return f"node '{node.name}' ({node.op} {node.target})"
+
+
+def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
+    """Role of a node in the conversion (module docstring), or ``None`` if unsupported."""
+    op = node.op
+    if op == "placeholder":
+        return "input"
+    if op == "output":
+        return "output"
+    if op == "get_attr":
+        return "const"
+    if op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, _WEIGHTED_MODULES):
+            return "weighted"
+        if isinstance(m, _MAXPOOL_MODULES):
+            return "maxpool"
+        if isinstance(m, (*_POOL_AVG_MODULES, nn.Flatten)):
+            return "linear"
+        if isinstance(m, (*_DROP_MODULES, nn.BatchNorm1d, nn.BatchNorm2d)):
+            return "drop"  # removed by fold(); BN left here is unfoldable
+        if hasattr(m, "_onespike_role"):
+            return m._onespike_role
+        return None
+    if op == "call_function":
+        t = node.target
+        if t in _RELU_FUNCTIONS:
+            return "relu"
+        if t in _MATMUL_FUNCTIONS:
+            return "weighted"
+        if t in _MAXPOOL_FUNCTIONS:
+            return "maxpool"
+        if t in _DROP_FUNCTIONS:
+            return "drop"
+        if t is operator.getitem:
+            return "shape"
+        if t in _LINEAR_FUNCTIONS:
+            return "linear"
+        return None
+    if op == "call_method":
+        if node.target == "relu":
+            return "relu"
+        if node.target in _SHAPE_METHODS:
+            return "shape"
+        if node.target in _LINEAR_METHODS:
+            return "linear"
+        return None
+    return None
+
+
+def _problems(gm: fx.GraphModule) -> list[str]:
+    """Every reason the graph cannot be converted, one line each."""
+    modules = dict(gm.named_modules())
+    out: list[str] = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        out.append(f"the model must take exactly one input tensor, it takes {len(placeholders)}")
+    for node in gm.graph.nodes:
+        r = role(node, modules)
+        where = _place(node, modules)
+        if r is None:
+            if node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
+                out.append(f"{where}: non-ReLU activation; only ReLU can become spiking neurons")
+            else:
+                out.append(f"{where}: unsupported operator")
+            continue
+        if r == "drop" and node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not _foldable(node, modules):
+                out.append(
+                    f"{where}: BatchNorm must directly follow a Conv/Linear "
+                    "(used nowhere else) to be folded"
+                )
+        if r == "weighted" and node.op == "call_function":
+            mat = node.args[0] if node.args else None
+            if not (isinstance(mat, Node) and mat.op == "get_attr"):
+                out.append(
+                    f"{where}: a matrix product is supported only as a fixed matrix "
+                    "(a buffer of the model) times the activations"
+                )
+        if r == "linear" and node.target in (operator.mul, torch.mul, operator.truediv):
+            consts = [a for a in node.args if not isinstance(a, Node)]
+            if len(consts) != 1 or not isinstance(consts[0], (int, float)):
+                out.append(f"{where}: only multiplication/division by a number is supported")
+        is_add = r == "linear" and node.target in (operator.add, torch.add, "add")
+        if is_add and any(not isinstance(a, Node) for a in node.args):
+            out.append(f"{where}: adding a constant is not supported (add two tensors only)")
+        if r == "maxpool":
+            src = node.args[0]
+            if not _is_spiking(src, modules):
+                out.append(
+                    f"{where}: max-pooling must take spikes: place it after a ReLU "
+                    f"(its input is node '{getattr(src, 'name', src)}')"
+                )
+    outputs = [n for n in gm.graph.nodes if n.op == "output"]
+    if outputs and not isinstance(outputs[0].args[0], Node):
+        out.append("the model must return a single tensor (not a tuple, list or dict)")
+    return out
+
+
+def _is_spiking(node: object, modules: dict[str, nn.Module]) -> bool:
+    """True if ``node`` carries spikes: a ReLU, or max-pool/reshape of spikes."""
+    if not isinstance(node, Node):
+        return False
+    r = role(node, modules)
+    if r == "relu":
+        return True
+    if r == "maxpool":
+        return _is_spiking(node.args[0], modules)
+    if r == "linear" and is_reshape(node, modules):
+        return _is_spiking(node.args[0], modules)
+    return False
+
+
+def is_reshape(node: Node, modules: dict[str, nn.Module]) -> bool:
+    """Flatten/view/reshape: moves values without combining them (spikes stay spikes)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.Flatten)
+    if node.op == "call_function":
+        return node.target is torch.flatten
+    if node.op == "call_method":
+        return node.target in ("view", "reshape", "flatten", "contiguous")
+    return False
+
+
+def _foldable(bn_node: Node, modules: dict[str, nn.Module]) -> bool:
+    prev = bn_node.args[0]
+    return (
+        isinstance(prev, Node)
+        and prev.op == "call_module"
+        and isinstance(modules[prev.target], _WEIGHTED_MODULES)
+        and len(prev.users) == 1
+    )
+
+
+def _fold_bn(gm: fx.GraphModule) -> None:
+    """Fold eval-mode BatchNorm into the Conv/Linear that feeds it (in place on the copy)."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(
+            modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)
+        ):
+            continue
+        if not _foldable(node, modules):
+            continue  # reported by _problems
+        prev = node.args[0]
+        bn = modules[node.target]
+        layer = modules[prev.target]
+        fold_batchnorm(layer, bn)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+@torch.no_grad()
+def fold_batchnorm(layer: nn.Module, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (running statistics) into ``layer``'s weight and bias, in place."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedModelError(
+            f"{type(bn).__name__} without running statistics (track_running_stats=False) "
+            "cannot be folded"
+        )
+    w = layer.weight
+    dtype = w.dtype
+    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    inv = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    new_w = w.double() * inv.reshape(shape)
+    b = layer.bias.double() if layer.bias is not None else torch.zeros_like(inv)
+    new_b = (b - bn.running_mean.double()) * inv + beta.double()
+    layer.weight = nn.Parameter(new_w.to(dtype))
+    layer.bias = nn.Parameter(new_b.to(dtype))
+
+
+def _drop_passthrough(gm: fx.GraphModule) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        is_drop = (
+            node.op == "call_module" and isinstance(modules[node.target], _DROP_MODULES)
+        ) or (node.op == "call_function" and node.target in _DROP_FUNCTIONS)
+        if is_drop:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def layer_name(node: Node) -> str:
+    """Readable name of a spiking layer: the module path, else the fx node name."""
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def trace(model: nn.Module) -> TracedModel:
+    """Trace, fold and check a copy of ``model``.
+
+    Raises :class:`UnsupportedModelError` listing every problem (unsupported
+    operator or activation with its place, unfoldable BatchNorm, max-pool on
+    non-spikes, ...) before anything else happens.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many kinds (TraceError, TypeError, ...)
+        raise UnsupportedModelError(
+            f"the model could not be traced with torch.fx ({type(e).__name__}: {e}); "
+            "data-dependent control flow in forward() is not supported"
+        ) from None
+    problems = _problems(gm)
+    if problems:
+        raise UnsupportedModelError(
+            f"cannot convert {type(model).__name__}: {len(problems)} unsupported "
+            "node(s):\n  - " + "\n  - ".join(problems)
+        )
+    _fold_bn(gm)
+    _drop_passthrough(gm)
+    modules = dict(gm.named_modules())
+    relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
+    if not relus:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no ReLU: there is nothing to turn into spiking neurons"
+        )
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    return TracedModel(gm, placeholder, relus, {n: layer_name(n) for n in relus})
