@@ -172,11 +172,13 @@ def count_region(
     """(accumulates, multiply-accumulates) of a region, summed over the batch.
 
     ``tags[source] = ("events", counts)`` for spike sources (spikes per
-    element) or ``("dense", values)`` for analog values. Events stay events
-    through reshapes, concatenation and pooling (which multiplies them by the
-    pool area: the pooling is folded into the next weighted layer); a weighted
-    layer costs one AC per event and synapse, or one MAC per synapse on dense
-    values; events added onto membranes (identity shortcut) cost one AC each.
+    element) or ``("dense", values)`` for analog values. Events travel through
+    reshapes, concatenation, pooling (multiplied by the pool area: pooling is
+    folded into the next weighted layer) and weighted layers (their counts
+    become the number of synaptic paths reaching each output, exact for the
+    sparse aggregation of a GCN); they cost one AC each where they land on a
+    membrane (the region's end, or an add such as an identity shortcut). A
+    weighted layer on dense values costs one MAC per synapse.
     """
     kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
     val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
@@ -193,22 +195,23 @@ def count_region(
             arg = _weighted_input(n)
             m = val[arg]
             if kind[arg] == "events":
-                acs += float(_ones_op(runner, n, m, const_env).sum())
+                val[n] = _ones_op(runner, n, m, const_env)
+                kind[n] = "events"
             else:
                 macs += float(_ones_op(runner, n, torch.ones_like(m), const_env).sum())
-            val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
-            kind[n] = "dense"
+                val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
+                kind[n] = "dense"
         elif kinds == {"events"} and not _is_add(n):
             out = runner.run_node(n, val)
             if _is_pool(runner, n):
                 out = out * _pool_area(runner, n, val[ins[0]], out)
             val[n] = out
             kind[n] = "events"
-        else:
+        else:  # events land on membranes here (an add, a mix with dense values)
             acs += sum(float(val[a].sum()) for a in ins if kind[a] == "events")
             val[n] = runner.run_node(n, val)
             kind[n] = "dense"
-    if kind.get(reg.pre) == "events":  # pooled spikes straight onto membranes
+    if kind.get(reg.pre) == "events":
         acs += float(val[reg.pre].sum())
     return acs, macs
 

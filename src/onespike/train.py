@@ -285,7 +285,7 @@ def train(
         if ckpt_path is None:
             raise ValueError("--resume needs --checkpoint PATH")
         if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             saved = ckpt["config"]
             diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS}
             diff = {k: v for k, v in diff.items() if v[0] != v[1]}
