@@ -49,6 +49,7 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "evaluate",
+    "fixed_subset",
     "load_dataset",
     "main",
     "random_crop_flip",
@@ -105,6 +106,7 @@ class TrainConfig:
     test_limit: int | None = None
     data_root: str | None = None
     save_dtype: str | None = None
+    channels_last: bool = False
     stop_after: int | None = None
     progress: bool = True
     eval_batch_size: int = 1000
@@ -171,7 +173,11 @@ class TrainResult:
 def load_dataset(
     dataset: str, split: str, root: str | None = None, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load ``(x, y)`` via :mod:`onespike.data`; ``limit`` keeps the first ``limit`` samples."""
+    """Load ``(x, y)`` via :mod:`onespike.data`; ``limit`` keeps a fixed subset of that size.
+
+    The subset is the same for every run (see :func:`fixed_subset`), so it is not the
+    first ``limit`` samples: the CIFAR-10 loader returns images sorted by class.
+    """
     from onespike.data import load_cifar10, load_mnist
 
     if dataset in ("mnist", "fashion-mnist"):
@@ -182,8 +188,21 @@ def load_dataset(
         raise ValueError(f"unknown dataset {dataset!r}")
     x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
     if limit is not None:
-        x, y = x[:limit], y[:limit]
+        idx = fixed_subset(len(x), limit)
+        x, y = x[idx], y[idx]
     return x.contiguous(), y.contiguous()
+
+
+def fixed_subset(n: int, limit: int) -> torch.Tensor:
+    """Sorted indices of ``min(limit, n)`` samples out of ``n``, the same for every run.
+
+    Drawn with a generator seeded with 0 (independent of ``--seed``), so a limited run
+    sees every class even when the data set is stored sorted by class.
+    """
+    if limit >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(n, generator=g)[:limit].sort().values
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -249,11 +268,12 @@ def train(
     """Run (or resume) a training run described by ``config``.
 
     ``data`` optionally supplies ``(x_train, y_train, x_test, y_test)`` already loaded
-    (``train_limit`` / ``test_limit`` still apply); otherwise it is read with
-    :mod:`onespike.data`.  ``command`` is recorded in the JSON sidecar (default: a
-    command line rebuilt from ``config``).  If ``config.stop_after`` is set, the run
-    stops after that many epochs in total (simulating an interruption; nothing is
-    written to ``out``).
+    (``train_limit`` / ``test_limit`` still apply, via :func:`fixed_subset`); otherwise
+    it is read with :mod:`onespike.data`.  ``command`` is recorded in the JSON sidecar
+    (default: a command line rebuilt from ``config``).  If ``config.stop_after`` is set,
+    the run stops after that many epochs in total (simulating an interruption; nothing
+    is written to ``out``).  ``config.threads`` sets ``torch.set_num_threads`` for the
+    rest of the process.
     """
     cfg = config.resolved()
     assert cfg.lr is not None and cfg.dataset is not None and cfg.name is not None
@@ -264,14 +284,20 @@ def train(
         x_te, y_te = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
     else:
         x_tr, y_tr, x_te, y_te = data
-        x_tr, y_tr = x_tr[: cfg.train_limit], y_tr[: cfg.train_limit]
-        x_te, y_te = x_te[: cfg.test_limit], y_te[: cfg.test_limit]
+        if cfg.train_limit is not None:
+            idx = fixed_subset(len(x_tr), cfg.train_limit)
+            x_tr, y_tr = x_tr[idx], y_tr[idx]
+        if cfg.test_limit is not None:
+            idx = fixed_subset(len(x_te), cfg.test_limit)
+            x_te, y_te = x_te[idx], y_te[idx]
     n_train = len(x_tr)
     batch_size = min(cfg.batch_size, n_train)
     steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
 
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, **cfg.model_kwargs())
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * steps_per_epoch
@@ -319,6 +345,8 @@ def train(
             xb, yb = x_tr[idx], y_tr[idx]
             if cfg.augment:
                 xb = random_crop_flip(xb, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             logits = model(xb)
             loss = criterion(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -386,14 +414,17 @@ def save_weights(
     """Write ``{out}/{name}.pt`` and its JSON sidecar; return the sidecar's content.
 
     Accuracies in the sidecar are measured on the weights *as saved* (after the fp16
-    round trip for CIFAR models), in percent.
+    round trip for CIFAR models), in percent: ``test_acc`` on the whole evaluated test
+    set, ``acc_first1000`` on its first 1,000 images (a reproducibility check that tests
+    re-measure; for CIFAR-10 read from the JPEG zip these are all airplanes, so it is not
+    an accuracy estimate there), ``test_acc_before_cast`` before the dtype round trip.
     """
     assert cfg.out is not None and cfg.name is not None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
     sd = {
-        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).clone()
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).clone().contiguous()
         for k, v in model.state_dict().items()
     }
     pt = out / f"{cfg.name}.pt"
@@ -450,6 +481,7 @@ def time_batches(
     width: float = 1.0,
     threads: int | None = None,
     n_train: int | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Time ``n_batches`` training steps on random data (after one warm-up step).
 
@@ -462,6 +494,8 @@ def time_batches(
     cfg = TrainConfig(model=model_name, width=width, batch_size=batch_size).resolved()
     torch.manual_seed(0)
     model = get_model(model_name, **cfg.model_kwargs()).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, *spec.input_shape)
@@ -469,6 +503,8 @@ def time_batches(
 
     def step() -> None:
         xb = random_crop_flip(x, gen) if cfg.augment else x
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(xb), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -513,12 +549,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint path, rewritten every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if present")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
-    p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
+    p.add_argument(
+        "--train-limit", type=int, default=None, help="use a fixed subset of N train images"
+    )
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="use a fixed subset of N test images"
+    )
     p.add_argument("--data-root", default=None, help="data folder (default: onespike.data)")
     p.add_argument("--save-dtype", default=None, choices=["float32", "float16"])
     p.add_argument(
         "--stop-after", type=int, default=None, help="stop after this many epochs (resume later)"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train in channels-last memory format (faster CPU convolutions)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--eval-batch-size", type=int, default=1000)
@@ -543,9 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.time_batches is not None:
-        r = time_batches(args.model, args.time_batches, args.batch_size, args.width, args.threads)
+        r = time_batches(
+            args.model,
+            args.time_batches,
+            args.batch_size,
+            args.width,
+            args.threads,
+            channels_last=args.channels_last,
+        )
+        fmt = " channels_last" if args.channels_last else ""
         print(
-            f"{args.model} width={args.width:g} batch={args.batch_size} threads={r['threads']}: "
+            f"{args.model} width={args.width:g} batch={args.batch_size}{fmt} "
+            f"threads={r['threads']}: "
             f"{r['seconds_per_batch']:.3f} s/batch, ~{r['seconds_per_epoch']:.0f} s/epoch"
         )
         return 0

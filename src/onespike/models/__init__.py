@@ -1,0 +1,45 @@
+"""ANN architectures used by onespike and loading of their shipped pre-trained weights.
+
+All models take raw pixels in ``[0, 1]`` (no normalisation layer, so the converter sees
+non-negative inputs), use one non-in-place ``nn.ReLU`` module per activation, and trace
+with :func:`torch.fx.symbolic_trace`.  See ``docs/MODELS.md``.
+"""
+
+from onespike.models.mnist import MNISTCNN, mnist_cnn
+from onespike.models.registry import (
+    MODELS,
+    ModelSpec,
+    PretrainedWeightsNotFoundError,
+    available_models,
+    available_pretrained,
+    get_model,
+    get_spec,
+    load_pretrained,
+    load_state_dict_file,
+    pretrained_info,
+    weights_dir,
+)
+from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
+from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
+
+__all__ = [
+    "MNISTCNN",
+    "MODELS",
+    "VGG",
+    "VGG11_CFG",
+    "BasicBlock",
+    "CIFARResNet",
+    "ModelSpec",
+    "PretrainedWeightsNotFoundError",
+    "available_models",
+    "available_pretrained",
+    "get_model",
+    "get_spec",
+    "load_pretrained",
+    "load_state_dict_file",
+    "mnist_cnn",
+    "pretrained_info",
+    "resnet20",
+    "vgg11_bn",
+    "weights_dir",
+]

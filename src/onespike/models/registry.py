@@ -1,0 +1,163 @@
+"""Model registry and loading of the pre-trained weights shipped with the package.
+
+Weights live in ``onespike/assets/weights/{name}.pt`` (a ``state_dict``; fp32 for the
+MNIST CNN, fp16 for the CIFAR models, always cast back to fp32 on load) next to a JSON
+sidecar ``{name}.json`` written by :mod:`onespike.train` with the exact command, seed,
+epochs and the measured test accuracy.  The sidecar also records which architecture
+(``model``) and constructor arguments (``model_kwargs``) a file belongs to, so a file such
+as ``vgg11_bn_w0.5.pt`` loads the right shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from onespike.models.mnist import mnist_cnn
+from onespike.models.resnet import resnet20
+from onespike.models.vgg import vgg11_bn
+
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "PretrainedWeightsNotFoundError",
+    "available_models",
+    "available_pretrained",
+    "get_model",
+    "get_spec",
+    "load_pretrained",
+    "load_state_dict_file",
+    "pretrained_info",
+    "weights_dir",
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the package needs to know about a registered architecture."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    dataset: str  # "mnist" or "cifar10"
+    input_shape: tuple[int, int, int]
+    train_command: str  # the command that produces (or produced) the shipped weights
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mnist_cnn": ModelSpec(
+        "mnist_cnn",
+        mnist_cnn,
+        "mnist",
+        (1, 28, 28),
+        "python -m onespike.train --model mnist_cnn --epochs 6 --seed 0 --batch-size 128 --lr 0.05 "
+        "--threads 1 "
+        "--out src/onespike/assets/weights",
+    ),
+    "resnet20": ModelSpec(
+        "resnet20",
+        resnet20,
+        "cifar10",
+        (3, 32, 32),
+        "python -m onespike.train --model resnet20 --epochs 200 --seed 0 "
+        "--out src/onespike/assets/weights",
+    ),
+    "vgg11_bn": ModelSpec(
+        "vgg11_bn",
+        vgg11_bn,
+        "cifar10",
+        (3, 32, 32),
+        "python -m onespike.train --model vgg11_bn --epochs 200 --seed 0 "
+        "--out src/onespike/assets/weights",
+    ),
+}
+
+
+class PretrainedWeightsNotFoundError(FileNotFoundError):
+    """Raised when a model's weight file is not shipped; the message says how to train it."""
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`get_model`."""
+    return sorted(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the :class:`ModelSpec` of a registered architecture."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(available_models())}") from None
+
+
+def get_model(name: str, **kw: Any) -> nn.Module:
+    """Build a freshly initialised model by name, e.g. ``get_model("vgg11_bn", width=0.5)``."""
+    return get_spec(name).builder(**kw)
+
+
+def weights_dir() -> Path:
+    """The directory holding the shipped ``{name}.pt`` / ``{name}.json`` files."""
+    return Path(__file__).resolve().parent.parent / "assets" / "weights"
+
+
+def available_pretrained(root: str | Path | None = None) -> list[str]:
+    """Names for which a weight file exists in ``root`` (default: :func:`weights_dir`)."""
+    d = Path(root) if root is not None else weights_dir()
+    return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
+
+
+def pretrained_info(name: str, root: str | Path | None = None) -> dict[str, Any]:
+    """Read the JSON sidecar ``{name}.json`` (command, seed, epochs, accuracy, ...)."""
+    d = Path(root) if root is not None else weights_dir()
+    path = d / f"{name}.json"
+    if not path.is_file():
+        raise PretrainedWeightsNotFoundError(_missing_message(name, path))
+    with path.open() as f:
+        return json.load(f)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a saved ``state_dict`` and cast its floating tensors to fp32."""
+    sd = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def load_pretrained(name: str, root: str | Path | None = None) -> nn.Module:
+    """Build ``name`` and load its shipped weights; returned in eval mode, fp32, on CPU.
+
+    ``name`` is a weight-file stem (e.g. ``"mnist_cnn"``).  The architecture and its
+    constructor arguments come from the JSON sidecar when present, else ``name`` must be
+    a registered architecture.  A missing file raises :class:`PretrainedWeightsNotFoundError`
+    whose message gives the training command that produces it.
+    """
+    d = Path(root) if root is not None else weights_dir()
+    pt = d / f"{name}.pt"
+    if not pt.is_file():
+        raise PretrainedWeightsNotFoundError(_missing_message(name, pt))
+    arch, kwargs = name, {}
+    if (d / f"{name}.json").is_file():
+        info = pretrained_info(name, d)
+        arch, kwargs = info.get("model", name), dict(info.get("model_kwargs", {}))
+    model = get_model(arch, **kwargs)
+    model.load_state_dict(load_state_dict_file(pt))
+    return model.eval()
+
+
+def _missing_message(name: str, path: Path) -> str:
+    if name in MODELS:
+        cmd = MODELS[name].train_command
+    else:
+        cmd = (
+            f"python -m onespike.train --model <arch> --name {name} "
+            "--out src/onespike/assets/weights"
+        )
+    return (
+        f"no pretrained weights for {name!r}: {path} does not exist. "
+        f"Produce them with:\n    {cmd}\n(run from the repository root; see docs/MODELS.md)"
+    )

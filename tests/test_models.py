@@ -1,0 +1,283 @@
+"""Tests of onespike.models (architectures, registry, shipped weights) and onespike.train."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+
+from onespike.models import (
+    MNISTCNN,
+    MODELS,
+    PretrainedWeightsNotFoundError,
+    available_pretrained,
+    get_model,
+    load_pretrained,
+    pretrained_info,
+    resnet20,
+    vgg11_bn,
+    weights_dir,
+)
+from onespike.train import TrainConfig, evaluate, main, random_crop_flip, train
+
+CASES = [
+    ("mnist_cnn", {}),
+    ("resnet20", {}),
+    ("vgg11_bn", {}),
+    ("vgg11_bn", {"width": 0.5}),
+]
+
+
+@pytest.fixture(scope="module")
+def mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
+    from onespike.data import load_mnist
+
+    return load_mnist("test")
+
+
+@pytest.fixture(scope="module")
+def mnist_train_256() -> tuple[torch.Tensor, torch.Tensor]:
+    from onespike.data import load_mnist
+
+    x, y = load_mnist("train")
+    return x[:256].clone(), y[:256].clone()
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES)
+def test_output_shape(name: str, kw: dict) -> None:
+    torch.manual_seed(0)
+    model = get_model(name, **kw).eval()
+    x = torch.rand(3, *MODELS[name].input_shape)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES)
+def test_fx_trace_matches_and_relus_are_distinct(name: str, kw: dict) -> None:
+    torch.manual_seed(0)
+    model = get_model(name, **kw).eval()
+    gm = fx.symbolic_trace(model)
+    x = torch.rand(2, *MODELS[name].input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x))
+    modules = dict(model.named_modules())
+    relu_calls = [
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], nn.ReLU)
+    ]
+    n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    assert len(relu_calls) == n_relu == len(set(relu_calls))  # each ReLU used exactly once
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    # no functional activations hidden in forward: every non-I/O node is a module call
+    # except the residual additions
+    others = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "call_module")]
+    assert all(n.target in (torch.add, operator.add) for n in others)
+
+
+def test_mnist_cnn_layout() -> None:
+    m = MNISTCNN()
+    kinds = [(name, type(mod).__name__) for name, mod in m.named_children()]
+    assert kinds == [
+        ("conv1", "Conv2d"),
+        ("bn1", "BatchNorm2d"),
+        ("relu1", "ReLU"),
+        ("pool1", "MaxPool2d"),
+        ("conv2", "Conv2d"),
+        ("bn2", "BatchNorm2d"),
+        ("relu2", "ReLU"),
+        ("pool2", "AvgPool2d"),
+        ("flatten", "Flatten"),
+        ("fc1", "Linear"),
+        ("relu3", "ReLU"),
+        ("dropout", "Dropout"),
+        ("fc2", "Linear"),
+    ]
+    assert (m.conv1.in_channels, m.conv1.out_channels, m.conv1.kernel_size) == (1, 16, (5, 5))
+    assert m.conv1.padding == (2, 2) and m.conv2.padding == (2, 2)
+    assert (m.conv2.in_channels, m.conv2.out_channels) == (16, 32)
+    assert (m.fc1.in_features, m.fc1.out_features, m.fc2.out_features) == (1568, 128, 10)
+    assert m.dropout.p == pytest.approx(0.2)
+
+
+def test_resnet20_layout() -> None:
+    m = resnet20()
+    convs = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)]
+    main_convs = [n for n in convs if "shortcut" not in n]
+    assert len(main_convs) == 19  # + fc = 20 weighted layers
+    assert [n for n in convs if "shortcut" in n] == ["layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+    assert not any(isinstance(mod, nn.MaxPool2d) for mod in m.modules())
+    assert isinstance(m.pool, nn.AdaptiveAvgPool2d)
+    assert (m.fc.in_features, m.fc.out_features) == (64, 10)
+    for stage, ch, stride in ((m.layer1, 16, 1), (m.layer2, 32, 2), (m.layer3, 64, 2)):
+        assert len(stage) == 3
+        assert stage[0].conv1.out_channels == ch and stage[0].conv1.stride == (stride, stride)
+        assert stage[0].relu1 is not stage[0].relu2
+    assert isinstance(m.layer1[0].shortcut, nn.Identity)
+    assert 0.26e6 < sum(p.numel() for p in m.parameters()) < 0.28e6
+
+
+@pytest.mark.parametrize("width", [1.0, 0.5, 0.25])
+def test_vgg11_layout(width: float) -> None:
+    m = vgg11_bn(width=width)
+    chans = [mod.out_channels for mod in m.features if isinstance(mod, nn.Conv2d)]
+    expected = [round(c * width) for c in (64, 128, 256, 256, 512, 512, 512, 512)]
+    assert chans == expected
+    assert sum(isinstance(mod, nn.MaxPool2d) for mod in m.features) == 5
+    assert "conv1" in dict(m.features.named_children())
+    assert m.fc.in_features == expected[-1] and m.fc.out_features == 10
+
+
+def test_get_model_unknown_name() -> None:
+    with pytest.raises(KeyError, match="unknown model"):
+        get_model("resnet1000")
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_mnist_weights_reach_recorded_accuracy(mnist_test) -> None:
+    info = pretrained_info("mnist_cnn")
+    for key in ("command", "seed", "epochs", "test_acc", "acc_first1000", "weights_dtype"):
+        assert key in info
+    assert info["command"].startswith("python -m onespike.train --model mnist_cnn")
+    assert info["test_acc"] >= 99.0
+    pt = weights_dir() / "mnist_cnn.pt"
+    assert hashlib.sha256(pt.read_bytes()).hexdigest() == info["weights_sha256"]
+    model = load_pretrained("mnist_cnn")
+    assert not model.training
+    assert all(
+        p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point()
+    )
+    x, y = mnist_test
+    acc = evaluate(model, x[:1000], y[:1000])
+    assert abs(acc - info["acc_first1000"]) <= 0.1 + 1e-9
+
+
+def test_every_shipped_file_has_a_sidecar() -> None:
+    for name in available_pretrained():
+        info = pretrained_info(name)
+        assert info["name"] == name
+        assert info["model"] in MODELS
+
+
+def test_missing_weights_file_error_names_training_command(tmp_path: Path) -> None:
+    with pytest.raises(PretrainedWeightsNotFoundError, match=r"python -m onespike\.train"):
+        load_pretrained("resnet20", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="--model resnet20"):
+        load_pretrained("resnet20", root=tmp_path)
+    with pytest.raises(PretrainedWeightsNotFoundError, match="vgg11_bn"):
+        pretrained_info("vgg11_bn", root=tmp_path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _tiny_cfg(tmp_path: Path, tag: str, **kw) -> TrainConfig:
+    return TrainConfig(
+        model="mnist_cnn",
+        epochs=2,
+        seed=3,
+        batch_size=64,
+        train_limit=256,
+        test_limit=200,
+        out=str(tmp_path / tag),
+        checkpoint=str(tmp_path / f"{tag}.ckpt"),
+        progress=False,
+        **kw,
+    )
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path: Path, mnist_train_256, mnist_test) -> None:
+    data = (*mnist_train_256, *mnist_test)
+    full = train(_tiny_cfg(tmp_path, "full"), data=data)
+    part = train(_tiny_cfg(tmp_path, "part", stop_after=1), data=data)
+    assert part.epochs_done == 1 and part.test_acc is None
+    assert not (tmp_path / "part" / "mnist_cnn.pt").exists()
+    ckpt = torch.load(tmp_path / "part.ckpt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "generator", "torch_rng"} <= set(ckpt)
+    assert ckpt["epoch"] == 1
+    resumed = train(_tiny_cfg(tmp_path, "part", resume=True), data=data)
+    a = torch.load(tmp_path / "full" / "mnist_cnn.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "mnist_cnn.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.test_acc == full.test_acc
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    info = json.loads((tmp_path / "part" / "mnist_cnn.json").read_text())
+    assert info["resumed"] is True and info["epochs"] == 2 and info["seed"] == 3
+    # the run's own weights load through the registry, from the JSON sidecar
+    m = load_pretrained("mnist_cnn", root=tmp_path / "full")
+    assert isinstance(m, MNISTCNN) and not m.training
+
+
+def test_resume_rejects_other_settings(tmp_path: Path, mnist_train_256, mnist_test) -> None:
+    data = (*mnist_train_256, *mnist_test)
+    train(_tiny_cfg(tmp_path, "x", stop_after=1), data=data)
+    cfg = _tiny_cfg(tmp_path, "x", resume=True)
+    cfg.seed = 4
+    with pytest.raises(ValueError, match="seed"):
+        train(cfg, data=data)
+
+
+def test_cifar_model_saves_fp16_and_loads_fp32(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    cfg = TrainConfig(
+        model="vgg11_bn",
+        width=0.125,
+        epochs=1,
+        batch_size=8,
+        out=str(tmp_path),
+        progress=False,
+        channels_last=True,
+    )
+    res = train(cfg, data=(x, y, x, y))
+    assert res.config.name == "vgg11_bn_w0.125" and res.config.augment is True
+    sd = torch.load(tmp_path / "vgg11_bn_w0.125.pt", weights_only=True)
+    assert sd["features.conv1.weight"].dtype == torch.float16
+    assert sd["features.conv1.weight"].is_contiguous()
+    assert sd["features.bn1.num_batches_tracked"].dtype == torch.int64
+    info = pretrained_info("vgg11_bn_w0.125", root=tmp_path)
+    assert info["weights_dtype"] == "float16" and info["model_kwargs"] == {"width": 0.125}
+    m = load_pretrained("vgg11_bn_w0.125", root=tmp_path)
+    assert m.features.conv1.weight.dtype == torch.float32
+    assert m.features.conv1.out_channels == 8
+    assert evaluate(m, x, y) == pytest.approx(info["test_acc"])
+
+
+def test_random_crop_flip() -> None:
+    x = torch.rand(64, 3, 8, 8) + 1.0  # strictly positive, so padding shows up as zeros
+    out1 = random_crop_flip(x, torch.Generator().manual_seed(5), padding=2)
+    out2 = random_crop_flip(x, torch.Generator().manual_seed(5), padding=2)
+    assert out1.shape == x.shape
+    assert torch.equal(out1, out2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    n_flipped = 0
+    for i in range(len(x)):
+        crops = [
+            padded[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)
+        ]  # all 25 offsets
+        if any(torch.equal(out1[i], cr) for cr in crops):
+            continue
+        assert any(torch.equal(out1[i], cr.flip(-1)) for cr in crops)
+        n_flipped += 1
+    assert 10 < n_flipped < 54
+
+
+def test_cli_time_batches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", "mnist_cnn", "--time-batches", "1", "--batch-size", "8"]) == 0
+    assert "s/epoch" in capsys.readouterr().out
