@@ -247,8 +247,13 @@ def cost(
     """
     snn.check_input(x)
     if ann is not None:
-        y = ann.eval()(x[:1])
-        if y.shape[1:] != snn(x[:1]).shape[1:]:
+        try:
+            probe = x[:1]
+            y = ann.eval()(probe)
+        except RuntimeError:  # a model that mixes samples (GCN adjacency) needs them all
+            probe = x
+            y = ann.eval()(probe)
+        if y.shape[1:] != snn(probe).shape[1:]:
             raise ValueError("the ANN and the SNN produce outputs of different shapes")
     run = run if run is not None else snn.simulate(x, mode=mode)
     n = x.shape[0]

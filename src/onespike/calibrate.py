@@ -56,6 +56,7 @@ class SearchConfig:
     per_channel: bool = False
     bias_correction: bool = False
     input_coding: str = "analog"
+    search_samples: int | None = 256
 
     def describe(self) -> dict:
         return {
@@ -65,6 +66,7 @@ class SearchConfig:
             "per_channel": self.per_channel,
             "bias_correction": self.bias_correction,
             "shift": self.shift,
+            "search_samples": self.search_samples,
         }
 
 
@@ -110,6 +112,7 @@ class _Search:
         self.cfg = cfg
         self.x = x
         self.progress = progress
+        self.stats_source: _Search | None = None  # candidate scales from a larger set
         self.runner = Runner(traced.module)
         r = self.runner
         self.relus = traced.relus
@@ -198,16 +201,22 @@ class _Search:
             qs = (float(cfg.scale),)
         return _percentiles(values, qs, cfg.per_channel), bases
 
-    def search_layer(
-        self, node: Node, index: int, env: dict[Node, object], bases_override: list[float] | None
-    ) -> tuple[Tensor, float, float]:
+    def layer_input(self, node: Node, env: dict[Node, object]) -> Tensor:
+        """What layer ``node`` codes: its pre-activation (converted or ANN), or the input."""
         if node is self.input:
-            pre = self.x
-            stats = self.x
-        else:
-            pre_node = node.args[0]
-            pre = env[pre_node] if self.cfg.objective == "next" else self.ann[pre_node]
-            stats = pre
+            return self.x
+        pre_node = node.args[0]
+        return env[pre_node] if self.cfg.objective == "next" else self.ann[pre_node]
+
+    def search_layer(
+        self,
+        node: Node,
+        index: int,
+        env: dict[Node, object],
+        bases_override: list[float] | None,
+        stats: Tensor,
+    ) -> tuple[Tensor, float, float]:
+        pre = self.layer_input(node, env)
         scales, bases = self.candidates_for(index, stats)
         if bases_override is not None:
             bases = bases_override
@@ -258,7 +267,13 @@ class _Search:
         for i, node in enumerate(it):
             env = self.env_with(chosen)
             idx = i - (1 if self.cfg.input_coding == "single" else 0)
-            s, b, e = self.search_layer(node, idx, env, bases_override)
+            full = self.stats_source
+            stats = (
+                self.layer_input(node, env)
+                if full is None
+                else full.layer_input(node, full.env_with(chosen))
+            )
+            s, b, e = self.search_layer(node, idx, env, bases_override, stats)
             chosen[node] = (s, b)
             errors[node] = e
             if self.cfg.bias_correction and node is not self.input:
@@ -270,6 +285,11 @@ class _Search:
         env = self.env_with(chosen)
         pre = self.regions[self.output].pre
         return _rel_err(env[pre], self.ann[pre])
+
+
+def batch_independent(runner: Runner) -> bool:
+    """True unless samples interact (a fixed matrix mixes rows of the input, as in a GCN)."""
+    return not any(runner.role(n) == "weighted" and n.op == "call_function" for n in runner.nodes)
 
 
 def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int], int]:
@@ -305,7 +325,14 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
-    search = _Search(traced, x, cfg, progress)
+    x_search = x
+    n_search = cfg.search_samples
+    if n_search is not None and x.shape[0] > n_search and batch_independent(Runner(traced.module)):
+        x_search = x[: cfg.search_samples]
+    search = _Search(traced, x_search, cfg, progress)
+    full = _Search(traced, x, cfg, progress=False) if x_search is not x else search
+    if full is not search:
+        search.stats_source = full
     if cfg.base == "global":
         best = None
         for b in tqdm(BASE_GRID, desc="global base", disable=not progress, leave=False):
@@ -317,6 +344,7 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
         _, _, chosen, errors = best
     else:
         chosen, errors = search.run_sequential()
+    search = full  # the plan's figures on the whole calibration set
     env = search.env_with(chosen)
     fire, out_window = fire_windows(search.runner, search.relus)
 

@@ -51,6 +51,7 @@ def convert(
     per_channel: bool = False,
     bias_correction: bool = False,
     max_calibration: int | None = None,
+    search_samples: int | None = 256,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
@@ -72,6 +73,9 @@ def convert(
         per_channel: one scale per channel instead of per layer.
         bias_correction: correct the next layer's bias for the code's mean error.
         max_calibration: use at most this many calibration samples.
+        search_samples: score the search's candidates on the first this many
+            calibration samples (None: all); scales come from all of them.
+            Ignored for models whose samples interact (graph models).
         progress: show progress bars.
 
     Returns:
@@ -100,11 +104,16 @@ def convert(
             f"input coding {input_coding!r} needs inputs in [0, 1]; calibration data spans "
             f"[{x.min().item():.3g}, {x.max().item():.3g}] (use input_coding='analog')"
         )
-    try:
-        with torch.no_grad():
-            traced.module(x[:1])
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        msg = str(e).splitlines()[0]
+    msg = None
+    for probe in (x[:1], x):  # the whole set for models that mix samples (GCN adjacency)
+        try:
+            with torch.no_grad():
+                traced.module.forward(probe)  # .forward: fx prints no traceback
+            msg = None
+            break
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            msg = msg or str(e).splitlines()[0]
+    if msg is not None:
         raise CalibrationError(
             f"calibration samples of shape {tuple(x.shape[1:])} do not fit the model: {msg}"
         ) from None
@@ -117,6 +126,7 @@ def convert(
         per_channel=per_channel,
         bias_correction=bias_correction,
         input_coding=input_coding,
+        search_samples=search_samples,
     )
     plan = calibrate(traced, x, cfg, progress=progress)
     return SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))

@@ -144,6 +144,8 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
             return "drop"
         if t is operator.getitem:
             return "shape"
+        if t is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
+            return "shape"
         if t in _LINEAR_FUNCTIONS:
             return "linear"
         return None

@@ -91,8 +91,8 @@ def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor
     th = thresholds(base, phases, shift=shift, dtype=z.dtype).to(z.device)
     # ascending copy: number of thresholds <= z is T - phase
     reached = torch.bucketize(z, th.flip(0), right=True)
-    phase = phases - reached
-    return torch.where(reached > 0, phase, torch.full_like(phase, NO_SPIKE))
+    phase = reached.neg_().add_(phases)
+    return phase.masked_fill_(phase == phases, NO_SPIKE)
 
 
 def decode(

@@ -1,0 +1,118 @@
+"""Properties of the single-spike phase code (codes/phase.py)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onespike.codes import multiphase
+from onespike.codes import phase as pc
+
+bases = st.floats(min_value=1.02, max_value=2.0)
+windows = st.integers(min_value=1, max_value=24)
+values = st.floats(min_value=0.0, max_value=3.0, allow_nan=False)
+
+
+def _code(z: float, base: float, T: int, shift: bool = True) -> tuple[int, float]:
+    zt = torch.tensor([z], dtype=torch.float64)
+    ph = pc.encode(zt, base, T, shift=shift)
+    return int(ph[0]), float(pc.decode(ph, base, torch.tensor(1.0, dtype=torch.float64))[0])
+
+
+@given(z=values, base=bases, T=windows)
+def test_shift_rounds_to_nearest_level(z, base, T):
+    _, q = _code(z, base, T)
+    candidates = [base**-k for k in range(T)] + [0.0]
+    target = min(z, 1.0)  # saturation: everything above 1 is clipped to the top level
+    best = min(abs(target - c) for c in candidates)
+    assert abs(target - q) <= best + 1e-12
+
+
+@given(z=st.floats(min_value=0.0, max_value=1.0), base=bases, T=windows)
+def test_relative_error_bound_inside_range(z, base, T):
+    if z < base ** -(T - 1):
+        return  # below the smallest level: not inside the range
+    _, q = _code(z, base, T)
+    assert abs(q - z) / z <= pc.max_relative_error(base) + 1e-12
+
+
+@given(z=st.floats(min_value=0.0, max_value=1.0), base=bases, T=windows)
+def test_floor_never_overestimates_and_bound(z, base, T):
+    _, q = _code(z, base, T, shift=False)
+    assert q <= z + 1e-15
+    if z >= base ** -(T - 1):
+        assert (z - q) / z <= pc.max_relative_error(base, shift=False) + 1e-12
+
+
+@given(a=values, b=values, base=bases, T=windows, shift=st.booleans())
+def test_monotonic(a, b, base, T, shift):
+    lo, hi = min(a, b), max(a, b)
+    ka, qa = _code(lo, base, T, shift)
+    kb, qb = _code(hi, base, T, shift)
+    assert qa <= qb
+    if ka >= 0 and kb >= 0:
+        assert kb <= ka  # a larger value fires earlier
+
+
+@given(base=bases, T=windows)
+def test_thresholds_decrease_and_match_membrane_form(base, T):
+    th = pc.thresholds(base, T, dtype=torch.float64)
+    assert bool((th[1:] < th[:-1]).all())
+    m = pc.membrane_thresholds(base, T, dtype=torch.float64)
+    k = torch.arange(T, dtype=torch.float64)
+    assert torch.allclose(m, th * base**k, rtol=1e-12)
+    if T > 1:  # with the shift the membrane threshold is constant except the last step
+        assert torch.allclose(m[:-1], torch.full((T - 1,), (1 + 1 / base) / 2, dtype=torch.float64))
+    assert math.isclose(float(m[-1]), 0.5, rel_tol=1e-12)
+
+
+def test_one_phase_per_neuron_and_no_spike_below_half_smallest_level():
+    base, T = 1.5, 6
+    smallest = base ** -(T - 1)
+    z = torch.tensor([-1.0, 0.0, smallest * 0.49, smallest * 0.51, 0.7, 1.0, 5.0])
+    ph = pc.encode(z, base, T)
+    assert ph.tolist() == [-1, -1, -1, T - 1, 1, 0, 0]
+    assert ph.dtype == torch.int64 and ph.shape == z.shape
+
+
+def test_exact_levels_decode_to_themselves():
+    base, T = 1.7, 8
+    lv = pc.levels(base, T, dtype=torch.float64)
+    ph = pc.encode(lv, base, T)
+    assert ph.tolist() == list(range(T))
+    assert torch.allclose(pc.decode(ph, base, torch.tensor(1.0, dtype=torch.float64)), lv)
+
+
+def test_quantize_per_channel_scale():
+    x = torch.tensor([[[[2.0]], [[2.0]]]])  # [1, 2, 1, 1]
+    scale = torch.tensor([2.0, 4.0]).reshape(2, 1, 1)
+    q = pc.quantize(x, scale, 2.0, 4)
+    assert q.flatten().tolist() == [2.0, 2.0]  # 1.0 * 2 and 0.5 * 4
+
+
+@pytest.mark.parametrize(
+    ("base", "phases", "msg"),
+    [
+        (1.0, 4, "base"),
+        (2.5, 4, "base"),
+        (1.5, 0, "phases"),
+        (1.5, 2.0, "phases"),
+        ("x", 4, "base"),
+    ],
+)
+def test_bad_parameters(base, phases, msg):
+    with pytest.raises(ValueError, match=msg):
+        pc.PhaseCode(base, phases)
+
+
+@settings(max_examples=50)
+@given(x=st.floats(min_value=0.0, max_value=1.0), T=st.integers(1, 16))
+def test_multiphase_roundtrip(x, T):
+    code = multiphase.encode(torch.tensor([x], dtype=torch.float64), T)
+    val = float(multiphase.decode(code, T, torch.float64)[0])
+    assert 0 <= x - val < 2.0**-T or (x == 1.0 and val == 1 - 2.0**-T)
+    bits = sum(int(multiphase.spikes_at(code, k, T)[0]) * 2.0 ** -(k + 1) for k in range(T))
+    assert bits == val
+    assert int(multiphase.spike_count(code)[0]) == bin(int(code[0])).count("1")

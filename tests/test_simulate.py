@@ -1,0 +1,90 @@
+"""The step-by-step simulator and the event-exact fast path agree."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import onespike
+from tests.nets import Net1d, make, randomize_bn
+
+
+def _agree(snn, x, dtype):
+    ev = snn.simulate(x, mode="event", dtype=dtype)
+    stp = snn.simulate(x, mode="step", dtype=dtype)
+    mism = sum(int((stp.spike_phases[k] != ev.spike_phases[k]).sum()) for k in ev.spike_phases)
+    total = sum(v.numel() for v in ev.spike_phases.values())
+    return ev, stp, mism, total
+
+
+# no shrinking: each example converts a network; a failure prints its parameters
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(
+    seed=st.integers(0, 10_000),
+    relu_kind=st.sampled_from(["module", "F", "torch", "method"]),
+    maxpool=st.booleans(),
+    merge=st.sampled_from(["add", "cat"]),
+    pool=st.sampled_from(["avg", "adaptive"]),
+    flatten=st.sampled_from(["view", "reshape", "torch", "module"]),
+    coding=st.sampled_from(["analog", "phase", "single"]),
+    phases=st.integers(2, 10),
+)
+def test_step_equals_event_on_random_networks(
+    seed, relu_kind, maxpool, merge, pool, flatten, coding, phases
+):
+    model = make(
+        seed, relu_kind=relu_kind, maxpool=maxpool, merge=merge, pool=pool, flatten=flatten
+    )
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(24, 2, 8, 8, generator=g)
+    snn = onespike.convert(model, x, phases=phases, input_coding=coding, progress=False)
+    # float64: no ties at a threshold, so phases and outputs are identical
+    ev, stp, mism, _ = _agree(snn, x, torch.float64)
+    assert mism == 0
+    assert torch.equal(ev.output.argmax(1), stp.output.argmax(1))
+    assert torch.allclose(ev.output, stp.output, atol=1e-9)
+    if ev.input_spikes is not None:
+        assert torch.equal(ev.input_spikes, stp.input_spikes)
+    for k, c in stp.spike_counts.items():
+        assert int(c.max()) <= 1, k  # at most one spike per neuron, counted step by step
+        assert torch.equal(c, (stp.spike_phases[k] >= 0).long())
+    # float32: ties may flip a handful of neurons, no more
+    _, _, mism32, total = _agree(snn, x, None)
+    assert mism32 <= max(2, total // 1000)
+
+
+def test_conv1d_batchnorm1d_maxpool1d():
+    torch.manual_seed(0)
+    model = randomize_bn(Net1d(), 0)
+    x = torch.rand(32, 3, 16)
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    ev, stp, mism, _ = _agree(snn, x, torch.float64)
+    assert mism == 0
+    assert torch.allclose(ev.output, stp.output, atol=1e-9)
+
+
+def test_latency_and_windows_follow_the_longest_path():
+    model = make(1, merge="add")
+    x = torch.rand(8, 2, 8, 8)
+    snn = onespike.convert(model, x, phases=5, progress=False)
+    wins = {lp.name: lp.fire_window for lp in snn.plan.layers}
+    # relu1 -> relu2, relu3 (both window 2); relu4 waits for relu1's spikes delayed by one window
+    assert wins == {"relu1": 1, "relu2": 2, "relu3": 2, "relu4": 3, "relu5": 4}
+    assert snn.plan.latency_steps == (4 + 1) * 5
+
+
+def test_simulate_rejects_bad_mode_and_input():
+    model = make(2)
+    x = torch.rand(8, 2, 8, 8)
+    snn = onespike.convert(model, x, phases=4, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        snn.simulate(x, mode="fast")
+    with pytest.raises(ValueError, match=r"expected a batch \[N, 2, 8, 8\]"):
+        snn(torch.rand(8, 3, 8, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        snn(torch.full((2, 2, 8, 8), float("nan")))
