@@ -182,6 +182,9 @@ def count_region(
     """
     kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
     val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
+    for s in reg.sources:
+        if s.op == "get_attr" and s not in val:
+            val[s] = runner.run_node(s, val)
     acs = macs = 0.0
     for n in reg.nodes:
         r = runner.role(n)
@@ -195,10 +198,10 @@ def count_region(
             arg = _weighted_input(n)
             m = val[arg]
             if kind[arg] == "events":
-                val[n] = _ones_op(runner, n, m, const_env)
+                val[n] = _ones_op(runner, n, m, val)
                 kind[n] = "events"
             else:
-                macs += float(_ones_op(runner, n, torch.ones_like(m), const_env).sum())
+                macs += float(_ones_op(runner, n, torch.ones_like(m), val).sum())
                 val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
                 kind[n] = "dense"
         elif kinds == {"events"} and not _is_add(n):

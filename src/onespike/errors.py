@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -37,6 +38,11 @@ def collect_calibration(data: object, limit: int | None = None) -> Tensor:
     ``data`` is a tensor, or an iterable of tensors or of ``(x, y)`` batches (a
     DataLoader works). At most ``limit`` samples are kept.
     """
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise CalibrationError(
+            f"calibration must be a tensor or an iterable of tensors or (x, y) batches, "
+            f"not the path {data!r}: load the data first (e.g. onespike.data.load_mnist)"
+        )
     if isinstance(data, Tensor):
         batches: Iterable = [data]
     elif isinstance(data, Iterable):

@@ -330,6 +330,7 @@ def trace(model: nn.Module) -> TracedModel:
         )
     _fold_bn(gm)
     _drop_passthrough(gm)
+    gm.delete_all_unused_submodules()
     modules = dict(gm.named_modules())
     relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
     if not relus:

@@ -1,0 +1,154 @@
+"""convert(): options, the plan, and a clear error for each user mistake (model untouched)."""
+
+import pytest
+import torch
+from torch import nn
+
+import onespike
+from onespike import CalibrationError, UnsupportedModelError
+from tests.nets import make
+
+
+@pytest.fixture
+def model():
+    return make(7)
+
+
+@pytest.fixture
+def x():
+    return torch.rand(32, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _same(m, snap):
+    return all(torch.equal(v, snap[k]) for k, v in m.state_dict().items())
+
+
+def test_plan_contents(model, x):
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    plan = snn.plan
+    assert [lp.name for lp in plan.layers] == ["relu1", "relu2", "relu3", "relu4", "relu5"]
+    for lp in plan.layers:
+        assert 1 < lp.base <= 2 and lp.scale > 0 and lp.phases == 6
+        assert lp.act_error >= 0 and lp.out_error >= 0
+    assert plan.layers[0].neurons == 4 * 8 * 8
+    text = str(plan)
+    assert "relu3" in text and "base" in text and "latency" in text
+    d = plan.to_dict()
+    assert d["phases"] == 6 and len(d["layers"]) == 5
+    assert isinstance(snn, nn.Module)
+
+
+def test_fixed_global_and_per_layer_bases(model, x):
+    snn = onespike.convert(model, x, phases=6, base=1.5, progress=False)
+    assert {lp.base for lp in snn.plan.layers} == {1.5}
+    snn = onespike.convert(model, x, phases=6, base="global", progress=False)
+    assert len({lp.base for lp in snn.plan.layers}) == 1
+    bases = [1.2, 1.4, 1.6, 1.8, 2.0]
+    snn = onespike.convert(model, x, phases=6, base=bases, progress=False)
+    assert [lp.base for lp in snn.plan.layers] == bases
+
+
+def test_scale_options(model, x):
+    snn_max = onespike.convert(model, x, phases=6, scale="max", base=1.5, progress=False)
+    snn_p = onespike.convert(model, x, phases=6, scale=90.0, base=1.5, progress=False)
+    for a, b in zip(snn_max.plan.layers, snn_p.plan.layers):
+        assert b.scale <= a.scale
+
+
+def test_per_channel_and_bias_correction(model, x):
+    snn = onespike.convert(model, x, phases=6, per_channel=True, progress=False)
+    assert isinstance(snn.plan.layers[0].scale, tuple) and len(snn.plan.layers[0].scale) == 4
+    snn(x)
+    before = _snapshot(model)
+    snn_bc = onespike.convert(model, x, phases=6, bias_correction=True, progress=False)
+    assert _same(model, before)  # the correction changes the SNN's copy only
+    assert not torch.equal(snn_bc.graph_module.conv4.bias, model.conv4.bias)
+
+
+def test_objectives_differ_and_report_their_error(model, x):
+    nxt = onespike.convert(model, x, phases=5, objective="next", progress=False)
+    act = onespike.convert(model, x, phases=5, objective="activation", progress=False)
+    assert nxt.plan.search["objective"] == "next" and act.plan.search["objective"] == "activation"
+    # the activation objective scores each layer on the ANN's own activation
+    first = act.plan.layers[0]
+    assert first.out_error == pytest.approx(first.act_error, rel=1e-6)
+
+
+def test_accepts_dataloader_and_tuples(model, x):
+    y = torch.zeros(32, dtype=torch.long)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    snn = onespike.convert(model, loader, phases=4, progress=False)
+    assert snn(x).shape == (32, 5)
+    snn2 = onespike.convert(model, [x[:16], x[16:]], phases=4, progress=False, max_calibration=20)
+    assert snn2(x).shape == (32, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"phases": 0}, ValueError, "phases must be an integer >= 1"),
+        ({"phases": 2.5}, ValueError, "phases must be an integer"),
+        ({"phases": 4, "base": 2.5}, ValueError, r"base must be in \(1, 2\]"),
+        ({"phases": 4, "base": 1.0}, ValueError, r"base must be in \(1, 2\]"),
+        ({"phases": 4, "base": "best"}, ValueError, "base must be 'auto'"),
+        ({"phases": 4, "base": [1.5, 1.5]}, ValueError, "5 spiking layers"),
+        ({"phases": 4, "scale": 0}, ValueError, "scale must be"),
+        ({"phases": 4, "input_coding": "rate"}, ValueError, "input_coding"),
+        ({"phases": 4, "objective": "logits"}, ValueError, "objective"),
+    ],
+)
+def test_bad_options(model, x, kwargs, error, match):
+    snap = _snapshot(model)
+    with pytest.raises(error, match=match):
+        onespike.convert(model, x, progress=False, **kwargs)
+    assert _same(model, snap)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ([], "calibration set is empty"),
+        (torch.empty(0, 2, 8, 8), "calibration set is empty"),
+        (torch.full((4, 2, 8, 8), float("nan")), "NaN or Inf"),
+        (torch.tensor([[[[float("inf")]]]]).expand(4, 2, 8, 8).clone(), "NaN or Inf"),
+        (torch.rand(4, 3, 8, 8), r"do not fit the model"),
+        (torch.rand(4, 2, 8), r"do not fit the model"),
+        ([torch.rand(4, 2, 8, 8), torch.rand(4, 2, 4, 4)], "sample shape"),
+        (torch.randint(0, 5, (4, 2, 8, 8)), "dtype"),
+        ("images.npy", "iterable of tensors"),
+        (42, "calibration must be a tensor"),
+    ],
+)
+def test_bad_calibration(model, data, match):
+    snap = _snapshot(model)
+    with pytest.raises(CalibrationError, match=match):
+        onespike.convert(model, data, phases=4, progress=False)
+    assert _same(model, snap)
+
+
+def test_unsupported_layer_fails_before_calibration(x):
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.act = nn.GELU()
+            self.fc = nn.Linear(3 * 6 * 6, 2)
+
+        def forward(self, h):
+            return self.fc(self.act(self.conv(h)).flatten(1))
+
+    def data():
+        raise AssertionError("calibration data touched before the model was checked")
+        yield
+
+    with pytest.raises(UnsupportedModelError, match=r"'act' \(GELU\): non-ReLU activation"):
+        onespike.convert(Bad(), data(), phases=4, progress=False)
+
+
+def test_spike_input_codings_need_unit_range(model):
+    with pytest.raises(CalibrationError, match=r"needs inputs in \[0, 1\]"):
+        onespike.convert(model, torch.randn(8, 2, 8, 8), phases=4, input_coding="phase")

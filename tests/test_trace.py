@@ -1,0 +1,129 @@
+"""Tracing: BatchNorm folding, the supported-operator list, clear errors before any work."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onespike.trace import UnsupportedModelError, fold_batchnorm, trace
+from tests.nets import Net1d, make, randomize_bn
+
+
+def test_bn_folding_is_exact():
+    torch.manual_seed(0)
+    model = make(3)
+    traced = trace(model)
+    x = torch.rand(16, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(traced.module(x), model(x), atol=1e-5)
+    names = [type(m).__name__ for m in traced.module.modules()]
+    assert "BatchNorm2d" not in names and "Dropout" not in names  # folded / dropped
+    bn_nodes = [
+        n for n in traced.module.graph.nodes if n.op == "call_module" and "bn" in str(n.target)
+    ]
+    assert bn_nodes == []
+
+
+def test_fold_batchnorm_float64_identity():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(3, 5, 3).double()
+    bn = randomize_bn(nn.Sequential(nn.BatchNorm2d(5)), 1)[0].double()
+    x = torch.randn(4, 3, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        ref = bn(conv(x))
+        fold_batchnorm(conv, bn)
+        assert torch.allclose(conv(x), ref, atol=1e-12)
+
+
+def test_bn1d_after_linear_folds():
+    model = randomize_bn(Net1d(), 2)
+    traced = trace(model)
+    x = torch.rand(8, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(traced.module(x), model(x), atol=1e-5)
+
+
+def test_model_left_untouched():
+    model = make(4)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trace(model)
+    assert model.training  # mode unchanged
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.act = nn.Sigmoid()
+        self.conv2 = nn.Conv2d(4, 4, 3)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        h = torch.tanh(self.conv2(h))
+        return self.norm(h.mean((2, 3)) * h.mean((2, 3)))
+
+
+def test_every_unsupported_node_listed_with_its_place():
+    with pytest.raises(UnsupportedModelError) as e:
+        trace(Mixed())
+    msg = str(e.value)
+    assert "'act' (Sigmoid): non-ReLU activation" in msg
+    assert "tanh" in msg
+    assert "'norm' (LayerNorm): unsupported operator" in msg
+    assert "multiplication/division by a number" in msg  # tensor * tensor
+    assert msg.count("\n  - ") == 4
+
+
+def test_maxpool_before_relu_rejected():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(2 * 3 * 3, 2)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.pool(self.conv(x))).flatten(1))
+
+    with pytest.raises(
+        UnsupportedModelError, match="'pool' \\(MaxPool2d\\): max-pooling must take spikes"
+    ):
+        trace(M())
+
+
+def test_standalone_batchnorm_rejected():
+    m = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.ReLU())
+    with pytest.raises(UnsupportedModelError, match="BatchNorm must directly follow"):
+        trace(m)
+
+
+def test_no_relu_and_control_flow_and_non_module():
+    with pytest.raises(UnsupportedModelError, match="no ReLU"):
+        trace(nn.Sequential(nn.Linear(3, 2)))
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(UnsupportedModelError, match="could not be traced"):
+        trace(Branchy())
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        trace(lambda x: x)
+
+
+def test_tuple_output_rejected():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = F.relu(self.fc(x))
+            return h, h
+
+    with pytest.raises(UnsupportedModelError, match="single tensor"):
+        trace(Two())
