@@ -1,0 +1,79 @@
+"""Speed of the ANN, the SNN fast (event) path and the SNN step simulator, in one run.
+
+    python benchmarks/speed.py [--phases 8] [--images 10000] [--batch-size 1000] [--threads N]
+
+Converts the shipped MNIST CNN, then times each path over the same test
+images (after one warm-up batch) and prints images per second and the ratios
+event/ANN and step/ANN. Ratios are what to compare; absolute speeds depend on
+the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import onespike
+from onespike.cli import calibration_set
+from onespike.data import load_mnist
+from onespike.models import load_pretrained
+
+
+def _time(fn, x: torch.Tensor, batch: int) -> float:
+    fn(x[:batch])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, x.shape[0], batch):
+        fn(x[i : i + batch])
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phases", type=int, default=8)
+    p.add_argument("--images", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ann = load_pretrained("mnist_cnn")
+    xc, _ = calibration_set("mnist", 1000)
+    snn = onespike.convert(ann, xc, phases=a.phases, progress=False)
+    x, _ = load_mnist("test")
+    x = x[: a.images]
+    with torch.no_grad():
+        t_ann = _time(ann, x, a.batch_size)
+        t_event = _time(snn, x, a.batch_size)
+        t_step = _time(lambda b: snn.simulate(b, mode="step"), x, a.batch_size)
+    n = x.shape[0]
+    res = {
+        "images": n,
+        "phases": a.phases,
+        "threads": torch.get_num_threads(),
+        "ann_images_per_s": n / t_ann,
+        "event_images_per_s": n / t_event,
+        "step_images_per_s": n / t_step,
+        "event_over_ann_time": t_event / t_ann,
+        "step_over_ann_time": t_step / t_ann,
+        "step_over_ann_time_per_phase": t_step / t_ann / a.phases,
+    }
+    print(f"MNIST CNN, {n} test images, phases={a.phases}, {res['threads']} thread(s)")
+    print(f"  ANN          {res['ann_images_per_s']:10.0f} images/s")
+    print(f"  SNN event    {res['event_images_per_s']:10.0f} images/s")
+    print(f"  SNN step     {res['step_images_per_s']:10.0f} images/s")
+    print(f"  event / ANN time  {res['event_over_ann_time']:6.2f}  (target <= 1.5)")
+    print(
+        f"  step / ANN time   {res['step_over_ann_time']:6.2f}  "
+        f"= {res['step_over_ann_time_per_phase']:.2f} x phases (target <= 1.5 x phases)"
+    )
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
