@@ -174,6 +174,49 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
 
 
+def resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
+    """A shipped model by name (its data set from its sidecar) or ``package.module:function``."""
+    from onespike.models import available_pretrained, load_pretrained, pretrained_info
+
+    if ":" not in spec and spec in available_pretrained():
+        return load_pretrained(spec), dataset or pretrained_info(spec).get("dataset", "mnist")
+    if dataset is None:
+        raise UserError(f"--dataset is needed for {spec!r} (not a shipped model)")
+    return load_user_model(spec), dataset
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from onespike.sweep import sweep_model, table, write
+
+    phases = [int(t) for t in args.phases.split(",")]
+    results = []
+    for spec in args.model:
+        model, dataset = resolve_model(spec, args.dataset)
+        xc, where = calibration_set(dataset, args.calibration, args.seed)
+        print(f"{spec}: calibration {where}", flush=True)
+        x, y = load_dataset(dataset, "test")
+        if args.test is not None:
+            x, y = x[: args.test], y[: args.test]
+        results.append(
+            sweep_model(
+                spec,
+                model,
+                dataset,
+                xc,
+                x,
+                y,
+                phases,
+                step_phases=args.step_phases,
+                step_images=args.step_images,
+                convert_kwargs={"base": _parse_base(args.base), "scale": _parse_scale(args.scale)},
+                batch_size=args.batch_size,
+            )
+        )
+    print(table(results))
+    write(results, args.json, args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onespike", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -182,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert your model (package.module:function)")
     c.add_argument("--model", required=True, help="package.module:function returning the ANN")
     _add_common(c, dataset=True)
+    s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
+    s.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="shipped model name or package.module:function (repeatable)",
+    )
+    s.add_argument("--dataset", choices=DATASETS, default=None)
+    s.add_argument("--phases", default="4,6,8,12,16,24,32")
+    s.add_argument("--base", default="auto")
+    s.add_argument("--scale", default="auto")
+    s.add_argument("--calibration", type=int, default=1000)
+    s.add_argument("--test", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--step-phases", type=int, default=8, help="run the step simulator at this T")
+    s.add_argument("--step-images", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", default=None)
+    s.add_argument("--plot", default=None, help="PNG file")
     return p
 
 
@@ -193,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
             args.dataset = "mnist"
             return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
+        if args.cmd == "sweep":
+            return run_sweep(args)
         model = load_user_model(args.model)
         return run_conversion(args, model, args.model)
     except (

@@ -50,6 +50,12 @@ class SpikeLayer(nn.Module):
         self.shift = bool(lp.shift)
         scale = lp.scale if isinstance(lp.scale, tuple) else float(lp.scale)
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        # cached in float64, cast to the input's dtype per call
+        f64 = torch.float64
+        th = pc.ascending_thresholds(self.base, self.phases, shift=self.shift, dtype=f64)
+        self.register_buffer("th_ascending", th, persistent=False)
+        table = pc.value_table(self.base, self.phases, dtype=f64)
+        self.register_buffer("table", table, persistent=False)
         self.record = False
         self.last_phase: Tensor | None = None
 
@@ -63,10 +69,12 @@ class SpikeLayer(nn.Module):
         return pc.decode(phase, self.base, self.scale_for(like), self.phases)
 
     def forward(self, pre: Tensor) -> Tensor:
-        phase = self.encode(pre)
         if self.record:
+            phase = self.encode(pre)
             self.last_phase = phase
-        return self.decode(phase, pre)
+            return self.decode(phase, pre)
+        scale = self.scale_for(pre)
+        return pc.quantize_normalised(pre / scale, self.th_ascending, self.table) * scale
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, shift={self.shift}"

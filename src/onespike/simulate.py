@@ -54,7 +54,7 @@ class _Source:
     def step_input(self, t: int, phases: int) -> Tensor:
         """Unweighted synaptic input of step ``t`` (spikes times the unit value)."""
         if self.kind == "single":
-            return (self.code == t).to(self.unit.dtype) * self.unit
+            return torch.where(self.code == t, self.unit, 0.0)
         if self.kind == "multi":
             return multiphase.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
         raise ValueError("analog input has no spikes")
@@ -99,16 +99,18 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
 
 def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Tensor]:
     """Fire window of normalised membranes ``z``: (phases, spike counts)."""
-    mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype)
+    mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
     phase = torch.full(z.shape, pc.NO_SPIKE, dtype=torch.int64)
-    count = torch.zeros(z.shape, dtype=torch.int64)
+    count = torch.zeros(z.shape, dtype=torch.uint8)
+    silent = torch.ones(z.shape, dtype=torch.bool)  # not fired yet
     v = z.clone()
     for k in range(phases):
-        fire = (phase < 0) & (v >= mth[k])
-        phase[fire] = k
-        count += fire.to(torch.int64)
-        v = v * base
-    return phase, count
+        fire = (v >= mth[k]).logical_and_(silent)
+        phase.masked_fill_(fire, k)
+        count += fire
+        silent.logical_and_(fire.logical_not_())
+        v.mul_(base)
+    return phase, count.to(torch.int64)
 
 
 def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source:

@@ -82,16 +82,31 @@ def membrane_thresholds(
     return (th * float(base) ** k).to(dtype)
 
 
+def ascending_thresholds(
+    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The thresholds in ascending order, for :func:`reached` (cache it for speed)."""
+    return thresholds(base, phases, shift=shift, dtype=dtype).flip(0).contiguous()
+
+
+def reached(z: Tensor, th_ascending: Tensor) -> Tensor:
+    """How many thresholds ``z`` reaches (int32, 0 .. T): ``T - phase``, 0 = no spike."""
+    return torch.bucketize(z, th_ascending.to(z.device, z.dtype), right=True, out_int32=True)
+
+
+def value_table(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalised value for each count of :func:`reached`: ``[0, B^-(T-1), ..., B^-1, 1]``."""
+    return torch.cat([torch.zeros(1, dtype=dtype), levels(base, phases, dtype=dtype).flip(0)])
+
+
 def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
     """Spike phase of every neuron for normalised input current ``z``.
 
     Returns an ``int64`` tensor shaped like ``z``: the smallest ``k`` whose
     threshold ``z`` reaches, or ``-1`` (no spike). Memory: no ``T``-fold copy.
     """
-    th = thresholds(base, phases, shift=shift, dtype=z.dtype).to(z.device)
-    # ascending copy: number of thresholds <= z is T - phase
-    reached = torch.bucketize(z, th.flip(0), right=True)
-    phase = reached.neg_().add_(phases)
+    r = reached(z, ascending_thresholds(base, phases, shift=shift, dtype=z.dtype))
+    phase = r.to(torch.int64).neg_().add_(phases)
     return phase.masked_fill_(phase == phases, NO_SPIKE)
 
 
@@ -112,6 +127,16 @@ def decode(
     return table.to(phase.device)[phase] * scale
 
 
+def quantize_normalised(z: Tensor, th_ascending: Tensor, table: Tensor) -> Tensor:
+    """Decoded value of normalised currents ``z`` (the code without the phases).
+
+    ``th_ascending`` from :func:`ascending_thresholds`, ``table`` from
+    :func:`value_table`; equal to ``decode(encode(z))`` with scale 1.
+    """
+    r = reached(z, th_ascending)
+    return table.to(z.device, z.dtype).index_select(0, r.reshape(-1)).view_as(z)
+
+
 def quantize(
     x: Tensor, scale: Tensor | float, base: float, phases: int, *, shift: bool = True
 ) -> Tensor:
@@ -119,7 +144,8 @@ def quantize(
     if not isinstance(scale, Tensor):
         scale = torch.tensor(float(scale), dtype=x.dtype)
     scale = scale.to(dtype=x.dtype, device=x.device)
-    return decode(encode(x / scale, base, phases, shift=shift), base, scale, phases)
+    th = ascending_thresholds(base, phases, shift=shift, dtype=x.dtype)
+    return quantize_normalised(x / scale, th, value_table(base, phases, dtype=x.dtype)) * scale
 
 
 def max_relative_error(base: float, *, shift: bool = True) -> float:

@@ -1,0 +1,190 @@
+"""Accuracy, spikes and energy of converted models over a range of phases.
+
+``onespike sweep --model mnist_cnn --model resnet20 --phases 4,6,8,12,16,24,32``
+converts each model at every ``T`` (searched base and scale), evaluates the
+event path on the test set (and the step simulator on the first images for
+one ``T``), and writes a JSON table and a PNG plot (accuracy vs phases, one
+line per model, the ANN as a dashed line).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from onespike.convert import convert
+from onespike.evaluate import evaluate
+
+
+@dataclass
+class SweepResult:
+    """One model's figures over ``phases``."""
+
+    model: str
+    dataset: str
+    ann_accuracy: float
+    samples: int
+    rows: list[dict] = field(default_factory=list)
+    step_check: dict | None = None
+
+    def smallest_phases(self, max_loss: float) -> int | None:
+        """The smallest ``T`` whose loss is at most ``max_loss`` points (None if none)."""
+        ok = [r["phases"] for r in self.rows if r["loss"] <= max_loss]
+        return min(ok) if ok else None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "ann_accuracy": self.ann_accuracy,
+            "samples": self.samples,
+            "smallest_phases_loss_le_0.5": self.smallest_phases(0.5),
+            "smallest_phases_loss_le_0.1": self.smallest_phases(0.1),
+            "rows": self.rows,
+            "step_check": self.step_check,
+        }
+
+
+def sweep_model(
+    name: str,
+    ann: nn.Module,
+    dataset: str,
+    calibration: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    phases: list[int],
+    *,
+    step_phases: int | None = None,
+    step_images: int = 1000,
+    convert_kwargs: dict | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> SweepResult:
+    """Convert ``ann`` at every ``T`` in ``phases`` and evaluate on ``(x, y)``."""
+    kw = convert_kwargs or {}
+    res: SweepResult | None = None
+    for T in phases:
+        snn = convert(ann, calibration, phases=T, progress=progress, **kw)
+        ev = evaluate(
+            ann,
+            snn,
+            x,
+            y,
+            batch_size=batch_size,
+            step=False,
+            progress=progress,
+            desc=f"{name} T={T}",
+        )
+        if res is None:
+            res = SweepResult(name, dataset, ev.ann_accuracy, ev.samples)
+        c = ev.cost.totals
+        res.rows.append(
+            {
+                "phases": T,
+                "snn_accuracy": ev.snn_accuracy,
+                "loss": ev.loss,
+                "latency_steps": snn.plan.latency_steps,
+                "spikes_per_neuron_mean": c["spikes_per_neuron_mean"],
+                "spikes_per_neuron_max": c["spikes_per_neuron_max"],
+                "energy_ratio_compute": c["energy_ratio_compute"],
+                "energy_ratio_total": c["energy_ratio_total"],
+                "layers": [
+                    {"name": lp.name, "base": lp.base, "scale": lp.scale, "act_error": lp.act_error}
+                    for lp in snn.plan.layers
+                ],
+            }
+        )
+        if step_phases == T:
+            n = min(step_images, x.shape[0])
+            st = evaluate(
+                ann,
+                snn,
+                x[:n],
+                y[:n],
+                batch_size=batch_size,
+                step=True,
+                costs=False,
+                progress=progress,
+                desc=f"{name} T={T} step",
+            )
+            res.step_check = {
+                "phases": T,
+                "images": n,
+                "event_accuracy": st.snn_accuracy,
+                "step_accuracy": st.step_accuracy,
+                "same_predictions": st.step_event_same_predictions,
+                "phase_agreement": st.phase_agreement,
+                "max_spikes_per_neuron": st.max_spikes_per_neuron,
+            }
+    assert res is not None
+    return res
+
+
+def plot(results: list[SweepResult], out: str | Path) -> None:
+    """Accuracy vs phases, one line per model, each ANN as a dashed line of the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(results):
+        color = f"C{i}"
+        ts = [row["phases"] for row in r.rows]
+        ax.plot(
+            ts, [row["snn_accuracy"] for row in r.rows], "o-", color=color, label=f"{r.model} SNN"
+        )
+        ax.axhline(r.ann_accuracy, ls="--", color=color, lw=1, label=f"{r.model} ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("phases T (window length, steps)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("single-spike phase coding, searched base")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write(results: list[SweepResult], json_out: str | Path | None, png_out: str | Path | None):
+    if json_out:
+        Path(json_out).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    if png_out:
+        plot(results, png_out)
+
+
+def table(results: list[SweepResult]) -> str:
+    """Markdown table of the sweep."""
+    lines = [
+        "| model | T | ANN % | SNN % | loss (points) | latency | spikes/neuron (mean, max) "
+        "| energy ANN/SNN (compute, with memory) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r.rows:
+            lines.append(
+                f"| {r.model} | {row['phases']} | {r.ann_accuracy:.2f} | {row['snn_accuracy']:.2f} "
+                f"| {row['loss']:+.2f} | {row['latency_steps']} | "
+                f"{row['spikes_per_neuron_mean']:.3f}, {row['spikes_per_neuron_max']} | "
+                f"{row['energy_ratio_compute']:.2f}x, {row['energy_ratio_total']:.2f}x |"
+            )
+    for r in results:
+        lines.append("")
+        lines.append(
+            f"{r.model}: smallest T with loss <= 0.5: {r.smallest_phases(0.5)}; "
+            f"<= 0.1: {r.smallest_phases(0.1)} ({r.samples} test images)"
+        )
+        if r.step_check:
+            s = r.step_check
+            lines.append(
+                f"{r.model}: step simulator at T={s['phases']} on {s['images']} images: "
+                f"{s['step_accuracy']:.2f} % (event {s['event_accuracy']:.2f} %), "
+                f"{s['same_predictions']} identical predictions, phase agreement "
+                f"{100 * s['phase_agreement']:.4f} %, max spikes per neuron "
+                f"{s['max_spikes_per_neuron']}"
+            )
+    return "\n".join(lines)
