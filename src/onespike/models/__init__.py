@@ -5,6 +5,7 @@ non-negative inputs), use one non-in-place ``nn.ReLU`` module per activation, an
 with :func:`torch.fx.symbolic_trace`.  See ``docs/MODELS.md``.
 """
 
+from onespike.models.gcn import GCN, DeepGCN, gcn, gcn_res, load_pretrained_gcn
 from onespike.models.mnist import MNISTCNN, mnist_cnn
 from onespike.models.registry import (
     MODELS,
@@ -23,19 +24,24 @@ from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
 
 __all__ = [
+    "GCN",
     "MNISTCNN",
     "MODELS",
     "VGG",
     "VGG11_CFG",
     "BasicBlock",
     "CIFARResNet",
+    "DeepGCN",
     "ModelSpec",
     "PretrainedWeightsNotFoundError",
     "available_models",
     "available_pretrained",
+    "gcn",
+    "gcn_res",
     "get_model",
     "get_spec",
     "load_pretrained",
+    "load_pretrained_gcn",
     "load_state_dict_file",
     "mnist_cnn",
     "pretrained_info",

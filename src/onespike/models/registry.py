@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
@@ -44,8 +45,8 @@ class ModelSpec:
 
     name: str
     builder: Callable[..., nn.Module]
-    dataset: str  # "mnist" or "cifar10"
-    input_shape: tuple[int, int, int]
+    dataset: str  # "mnist", "cifar10", or the default graph ("cora") of a graph model
+    input_shape: tuple[int, ...]  # graph models: [F] node features of the default graph
     train_command: str  # the command that produces (or produced) the shipped weights
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +75,24 @@ MODELS: dict[str, ModelSpec] = {
         "cifar10",
         (3, 32, 32),
         "python -m onespike.train --model vgg11_bn --epochs 200 --seed 0 "
+        "--out src/onespike/assets/weights",
+    ),
+    # graph models: the builder reads the adjacency from the Planetoid files (see
+    # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
+    "gcn": ModelSpec(
+        "gcn",
+        gcn,
+        "cora",
+        (1433,),
+        "python -m onespike.gcn train --model gcn --dataset cora --seeds 0 "
+        "--out src/onespike/assets/weights",
+    ),
+    "gcn_res": ModelSpec(
+        "gcn_res",
+        gcn_res,
+        "cora",
+        (1433,),
+        "python -m onespike.gcn train --model gcn_res --dataset cora --seeds 0 "
         "--out src/onespike/assets/weights",
     ),
 }
