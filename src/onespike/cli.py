@@ -222,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
     _add_common(d, dataset=False)
+    from onespike.compare import add_arguments as _compare_arguments
+
+    _compare_arguments(
+        sub.add_parser("compare", help="onespike against other spike codes; JSON + PNG")
+    )
     c = sub.add_parser("convert", help="convert your model (package.module:function)")
     c.add_argument("--model", required=True, help="package.module:function returning the ANN")
     _add_common(c, dataset=True)
@@ -255,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
 
             args.dataset = "mnist"
             return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
+        if args.cmd == "compare":
+            from onespike.compare import main as compare_main
+
+            return compare_main(args)
         if args.cmd == "sweep":
             return run_sweep(args)
         model = load_user_model(args.model)

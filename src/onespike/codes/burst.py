@@ -12,11 +12,17 @@ the fine resolution ``theta``.
 Choices made here (the paper's exact settings could not be checked):
 ``beta = 2``, ``max_burst = 5`` (``g_max = 16``) and ``theta = lam / g_max``,
 so that a sustained burst of the largest spikes carries the layer's full scale
-``lam`` per step, like one spike per step of a rate-coded neuron. Consequences
-that follow from the rule (and are tested): with ``theta = 1`` and input
-currents in ``[0, 1]`` the neuron never bursts and is exactly the rate-coded
-IF neuron; the residual left after ``T`` steps is below ``g_max * theta``, so
-the decoded value of a constant input is within ``g_max * theta / T`` of it.
+``lam`` per step, like one spike per step of a rate-coded neuron. What follows
+from the rule (and is tested): the membrane never goes negative for a
+non-negative input, and for a constant input ``0 <= z <= g_max * theta`` the
+residual stays below ``max_burst * g_max * theta`` (at most ``g_max * theta``
+when a burst ends, plus what piles up while the next burst ramps up), so the
+decoded value is within ``max_burst * g_max * theta / T`` below ``z``; there is
+no clipping at ``theta`` (values up to ``g_max * theta`` per step get
+through). Unlike the rate neuron, a
+neuron that just fired needs ``beta`` times more membrane to fire again, so it
+may skip a step that a rate neuron would fire in; the value is not lost (it
+stays in the membrane).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def burst_step(
     g: Tensor,
     current: Tensor,
     theta: Tensor | float,
-    params: BurstParams = BurstParams(),  # noqa: B008  (frozen dataclass: immutable)
+    params: BurstParams = BurstParams(),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One step of burst neurons.
 
@@ -80,7 +86,7 @@ def run_constant(
     z: Tensor,
     steps: int,
     theta: float = 1.0,
-    params: BurstParams = BurstParams(),  # noqa: B008
+    params: BurstParams = BurstParams(),
 ) -> tuple[Tensor, Tensor]:
     """(sum of spike weights, number of spikes) of neurons fed ``z`` every step for ``steps``."""
     u = torch.zeros_like(z)
@@ -95,7 +101,7 @@ def run_constant(
 
 
 def decode(weight_sum: Tensor, steps: int, theta: Tensor | float) -> Tensor:
-    """Value carried by spikes of total weight ``weight_sum`` over ``steps``: ``theta * sum / T``."""
+    """Value of spikes of total weight ``weight_sum`` over ``steps``: ``theta * sum / T``."""
     return weight_sum * (theta / steps)
 
 

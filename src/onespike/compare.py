@@ -1,0 +1,1061 @@
+"""Side by side: onespike's single-spike code against other spike codes, one ANN, one cost model.
+
+Every code is converted from the same trained ANN (BatchNorm folded by
+:func:`onespike.trace.trace`), with scales taken from the same calibration
+data, run on the same test images, and counted with the same unit costs
+(:mod:`onespike.accounting`): one accumulate (AC) per spike and outgoing
+synapse (:func:`onespike.accounting.count_region` with the real spike counts),
+one MAC per synapse of a layer fed analog values, and the neuron updates of
+each code. The codes:
+
+``onespike``
+    the package's own single-spike phase code: :func:`onespike.convert` at
+    every window ``T``, evaluated by :func:`onespike.evaluate.evaluate` and
+    counted by :func:`onespike.accounting.cost`.
+``rate-max``, ``rate-p99.9``
+    rate coding, IF neurons with reset by subtraction
+    (:mod:`onespike.codes.rate`), threshold = the layer's maximum activation
+    or its 99.9th percentile.
+``multiphase-K4``, ``multiphase-K8``
+    multi-spike base-2 phase coding, weighted spikes with periods of ``K``
+    phases (:mod:`onespike.codes.weighted`), scale = 99.9th percentile.
+``burst``
+    burst coding (:mod:`onespike.codes.burst`), scale = 99.9th percentile.
+``ttfs``
+    time-to-first-spike, one spike whose latency is the value, linearly
+    (:mod:`onespike.codes.ttfs`), scale = 99.9th percentile.
+
+Time. The rate, multi-phase and burst codes are *clocked*: every layer runs
+at every step, a spike reaches the next layers within the same step, and the
+output after ``t`` steps is the output layer's accumulated input divided by
+``t`` (by the number of periods for multi-phase). A run of 256 steps therefore
+gives the result of every shorter run (the dynamics do not depend on the
+length of the run), and its latency is ``t`` steps. onespike and TTFS are
+*windowed*: each layer listens for a window of ``T`` steps and fires in the
+next, so the latency is ``(L + 1) * T`` for ``L`` spiking layers in a chain.
+"Steps" below always means latency, the steps from the first input to the
+output.
+
+Input. Every code takes the input as an analog current into the first layer
+(onespike's default): the first layer's input current is computed once (one
+MAC per synapse, as in the ANN) and added to the membranes every step (every
+period for multi-phase, where the current and the biases are injected at
+phase 0 and the spikes of each period carry one value).
+
+Max-pooling of spikes. The single-spike codes pool exactly (earliest spike =
+largest value). The clocked codes pass, at each step, the spikes of the
+neuron with the largest value sent so far in the pool window (the gating of
+Rueckauer et al. 2017).
+
+Neuron updates (one membrane memory access each, as in onespike's model;
+compare = add):
+
+- rate: per neuron and step, one add (bias and analog current) and one
+  compare; one subtract per spike. Output neurons: one add per step.
+- burst: as rate, plus one multiply per spike (the burst factor ``g``).
+- multi-phase: per neuron and step, one multiply (the membrane is scaled by
+  the phase weight, as onespike's membrane by its base) and one compare;
+  per period one add (bias and analog current); one subtract per spike.
+  Output neurons: one multiply per step and one add per period.
+- TTFS: input window, one add per step (the membrane integrates the held
+  synaptic current); fire window, one add (the ramp) and one compare per step
+  until the neuron fires. Output neurons: one add per input-window step.
+- onespike: :func:`onespike.accounting.cost` (multiplies by the base in the
+  input window; multiply and compare per fire-window step).
+
+Energy: ACs x 0.9 + MACs x 4.6 + multiplies x 3.7 + adds x 0.9 pJ (compute
+only), plus 5 pJ per AC, MAC and neuron update with memory access; ANN: MACs x
+4.6 (+ 5 pJ each). The ratio is ANN / SNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, ann_counts, count_region
+from onespike.codes import burst as burst_code
+from onespike.codes import rate as rate_code
+from onespike.codes import ttfs as ttfs_code
+from onespike.codes import weighted as weighted_code
+from onespike.graph import Region, Runner
+from onespike.trace import TracedModel, trace
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+KINDS = ("onespike", "rate", "weighted", "burst", "ttfs")
+CLOCK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+WINDOW_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+TOLERANCES: tuple[float, ...] = (0.5, 0.1)
+
+
+# --------------------------------------------------------------------------------------
+# codes
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodeSpec:
+    """One code of the comparison and its parameters."""
+
+    name: str
+    kind: str  # one of KINDS
+    scale: str | float = 99.9  # "max" or a percentile of the positive activations
+    period: int = 8  # multi-phase: phases per period
+    beta: float = 2.0  # burst constant
+    max_burst: int = 5  # burst: spikes of growing weight at most
+    shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
+
+    @property
+    def clocked(self) -> bool:
+        return self.kind in ("rate", "weighted", "burst")
+
+    def describe(self) -> dict:
+        d: dict = {"kind": self.kind}
+        if self.kind != "onespike":
+            d["scale"] = self.scale
+        if self.kind == "weighted":
+            d["period"] = self.period
+        if self.kind == "burst":
+            p = burst_code.BurstParams(self.beta, self.max_burst)
+            d.update(beta=self.beta, max_burst=self.max_burst, theta="scale / g_max", g_max=p.g_max)
+        if self.kind == "ttfs":
+            d["shift"] = self.shift
+        if self.kind == "onespike":
+            d["convert"] = "onespike.convert defaults (base and scale searched per layer)"
+        return d
+
+
+CODES: dict[str, CodeSpec] = {
+    c.name: c
+    for c in (
+        CodeSpec("onespike", "onespike"),
+        CodeSpec("rate-max", "rate", scale="max"),
+        CodeSpec("rate-p99.9", "rate", scale=99.9),
+        CodeSpec("multiphase-K4", "weighted", period=4),
+        CodeSpec("multiphase-K8", "weighted", period=8),
+        CodeSpec("burst", "burst"),
+        CodeSpec("ttfs", "ttfs"),
+    )
+}
+
+
+def parse_codes(spec: str | Sequence[str]) -> list[CodeSpec]:
+    """Code specs from names (``"all"`` or a comma list of :data:`CODES` keys)."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        return list(CODES.values())
+    out = []
+    for n in names:
+        n = n.strip()
+        if n not in CODES:
+            raise ValueError(f"unknown code {n!r}; choose from {', '.join(CODES)} or 'all'")
+        out.append(CODES[n])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# operations and energy
+# --------------------------------------------------------------------------------------
+@dataclass
+class Ops:
+    """Operations of one inference (or summed over a batch)."""
+
+    acs: float = 0.0
+    macs: float = 0.0
+    muls: float = 0.0
+    adds: float = 0.0  # adds, compares and subtracts of the neurons
+    updates: float = 0.0  # neuron updates (one membrane access each)
+    spikes: float = 0.0  # spikes of the hidden spiking neurons
+
+    def __iadd__(self, other: Ops) -> Ops:
+        for f in self.__dataclass_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        return self
+
+    def scaled(self, k: float) -> Ops:
+        return Ops(**{f: getattr(self, f) * k for f in self.__dataclass_fields__})
+
+    def energy_compute(self) -> float:
+        """pJ without memory: AC 0.9, MAC 4.6, multiply 3.7, add 0.9."""
+        return self.acs * E_ADD + self.macs * E_MAC + self.muls * E_MUL + self.adds * E_ADD
+
+    def energy_total(self) -> float:
+        """pJ with one memory access (5 pJ) per AC, MAC and neuron update."""
+        return self.energy_compute() + (self.acs + self.macs + self.updates) * E_MEM
+
+
+@dataclass
+class Point:
+    """One code at one length: accuracy, spikes and energy per inference."""
+
+    steps: int  # latency in steps
+    window: int | None  # T of a windowed code (None for clocked codes)
+    accuracy: float  # percent
+    agreement: float  # percent of predictions equal to the ANN's
+    spikes_per_neuron: float
+    ops: dict
+    energy_compute_pj: float
+    energy_total_pj: float
+    energy_ratio_compute: float
+    energy_ratio_total: float
+
+
+@dataclass
+class CodeResult:
+    """All points of one code (increasing steps)."""
+
+    name: str
+    params: dict
+    points: list[Point] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# the network as seen by the simulators
+# --------------------------------------------------------------------------------------
+class Net:
+    """The folded ANN split into spiking layers, spike sources and regions."""
+
+    def __init__(self, traced: TracedModel):
+        self.traced = traced
+        self.runner = r = Runner(traced.module)
+        self.relus: list[Node] = list(traced.relus)
+        self.output: Node = next(n for n in r.nodes if n.op == "output")
+        self.targets: list[Node] = [*self.relus, self.output]
+        self.regions: dict[Node, Region] = {t: r.region(t) for t in self.targets}
+        # nodes derived from spikes by max-pooling or reshaping (sources of regions)
+        self.derived: list[Node] = [
+            n
+            for n in r.nodes
+            if n.op != "placeholder" and r.role(n) != "relu" and r.is_source(n) and r.is_spiking(n)
+        ]
+        for n in r.nodes:
+            if r.role(n) == "maxpool" and not r.is_source(n):
+                raise NotImplementedError(f"max-pooling {n.name} is not fed by spikes")
+        self.order: list[Node] = sorted(
+            [*self.relus, *self.derived, self.output], key=r.order.__getitem__
+        )
+
+    def spiking(self, reg: Region) -> list[Node]:
+        return [s for s in reg.spike_sources if self.runner.is_spiking(s)]
+
+    def analog(self, reg: Region) -> list[Node]:
+        return [s for s in reg.spike_sources if not self.runner.is_spiking(s)]
+
+    def consts(self, env: dict[Node, object]) -> dict[Node, object]:
+        r = self.runner
+        return {n: v for n, v in env.items() if r.role(n) in ("const", "shape")}
+
+    def region_value(
+        self, reg: Region, values: dict[Node, Tensor], consts: dict, *, bias: bool
+    ) -> Tensor:
+        env = {**consts, **values}
+        self.runner.run(env, reg.nodes, bias=bias)
+        return env[reg.pre]  # type: ignore[return-value]
+
+    def neurons(self, env: dict[Node, object]) -> tuple[int, int]:
+        """(hidden spiking neurons, output neurons) per sample."""
+        hidden = sum(int(math.prod(env[n].shape[1:])) for n in self.relus)
+        out = env[self.regions[self.output].pre]
+        return hidden, int(math.prod(out.shape[1:]))
+
+    def ann_macs(self, env: dict[Node, object]) -> float:
+        """MACs of the ANN on the batch of ``env`` (summed over the batch)."""
+        return sum(ann_counts(self.runner, self.regions[t], env)[0] for t in self.targets)
+
+    def latency_windows(self) -> int:
+        """Windows from the input to the output of a windowed code (``L + 1`` for a chain)."""
+        from onespike.calibrate import fire_windows
+
+        _, out_window = fire_windows(self.runner, self.relus)
+        return out_window + 1
+
+    def count_synapses(self, counts: dict[Node, Tensor], env: dict[Node, object]) -> Ops:
+        """ACs and MACs of every region given cumulative spike counts of the spike sources."""
+        consts = self.consts(env)
+        ops = Ops()
+        for t in self.targets:
+            reg = self.regions[t]
+            tags: dict[Node, tuple[str, Tensor]] = {}
+            for s in reg.spike_sources:
+                if self.runner.is_spiking(s):
+                    tags[s] = ("events", counts[s])
+                else:
+                    tags[s] = ("dense", env[s])  # type: ignore[assignment]
+            acs, macs = count_region(self.runner, reg, tags, consts)
+            ops.acs += acs
+            ops.macs += macs
+        return ops
+
+
+def layer_scales(net: Net, x: Tensor, method: str | float) -> dict[Node, float]:
+    """Scale of every spiking layer from the ANN's activations on the calibration data ``x``."""
+    with torch.no_grad():
+        env = net.runner.forward_all(x)
+    return {n: rate_code.activation_scale(env[n], method) for n in net.relus}
+
+
+def _maxpool_indices(runner: Runner, node: Node, value: Tensor) -> Tensor:
+    """Flat indices (per channel) of the maximum of each pool window of ``value``."""
+    if node.op == "call_module":
+        m = runner.modules[node.target]
+        fn = F.max_pool1d if isinstance(m, nn.MaxPool1d) else F.max_pool2d
+        _, idx = fn(
+            value,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            ceil_mode=m.ceil_mode,
+            return_indices=True,
+        )
+        return idx
+    args = (value, *node.args[1:])
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "return_indices"}
+    _, idx = node.target(*args, **kwargs, return_indices=True)
+    return idx
+
+
+def _gather(src: Tensor, idx: Tensor) -> Tensor:
+    return src.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+
+
+# --------------------------------------------------------------------------------------
+# clocked codes: rate, multi-phase, burst
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Tally:
+    correct: int = 0
+    agree: int = 0
+    ops: Ops = field(default_factory=Ops)
+
+
+@torch.no_grad()
+def simulate_clocked(
+    net: Net,
+    spec: CodeSpec,
+    scales: dict[Node, float],
+    x: Tensor,
+    checkpoints: Sequence[int],
+    y: Tensor | None = None,
+) -> dict[int, tuple[Tensor, Ops]]:
+    """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
+
+    All layers update at every step (a spike reaches the next layers in the
+    same step). At each checkpoint ``t`` the output estimate is the output
+    layer's accumulated input per step (per period for multi-phase) and the
+    ops are those of the first ``t`` steps. ``y`` is unused (kept for symmetry).
+    """
+    r = net.runner
+    env0 = r.forward_all(x)
+    consts = net.consts(env0)
+    n = x.shape[0]
+    hidden, n_out = net.neurons(env0)
+    K = spec.period if spec.kind == "weighted" else 1
+    bp = burst_code.BurstParams(spec.beta, spec.max_burst)
+    parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
+    for t in net.targets:
+        reg = net.regions[t]
+        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
+        bias = net.region_value(reg, zeros, consts, bias=True)
+        an = net.analog(reg)
+        analog = (
+            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
+            if an
+            else None
+        )
+        const = bias if analog is None else bias + analog
+        parts[t] = (const, analog, net.spiking(reg), zeros)
+    u = {n_: torch.zeros_like(env0[n_]) for n_ in net.relus}
+    g = {n_: torch.ones_like(env0[n_]) for n_ in net.relus} if spec.kind == "burst" else {}
+    sent = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
+    counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
+    out_acc = torch.zeros_like(env0[net.regions[net.output].pre])
+    muls = adds = 0.0
+    marks = sorted(set(checkpoints))
+    results: dict[int, tuple[Tensor, Ops]] = {}
+    for step in range(marks[-1]):
+        k = step % K
+        inject = spec.kind != "weighted" or k == 0  # bias and analog current this step
+        vals: dict[Node, Tensor] = {}
+        spk: dict[Node, Tensor] = {}
+        for node in net.order:
+            if node in u:  # a spiking layer
+                const, _, spiking, zeros = parts[node]
+                reg = net.regions[node]
+                cur = (
+                    net.region_value(
+                        reg, {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
+                    )
+                    if spiking
+                    else torch.zeros_like(const)
+                )
+                if inject:
+                    cur = cur + const
+                lam = scales[node]
+                if spec.kind == "rate":
+                    u[node], s = rate_code.if_step(u[node], cur, lam)
+                    vals[node] = s * lam
+                elif spec.kind == "weighted":
+                    u[node], s = weighted_code.weighted_step(u[node], cur, lam, k)
+                    vals[node] = s * (lam * weighted_code.phase_weight(k))
+                else:
+                    theta = lam / bp.g_max
+                    u[node], g[node], w = burst_code.burst_step(u[node], g[node], cur, theta, bp)
+                    s = (w > 0).to(w.dtype)
+                    vals[node] = w * theta
+                spk[node] = s
+            elif node is net.output:
+                const, _, spiking, zeros = parts[node]
+                reg = net.regions[node]
+                cur = (
+                    net.region_value(
+                        reg, {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
+                    )
+                    if spiking
+                    else torch.zeros_like(const)
+                )
+                out_acc += cur + const if inject else cur
+                continue
+            elif r.role(node) == "maxpool":  # gate: the neuron that sent the most so far
+                src = node.args[0]
+                idx = _maxpool_indices(r, node, sent[src])
+                vals[node] = _gather(vals[src], idx)
+                spk[node] = _gather(spk[src], idx)
+            else:  # a reshape of spikes
+                src = node.args[0]
+                vals[node] = r.run_node(node, {**consts, src: vals[src]})  # type: ignore[assignment]
+                spk[node] = r.run_node(node, {**consts, src: spk[src]})  # type: ignore[assignment]
+            sent[node] += vals[node]
+            counts[node] += spk[node]
+        spikes_now = sum(float(spk[n_].sum()) for n_ in net.relus)
+        if spec.kind == "rate":
+            adds += 2 * hidden * n + n_out * n + spikes_now
+        elif spec.kind == "burst":
+            adds += 2 * hidden * n + n_out * n + spikes_now
+            muls += spikes_now
+        else:
+            muls += (hidden + n_out) * n
+            adds += hidden * n + spikes_now + ((hidden + n_out) * n if k == 0 else 0)
+        t = step + 1
+        if t in marks and t % K == 0:
+            ops = net.count_synapses(counts, env0)
+            ops.muls, ops.adds = muls, adds
+            ops.updates = float(t * (hidden + n_out) * n)
+            ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
+            results[t] = (out_acc / (t // K), ops)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# windowed codes: TTFS (and onespike, for cross-checks)
+# --------------------------------------------------------------------------------------
+NeuronFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # pre -> (value, spikes, fire upd.)
+
+
+@torch.no_grad()
+def simulate_windowed(
+    net: Net, neurons: dict[Node, NeuronFn], x: Tensor, phases: int
+) -> tuple[Tensor, Ops]:
+    """Run a windowed single-spike code on a batch: ``(output, ops summed over the batch)``.
+
+    Each spiking layer's input at the end of its input window is its region
+    evaluated on the decoded spikes of its sources (exact: the region is
+    linear and every input spike has arrived); ``neurons[relu](pre)`` runs the
+    layer's fire window and returns the decoded values, the 0/1 spikes and the
+    number of fire-window updates of every neuron. Max-pooling passes the
+    earliest (largest) spike. Ops: ACs/MACs from the spike counts, one add per
+    neuron and input-window step (hidden and output), one add and one compare
+    per fire-window update.
+    """
+    rec: dict[Node, tuple[Tensor, Tensor]] = {}
+
+    def wrap(node: Node, fn: NeuronFn) -> Callable[[Tensor], Tensor]:
+        def f(pre: Tensor) -> Tensor:
+            value, spikes, upd = fn(pre)
+            rec[node] = (spikes, upd)
+            return value
+
+        return f
+
+    runner = Runner(net.traced.module, {n: wrap(n, neurons[n]) for n in net.relus})
+    env = runner.forward_all(x)
+    consts = net.consts(env)
+    counts: dict[Node, Tensor] = {}
+    for node in net.order:
+        if node in rec:
+            counts[node] = rec[node][0]
+        elif node is net.output:
+            continue
+        elif net.runner.role(node) == "maxpool":
+            counts[node] = (env[node] > 0).to(x.dtype)  # type: ignore[operator]
+        else:
+            src = node.args[0]
+            counts[node] = net.runner.run_node(node, {**consts, src: counts[src]})  # type: ignore[assignment]
+    ops = net.count_synapses(counts, env)
+    hidden, n_out = net.neurons(env)
+    n = x.shape[0]
+    fire = sum(float(rec[n_][1].sum()) for n_ in net.relus)
+    ops.adds = float(phases * (hidden + n_out) * n) + 2 * fire
+    ops.updates = float(phases * (hidden + n_out) * n) + fire
+    ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
+    return env[net.output], ops  # type: ignore[return-value]
+
+
+def ttfs_neurons(
+    net: Net, scales: dict[Node, float], phases: int, shift: bool = True
+) -> dict[Node, NeuronFn]:
+    """TTFS fire windows (step by step, :func:`onespike.codes.ttfs.fire`) of every layer."""
+
+    def make(lam: float) -> NeuronFn:
+        def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            phase, upd = ttfs_code.fire(pre / lam, phases, shift=shift)
+            value = ttfs_code.decode(phase, phases, lam).to(pre.dtype)
+            return value, (phase >= 0).to(pre.dtype), upd.to(pre.dtype)
+
+        return f
+
+    return {n: make(scales[n]) for n in net.relus}
+
+
+def onespike_neurons(net: Net, snn: object) -> dict[Node, NeuronFn]:
+    """onespike's layers (from a converted network's plan) as windowed neurons (analog input)."""
+    from onespike.codes import phase as pc
+    from onespike.network import channel_shape
+
+    plan = snn.plan  # type: ignore[attr-defined]
+    if plan.input_coding != "analog":
+        raise ValueError("only the analog input coding is supported here")
+
+    def make(lp: object) -> NeuronFn:
+        scale = torch.tensor(lp.scale, dtype=torch.float32)  # type: ignore[attr-defined]
+
+        def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            s = channel_shape(scale.to(pre.dtype), pre.dim())
+            ph = pc.encode(pre / s, lp.base, lp.phases, shift=lp.shift)  # type: ignore[attr-defined]
+            value = pc.decode(ph, lp.base, s, lp.phases)  # type: ignore[attr-defined]
+            upd = torch.where(ph >= 0, ph + 1, torch.full_like(ph, lp.phases))  # type: ignore[attr-defined]
+            return value, (ph >= 0).to(pre.dtype), upd.to(pre.dtype)
+
+        return f
+
+    return {n: make(lp) for n, lp in zip(net.relus, plan.layers)}
+
+
+# --------------------------------------------------------------------------------------
+# the comparison
+# --------------------------------------------------------------------------------------
+def _point(
+    steps: int,
+    window: int | None,
+    correct: int,
+    agree: int,
+    n: int,
+    ops: Ops,
+    hidden: int,
+    ann_macs: float,
+) -> Point:
+    per = ops.scaled(1.0 / n)
+    ann_c = ann_macs * E_MAC
+    ann_t = ann_macs * (E_MAC + E_MEM)
+    ec, et = per.energy_compute(), per.energy_total()
+    return Point(
+        steps=steps,
+        window=window,
+        accuracy=100.0 * correct / n,
+        agreement=100.0 * agree / n,
+        spikes_per_neuron=per.spikes / hidden if hidden else 0.0,
+        ops=asdict(per),
+        energy_compute_pj=ec,
+        energy_total_pj=et,
+        energy_ratio_compute=ann_c / ec if ec else float("inf"),
+        energy_ratio_total=ann_t / et if et else float("inf"),
+    )
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def run_clocked(
+    net: Net,
+    spec: CodeSpec,
+    scales: dict[Node, float],
+    x: Tensor,
+    y: Tensor,
+    ann_pred: Tensor,
+    max_steps: int,
+    batch_size: int,
+    hidden: int,
+    ann_macs: float,
+    progress: bool = True,
+) -> list[Point]:
+    """Points of a clocked code at every checkpoint up to ``max_steps``."""
+    K = spec.period if spec.kind == "weighted" else 1
+    marks = [t for t in CLOCK_STEPS if t <= max_steps and t % K == 0]
+    tallies = {t: _Tally() for t in marks}
+    for sl in tqdm(_batches(x.shape[0], batch_size), desc=spec.name, disable=not progress):
+        res = simulate_clocked(net, spec, scales, x[sl], marks)
+        for t, (out, ops) in res.items():
+            pred = out.argmax(1)
+            tallies[t].correct += int((pred == y[sl]).sum())
+            tallies[t].agree += int((pred == ann_pred[sl]).sum())
+            tallies[t].ops += ops
+    n = x.shape[0]
+    return [
+        _point(t, None, tl.correct, tl.agree, n, tl.ops, hidden, ann_macs)
+        for t, tl in tallies.items()
+    ]
+
+
+def run_ttfs(
+    net: Net,
+    spec: CodeSpec,
+    scales: dict[Node, float],
+    x: Tensor,
+    y: Tensor,
+    ann_pred: Tensor,
+    max_steps: int,
+    batch_size: int,
+    hidden: int,
+    ann_macs: float,
+    progress: bool = True,
+) -> list[Point]:
+    """Points of TTFS at every window whose latency is at most ``max_steps``."""
+    windows = net.latency_windows()
+    points = []
+    grid = [T for T in WINDOW_PHASES if T * windows <= max_steps]
+    for T in tqdm(grid, desc=spec.name, disable=not progress):
+        neurons = ttfs_neurons(net, scales, T, spec.shift)
+        tl = _Tally()
+        for sl in _batches(x.shape[0], batch_size):
+            out, ops = simulate_windowed(net, neurons, x[sl], T)
+            pred = out.argmax(1)
+            tl.correct += int((pred == y[sl]).sum())
+            tl.agree += int((pred == ann_pred[sl]).sum())
+            tl.ops += ops
+        points.append(
+            _point(T * windows, T, tl.correct, tl.agree, x.shape[0], tl.ops, hidden, ann_macs)
+        )
+    return points
+
+
+def onespike_ops(report: object) -> Ops:
+    """The per-inference figures of an :class:`onespike.accounting.CostReport` as :class:`Ops`."""
+    rows = report.layers  # type: ignore[attr-defined]
+    in_mul = sum(r.input_updates for r in rows)
+    in_add = sum(r.input_adds for r in rows)
+    fire = sum(r.fire_updates for r in rows)
+    return Ops(
+        acs=sum(r.snn_acs for r in rows),
+        macs=sum(r.snn_macs for r in rows),
+        muls=in_mul + fire,
+        adds=in_add + fire,
+        updates=in_mul + in_add + fire,
+        spikes=sum(r.spikes for r in rows if r.name != "output"),
+    )
+
+
+def run_onespike(
+    ann: nn.Module,
+    net: Net,
+    xc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    ann_pred: Tensor,
+    max_steps: int,
+    batch_size: int,
+    hidden: int,
+    ann_macs: float,
+    phases: Sequence[int] | None = None,
+    progress: bool = True,
+    errors: list[str] | None = None,
+) -> list[Point]:
+    """Points of onespike: :func:`onespike.convert` at each window, evaluated and costed."""
+    from onespike.convert import convert
+    from onespike.evaluate import evaluate
+
+    windows = net.latency_windows()
+    grid = list(phases) if phases else [T for T in WINDOW_PHASES if T * windows <= max_steps]
+    points = []
+    for T in tqdm(grid, desc="onespike", disable=not progress):
+        try:
+            snn = convert(ann, xc, phases=T, progress=False)
+        except ValueError as e:  # a window too short for the search, say
+            if errors is not None:
+                errors.append(f"T={T}: {e}")
+            continue
+        res = evaluate(ann, snn, x, y, batch_size=batch_size, step=False, progress=False)
+        agree = 0
+        with torch.no_grad():
+            for sl in _batches(x.shape[0], batch_size):
+                agree += int((snn(x[sl]).argmax(1) == ann_pred[sl]).sum())
+        ops = onespike_ops(res.cost).scaled(x.shape[0])
+        correct = round(res.snn_accuracy * x.shape[0] / 100.0)
+        points.append(
+            _point(snn.plan.latency_steps, T, correct, agree, x.shape[0], ops, hidden, ann_macs)
+        )
+    return points
+
+
+def first_within(points: Sequence[Point], target: float) -> Point | None:
+    """The first point (fewest steps) whose accuracy is at least ``target``."""
+    for p in sorted(points, key=lambda p: p.steps):
+        if p.accuracy >= target - 1e-9:
+            return p
+    return None
+
+
+def summarize(result: dict, tolerances: Sequence[float] = TOLERANCES) -> list[dict]:
+    """For each code and tolerance: steps, spikes per neuron and energy ratio where it first
+    comes within ``tol`` points of the ANN (None: never within the steps run)."""
+    ann = result["ann_accuracy"]
+    rows = []
+    for name, c in result["codes"].items():
+        pts = [Point(**p) for p in c["points"]]
+        row: dict = {"code": name}
+        for tol in tolerances:
+            p = first_within(pts, ann - tol)
+            key = f"within_{tol:g}"
+            row[key] = (
+                None
+                if p is None
+                else {
+                    "steps": p.steps,
+                    "window": p.window,
+                    "accuracy": p.accuracy,
+                    "spikes_per_neuron": p.spikes_per_neuron,
+                    "energy_ratio_compute": p.energy_ratio_compute,
+                    "energy_ratio_total": p.energy_ratio_total,
+                }
+            )
+        best = max(pts, key=lambda p: (p.accuracy, -p.steps)) if pts else None
+        row["best"] = None if best is None else {"steps": best.steps, "accuracy": best.accuracy}
+        row["max_steps_run"] = max((p.steps for p in pts), default=0)
+        rows.append(row)
+    return rows
+
+
+def compare(
+    ann: nn.Module,
+    xc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    codes: Sequence[CodeSpec],
+    *,
+    max_steps: int = 256,
+    batch_size: int = 500,
+    onespike_phases: Sequence[int] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run every code on ``(x, y)`` after calibrating on ``xc``; the JSON-ready result."""
+    ann = ann.eval()
+    traced = trace(ann)
+    net = Net(traced)
+    with torch.no_grad():
+        ann_pred = torch.cat([ann(x[sl]).argmax(1) for sl in _batches(x.shape[0], batch_size)])
+        probe = net.runner.forward_all(x[:2])
+        hidden, n_out = net.neurons(probe)
+        ann_macs = net.ann_macs(probe) / 2
+    ann_acc = 100.0 * float((ann_pred == y).float().mean())
+    out: dict = {
+        "samples": int(x.shape[0]),
+        "calibration_samples": int(xc.shape[0]),
+        "ann_accuracy": ann_acc,
+        "ann_macs": ann_macs,
+        "ann_energy_compute_pj": ann_macs * E_MAC,
+        "ann_energy_total_pj": ann_macs * (E_MAC + E_MEM),
+        "hidden_neurons": hidden,
+        "output_neurons": n_out,
+        "spiking_layers": len(net.relus),
+        "latency_windows": net.latency_windows(),
+        "max_steps": max_steps,
+        "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
+        "codes": {},
+    }
+    scale_cache: dict[str | float, dict[Node, float]] = {}
+    for spec in codes:
+        t0 = time.time()
+        cr = CodeResult(spec.name, spec.describe())
+        common = dict(
+            max_steps=max_steps,
+            batch_size=batch_size,
+            hidden=hidden,
+            ann_macs=ann_macs,
+            progress=progress,
+        )
+        if spec.kind == "onespike":
+            cr.points = run_onespike(
+                ann, net, xc, x, y, ann_pred, phases=onespike_phases, errors=cr.errors, **common
+            )
+        else:
+            if spec.scale not in scale_cache:
+                scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
+            scales = scale_cache[spec.scale]
+            cr.params["layer_scales"] = [scales[n] for n in net.relus]
+            run = run_clocked if spec.clocked else run_ttfs
+            cr.points = run(net, spec, scales, x, y, ann_pred, **common)
+        cr.seconds = time.time() - t0
+        out["codes"][spec.name] = {
+            "params": cr.params,
+            "points": [asdict(p) for p in cr.points],
+            "seconds": cr.seconds,
+            "errors": cr.errors,
+        }
+    out["summary"] = summarize(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------
+def _fmt(p: dict | None, key: str, fmt: str) -> str:
+    return "never" if p is None else format(p[key], fmt)
+
+
+def markdown_table(result: dict) -> str:
+    """The summary as a Markdown table (one row per code)."""
+    head = (
+        "| code | steps (0.5) | spikes/neuron (0.5) | energy ratio (0.5) | "
+        "steps (0.1) | spikes/neuron (0.1) | energy ratio (0.1) | best accuracy (steps) |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for row in result["summary"]:
+        a, b, best = row["within_0.5"], row["within_0.1"], row["best"]
+        lines.append(
+            f"| {row['code']} | {_fmt(a, 'steps', 'd')} | {_fmt(a, 'spikes_per_neuron', '.3f')} "
+            f"| {_fmt(a, 'energy_ratio_compute', '.2f')} | {_fmt(b, 'steps', 'd')} "
+            f"| {_fmt(b, 'spikes_per_neuron', '.3f')} | {_fmt(b, 'energy_ratio_compute', '.2f')} "
+            f"| {best['accuracy']:.2f} ({best['steps']}) |"
+            if best
+            else f"| {row['code']} | no points |||||||"
+        )
+    return "\n".join(lines)
+
+
+def text_table(result: dict) -> str:
+    """Every point of every code, for the terminal."""
+    lines = [
+        f"ANN accuracy {result['ann_accuracy']:.2f} % on {result['samples']} test samples; "
+        f"ANN energy {result['ann_energy_compute_pj'] / 1e6:.3f} uJ (compute only)",
+        f"{'code':16s} {'steps':>6s} {'T':>4s} {'acc %':>7s} {'agree %':>8s} "
+        f"{'spk/neuron':>10s} {'E ratio':>8s} {'E ratio mem':>11s}",
+    ]
+    for name, c in result["codes"].items():
+        for p in c["points"]:
+            w = "" if p["window"] is None else str(p["window"])
+            lines.append(
+                f"{name:16s} {p['steps']:6d} {w:>4s} {p['accuracy']:7.2f} {p['agreement']:8.2f} "
+                f"{p['spikes_per_neuron']:10.3f} {p['energy_ratio_compute']:8.2f} "
+                f"{p['energy_ratio_total']:11.2f}"
+            )
+        for e in c.get("errors", []):
+            lines.append(f"{name:16s} skipped: {e}")
+    lines += ["", markdown_table(result)]
+    return "\n".join(lines)
+
+
+def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") -> list[Path]:
+    """Three PNGs: accuracy vs steps, accuracy vs spikes per neuron, energy ratio vs steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ann = result["ann_accuracy"]
+    codes = result["codes"]
+    style = {name: (f"C{i}", "o^sDvP*X"[i % 8]) for i, name in enumerate(codes)}
+    paths = []
+
+    def lines(ax, xkey: str, ykey: str) -> None:
+        for name, c in codes.items():
+            pts = c["points"]
+            if not pts:
+                continue
+            col, mk = style[name]
+            xs = [p[xkey] for p in pts]
+            ys = [p[ykey] for p in pts]
+            lw = 2.2 if name == "onespike" else 1.2
+            ax.plot(xs, ys, marker=mk, ms=4, color=col, lw=lw, label=name)
+
+    def positive(key: str) -> Callable[[dict], dict]:
+        def f(p: dict) -> dict:
+            return {**p, key: max(p[key], 1e-3)}
+
+        return f
+
+    for xkey, xlabel, fname in (
+        ("steps", "latency (total time steps)", "accuracy_vs_steps"),
+        ("spikes_per_neuron", "spikes per hidden neuron", "accuracy_vs_spikes"),
+    ):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, zoom in zip(axes, (False, True)):
+            if xkey == "spikes_per_neuron":
+                saved = {n: c["points"] for n, c in codes.items()}
+                for c in codes.values():
+                    c["points"] = [positive(xkey)(p) for p in c["points"]]
+                lines(ax, xkey, "accuracy")
+                for n, c in codes.items():
+                    c["points"] = saved[n]
+            else:
+                lines(ax, xkey, "accuracy")
+            ax.axhline(ann, color="k", ls="--", lw=1, label=f"ANN {ann:.2f} %")
+            ax.set_xscale("log", base=2 if xkey == "steps" else 10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            if zoom:
+                ax.set_ylim(ann - 3.0, ann + 0.6)
+                ax.axhspan(ann - 0.5, ann + 0.6, color="0.9", zorder=0)
+                ax.set_title("zoom: shaded = within 0.5 points of the ANN", fontsize=9)
+            else:
+                ax.set_ylim(0, 100.5)
+                ax.legend(fontsize=7, loc="lower right")
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_{fname}.png"
+        fig.savefig(p, dpi=80)
+        plt.close(fig)
+        paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lines(ax, "steps", "energy_ratio_compute")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="ANN (ratio 1)")
+    for row in result["summary"]:
+        p = row["within_0.5"]
+        if p is not None:
+            ax.plot(p["steps"], p["energy_ratio_compute"], "o", ms=10, mfc="none", color="k")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("latency (total time steps)")
+    ax.set_ylabel("energy ratio ANN / SNN (compute only)")
+    ax.set_title("circles: first point within 0.5 points of the ANN", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    p = out_dir / f"{prefix}_energy.png"
+    fig.savefig(p, dpi=80)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# command line (``onespike compare``)
+# --------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``onespike compare``."""
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a shipped model name (e.g. mnist_cnn) or package.module:function",
+    )
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "cifar10"), required=True)
+    p.add_argument("--codes", default="all", help=f"all or a comma list of {', '.join(CODES)}")
+    p.add_argument("--max-steps", type=int, default=256, help="longest latency run (steps)")
+    p.add_argument("--onespike-phases", default=None, help="comma list of T (default: a grid)")
+    p.add_argument("--calibration", type=int, default=1000, help="calibration images")
+    p.add_argument("--test", type=int, default=None, help="only the first N test images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", default="compare_results", help="folder for the JSON and PNGs")
+    p.add_argument("--prefix", default=None, help="file name prefix (default: model_dataset)")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def resolve_model(spec: str) -> nn.Module:
+    """A shipped model by name, or ``package.module:function``."""
+    if ":" in spec:
+        from onespike.cli import load_user_model
+
+        return load_user_model(spec)
+    from onespike.models import load_pretrained
+
+    return load_pretrained(spec)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``onespike compare``: run, print the table, write JSON and PNGs."""
+    from onespike.cli import calibration_set, load_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    codes = parse_codes(args.codes)
+    ann = resolve_model(args.model)
+    xc, where = calibration_set(args.dataset, args.calibration, args.seed)
+    print(f"calibration: {where}", flush=True)
+    x, y = load_dataset(args.dataset, "test")
+    if args.test is not None:
+        x, y = x[: args.test], y[: args.test]
+    phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
+    result = compare(
+        ann,
+        xc,
+        x,
+        y,
+        codes,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        onespike_phases=phases,
+    )
+    result.update(
+        model=args.model,
+        dataset=args.dataset,
+        calibration=where,
+        test_subset=args.test,
+        seconds=time.time() - t0,
+        threads=torch.get_num_threads(),
+    )
+    print(text_table(result))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = args.prefix or f"{Path(args.model.split(':')[-1]).name}_{args.dataset}"
+    jpath = out / f"{prefix}.json"
+    jpath.write_text(json.dumps(result, indent=1))
+    print(f"wrote {jpath}")
+    if not args.no_plots:
+        title = f"{args.model} on {args.dataset} ({result['samples']} test samples)"
+        for p in plot(result, out, prefix, title):
+            print(f"wrote {p}")
+    return 0
+
+
+__all__ = [
+    "CODES",
+    "CodeSpec",
+    "Net",
+    "Ops",
+    "Point",
+    "compare",
+    "layer_scales",
+    "markdown_table",
+    "onespike_neurons",
+    "parse_codes",
+    "plot",
+    "simulate_clocked",
+    "simulate_windowed",
+    "summarize",
+    "text_table",
+    "ttfs_neurons",
+]
