@@ -312,17 +312,33 @@ def test_compare_end_to_end_and_summary(tmp_path):
     assert [p["window"] for p in res["codes"]["onespike"]["points"]] == [4, 8]
     rows = {r["code"]: r for r in res["summary"]}
     for name, row in rows.items():
-        p = row["within_0.5"]
         pts = res["codes"][name]["points"]
-        if p is None:
-            assert all(q["accuracy"] < 99.5 for q in pts)
+        first, settled = row["first_within_0.5"], row["within_0.5"]
+        if first is None:
+            assert settled is None and all(q["accuracy"] < 99.5 for q in pts)
         else:
-            assert p["accuracy"] >= 99.5
-            assert all(q["accuracy"] < 99.5 for q in pts if q["steps"] < p["steps"])
+            assert first["accuracy"] >= 99.5
+            assert all(q["accuracy"] < 99.5 for q in pts if q["steps"] < first["steps"])
+        if settled is not None:
+            assert settled["steps"] >= first["steps"]
+            assert all(q["accuracy"] >= 99.5 for q in pts if q["steps"] >= settled["steps"])
+            before = [q for q in pts if q["steps"] < settled["steps"]]
+            assert not before or before[-1]["accuracy"] < 99.5
     json.dumps(res)  # serialisable
     paths = C.plot(res, tmp_path, "t")
     assert len(paths) == 3 and all(p.stat().st_size > 1000 for p in paths)
     assert "| onespike |" in C.markdown_table(res)
+
+
+def test_settled_and_first_within():
+    def pt(steps: int, acc: float) -> C.Point:
+        return C.Point(steps, None, acc, acc, 1.0, {}, 1.0, 1.0, 1.0, 1.0)
+
+    pts = [pt(1, 50.0), pt(2, 99.0), pt(4, 97.0), pt(8, 98.9), pt(16, 99.2)]
+    assert C.first_within(pts, 98.5).steps == 2
+    assert C.settled_within(pts, 98.5).steps == 8
+    assert C.settled_within(pts, 99.5) is None
+    assert C.settled_within([*pts, pt(32, 90.0)], 98.5) is None
 
 
 def test_parse_codes():
