@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every figure of docs/COMPARE.md: onespike against the other spike codes on each shipped
+# model, then the SpikingJelly peer benchmark. One thread; run from anywhere.
+#
+#   scripts/compare_all.sh            # MNIST CNN (2000 test images), GCNs, peer benchmark
+#   SJ_PATH=/tmp/sj scripts/compare_all.sh   # where SpikingJelly was installed (see
+#                                            # benchmarks/peer_spikingjelly.py)
+#
+# Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
+# docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
+# `python -m onespike.compare docs/results/compare/*.json` (pasted into docs/COMPARE.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+OUT=docs/results/compare
+ERR="${TMPDIR:-/tmp}/compare_all.err"  # progress bars and warnings
+mkdir -p "$OUT"
+: > "$ERR"
+
+# MNIST CNN: the first 2000 test images (all seven codes up to 256 steps take about
+# 40 minutes on one loaded core; the full 10k set would take over three hours).
+"$PY" -m onespike.cli compare --model mnist_cnn --dataset mnist --test 2000 --threads 1 \
+    --out "$OUT" --prefix mnist_cnn_mnist 2>>"$ERR" | tee "$OUT/mnist_cnn_mnist.txt"
+
+# GCNs (whole graph, scored on the 1000 test nodes): cheap.
+for m in gcn gcn_res; do
+    for d in cora citeseer; do
+        "$PY" -m onespike.cli compare --model "$m" --dataset "$d" --threads 1 \
+            --out "$OUT" --prefix "${m}_${d}" 2>>"$ERR" | tee "$OUT/${m}_${d}.txt"
+    done
+done
+
+# CIFAR-10 ResNet-20 when its weights exist: a 200-image subset (13x the MNIST CNN's MACs).
+if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
+    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 200 --threads 1 \
+        --out "$OUT" --prefix resnet20_cifar10 2>>"$ERR" | tee "$OUT/resnet20_cifar10.txt"
+fi
+
+# The peer: SpikingJelly's ann2snn (exits 0 with a message when it is not importable).
+PYTHONPATH="${SJ_PATH:-}" "$PY" benchmarks/peer_spikingjelly.py --images 2000 \
+    --json "$OUT/peer_spikingjelly.json" 2>>"$ERR" | tee "$OUT/peer_spikingjelly.txt"
+
+shopt -s nullglob
+"$PY" -m onespike.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/resnet20_*.json \
+    | tee "$OUT/tables.md"
