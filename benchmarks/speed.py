@@ -22,12 +22,22 @@ from onespike.data import load_mnist
 from onespike.models import load_pretrained
 
 
-def _time(fn, x: torch.Tensor, batch: int) -> float:
-    fn(x[:batch])  # warm-up
-    t0 = time.perf_counter()
+def _time_interleaved(fns: list, x: torch.Tensor, batch: int) -> list[float]:
+    """Seconds each function spends on all of ``x``, batch by batch, taking turns.
+
+    Taking turns on every batch exposes all paths to the same load on a busy
+    machine, so the ratios stay meaningful where absolute times do not.
+    """
+    for fn in fns:
+        fn(x[:batch])  # warm-up
+    total = [0.0] * len(fns)
     for i in range(0, x.shape[0], batch):
-        fn(x[i : i + batch])
-    return time.perf_counter() - t0
+        xb = x[i : i + batch]
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(xb)
+            total[j] += time.perf_counter() - t0
+    return total
 
 
 def main() -> None:
@@ -46,9 +56,9 @@ def main() -> None:
     x, _ = load_mnist("test")
     x = x[: a.images]
     with torch.no_grad():
-        t_ann = _time(ann, x, a.batch_size)
-        t_event = _time(snn, x, a.batch_size)
-        t_step = _time(lambda b: snn.simulate(b, mode="step"), x, a.batch_size)
+        t_ann, t_event, t_step = _time_interleaved(
+            [ann, snn, lambda b: snn.simulate(b, mode="step")], x, a.batch_size
+        )
     n = x.shape[0]
     res = {
         "images": n,

@@ -88,3 +88,13 @@ def test_simulate_rejects_bad_mode_and_input():
         snn(torch.rand(8, 3, 8, 8))
     with pytest.raises(ValueError, match="NaN"):
         snn(torch.full((2, 2, 8, 8), float("nan")))
+
+
+def test_fast_forward_equals_recorded_event_path():
+    """forward() pools before coding (exact by monotonicity); simulate() codes every neuron."""
+    model = make(5, maxpool=True)
+    x = torch.rand(32, 2, 8, 8)
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    assert torch.equal(snn(x), snn.simulate(x, mode="event").output)
+    pooled = [n.op for n in snn._pooled_first.graph.nodes]
+    assert pooled == [n.op for n in snn.graph_module.graph.nodes]

@@ -62,19 +62,42 @@ class SpikeLayer(nn.Module):
     def scale_for(self, x: Tensor) -> Tensor:
         return channel_shape(self.scale.to(x.dtype), x.dim())
 
+    def _scaled_tables(self, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        """Thresholds and values in activation units (one scale per layer only)."""
+        if self.scale.dim() > 0:
+            return None
+        key = (dtype, float(self.scale))
+        if getattr(self, "_tables_key", None) != key:
+            s = self.scale.double()
+            self._tables = ((self.th_ascending * s).to(dtype), (self.table * s).to(dtype))
+            self._tables_key = key
+        return self._tables
+
     def encode(self, pre: Tensor) -> Tensor:
-        return pc.encode(pre / self.scale_for(pre), self.base, self.phases, shift=self.shift)
+        """Spike phase of every neuron (int64, -1 = none) for pre-activations ``pre``."""
+        tables = self._scaled_tables(pre.dtype)
+        if tables is None:
+            return pc.encode(pre / self.scale_for(pre), self.base, self.phases, shift=self.shift)
+        return pc.phase_from_reached(pc.reached(pre, tables[0]), self.phases)
 
     def decode(self, phase: Tensor, like: Tensor) -> Tensor:
-        return pc.decode(phase, self.base, self.scale_for(like), self.phases)
+        """Decoded values (same arithmetic as ``forward``: bit-identical outputs)."""
+        tables = self._scaled_tables(like.dtype)
+        if tables is None:
+            return pc.decode(phase, self.base, self.scale_for(like), self.phases)
+        r = (self.phases - phase).masked_fill_(phase < 0, 0)
+        return tables[1].index_select(0, r.reshape(-1)).view_as(phase)
 
     def forward(self, pre: Tensor) -> Tensor:
         if self.record:
             phase = self.encode(pre)
             self.last_phase = phase
             return self.decode(phase, pre)
-        scale = self.scale_for(pre)
-        return pc.quantize_normalised(pre / scale, self.th_ascending, self.table) * scale
+        tables = self._scaled_tables(pre.dtype)
+        if tables is None:
+            scale = self.scale_for(pre)
+            return pc.quantize_normalised(pre / scale, self.th_ascending, self.table) * scale
+        return pc.quantize_normalised(pre, *tables)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, shift={self.shift}"
@@ -109,6 +132,34 @@ class InputEncoder(nn.Module):
         if self.record:
             self.last_code = phase
         return self.layer.decode(phase, x)
+
+
+def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` where a max-pool that follows a spiking layer runs before it.
+
+    The code is monotonic, so ``maxpool(code(x)) == code(maxpool(x))`` exactly
+    (the same float operations on the same winning values): the output does
+    not change, and the code runs on a quarter of the values. Used by
+    ``forward`` only; ``simulate`` records every neuron's phase on ``gm``.
+    The copy shares its modules (and parameters) with ``gm``.
+    """
+    from onespike.trace import role
+
+    fast = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    modules = dict(fast.named_modules())
+    for node in list(fast.graph.nodes):
+        if role(node, modules) != "relu" or len(node.users) != 1:
+            continue
+        pool = next(iter(node.users))
+        if role(pool, modules) != "maxpool" or pool.args[0] is not node:
+            continue
+        pool.replace_input_with(node, node.args[0])
+        pool.replace_all_uses_with(node)
+        node.args = (pool,)
+        pool.append(node)
+    fast.graph.lint()
+    fast.recompile()
+    return fast
 
 
 @dataclass
@@ -162,6 +213,7 @@ class SpikingNetwork(nn.Module):
         gm.graph.lint()
         gm.recompile()
         self.graph_module = gm
+        self._pooled_first = _pool_before_code(gm)
 
     @property
     def phases(self) -> int:
@@ -183,8 +235,9 @@ class SpikingNetwork(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """The event-exact fast path: the output for a batch ``x``."""
         self.check_input(x)
-        return self.graph_module(x)
+        return self._pooled_first(x)
 
     def _set_record(self, flag: bool) -> None:
         for m in self.spikes.values():

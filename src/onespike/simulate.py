@@ -50,11 +50,15 @@ class _Source:
     base: float  # the sender's base (1 for analog)
     code: Tensor  # phases (single, -1 = none), integer code (multi) or the input (analog)
     unit: Tensor | None = None  # value of one spike at the window's last step (single/multi)
+    small: Tensor | None = None  # the phases in a narrow integer type, for fast comparisons
 
     def step_input(self, t: int, phases: int) -> Tensor:
         """Unweighted synaptic input of step ``t`` (spikes times the unit value)."""
         if self.kind == "single":
-            return torch.where(self.code == t, self.unit, 0.0)
+            if self.small is None:
+                narrow = torch.int8 if phases < 127 else torch.int16
+                self.small = self.code.to(narrow)
+            return torch.where(self.small == t, self.unit, 0.0)
         if self.kind == "multi":
             return multiphase.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
         raise ValueError("analog input has no spikes")
@@ -75,7 +79,7 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
     def evaluate(values: dict[Node, Tensor], *, bias: bool) -> Tensor:
         env = dict(env_const)
         for s in srcs:
-            env[s] = values.get(s, sources[s].zeros(dtype))
+            env[s] = values[s] if s in values else sources[s].zeros(dtype)
         runner.run(env, reg.nodes, bias=bias)
         return env[reg.pre]
 
@@ -86,44 +90,55 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
             current = evaluate({s: sources[s].code / T for s in members}, bias=False)
             u = torch.zeros_like(current)
             for _ in range(T):
-                u = u + current
+                u.add_(current)
         else:
             u = None
             for t in range(T):
                 inp = evaluate({s: sources[s].step_input(t, T) for s in members}, bias=False)
-                u = inp if u is None else base * u + inp
-        u_total = u if u_total is None else u_total + u
-    bias = evaluate({}, bias=True)
-    return bias if u_total is None else u_total + bias
+                u = inp if u is None else u.mul_(base).add_(inp)
+        u_total = u if u_total is None else u_total.add_(u)
+    bias = evaluate({}, bias=True)  # the bias share, added at the end of the window
+    return bias if u_total is None else u_total.add_(bias)
 
 
 def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Tensor]:
-    """Fire window of normalised membranes ``z``: (phases, spike counts)."""
+    """Fire window of normalised membranes ``z``: (phases, spike counts).
+
+    Each step: compare the membrane with the step's threshold, fire if not yet
+    fired, then multiply the membrane by the base. A neuron's phase is the
+    number of steps it waited before its spike.
+    """
     mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
-    phase = torch.full(z.shape, pc.NO_SPIKE, dtype=torch.int64)
-    count = torch.zeros(z.shape, dtype=torch.uint8)
-    silent = torch.ones(z.shape, dtype=torch.bool)  # not fired yet
+    narrow = torch.uint8 if phases < 255 else torch.int32
+    count = torch.zeros(z.shape, dtype=narrow)  # spikes fired, counted as they happen
+    waited = torch.zeros(z.shape, dtype=narrow)  # steps spent silent
+    silent = torch.ones(z.shape, dtype=torch.bool)
     v = z.clone()
     for k in range(phases):
         fire = (v >= mth[k]).logical_and_(silent)
-        phase.masked_fill_(fire, k)
         count += fire
         silent.logical_and_(fire.logical_not_())
+        waited += silent
         v.mul_(base)
-    return phase, count.to(torch.int64)
+    count = count.to(torch.int64)
+    phase = torch.where(count > 0, waited.to(torch.int64), pc.NO_SPIKE)
+    return phase, count
 
 
 def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source:
     """Max-pool of single-spike trains: the first spike of each window passes."""
     out_phase = None
+    passed = None
+    small = src.code.to(torch.int8 if T < 127 else torch.int16)
     for t in range(T):
-        s_t = (src.code == t).to(src.unit.dtype)
-        env = {node.args[0]: s_t}
-        pooled = runner.run_node(node, _with_args(node, env))
+        s_t = (small == t).to(src.unit.dtype)
+        pooled = runner.run_node(node, _with_args(node, {node.args[0]: s_t})) > 0
         if out_phase is None:
             out_phase = torch.full(pooled.shape, pc.NO_SPIKE, dtype=torch.int64)
-        new = (pooled > 0) & (out_phase < 0)
-        out_phase[new] = t
+            passed = torch.zeros(pooled.shape, dtype=torch.bool)
+        new = pooled.logical_and_(passed.logical_not())
+        out_phase.masked_fill_(new, t)
+        passed.logical_or_(new)
     unit = runner.run_node(node, _with_args(node, {node.args[0]: src.unit}))
     return _Source("single", src.base, out_phase, unit)
 

@@ -106,6 +106,11 @@ def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor
     threshold ``z`` reaches, or ``-1`` (no spike). Memory: no ``T``-fold copy.
     """
     r = reached(z, ascending_thresholds(base, phases, shift=shift, dtype=z.dtype))
+    return phase_from_reached(r, phases)
+
+
+def phase_from_reached(r: Tensor, phases: int) -> Tensor:
+    """Phase (int64, -1 = no spike) from the count of :func:`reached`: ``T - r``."""
     phase = r.to(torch.int64).neg_().add_(phases)
     return phase.masked_fill_(phase == phases, NO_SPIKE)
 
@@ -128,10 +133,11 @@ def decode(
 
 
 def quantize_normalised(z: Tensor, th_ascending: Tensor, table: Tensor) -> Tensor:
-    """Decoded value of normalised currents ``z`` (the code without the phases).
+    """Decoded value of currents ``z`` (the code without the phases).
 
     ``th_ascending`` from :func:`ascending_thresholds`, ``table`` from
-    :func:`value_table`; equal to ``decode(encode(z))`` with scale 1.
+    :func:`value_table`; equal to ``decode(encode(z))`` with scale 1. Both may
+    be multiplied by a (scalar) scale to work in activation units.
     """
     r = reached(z, th_ascending)
     return table.to(z.device, z.dtype).index_select(0, r.reshape(-1)).view_as(z)
