@@ -69,3 +69,38 @@ def test_missing_data_file_is_one_line(capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "cifar10" in err and "ONESPIKE_DATA" in err
     assert len(err.splitlines()) == 1
+
+
+def test_sweep_writes_json_and_plot(capsys, tmp_path):
+    j, png = tmp_path / "s.json", tmp_path / "s.png"
+    argv = ["sweep", "--model", "mnist_cnn", "--phases", "3,6", "--test", "100"]
+    argv += ["--calibration", "100", "--step-phases", "6", "--step-images", "50"]
+    assert main([*argv, "--json", str(j), "--plot", str(png)]) == 0
+    (r,) = json.loads(j.read_text())
+    assert [row["phases"] for row in r["rows"]] == [3, 6]
+    assert r["step_check"]["same_predictions"] == 50
+    assert r["rows"][0]["latency_steps"] == 4 * 3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "smallest T with loss <= 0.5" in capsys.readouterr().out
+
+
+def test_ablation_variants_run():
+    import torch
+
+    from onespike.cli import calibration_set
+    from onespike.data import load_mnist
+    from onespike.models import load_pretrained
+    from onespike.sweep import ABLATIONS, ablate, ablation_table
+
+    ann = load_pretrained("mnist_cnn")
+    xc, _ = calibration_set("mnist", 100)
+    x, y = load_mnist("test")
+    some = {k: v for k, v in ABLATIONS.items() if k.startswith(("2 ", "6 "))}
+    res = ablate("mnist_cnn", ann, xc, x[:300], y[:300], [3], variants=some, progress=False)
+    assert [r["variant"][:2] for r in res["rows"]] == ["2 ", "6 "]
+    assert len(res["rows"]) == len(some)
+    floor = next(r for r in res["rows"] if "floor" in r["variant"])
+    shift = next(r for r in res["rows"] if r["variant"].startswith("2 "))
+    assert floor["loss"][3] > shift["loss"][3]  # rounding beats floor at T=3
+    assert "T=3" in ablation_table([res])
+    assert torch.isfinite(torch.tensor(res["ann_accuracy"]))

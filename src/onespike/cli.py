@@ -217,6 +217,25 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ablation(args: argparse.Namespace) -> int:
+    from onespike.sweep import ablate, ablation_table
+
+    phases = [int(t) for t in args.phases.split(",")]
+    results = []
+    for spec in args.model:
+        model, dataset = resolve_model(spec, args.dataset)
+        xc, where = calibration_set(dataset, args.calibration, args.seed)
+        print(f"{spec}: calibration {where}", flush=True)
+        x, y = load_dataset(dataset, "test")
+        if args.test is not None:
+            x, y = x[: args.test], y[: args.test]
+        results.append(ablate(spec, model, xc, x, y, phases, batch_size=args.batch_size))
+    print(ablation_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onespike", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None)
     s.add_argument("--plot", default=None, help="PNG file")
+    a = sub.add_parser("ablation", help="loss of each search variant at a few phases")
+    a.add_argument("--model", action="append", required=True)
+    a.add_argument("--dataset", choices=DATASETS, default=None)
+    a.add_argument("--phases", default="6,8,12")
+    a.add_argument("--calibration", type=int, default=1000)
+    a.add_argument("--test", type=int, default=None)
+    a.add_argument("--batch-size", type=int, default=500)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", default=None)
     return p
 
 
@@ -266,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             return compare_main(args)
         if args.cmd == "sweep":
             return run_sweep(args)
+        if args.cmd == "ablation":
+            return run_ablation(args)
         model = load_user_model(args.model)
         return run_conversion(args, model, args.model)
     except (

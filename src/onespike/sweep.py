@@ -188,3 +188,70 @@ def table(results: list[SweepResult]) -> str:
                 f"{s['max_spikes_per_neuron']}"
             )
     return "\n".join(lines)
+
+
+# The ablation of issue 3: the paper's search, then one change at a time.
+ABLATIONS: dict[str, dict] = {
+    "1 paper: activation error, per-layer scale+base": {"objective": "activation"},
+    "2 next-layer error": {"objective": "next"},
+    "3 + per-channel scales": {"objective": "next", "per_channel": True},
+    "4 + bias correction": {"objective": "next", "per_channel": True, "bias_correction": True},
+    "5 global base (next-layer error)": {"objective": "next", "base": "global"},
+    "6 no threshold shift (floor)": {"objective": "next", "threshold_shift": False},
+}
+
+
+def ablate(
+    name: str,
+    ann: nn.Module,
+    calibration: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    phases: list[int],
+    *,
+    variants: dict[str, dict] | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> dict:
+    """Loss (points) of each variant of the search at each ``T``, on ``(x, y)``."""
+    variants = variants or ABLATIONS
+    out: dict = {"model": name, "samples": int(x.shape[0]), "phases": phases, "rows": []}
+    for label, kw in variants.items():
+        row = {"variant": label, "settings": kw, "loss": {}, "snn_accuracy": {}}
+        for T in phases:
+            snn = convert(ann, calibration, phases=T, progress=False, **kw)
+            ev = evaluate(
+                ann,
+                snn,
+                x,
+                y,
+                batch_size=batch_size,
+                step=False,
+                costs=False,
+                progress=progress,
+                desc=f"{label[:12]} T={T}",
+            )
+            out["ann_accuracy"] = ev.ann_accuracy
+            row["loss"][T] = ev.loss
+            row["snn_accuracy"][T] = ev.snn_accuracy
+        out["rows"].append(row)
+    return out
+
+
+def ablation_table(results: list[dict]) -> str:
+    """Markdown: one row per variant, loss in points at each T, one column block per model."""
+    lines = []
+    for r in results:
+        ts = r["phases"]
+        lines.append(
+            f"**{r['model']}** (ANN {r['ann_accuracy']:.2f} %, {r['samples']} test images), "
+            "loss in points:"
+        )
+        lines.append("")
+        lines.append("| variant | " + " | ".join(f"T={t}" for t in ts) + " |")
+        lines.append("|---|" + "---|" * len(ts))
+        for row in r["rows"]:
+            cells = " | ".join(f"{row['loss'][t]:+.2f}" for t in ts)
+            lines.append(f"| {row['variant']} | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
