@@ -873,22 +873,30 @@ def _fmt(p: dict | None, key: str, fmt: str) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The summary as a Markdown table (one row per code)."""
+    """The summary as a Markdown table (one row per code).
+
+    For each tolerance: steps, spikes per neuron and energy ratio (ANN / SNN,
+    compute only) of the first run within it, and the steps from which every
+    longer run stays within it ("never": not within at the longest run).
+    """
     head = (
-        "| code | steps (0.5) | spikes/neuron (0.5) | energy ratio (0.5) | "
-        "steps (0.1) | spikes/neuron (0.1) | energy ratio (0.1) | best accuracy (steps) |"
+        "| code | 0.5: steps | spikes/neuron | energy ratio | stays from | "
+        "0.1: steps | spikes/neuron | energy ratio | stays from | best accuracy (steps) |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 10]
     for row in result["summary"]:
-        a, b, best = row["within_0.5"], row["within_0.1"], row["best"]
-        lines.append(
-            f"| {row['code']} | {_fmt(a, 'steps', 'd')} | {_fmt(a, 'spikes_per_neuron', '.3f')} "
-            f"| {_fmt(a, 'energy_ratio_compute', '.2f')} | {_fmt(b, 'steps', 'd')} "
-            f"| {_fmt(b, 'spikes_per_neuron', '.3f')} | {_fmt(b, 'energy_ratio_compute', '.2f')} "
-            f"| {best['accuracy']:.2f} ({best['steps']}) |"
-            if best
-            else f"| {row['code']} | no points |||||||"
-        )
+        cells = [row["code"]]
+        for tol in TOLERANCES:
+            first, settled = row[f"first_within_{tol:g}"], row[f"within_{tol:g}"]
+            cells += [
+                _fmt(first, "steps", "d"),
+                _fmt(first, "spikes_per_neuron", ".3f"),
+                _fmt(first, "energy_ratio_compute", ".2f"),
+                _fmt(settled, "steps", "d"),
+            ]
+        best = row["best"]
+        cells.append("-" if best is None else f"{best['accuracy']:.2f} ({best['steps']})")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -930,8 +938,9 @@ def report(paths: Sequence[str | Path]) -> str:
             f"{r['hidden_neurons']:,} hidden neurons per sample (per node for a graph); "
             f"latency of a windowed code = {r['latency_windows']} x T steps.",
             "",
-            "First point within 0.5 / 0.1 points of the ANN (steps = latency; energy ratio = "
-            "ANN / SNN, compute only):",
+            "Where each code comes within 0.5 / 0.1 points of the ANN: the first run within "
+            "(its latency in steps, spikes per hidden neuron, energy ratio ANN / SNN compute "
+            "only) and the steps from which every longer run stays within:",
             "",
             markdown_table(r),
             "",
