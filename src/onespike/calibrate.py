@@ -232,13 +232,23 @@ class _Search:
             if e < best[0]:
                 best = (e, scales[i], b)
 
-        # coarse to fine: every other base of the grid, then the neighbours of the best
-        for i in range(len(scales)):
-            for b in bases[1::2] if len(bases) > 2 else bases:
+        # coordinate descent: the coarse base grid (every other base) at a middle
+        # scale, every scale at the best base, the base's fine neighbours at the
+        # best scale, and once more every scale; about 25 candidates per layer.
+        def best_index() -> tuple[int, float]:
+            return next((i, b) for (i, b), e in cache.items() if e == best[0])
+
+        i0 = min(2, len(scales) - 1)
+        for b in bases[1::2] if len(bases) > 2 else bases:
+            evaluate(i0, b)
+        for _ in range(2):
+            _, b = best_index()
+            for i in range(len(scales)):
                 evaluate(i, b)
-            j = bases.index(min((b for (k, b) in cache if k == i), key=lambda b: cache[(i, b)]))
-            for b in bases[max(j - 1, 0) : j + 2]:
-                evaluate(i, b)
+            i, b = best_index()
+            j = bases.index(b)
+            for bb in bases[max(j - 2, 0) : j + 3]:
+                evaluate(i, bb)
         return best[1], best[2], best[0]
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:
