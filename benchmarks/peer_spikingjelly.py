@@ -156,6 +156,10 @@ def main() -> int:
     print(f"ANN accuracy {ann_acc:.2f} %\n")
     out: dict = {"images": int(x.shape[0]), "ann_accuracy": ann_acc, "spikingjelly": {}}
     out["spikingjelly_version"] = version
+    from onespike.compare import source_version
+
+    out["onespike_source"] = source_version()
+    out["torch"] = torch.__version__
     for mode in a.modes.split(","):
         t0 = time.perf_counter()
         snn = sj_convert(ann2snn, ann, xc, mode)

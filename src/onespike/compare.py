@@ -1094,6 +1094,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true")
 
 
+def source_version() -> str | None:
+    """``git describe --always --dirty`` of the source tree, when it is a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def resolve_model(spec: str) -> nn.Module:
     """A shipped model by name, or ``package.module:function``."""
     if ":" in spec:
@@ -1156,6 +1173,8 @@ def main(args: argparse.Namespace) -> int:
         test_subset=args.test,
         seconds=time.time() - t0,
         threads=torch.get_num_threads(),
+        source=source_version(),
+        torch=torch.__version__,
     )
     print(text_table(result))
     out = Path(args.out)
