@@ -98,3 +98,26 @@ def test_fast_forward_equals_recorded_event_path():
     assert torch.equal(snn(x), snn.simulate(x, mode="event").output)
     pooled = [n.op for n in snn._pooled_first.graph.nodes]
     assert pooled == [n.op for n in snn.graph_module.graph.nodes]
+
+
+class BiasParam(torch.nn.Module):
+    """A bias kept as a parameter and added to the activations (``h + self.b``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(6, 8, bias=False)
+        self.b1 = torch.nn.Parameter(torch.linspace(-0.2, 0.3, 8))
+        self.fc2 = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x) + self.b1))
+
+
+def test_bias_parameter_added_once():
+    torch.manual_seed(3)
+    model = BiasParam().eval()
+    x = torch.rand(40, 6)
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    ev, stp, mism, _ = _agree(snn, x, torch.float64)
+    assert mism == 0
+    assert torch.allclose(ev.output, stp.output, atol=1e-9)

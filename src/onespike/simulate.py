@@ -76,10 +76,21 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
         key = ("analog" if src.kind == "analog" else "spike", src.base)
         groups.setdefault(key, []).append(s)
 
+    # constants added to activations (a bias parameter used as ``h + self.b``) are
+    # bias too: zero in the synaptic part, added once with the other biases
+    addends = [
+        c
+        for c in reg.sources
+        if c.op == "get_attr" and any(runner.role(u) == "linear" for u in c.users)
+    ]
+
     def evaluate(values: dict[Node, Tensor], *, bias: bool) -> Tensor:
         env = dict(env_const)
         for s in srcs:
             env[s] = values[s] if s in values else sources[s].zeros(dtype)
+        if not bias:
+            for c in addends:
+                env[c] = torch.zeros_like(env[c])
         runner.run(env, reg.nodes, bias=bias)
         return env[reg.pre]
 
