@@ -185,11 +185,8 @@ def resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
     return load_user_model(spec), dataset
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    from onespike.sweep import sweep_model, table, write
-
-    phases = [int(t) for t in args.phases.split(",")]
-    results = []
+def _each_model(args: argparse.Namespace):
+    """For every ``--model``: (spec, model, dataset, calibration, test x, test y)."""
     for spec in args.model:
         model, dataset = resolve_model(spec, args.dataset)
         xc, where = calibration_set(dataset, args.calibration, args.seed)
@@ -197,6 +194,15 @@ def run_sweep(args: argparse.Namespace) -> int:
         x, y = load_dataset(dataset, "test")
         if args.test is not None:
             x, y = x[: args.test], y[: args.test]
+        yield spec, model, dataset, xc, x, y
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from onespike.sweep import sweep_model, table, write
+
+    phases = [int(t) for t in args.phases.split(",")]
+    results = []
+    for spec, model, dataset, xc, x, y in _each_model(args):
         results.append(
             sweep_model(
                 spec,
@@ -222,13 +228,7 @@ def run_ablation(args: argparse.Namespace) -> int:
 
     phases = [int(t) for t in args.phases.split(",")]
     results = []
-    for spec in args.model:
-        model, dataset = resolve_model(spec, args.dataset)
-        xc, where = calibration_set(dataset, args.calibration, args.seed)
-        print(f"{spec}: calibration {where}", flush=True)
-        x, y = load_dataset(dataset, "test")
-        if args.test is not None:
-            x, y = x[: args.test], y[: args.test]
+    for spec, model, _, xc, x, y in _each_model(args):
         results.append(ablate(spec, model, xc, x, y, phases, batch_size=args.batch_size))
     print(ablation_table(results))
     if args.json:

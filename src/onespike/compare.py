@@ -354,14 +354,14 @@ def simulate_clocked(
     scales: dict[Node, float],
     x: Tensor,
     checkpoints: Sequence[int],
-    y: Tensor | None = None,
 ) -> dict[int, tuple[Tensor, Ops]]:
     """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
 
     All layers update at every step (a spike reaches the next layers in the
     same step). At each checkpoint ``t`` the output estimate is the output
     layer's accumulated input per step (per period for multi-phase) and the
-    ops are those of the first ``t`` steps. ``y`` is unused (kept for symmetry).
+    ops are those of the first ``t`` steps (checkpoints that are not a whole
+    number of multi-phase periods are skipped).
     """
     r = net.runner
     env0 = r.forward_all(x)
