@@ -129,9 +129,10 @@ def _ones_op(runner: Runner, node: Node, m: Tensor, const_env: dict) -> Tensor:
         return weighted_call(mod, m, bias=False, weight=w)
     mat = const_env[node.args[0]]
     if mat.is_sparse:
-        ind = torch.sparse_coo_tensor(
-            mat._indices(), torch.ones_like(mat._values(), dtype=m.dtype), mat.shape
-        )
+        mat = mat.coalesce()
+        ones = torch.ones_like(mat.values(), dtype=m.dtype)
+        # the indices come from a valid sparse tensor: no invariant check needed
+        ind = torch.sparse_coo_tensor(mat.indices(), ones, mat.shape, check_invariants=False)
         return torch.sparse.mm(ind, m)
     return (mat != 0).to(m.dtype) @ m
 
