@@ -553,14 +553,17 @@ def _pm(stat: Sequence[float], digits: int = 1) -> str:
     return f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
 
 
-def markdown_tables(summary: dict[str, Any], command: str | None = None) -> str:
+def markdown_tables(
+    summary: dict[str, Any], command: str | None = None, version: str | None = None
+) -> str:
     """The results as markdown: a summary per (dataset, model, coding) and the detail."""
     ann = {(a["dataset"], a["model"]): a for a in summary["ann"]}
     rows = summary["rows"]
     phases = sorted({r["phases"] for r in rows})
     lines: list[str] = []
     if command:
-        lines += [f"Command: `{command}`", ""]
+        where = f" (source `{version}`)" if version else ""
+        lines += [f"Command: `{command}`{where}", ""]
     lines.append(
         "Test accuracy (%) of the ANN and of the SNN at each window length T "
         "(mean ± sample std over seeds; default conversion settings). "
@@ -755,8 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(result)
     result["summary"] = summary
     result["command"] = command
+    result["source_version"] = _source_version()  # the search is still changing
     result["torch_version"] = torch.__version__
-    md = markdown_tables(summary, command)
+    md = markdown_tables(summary, command, result["source_version"])
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
@@ -764,6 +768,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.markdown).write_text(md)
     print(md)
     return 0
+
+
+def _source_version() -> str | None:
+    """``git describe --always --dirty`` of the source tree, when it is a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _jsonable(o: object) -> object:
