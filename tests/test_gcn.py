@@ -113,6 +113,33 @@ def test_residual_gcn_on_subgraph(cora_sub):
     _check_simulators(snn, x)
 
 
+def test_gcn_with_bias_parameters_after_aggregation(cora_sub):
+    """The PyG-style layer ``A h W + b`` (bias as a parameter): converted, step == event."""
+    x, _, adj = cora_sub
+
+    class BiasGCN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("adj", adj)
+            self.fc1 = torch.nn.Linear(x.shape[1], 8, bias=False)
+            self.b1 = torch.nn.Parameter(torch.randn(8) * 0.05)
+            self.relu1 = torch.nn.ReLU()
+            self.fc2 = torch.nn.Linear(8, 7, bias=False)
+            self.b2 = torch.nn.Parameter(torch.randn(7) * 0.05)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            h = self.relu1(torch.sparse.mm(self.adj, self.fc1(h)) + self.b1)
+            return torch.sparse.mm(self.adj, self.fc2(h)) + self.b2
+
+    torch.manual_seed(5)
+    ann = BiasGCN().eval()
+    snn = onespike.convert(ann, x, phases=8, progress=False)
+    with torch.no_grad():
+        a = ann(x)
+    assert float((snn(x).argmax(1) == a.argmax(1)).double().mean()) >= 0.9
+    _check_simulators(snn, x)
+
+
 def test_aggregation_is_counted_on_existing_edges_only():
     """ANN MACs and SNN ACs of a GCN by hand on a 5-node path graph plus an isolated node."""
     torch.manual_seed(1)
