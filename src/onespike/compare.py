@@ -923,6 +923,36 @@ def budget_table(result: dict, budgets: Sequence[int] = (8, 16, 32, 64, 128, 256
     return "\n".join(lines)
 
 
+def energy_table(result: dict, tol: float = 0.5) -> str:
+    """Where the energy goes (Markdown): each code's operations per inference, and their
+    energy in uJ (compute only), at its first run within ``tol`` points of the ANN."""
+    head = (
+        "| code | steps | ACs | MACs | multiplies | adds | neuron updates | "
+        "uJ: ACs | MACs | mult. | adds | total | ratio |"
+    )
+    lines = [head, "|---|" + "---|" * 12]
+    ann = result["ann_accuracy"]
+    for name, c in result["codes"].items():
+        p = first_within([Point(**q) for q in c["points"]], ann - tol)
+        if p is None:
+            lines.append(f"| {name} | never |" + " |" * 11)
+            continue
+        o = p.ops
+        uj = [o["acs"] * E_ADD, o["macs"] * E_MAC, o["muls"] * E_MUL, o["adds"] * E_ADD]
+        lines.append(
+            f"| {name} | {p.steps} | {o['acs']:,.0f} | {o['macs']:,.0f} | {o['muls']:,.0f} | "
+            f"{o['adds']:,.0f} | {o['updates']:,.0f} | "
+            + " | ".join(f"{v / 1e6:.3f}" for v in uj)
+            + f" | {sum(uj) / 1e6:.3f} | {p.energy_ratio_compute:.2f} |"
+        )
+    lines.append(
+        f"| ANN | - | - | {result['ann_macs']:,.0f} | - | - | - | - | "
+        f"{result['ann_energy_compute_pj'] / 1e6:.3f} | - | - | "
+        f"{result['ann_energy_compute_pj'] / 1e6:.3f} | 1 |"
+    )
+    return "\n".join(lines)
+
+
 def report(paths: Sequence[str | Path]) -> str:
     """Markdown of saved comparison results: for each file, the summary and budget tables."""
     parts = []
@@ -947,6 +977,10 @@ def report(paths: Sequence[str | Path]) -> str:
             "Accuracy (%) / spikes per neuron of the longest run within each latency budget:",
             "",
             budget_table(r),
+            "",
+            "Operations per inference and their energy at each code's first run within 0.5 points:",
+            "",
+            energy_table(r),
             "",
         ]
         errs = [f"{n}: {e}" for n, c in r["codes"].items() for e in c.get("errors", [])]
@@ -1142,6 +1176,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
+    source = source_version()  # at the start: the code this run loads
     codes = parse_codes(args.codes)
     eval_idx = None
     if args.dataset in GRAPH_DATASETS:  # transductive: the graph is its own calibration
@@ -1173,7 +1208,7 @@ def main(args: argparse.Namespace) -> int:
         test_subset=args.test,
         seconds=time.time() - t0,
         threads=torch.get_num_threads(),
-        source=source_version(),
+        source=source,
         torch=torch.__version__,
     )
     print(text_table(result))
@@ -1217,6 +1252,7 @@ __all__ = [
     "Point",
     "budget_table",
     "compare",
+    "energy_table",
     "layer_scales",
     "markdown_table",
     "onespike_neurons",
