@@ -742,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({res.info['train_seconds']:.1f} s)"
             )
         return 0
+    version = _source_version()  # before the run: the tree may move while it runs
     result = run_table(
         datasets=args.datasets,
         models=args.models,
@@ -758,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(result)
     result["summary"] = summary
     result["command"] = command
-    result["source_version"] = _source_version()  # the search is still changing
+    result["source_version"] = version  # the search is still changing
     result["torch_version"] = torch.__version__
     md = markdown_tables(summary, command, result["source_version"])
     path = Path(args.json)
