@@ -253,7 +253,9 @@ def test_graph_without_nodes_and_other_mistakes_give_clear_errors():
 
 
 def test_zero_adjacency_gives_zero_output_in_both_networks():
-    adj = torch.sparse_coo_tensor(torch.empty(2, 0, dtype=torch.int64), torch.empty(0), (4, 4))
+    adj = torch.sparse_coo_tensor(
+        torch.empty(2, 0, dtype=torch.int64), torch.empty(0), (4, 4), check_invariants=True
+    )
     ann = GCN(adj, 3, 2, hidden=4).eval()
     x = torch.rand(4, 3)
     snn = onespike.convert(ann, x, phases=4, progress=False)
