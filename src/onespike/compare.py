@@ -89,6 +89,7 @@ from onespike.codes import rate as rate_code
 from onespike.codes import ttfs as ttfs_code
 from onespike.codes import weighted as weighted_code
 from onespike.graph import Region, Runner
+from onespike.provenance import source_version
 from onespike.trace import TracedModel, trace
 
 Node = fx.Node
@@ -1126,23 +1127,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="compare_results", help="folder for the JSON and PNGs")
     p.add_argument("--prefix", default=None, help="file name prefix (default: model_dataset)")
     p.add_argument("--no-plots", action="store_true")
-
-
-def source_version() -> str | None:
-    """``git describe --always --dirty`` of the source tree, when it is a git checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def resolve_model(spec: str) -> nn.Module:

@@ -61,6 +61,7 @@ from onespike.models.gcn import (
 )
 from onespike.models.registry import load_state_dict_file
 from onespike.network import SpikingNetwork
+from onespike.provenance import source_version as _source_version
 
 __all__ = [
     "CONFIGS",
@@ -769,23 +770,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.markdown).write_text(md)
     print(md)
     return 0
-
-
-def _source_version() -> str | None:
-    """``git describe --always --dirty`` of the source tree, when it is a git checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _jsonable(o: object) -> object:
