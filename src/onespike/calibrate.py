@@ -120,6 +120,8 @@ class _Search:
         self.output = next(n for n in r.nodes if n.op == "output")
         with torch.no_grad():
             self.ann = r.forward_all(x)
+        self._env: dict[Node, object] = {}
+        self._env_chosen: dict[Node, tuple[Tensor, float]] = {}
         self.regions: dict[Node, Region] = {t: r.region(t) for t in [*self.relus, self.output]}
         self.consumers: dict[Node, list[Node]] = {n: [] for n in [self.input, *self.relus]}
         for t, reg in self.regions.items():
@@ -149,16 +151,46 @@ class _Search:
 
         return q
 
-    def env_with(self, chosen: dict[Node, tuple[Tensor, float]]) -> dict[Node, object]:
-        """Every node's value with the chosen layers converted, the others plain ReLU."""
+    def env_with(
+        self, chosen: dict[Node, tuple[Tensor, float]], upto: Node | None = None
+    ) -> dict[Node, object]:
+        """Every node's value with the chosen layers converted, the others plain ReLU.
+
+        With ``upto`` only the nodes up to that one (topological order) are
+        guaranteed. Values are cached: a node is recomputed only when a layer
+        before it was chosen anew since the last call (or :meth:`invalidate`
+        was called), so the layer-by-layer search costs about one forward pass
+        per layer instead of one per layer per layer.
+        """
+        order = self.runner.order
+        changed = [
+            n for n in {*chosen, *self._env_chosen} if chosen.get(n) is not self._env_chosen.get(n)
+        ]
+        if changed:
+            first = 0 if self.input in changed else min(order[n] for n in changed)
+            self._invalidate_from(first)
+        self._env_chosen = dict(chosen)
         repl = {n: self.quantizer(s, b) for n, (s, b) in chosen.items() if n is not self.input}
         runner = Runner(self.traced.module, repl)
-        env: dict[Node, object] = {}
-        x = self.encode_input(chosen)
+        env = self._env
+        stop = len(runner.nodes) if upto is None else order[upto] + 1
         with torch.no_grad():
-            for n in runner.nodes:
-                env[n] = x if n.op == "placeholder" else runner.run_node(n, env)
-        return env
+            for n in runner.nodes[:stop]:
+                if n not in env:
+                    env[n] = (
+                        self.encode_input(chosen)
+                        if n.op == "placeholder"
+                        else runner.run_node(n, env)
+                    )
+        return dict(env)
+
+    def _invalidate_from(self, first: int) -> None:
+        order = self.runner.order
+        self._env = {n: v for n, v in self._env.items() if order[n] < first}
+
+    def invalidate_after(self, node: Node) -> None:
+        """Forget cached values after ``node`` (the modules after it changed)."""
+        self._invalidate_from(self.runner.order[node] + 1)
 
     def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
         if self.cfg.input_coding == "phase":
@@ -275,20 +307,23 @@ class _Search:
         order = ([self.input] if self.cfg.input_coding == "single" else []) + list(self.relus)
         it = tqdm(order, desc=desc, disable=not self.progress, leave=False)
         for i, node in enumerate(it):
-            env = self.env_with(chosen)
+            upto = max(self.consumers[node], key=self.runner.order.__getitem__, default=None)
+            env = self.env_with(chosen, upto)
             idx = i - (1 if self.cfg.input_coding == "single" else 0)
             full = self.stats_source
             stats = (
                 self.layer_input(node, env)
                 if full is None
-                else full.layer_input(node, full.env_with(chosen))
+                else full.layer_input(node, full.env_with(chosen, upto))
             )
             s, b, e = self.search_layer(node, idx, env, bases_override, stats)
             chosen[node] = (s, b)
             errors[node] = e
             if self.cfg.bias_correction and node is not self.input:
-                env = self.env_with(chosen)
+                env = self.env_with(chosen, upto)
                 self.bias_correct(node, env)
+                for srch in {self, full or self}:
+                    srch.invalidate_after(node)
         return chosen, errors
 
     def output_error(self, chosen: dict[Node, tuple[Tensor, float]]) -> float:
