@@ -84,6 +84,32 @@ def test_sweep_writes_json_and_plot(capsys, tmp_path):
     assert "smallest T with loss <= 0.5" in capsys.readouterr().out
 
 
+def test_sweep_random_subset_and_reprint(capsys, tmp_path):
+    from onespike.data import load_mnist
+    from onespike.sweep import main as sweep_main
+    from onespike.train import fixed_subset
+
+    j = tmp_path / "s.json"
+    argv = ["sweep", "--model", "mnist_cnn", "--phases", "4", "--test", "60", "--subset"]
+    argv += ["random", "--calibration", "60", "--step-phases", "4", "--step-images", "20"]
+    assert main([*argv, "--json", str(j)]) == 0
+    (r,) = json.loads(j.read_text())
+    assert r["samples"] == 60 and r["step_check"]["images"] == 20
+    # the ANN accuracy is the one on the fixed random 60, not on the first 60
+    from onespike.models import load_pretrained
+    from onespike.train import evaluate
+
+    x, y = load_mnist("test")
+    idx = fixed_subset(x.shape[0], 60)
+    assert r["ann_accuracy"] == evaluate(load_pretrained("mnist_cnn"), x[idx], y[idx])
+    capsys.readouterr()
+    assert sweep_main([str(j), "--layers", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| mnist_cnn | 4 |" in out and "| relu3 |" in out
+    with pytest.raises(ValueError, match="no row with phases=5"):
+        sweep_main([str(j), "--layers", "5"])
+
+
 def test_ablation_variants_run():
     import torch
 

@@ -223,6 +223,25 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, mnist_train_256, mn
     assert isinstance(m, MNISTCNN) and not m.training
 
 
+def test_measure_rewrites_the_sidecar_figures(tmp_path: Path, mnist_train_256, mnist_test) -> None:
+    from onespike.train import measure_weights
+
+    data = (*mnist_train_256, *mnist_test)
+    cfg = _tiny_cfg(tmp_path, "m")
+    res = train(cfg, data=data)
+    js = tmp_path / "m" / "mnist_cnn.json"
+    info = json.loads(js.read_text())
+    assert info["acc_subset1000"] == res.test_acc  # 200 test images: the subset is all of them
+    info["test_acc"] = info["acc_subset1000"] = -1.0
+    js.write_text(json.dumps(info))
+    again = measure_weights(cfg)
+    assert again["test_acc"] == res.test_acc == again["acc_subset1000"]
+    assert json.loads(js.read_text())["test_acc"] == res.test_acc
+    assert again["history"] == info["history"] and "measured" in again
+    with pytest.raises(FileNotFoundError, match="train the model first"):
+        measure_weights(_tiny_cfg(tmp_path, "nothing-here"))
+
+
 def test_resume_rejects_other_settings(tmp_path: Path, mnist_train_256, mnist_test) -> None:
     data = (*mnist_train_256, *mnist_test)
     train(_tiny_cfg(tmp_path, "x", stop_after=1), data=data)

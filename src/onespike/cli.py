@@ -193,8 +193,20 @@ def _each_model(args: argparse.Namespace):
         print(f"{spec}: calibration {where}", flush=True)
         x, y = load_dataset(dataset, "test")
         if args.test is not None:
-            x, y = x[: args.test], y[: args.test]
+            idx = _subset(args, x.shape[0], args.test)
+            x, y = x[idx], y[idx]
         yield spec, model, dataset, xc, x, y
+
+
+def _subset(args: argparse.Namespace, n: int, k: int) -> torch.Tensor:
+    """Indices of ``k`` of ``n`` test samples: the first ``k``, or ``--subset random``'s
+    fixed random ``k`` (seed 0, sorted; needed for CIFAR-10, whose test set is stored
+    sorted by class)."""
+    from onespike.train import fixed_subset
+
+    if getattr(args, "subset", "first") == "random":
+        return fixed_subset(n, k)
+    return torch.arange(min(n, k))
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -213,7 +225,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 y,
                 phases,
                 step_phases=args.step_phases,
-                step_images=args.step_images,
+                step_indices=_subset(args, x.shape[0], args.step_images),
                 convert_kwargs={"base": _parse_base(args.base), "scale": _parse_scale(args.scale)},
                 batch_size=args.batch_size,
             )
@@ -249,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert your model (package.module:function)")
     c.add_argument("--model", required=True, help="package.module:function returning the ANN")
     _add_common(c, dataset=True)
+    subset_kw = {
+        "choices": ("first", "random"),
+        "default": "first",
+        "help": "which test images --test / --step-images take: the first N, or a fixed "
+        "random N (seed 0; use it for CIFAR-10, stored sorted by class)",
+    }
     s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
     s.add_argument(
         "--model",
@@ -265,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--step-phases", type=int, default=8, help="run the step simulator at this T")
     s.add_argument("--step-images", type=int, default=1000)
+    s.add_argument("--subset", **subset_kw)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None)
     s.add_argument("--plot", default=None, help="PNG file")
@@ -274,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--phases", default="6,8,12")
     a.add_argument("--calibration", type=int, default=1000)
     a.add_argument("--test", type=int, default=None)
+    a.add_argument("--subset", **subset_kw)
     a.add_argument("--batch-size", type=int, default=500)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", default=None)

@@ -60,11 +60,16 @@ def sweep_model(
     *,
     step_phases: int | None = None,
     step_images: int = 1000,
+    step_indices: torch.Tensor | None = None,
     convert_kwargs: dict | None = None,
     batch_size: int = 500,
     progress: bool = True,
 ) -> SweepResult:
-    """Convert ``ann`` at every ``T`` in ``phases`` and evaluate on ``(x, y)``."""
+    """Convert ``ann`` at every ``T`` in ``phases`` and evaluate on ``(x, y)``.
+
+    The step simulator runs at ``T = step_phases`` on ``x[step_indices]`` (default: the
+    first ``step_images``).
+    """
     kw = convert_kwargs or {}
     res: SweepResult | None = None
     for T in phases:
@@ -99,12 +104,15 @@ def sweep_model(
             }
         )
         if step_phases == T:
-            n = min(step_images, x.shape[0])
+            idx = (
+                torch.arange(min(step_images, x.shape[0])) if step_indices is None else step_indices
+            )
+            n = int(idx.numel())
             st = evaluate(
                 ann,
                 snn,
-                x[:n],
-                y[:n],
+                x[idx],
+                y[idx],
                 batch_size=batch_size,
                 step=True,
                 costs=False,
@@ -255,3 +263,53 @@ def ablation_table(results: list[dict]) -> str:
             lines.append(f"| {row['variant']} | {cells} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def layers_table(result: dict, phases: int) -> str:
+    """Markdown: each spiking layer's searched base and scale at ``phases`` (a sweep JSON row)."""
+    row = next((r for r in result["rows"] if r["phases"] == phases), None)
+    if row is None:
+        raise ValueError(f"{result['model']}: no row with phases={phases}")
+    lines = [
+        f"**{result['model']}**, T={phases}: searched code per spiking layer",
+        "",
+        "| layer | base | scale | activation error |",
+        "|---|---|---|---|",
+    ]
+    for lp in row["layers"]:
+        sc = lp["scale"]
+        scale = (
+            f"{sc:.3f}" if isinstance(sc, float) else f"per channel, mean {sum(sc) / len(sc):.3f}"
+        )
+        lines.append(f"| {lp['name']} | {lp['base']:.2f} | {scale} | {lp['act_error']:.4f} |")
+    return "\n".join(lines)
+
+
+def _results_from_json(data: list[dict]) -> list[SweepResult]:
+    out = []
+    for d in data:
+        r = SweepResult(d["model"], d["dataset"], d["ann_accuracy"], d["samples"], d["rows"])
+        r.step_check = d.get("step_check")
+        out.append(r)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m onespike.sweep FILE.json [--layers T]``: print a sweep's tables again."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m onespike.sweep", description=main.__doc__)
+    p.add_argument("json_file")
+    p.add_argument("--layers", type=int, default=None, help="also the per-layer table at this T")
+    a = p.parse_args(argv)
+    data = json.loads(Path(a.json_file).read_text())
+    print(table(_results_from_json(data)))
+    if a.layers is not None:
+        for d in data:
+            print()
+            print(layers_table(d, a.layers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,6 +52,7 @@ __all__ = [
     "fixed_subset",
     "load_dataset",
     "main",
+    "measure_weights",
     "random_crop_flip",
     "save_weights",
     "time_batches",
@@ -417,7 +418,9 @@ def save_weights(
     round trip for CIFAR models), in percent: ``test_acc`` on the whole evaluated test
     set, ``acc_first1000`` on its first 1,000 images (a reproducibility check that tests
     re-measure; for CIFAR-10 read from the JPEG zip these are all airplanes, so it is not
-    an accuracy estimate there), ``test_acc_before_cast`` before the dtype round trip.
+    an accuracy estimate there), ``acc_subset1000`` on the fixed random 1,000 of
+    :func:`fixed_subset` (an estimate on every data set), ``test_acc_before_cast`` before
+    the dtype round trip.
     """
     assert cfg.out is not None and cfg.name is not None
     out = Path(cfg.out)
@@ -435,6 +438,8 @@ def save_weights(
     reloaded.load_state_dict(load_state_dict_file(pt))
     test_acc = evaluate(reloaded, x_test, y_test, cfg.eval_batch_size)
     acc_1000 = evaluate(reloaded, x_test[:1000], y_test[:1000], cfg.eval_batch_size)
+    sub = fixed_subset(len(x_test), 1000)
+    acc_sub = evaluate(reloaded, x_test[sub], y_test[sub], cfg.eval_batch_size)
     info: dict[str, Any] = {
         "name": cfg.name,
         "model": cfg.model,
@@ -456,6 +461,7 @@ def save_weights(
         "acc_units": "percent",
         "test_acc": test_acc,
         "acc_first1000": acc_1000,
+        "acc_subset1000": acc_sub,
         "test_acc_before_cast": acc_fp32,
         "weights_dtype": cfg.save_dtype,
         "weights_sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),
@@ -471,6 +477,35 @@ def save_weights(
     with (out / f"{cfg.name}.json").open("w") as f:
         json.dump(info, f, indent=2)
         f.write("\n")
+    return info
+
+
+def measure_weights(cfg: TrainConfig) -> dict[str, Any]:
+    """Re-measure the accuracies of the saved ``{out}/{name}.pt``; update and return its sidecar.
+
+    For weight files written before a field existed (``acc_subset1000``): the sidecar keeps
+    its training record and gets ``measured`` (when and with which torch).
+    """
+    cfg = cfg.resolved()
+    if cfg.out is None:
+        raise ValueError("--measure needs --out (the folder holding {name}.pt and .json)")
+    out = Path(cfg.out)
+    pt, js = out / f"{cfg.name}.pt", out / f"{cfg.name}.json"
+    if not pt.exists() or not js.exists():
+        raise FileNotFoundError(f"--measure: {pt} or {js} not found; train the model first")
+    info = json.loads(js.read_text())
+    x_test, y_test = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
+    model = get_model(info["model"], **info.get("model_kwargs", {}))
+    model.load_state_dict(load_state_dict_file(pt))
+    sub = fixed_subset(len(x_test), 1000)
+    info["test_acc"] = evaluate(model, x_test, y_test, cfg.eval_batch_size)
+    info["acc_first1000"] = evaluate(model, x_test[:1000], y_test[:1000], cfg.eval_batch_size)
+    info["acc_subset1000"] = evaluate(model, x_test[sub], y_test[sub], cfg.eval_batch_size)
+    info["measured"] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch_version": torch.__version__,
+    }
+    js.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -568,6 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--eval-batch-size", type=int, default=1000)
     p.add_argument(
+        "--measure",
+        action="store_true",
+        help="only re-measure the saved {out}/{name}.pt and update its JSON sidecar",
+    )
+    p.add_argument(
         "--time-batches",
         type=int,
         default=None,
@@ -604,6 +644,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     cfg = config_from_args(args)
+    if args.measure:
+        info = measure_weights(cfg)
+        print(
+            f"{info['name']}: test accuracy {info['test_acc']:.2f}%, "
+            f"fixed random 1,000 {info['acc_subset1000']:.2f}%"
+        )
+        return 0
     result = train(cfg, command="python -m onespike.train " + shlex.join(argv))
     if result.test_acc is not None:
         print(f"{result.config.name}: test accuracy {result.test_acc:.2f}%")
