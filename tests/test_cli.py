@@ -106,6 +106,10 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     assert sweep_main([str(j), "--layers", "4"]) == 0
     out = capsys.readouterr().out
     assert "| mnist_cnn | 4 |" in out and "| relu3 |" in out
+    merged, png = tmp_path / "m.json", tmp_path / "m.png"
+    assert sweep_main([str(j), str(j), "--json", str(merged), "--plot", str(png)]) == 0
+    assert json.loads(merged.read_text()) == [r, r]
+    assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no row with phases=5"):
         sweep_main([str(j), "--layers", "5"])
 

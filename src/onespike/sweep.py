@@ -295,19 +295,24 @@ def _results_from_json(data: list[dict]) -> list[SweepResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m onespike.sweep FILE.json [--layers T]``: print a sweep's tables again."""
+    """``python -m onespike.sweep A.json [B.json ...] [--layers T] [--json F] [--plot P]``:
+    print sweeps' tables again, optionally merged into one JSON file and one plot."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m onespike.sweep", description=main.__doc__)
-    p.add_argument("json_file")
+    p.add_argument("json_files", nargs="+")
     p.add_argument("--layers", type=int, default=None, help="also the per-layer table at this T")
+    p.add_argument("--json", default=None, help="write the merged results here")
+    p.add_argument("--plot", default=None, help="PNG: every model's accuracy vs phases")
     a = p.parse_args(argv)
-    data = json.loads(Path(a.json_file).read_text())
-    print(table(_results_from_json(data)))
+    data = [d for f in a.json_files for d in json.loads(Path(f).read_text())]
+    results = _results_from_json(data)
+    print(table(results))
     if a.layers is not None:
         for d in data:
             print()
             print(layers_table(d, a.layers))
+    write(results, a.json, a.plot)
     return 0
 
 
