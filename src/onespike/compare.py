@@ -1129,17 +1129,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true")
 
 
-def resolve_model(spec: str) -> nn.Module:
-    """A shipped model by name, or ``package.module:function``."""
-    if ":" in spec:
-        from onespike.cli import load_user_model
-
-        return load_user_model(spec)
-    from onespike.models import load_pretrained
-
-    return load_pretrained(spec)
-
-
 def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
     """A shipped GCN and its graph: ``(ann, features, labels, test node ids)``.
 
@@ -1155,7 +1144,7 @@ def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor
 
 def main(args: argparse.Namespace) -> int:
     """``onespike compare``: run, print the table, write JSON and PNGs."""
-    from onespike.cli import calibration_set, load_dataset
+    from onespike.cli import calibration_set, load_dataset, resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1167,7 +1156,7 @@ def main(args: argparse.Namespace) -> int:
         ann, x, y, eval_idx = load_graph_task(args.model, args.dataset)
         xc, where = x, "the graph's own node features (transductive, no labels)"
     else:
-        ann = resolve_model(args.model)
+        ann, _ = resolve_model(args.model, args.dataset)
         xc, where = calibration_set(args.dataset, args.calibration, args.seed)
         x, y = load_dataset(args.dataset, "test")
         if args.test is not None:
