@@ -392,6 +392,19 @@ def simulate_clocked(
     muls = adds = 0.0
     marks = sorted(set(checkpoints))
     results: dict[int, tuple[Tensor, Ops]] = {}
+
+    def current(node: Node, vals: dict[Node, Tensor], inject: bool) -> Tensor:
+        """Input of ``node``'s region this step: its sources' spikes (+ bias and analog current)."""
+        const, _, spiking, zeros = parts[node]
+        cur = (
+            net.region_value(
+                net.regions[node], {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
+            )
+            if spiking
+            else torch.zeros_like(const)
+        )
+        return cur + const if inject else cur
+
     for step in range(marks[-1]):
         k = step % K
         inject = spec.kind != "weighted" or k == 0  # bias and analog current this step
@@ -399,17 +412,7 @@ def simulate_clocked(
         spk: dict[Node, Tensor] = {}
         for node in net.order:
             if node in u:  # a spiking layer
-                const, _, spiking, zeros = parts[node]
-                reg = net.regions[node]
-                cur = (
-                    net.region_value(
-                        reg, {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
-                    )
-                    if spiking
-                    else torch.zeros_like(const)
-                )
-                if inject:
-                    cur = cur + const
+                cur = current(node, vals, inject)
                 lam = scales[node]
                 if spec.kind == "rate":
                     u[node], s = rate_code.if_step(u[node], cur, lam)
@@ -424,16 +427,7 @@ def simulate_clocked(
                     vals[node] = w * theta
                 spk[node] = s
             elif node is net.output:
-                const, _, spiking, zeros = parts[node]
-                reg = net.regions[node]
-                cur = (
-                    net.region_value(
-                        reg, {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
-                    )
-                    if spiking
-                    else torch.zeros_like(const)
-                )
-                out_acc += cur + const if inject else cur
+                out_acc += current(node, vals, inject)
                 continue
             elif r.role(node) == "maxpool":  # gate: the neuron that sent the most so far
                 src = node.args[0]
@@ -563,99 +557,86 @@ def onespike_neurons(net: Net, snn: object) -> dict[Node, NeuronFn]:
 # --------------------------------------------------------------------------------------
 # the comparison
 # --------------------------------------------------------------------------------------
-def _point(
-    steps: int,
-    window: int | None,
-    tally: _Tally,
-    n_eval: int,
-    n: int,
-    hidden: int,
-    ann_macs: float,
-) -> Point:
-    """A point from a tally: accuracy over the ``n_eval`` scored rows, ops per row of ``n``."""
-    per = tally.ops.scaled(1.0 / n)
-    ann_c = ann_macs * E_MAC
-    ann_t = ann_macs * (E_MAC + E_MEM)
-    ec, et = per.energy_compute(), per.energy_total()
-    return Point(
-        steps=steps,
-        window=window,
-        accuracy=100.0 * tally.correct / n_eval,
-        agreement=100.0 * tally.agree / n_eval,
-        spikes_per_neuron=per.spikes / hidden if hidden else 0.0,
-        ops=asdict(per),
-        energy_compute_pj=ec,
-        energy_total_pj=et,
-        energy_ratio_compute=ann_c / ec if ec else float("inf"),
-        energy_ratio_total=ann_t / et if et else float("inf"),
-    )
-
-
-def _score(tally: _Tally, out: Tensor, y: Tensor, ann_pred: Tensor, mask: Tensor) -> None:
-    """Add the correct and ANN-agreeing predictions of the scored rows (``mask``)."""
-    pred = out.argmax(1)
-    tally.correct += int(((pred == y) & mask).sum())
-    tally.agree += int(((pred == ann_pred) & mask).sum())
-
-
 def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def run_clocked(
-    net: Net,
-    spec: CodeSpec,
-    scales: dict[Node, float],
-    x: Tensor,
-    y: Tensor,
-    ann_pred: Tensor,
-    mask: Tensor,
-    max_steps: int,
-    batch_size: int,
-    hidden: int,
-    ann_macs: float,
-    progress: bool = True,
-) -> list[Point]:
-    """Points of a clocked code at every checkpoint up to ``max_steps``."""
+@dataclass(frozen=True)
+class _Task:
+    """The rows every code runs on, how they are scored, and the ANN's figures to compare with.
+
+    ``mask`` marks the scored rows (every row is simulated and counted);
+    ``hidden`` and ``ann_macs`` are per row.
+    """
+
+    x: Tensor
+    y: Tensor
+    ann_pred: Tensor
+    mask: Tensor
+    max_steps: int
+    batch_size: int
+    hidden: int
+    ann_macs: float
+    progress: bool = True
+
+    def batches(self) -> list[slice]:
+        return _batches(self.x.shape[0], self.batch_size)
+
+    def window_grid(self, windows: int) -> list[int]:
+        """The windows ``T`` of :data:`WINDOW_PHASES` whose latency is at most ``max_steps``."""
+        return [T for T in WINDOW_PHASES if T * windows <= self.max_steps]
+
+    def score(self, tally: _Tally, sl: slice, out: Tensor, ops: Ops | None = None) -> None:
+        """Add the correct and ANN-agreeing predictions of scored rows in ``sl`` (and ``ops``)."""
+        pred = out.argmax(1)
+        mask = self.mask[sl]
+        tally.correct += int(((pred == self.y[sl]) & mask).sum())
+        tally.agree += int(((pred == self.ann_pred[sl]) & mask).sum())
+        if ops is not None:
+            tally.ops += ops
+
+    def point(self, steps: int, window: int | None, tally: _Tally) -> Point:
+        """A point from a tally: accuracy over the scored rows, ops per row."""
+        n_eval = int(self.mask.sum())
+        per = tally.ops.scaled(1.0 / self.x.shape[0])
+        ann_c = self.ann_macs * E_MAC
+        ann_t = self.ann_macs * (E_MAC + E_MEM)
+        ec, et = per.energy_compute(), per.energy_total()
+        return Point(
+            steps=steps,
+            window=window,
+            accuracy=100.0 * tally.correct / n_eval,
+            agreement=100.0 * tally.agree / n_eval,
+            spikes_per_neuron=per.spikes / self.hidden if self.hidden else 0.0,
+            ops=asdict(per),
+            energy_compute_pj=ec,
+            energy_total_pj=et,
+            energy_ratio_compute=ann_c / ec if ec else float("inf"),
+            energy_ratio_total=ann_t / et if et else float("inf"),
+        )
+
+
+def run_clocked(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+    """Points of a clocked code at every checkpoint up to ``task.max_steps``."""
     K = spec.period if spec.kind == "weighted" else 1
-    marks = [t for t in CLOCK_STEPS if t <= max_steps and t % K == 0]
+    marks = [t for t in CLOCK_STEPS if t <= task.max_steps and t % K == 0]
     tallies = {t: _Tally() for t in marks}
-    for sl in tqdm(_batches(x.shape[0], batch_size), desc=spec.name, disable=not progress):
-        res = simulate_clocked(net, spec, scales, x[sl], marks)
-        for t, (out, ops) in res.items():
-            _score(tallies[t], out, y[sl], ann_pred[sl], mask[sl])
-            tallies[t].ops += ops
-    n_eval = int(mask.sum())
-    return [_point(t, None, tl, n_eval, x.shape[0], hidden, ann_macs) for t, tl in tallies.items()]
+    for sl in tqdm(task.batches(), desc=spec.name, disable=not task.progress):
+        for t, (out, ops) in simulate_clocked(net, spec, scales, task.x[sl], marks).items():
+            task.score(tallies[t], sl, out, ops)
+    return [task.point(t, None, tl) for t, tl in tallies.items()]
 
 
-def run_ttfs(
-    net: Net,
-    spec: CodeSpec,
-    scales: dict[Node, float],
-    x: Tensor,
-    y: Tensor,
-    ann_pred: Tensor,
-    mask: Tensor,
-    max_steps: int,
-    batch_size: int,
-    hidden: int,
-    ann_macs: float,
-    progress: bool = True,
-) -> list[Point]:
-    """Points of TTFS at every window whose latency is at most ``max_steps``."""
+def run_ttfs(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+    """Points of TTFS at every window whose latency is at most ``task.max_steps``."""
     windows = net.latency_windows()
     points = []
-    grid = [T for T in WINDOW_PHASES if T * windows <= max_steps]
-    for T in tqdm(grid, desc=spec.name, disable=not progress):
+    for T in tqdm(task.window_grid(windows), desc=spec.name, disable=not task.progress):
         neurons = ttfs_neurons(net, scales, T, spec.shift)
         tl = _Tally()
-        for sl in _batches(x.shape[0], batch_size):
-            out, ops = simulate_windowed(net, neurons, x[sl], T)
-            _score(tl, out, y[sl], ann_pred[sl], mask[sl])
-            tl.ops += ops
-        n_eval = int(mask.sum())
-        points.append(_point(T * windows, T, tl, n_eval, x.shape[0], hidden, ann_macs))
+        for sl in task.batches():
+            task.score(tl, sl, *simulate_windowed(net, neurons, task.x[sl], T))
+        points.append(task.point(T * windows, T, tl))
     return points
 
 
@@ -679,39 +660,31 @@ def run_onespike(
     ann: nn.Module,
     net: Net,
     xc: Tensor,
-    x: Tensor,
-    y: Tensor,
-    ann_pred: Tensor,
-    mask: Tensor,
-    max_steps: int,
-    batch_size: int,
-    hidden: int,
-    ann_macs: float,
+    task: _Task,
     phases: Sequence[int] | None = None,
-    progress: bool = True,
     errors: list[str] | None = None,
 ) -> list[Point]:
     """Points of onespike: :func:`onespike.convert` at each window, evaluated and costed."""
     from onespike.convert import convert
     from onespike.evaluate import evaluate
 
-    windows = net.latency_windows()
-    grid = list(phases) if phases else [T for T in WINDOW_PHASES if T * windows <= max_steps]
+    grid = list(phases) if phases else task.window_grid(net.latency_windows())
     points = []
-    for T in tqdm(grid, desc="onespike", disable=not progress):
+    for T in tqdm(grid, desc="onespike", disable=not task.progress):
         try:
             snn = convert(ann, xc, phases=T, progress=False)
         except ValueError as e:  # a window too short for the search, say
             if errors is not None:
                 errors.append(f"T={T}: {e}")
             continue
-        res = evaluate(ann, snn, x, y, batch_size=batch_size, step=False, progress=False)
-        tl = _Tally(ops=onespike_ops(res.cost).scaled(x.shape[0]))
+        res = evaluate(
+            ann, snn, task.x, task.y, batch_size=task.batch_size, step=False, progress=False
+        )
+        tl = _Tally(ops=onespike_ops(res.cost).scaled(task.x.shape[0]))
         with torch.no_grad():
-            for sl in _batches(x.shape[0], batch_size):
-                _score(tl, snn(x[sl]), y[sl], ann_pred[sl], mask[sl])
-        steps = snn.plan.latency_steps
-        points.append(_point(steps, T, tl, int(mask.sum()), x.shape[0], hidden, ann_macs))
+            for sl in task.batches():
+                task.score(tl, sl, snn(task.x[sl]))
+        points.append(task.point(snn.plan.latency_steps, T, tl))
     return points
 
 
@@ -824,37 +797,20 @@ def compare(
         "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
         "codes": {},
     }
+    task = _Task(x, y, ann_pred, mask, max_steps, batch_size, hidden, ann_macs, progress)
     scale_cache: dict[str | float, dict[Node, float]] = {}
     for spec in codes:
         t0 = time.time()
         cr = CodeResult(spec.name, spec.describe())
-        common = dict(
-            max_steps=max_steps,
-            batch_size=batch_size,
-            hidden=hidden,
-            ann_macs=ann_macs,
-            progress=progress,
-        )
         if spec.kind == "onespike":
-            cr.points = run_onespike(
-                ann,
-                net,
-                xc,
-                x,
-                y,
-                ann_pred,
-                mask,
-                phases=onespike_phases,
-                errors=cr.errors,
-                **common,
-            )
+            cr.points = run_onespike(ann, net, xc, task, phases=onespike_phases, errors=cr.errors)
         else:
             if spec.scale not in scale_cache:
                 scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
             scales = scale_cache[spec.scale]
             cr.params["layer_scales"] = [scales[n] for n in net.relus]
             run = run_clocked if spec.clocked else run_ttfs
-            cr.points = run(net, spec, scales, x, y, ann_pred, mask, **common)
+            cr.points = run(net, spec, scales, task)
         cr.seconds = time.time() - t0
         out["codes"][spec.name] = {
             "params": cr.params,
@@ -1036,6 +992,16 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
             lw = 2.2 if name == "onespike" else 1.2
             ax.plot(xs, ys, marker=mk, ms=4, color=col, lw=lw, label=name)
 
+    def save(fig, name: str) -> None:
+        """Title, write ``{prefix}_{name}.png`` and close the figure."""
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_{name}.png"
+        fig.savefig(p, dpi=80)
+        plt.close(fig)
+        paths.append(p)
+
     def positive(key: str) -> Callable[[dict], dict]:
         def f(p: dict) -> dict:
             return {**p, key: max(p[key], 1e-3)}
@@ -1073,13 +1039,7 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
             else:
                 ax.set_ylim(0, 100.5)
                 ax.legend(fontsize=7, loc="lower right")
-        if title:
-            fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        p = out_dir / f"{prefix}_{fname}.png"
-        fig.savefig(p, dpi=80)
-        plt.close(fig)
-        paths.append(p)
+        save(fig, fname)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     lines(ax, "steps", "energy_ratio_compute")
@@ -1095,13 +1055,7 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
     ax.set_title("circles: from here on every longer run is within 0.5 points", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    p = out_dir / f"{prefix}_energy.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
-    paths.append(p)
+    save(fig, "energy")
     return paths
 
 

@@ -554,6 +554,21 @@ def _pm(stat: Sequence[float], digits: int = 1) -> str:
     return f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
 
 
+def _md_row(cells: Sequence[str]) -> str:
+    """One row of a Markdown table."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_head(head: Sequence[str]) -> list[str]:
+    """The header row and the separator row of a Markdown table."""
+    return [_md_row(head), "|" + "---|" * len(head)]
+
+
+def _row_key(r: dict[str, Any]) -> list[str]:
+    """The first cells of a detail row: dataset, model, input coding, window ``T``."""
+    return [r["dataset"], r["model"], r["coding"], str(r["phases"])]
+
+
 def markdown_tables(
     summary: dict[str, Any], command: str | None = None, version: str | None = None
 ) -> str:
@@ -571,9 +586,7 @@ def markdown_tables(
         "Loss = ANN - SNN in points."
     )
     lines.append("")
-    head = ["dataset", "model", "input", "ANN"] + [f"T={T}" for T in phases]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    lines += _md_head(["dataset", "model", "input", "ANN"] + [f"T={T}" for T in phases])
     groups: dict[tuple, dict[int, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["model"], r["coding"]), {})[r["phases"]] = r
@@ -582,7 +595,7 @@ def markdown_tables(
         for T in phases:
             d = by_t.get(T, {}).get("default")
             cells.append("" if d is None else f"{_pm(d['snn_test'])} ({d['loss_test'][0]:+.2f})")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_md_row(cells))
     lines.append("")
     lines.append(
         "Detail (default settings): loss in points (mean ± std), spikes per hidden neuron "
@@ -594,37 +607,33 @@ def markdown_tables(
         "summed over seeds; float32, then float64)."
     )
     lines.append("")
-    head = [
-        "dataset",
-        "model",
-        "input",
-        "T",
-        "latency",
-        "SNN test",
-        "loss",
-        "spikes/neuron",
-        "max",
-        "input spikes/node",
-        "energy ratio",
-        "w/ memory",
-        "vs sparse ANN",
-        "step≠event f32",
-        "f64",
-    ]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    lines += _md_head(
+        [
+            "dataset",
+            "model",
+            "input",
+            "T",
+            "latency",
+            "SNN test",
+            "loss",
+            "spikes/neuron",
+            "max",
+            "input spikes/node",
+            "energy ratio",
+            "w/ memory",
+            "vs sparse ANN",
+            "step≠event f32",
+            "f64",
+        ]
+    )
     for r in rows:
         d = r["default"]
         if d is None:
             continue
         lines.append(
-            "| "
-            + " | ".join(
+            _md_row(
                 [
-                    r["dataset"],
-                    r["model"],
-                    r["coding"],
-                    str(r["phases"]),
+                    *_row_key(r),
                     str(d["latency_steps"]),
                     _pm(d["snn_test"]),
                     _pm(d["loss_test"], 2),
@@ -638,7 +647,6 @@ def markdown_tables(
                     f"{d['phase_mismatches_f64']} / {d['prediction_mismatches_f64']}",
                 ]
             )
-            + " |"
         )
     if any(r["n_configs"] > 1 for r in rows):
         lines.append("")
@@ -647,26 +655,21 @@ def markdown_tables(
             "among the configs run), with their test accuracy:"
         )
         lines.append("")
-        head = ["dataset", "model", "input", "T", "config", "SNN val", "SNN test", "loss"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
+        lines += _md_head(
+            ["dataset", "model", "input", "T", "config", "SNN val", "SNN test", "loss"]
+        )
         for r in rows:
             s = r["selected"]
             lines.append(
-                "| "
-                + " | ".join(
+                _md_row(
                     [
-                        r["dataset"],
-                        r["model"],
-                        r["coding"],
-                        str(r["phases"]),
+                        *_row_key(r),
                         r["selected_config"],
                         _pm(s["snn_val"]),
                         _pm(s["snn_test"]),
                         _pm(s["loss_test"], 2),
                     ]
                 )
-                + " |"
             )
     lines.append("")
     lines.append("Target (mean loss <= 0.3 points at some T <= 12, default settings):")
