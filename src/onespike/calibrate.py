@@ -379,14 +379,24 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
     if full is not search:
         search.stats_source = full
     if cfg.base == "global":
-        best = None
-        for b in tqdm(BASE_GRID, desc="global base", disable=not progress, leave=False):
-            chosen, errors = search.run_sequential([b], desc=f"base {b}")
-            e = search.output_error(chosen)
-            if best is None or e < best[0]:
-                best = (e, b, chosen, errors)
-        assert best is not None
-        _, _, chosen, errors = best
+        # one base for every layer, scored by the error of the logits: every 4th base
+        # of the grid, then the grid's neighbours (two each side) of the best one
+        tried: dict[float, tuple] = {}
+        bar = tqdm(desc="global base", disable=not progress, leave=False)
+
+        def run_base(b: float) -> None:
+            if b not in tried:
+                chosen, errors = search.run_sequential([b], desc=f"base {b}")
+                tried[b] = (search.output_error(chosen), chosen, errors)
+                bar.update()
+
+        for b in BASE_GRID[::4]:
+            run_base(b)
+        j = BASE_GRID.index(min(tried, key=lambda b: tried[b][0]))
+        for b in BASE_GRID[max(j - 2, 0) : j + 3]:
+            run_base(b)
+        bar.close()
+        _, chosen, errors = min(tried.values(), key=lambda t: t[0])
     else:
         chosen, errors = search.run_sequential()
     search = full  # the plan's figures on the whole calibration set

@@ -66,16 +66,19 @@ MODELS: dict[str, ModelSpec] = {
         resnet20,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.train --model resnet20 --epochs 200 --seed 0 "
-        "--out src/onespike/assets/weights",
+        "python -m onespike.train --model resnet20 --epochs 24 --seed 0 --batch-size 128 "
+        "--lr 0.1 --threads 2 --channels-last --checkpoint checkpoints/resnet20_e24.ckpt "
+        "--resume --out src/onespike/assets/weights (= scripts/train_cifar.sh resnet20)",
     ),
     "vgg11_bn": ModelSpec(
         "vgg11_bn",
         vgg11_bn,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.train --model vgg11_bn --epochs 200 --seed 0 "
-        "--out src/onespike/assets/weights",
+        "python -m onespike.train --model vgg11_bn --width 0.5 --epochs 20 --seed 0 "
+        "--batch-size 128 --lr 0.1 --threads 2 --channels-last "
+        "--checkpoint checkpoints/vgg11_bn_w0.5_e20.ckpt --resume "
+        "--out src/onespike/assets/weights (= scripts/train_cifar.sh vgg)",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
