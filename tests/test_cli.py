@@ -41,6 +41,17 @@ def test_convert_user_model(capsys):
     assert "SNN accuracy (event path)" in capsys.readouterr().out
 
 
+def test_convert_search_flags_reach_the_plan(tmp_path):
+    j = tmp_path / "c.json"
+    argv = ["convert", "--model", "tests.cli_models:mnist", "--dataset", "mnist", "--test", "50"]
+    argv += ["--subset", "random", "--calibration", "50", "--no-step", "--per-channel"]
+    assert main([*argv, "--bias-correction", "--json", str(j)]) == 0
+    d = json.loads(j.read_text())
+    assert d["plan"]["search"]["per_channel"] is True
+    assert d["plan"]["search"]["bias_correction"] is True
+    assert all(isinstance(lp["scale"], list) for lp in d["plan"]["layers"])
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

@@ -144,10 +144,13 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         input_coding=args.input_coding,
         threshold_shift=not args.no_shift,
         objective=args.objective,
+        per_channel=args.per_channel,
+        bias_correction=args.bias_correction,
     )
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
-        x, y = x[: args.test], y[: args.test]
+        idx = _subset(args, x.shape[0], args.test)
+        x, y = x[idx], y[idx]
     res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
     print(summary(name, snn, res, time.time() - t0))
     if args.json:
@@ -155,6 +158,21 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+SUBSET_KW: dict = {
+    "choices": ("first", "random"),
+    "default": "first",
+    "help": "which test images --test / --step-images take: the first N, or a fixed "
+    "random N (seed 0; use it for CIFAR-10, stored sorted by class)",
+}
+
+
+def _add_search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-channel", action="store_true", help="one scale per channel")
+    p.add_argument(
+        "--bias-correction", action="store_true", help="correct next layers' bias for code error"
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
@@ -166,8 +184,10 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
     p.add_argument("--objective", choices=("next", "activation"), default="next")
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
+    _add_search_flags(p)
     p.add_argument("--calibration", type=int, default=1000, help="calibration images")
-    p.add_argument("--test", type=int, default=None, help="only the first N test images")
+    p.add_argument("--test", type=int, default=None, help="only N test images (see --subset)")
+    p.add_argument("--subset", **SUBSET_KW)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--no-step", action="store_true", help="skip the step simulator")
     p.add_argument("--seed", type=int, default=0)
@@ -226,7 +246,12 @@ def run_sweep(args: argparse.Namespace) -> int:
                 phases,
                 step_phases=args.step_phases,
                 step_indices=_subset(args, x.shape[0], args.step_images),
-                convert_kwargs={"base": _parse_base(args.base), "scale": _parse_scale(args.scale)},
+                convert_kwargs={
+                    "base": _parse_base(args.base),
+                    "scale": _parse_scale(args.scale),
+                    "per_channel": args.per_channel,
+                    "bias_correction": args.bias_correction,
+                },
                 batch_size=args.batch_size,
             )
         )
@@ -261,12 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert your model (package.module:function)")
     c.add_argument("--model", required=True, help="package.module:function returning the ANN")
     _add_common(c, dataset=True)
-    subset_kw = {
-        "choices": ("first", "random"),
-        "default": "first",
-        "help": "which test images --test / --step-images take: the first N, or a fixed "
-        "random N (seed 0; use it for CIFAR-10, stored sorted by class)",
-    }
     s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
     s.add_argument(
         "--model",
@@ -278,12 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--phases", default="4,6,8,12,16,24,32")
     s.add_argument("--base", default="auto")
     s.add_argument("--scale", default="auto")
+    _add_search_flags(s)
     s.add_argument("--calibration", type=int, default=1000)
     s.add_argument("--test", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--step-phases", type=int, default=8, help="run the step simulator at this T")
     s.add_argument("--step-images", type=int, default=1000)
-    s.add_argument("--subset", **subset_kw)
+    s.add_argument("--subset", **SUBSET_KW)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None)
     s.add_argument("--plot", default=None, help="PNG file")
@@ -293,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--phases", default="6,8,12")
     a.add_argument("--calibration", type=int, default=1000)
     a.add_argument("--test", type=int, default=None)
-    a.add_argument("--subset", **subset_kw)
+    a.add_argument("--subset", **SUBSET_KW)
     a.add_argument("--batch-size", type=int, default=500)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", default=None)
