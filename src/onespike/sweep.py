@@ -83,6 +83,7 @@ def sweep_model(
             step=False,
             progress=progress,
             desc=f"{name} T={T}",
+            ann_accuracy=None if res is None else res.ann_accuracy,
         )
         if res is None:
             res = SweepResult(name, dataset, ev.ann_accuracy, ev.samples)
@@ -118,7 +119,7 @@ def sweep_model(
                 costs=False,
                 progress=progress,
                 desc=f"{name} T={T} step",
-            )
+            )  # the ANN runs again: this is another subset
             res.step_check = {
                 "phases": T,
                 "images": n,
@@ -238,6 +239,7 @@ def ablate(
                 costs=False,
                 progress=progress,
                 desc=f"{label[:12]} T={T}",
+                ann_accuracy=out.get("ann_accuracy"),
             )
             out["ann_accuracy"] = ev.ann_accuracy
             row["loss"][T] = ev.loss
