@@ -12,7 +12,7 @@ OUT=docs/results
 case "$1" in
 sweep)
     "$PY" -m onespike.cli sweep --model "$2" --phases 4,6,8,12,16,24,32 --subset random \
-        --step-phases 8 --step-images 1000 --json "$OUT/sweep_$2.json" --plot "$OUT/sweep_$2.png"
+        --step-phases 8 --step-images 1000 --cost-images 1000 --json "$OUT/sweep_$2.json" --plot "$OUT/sweep_$2.png"
     ;;
 ablation)
     "$PY" -m onespike.cli ablation --model "$2" --phases 6,8,12 --json "$OUT/ablation_$2.json"

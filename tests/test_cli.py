@@ -103,9 +103,10 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     j = tmp_path / "s.json"
     argv = ["sweep", "--model", "mnist_cnn", "--phases", "4", "--test", "60", "--subset"]
     argv += ["random", "--calibration", "60", "--step-phases", "4", "--step-images", "20"]
-    assert main([*argv, "--json", str(j)]) == 0
+    assert main([*argv, "--cost-images", "30", "--json", str(j)]) == 0
     (r,) = json.loads(j.read_text())
     assert r["samples"] == 60 and r["step_check"]["images"] == 20
+    assert r["rows"][0]["cost_images"] == 30 and r["rows"][0]["spikes_per_neuron_max"] == 1
     # the ANN accuracy is the one on the fixed random 60, not on the first 60
     from onespike.models import load_pretrained
     from onespike.train import evaluate
@@ -117,6 +118,7 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     assert sweep_main([str(j), "--layers", "4"]) == 0
     out = capsys.readouterr().out
     assert "| mnist_cnn | 4 |" in out and "| relu3 |" in out
+    assert "counted on 30 of those images" in out
     merged, png = tmp_path / "m.json", tmp_path / "m.png"
     assert sweep_main([str(j), str(j), "--json", str(merged), "--plot", str(png)]) == 0
     assert json.loads(merged.read_text()) == [r, r]

@@ -246,6 +246,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                 phases,
                 step_phases=args.step_phases,
                 step_indices=_subset(args, x.shape[0], args.step_images),
+                cost_indices=None
+                if args.cost_images is None
+                else _subset(args, x.shape[0], args.cost_images),
                 convert_kwargs={
                     "base": _parse_base(args.base),
                     "scale": _parse_scale(args.scale),
@@ -303,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--step-phases", type=int, default=8, help="run the step simulator at this T")
     s.add_argument("--step-images", type=int, default=1000)
+    s.add_argument(
+        "--cost-images",
+        type=int,
+        default=None,
+        help="count operations, spikes and energy on N test images (default: all)",
+    )
     s.add_argument("--subset", **SUBSET_KW)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None)

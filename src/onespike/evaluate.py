@@ -70,6 +70,21 @@ def merge_reports(reports: list[CostReport]) -> CostReport:
 
 
 @torch.no_grad()
+def measure_costs(
+    snn: SpikingNetwork, x: Tensor, *, batch_size: int = 500, progress: bool = False
+) -> CostReport:
+    """Per-inference costs (operations, spikes, energy) of ``snn`` on inputs ``x``, measured
+    with the event path's spikes, averaged over ``x``."""
+    reports = [
+        cost(
+            None, snn, x[i : i + batch_size], run=snn.simulate(x[i : i + batch_size], mode="event")
+        )
+        for i in tqdm(range(0, x.shape[0], batch_size), desc="costs", disable=not progress)
+    ]
+    return merge_reports(reports)
+
+
+@torch.no_grad()
 def evaluate(
     ann: nn.Module,
     snn: SpikingNetwork,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from onespike.convert import convert
-from onespike.evaluate import evaluate
+from onespike.evaluate import evaluate, measure_costs
 
 
 @dataclass
@@ -61,6 +61,7 @@ def sweep_model(
     step_phases: int | None = None,
     step_images: int = 1000,
     step_indices: torch.Tensor | None = None,
+    cost_indices: torch.Tensor | None = None,
     convert_kwargs: dict | None = None,
     batch_size: int = 500,
     progress: bool = True,
@@ -68,7 +69,9 @@ def sweep_model(
     """Convert ``ann`` at every ``T`` in ``phases`` and evaluate on ``(x, y)``.
 
     The step simulator runs at ``T = step_phases`` on ``x[step_indices]`` (default: the
-    first ``step_images``).
+    first ``step_images``). Accuracy is measured on all of ``x``; operations, spikes and
+    energy on ``x[cost_indices]`` (default: all of ``x``), since counting them costs
+    several times a forward pass.
     """
     kw = convert_kwargs or {}
     res: SweepResult | None = None
@@ -81,13 +84,15 @@ def sweep_model(
             y,
             batch_size=batch_size,
             step=False,
+            costs=False,
             progress=progress,
             desc=f"{name} T={T}",
             ann_accuracy=None if res is None else res.ann_accuracy,
         )
         if res is None:
             res = SweepResult(name, dataset, ev.ann_accuracy, ev.samples)
-        c = ev.cost.totals
+        xc = x if cost_indices is None else x[cost_indices]
+        c = measure_costs(snn, xc, batch_size=batch_size, progress=progress).totals
         res.rows.append(
             {
                 "phases": T,
@@ -98,6 +103,7 @@ def sweep_model(
                 "spikes_per_neuron_max": c["spikes_per_neuron_max"],
                 "energy_ratio_compute": c["energy_ratio_compute"],
                 "energy_ratio_total": c["energy_ratio_total"],
+                "cost_images": int(xc.shape[0]),
                 "layers": [
                     {"name": lp.name, "base": lp.base, "scale": lp.scale, "act_error": lp.act_error}
                     for lp in snn.plan.layers
@@ -187,6 +193,12 @@ def table(results: list[SweepResult]) -> str:
             f"{r.model}: smallest T with loss <= 0.5: {r.smallest_phases(0.5)}; "
             f"<= 0.1: {r.smallest_phases(0.1)} ({r.samples} test images)"
         )
+        n_cost = {row.get("cost_images", r.samples) for row in r.rows}
+        if n_cost != {r.samples}:
+            lines.append(
+                f"{r.model}: operations, spikes and energy counted on "
+                f"{', '.join(map(str, sorted(n_cost)))} of those images"
+            )
         if r.step_check:
             s = r.step_check
             lines.append(
