@@ -75,9 +75,9 @@ MODELS: dict[str, ModelSpec] = {
         vgg11_bn,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.train --model vgg11_bn --width 0.5 --epochs 20 --seed 0 "
-        "--batch-size 128 --lr 0.1 --threads 2 --channels-last "
-        "--checkpoint checkpoints/vgg11_bn_w0.5_e20.ckpt --resume "
+        "python -m onespike.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 "
+        "--batch-size 128 --lr 0.1 --threads 1 --channels-last "
+        "--checkpoint checkpoints/vgg11_bn_w0.5_e12.ckpt --resume "
         "--out src/onespike/assets/weights (= scripts/train_cifar.sh vgg)",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
