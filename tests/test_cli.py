@@ -139,8 +139,20 @@ def test_ablation_variants_run():
     xc, _ = calibration_set("mnist", 100)
     x, y = load_mnist("test")
     some = {k: v for k, v in ABLATIONS.items() if k.startswith(("2 ", "6 "))}
-    res = ablate("mnist_cnn", ann, xc, x[:300], y[:300], [3], variants=some, progress=False)
+    seen = []
+    res = ablate(
+        "mnist_cnn",
+        ann,
+        xc,
+        x[:300],
+        y[:300],
+        [3],
+        variants=some,
+        progress=False,
+        on_row=lambda r: seen.append(len(r["rows"])),
+    )
     assert [r["variant"][:2] for r in res["rows"]] == ["2 ", "6 "]
+    assert seen == [1, 2]
     assert len(res["rows"]) == len(some)
     floor = next(r for r in res["rows"] if "floor" in r["variant"])
     shift = next(r for r in res["rows"] if r["variant"].startswith("2 "))

@@ -268,11 +268,18 @@ def run_ablation(args: argparse.Namespace) -> int:
 
     phases = [int(t) for t in args.phases.split(",")]
     results = []
+
+    def save(partial: dict | None = None) -> None:
+        if args.json:
+            done = results if partial is None else [*results, partial]
+            Path(args.json).write_text(json.dumps(done, indent=2))
+
     for spec, model, _, xc, x, y in _each_model(args):
-        results.append(ablate(spec, model, xc, x, y, phases, batch_size=args.batch_size))
+        results.append(
+            ablate(spec, model, xc, x, y, phases, batch_size=args.batch_size, on_row=save)
+        )
     print(ablation_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    save()
     return 0
 
 

@@ -10,6 +10,7 @@ line per model, the ANN as a dashed line).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,8 +234,13 @@ def ablate(
     variants: dict[str, dict] | None = None,
     batch_size: int = 500,
     progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Loss (points) of each variant of the search at each ``T``, on ``(x, y)``."""
+    """Loss (points) of each variant of the search at each ``T``, on ``(x, y)``.
+
+    ``on_row(result_so_far)`` is called after each variant (the CLI saves it, so a
+    long ablation that is stopped keeps the variants it finished).
+    """
     variants = variants or ABLATIONS
     out: dict = {"model": name, "samples": int(x.shape[0]), "phases": phases, "rows": []}
     for label, kw in variants.items():
@@ -257,6 +263,8 @@ def ablate(
             row["loss"][T] = ev.loss
             row["snn_accuracy"][T] = ev.snn_accuracy
         out["rows"].append(row)
+        if on_row is not None:
+            on_row(out)
     return out
 
 
