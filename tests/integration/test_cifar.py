@@ -19,7 +19,7 @@ from onespike.evaluate import evaluate as evaluate_snn
 from onespike.models import load_pretrained, pretrained_info, weights_dir
 from onespike.train import evaluate, fixed_subset
 
-CIFAR_MODELS = {"resnet20": 19}  # shipped name: spiking layers
+CIFAR_MODELS = {"resnet20": 19, "vgg11_bn_w0.5": 8}  # shipped name: spiking layers
 
 
 @pytest.fixture(scope="module")
