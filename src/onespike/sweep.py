@@ -281,7 +281,8 @@ def ablation_table(results: list[dict]) -> str:
         lines.append("| variant | " + " | ".join(f"T={t}" for t in ts) + " |")
         lines.append("|---|" + "---|" * len(ts))
         for row in r["rows"]:
-            cells = " | ".join(f"{row['loss'][t]:+.2f}" for t in ts)
+            loss = {int(k): v for k, v in row["loss"].items()}  # JSON keys are strings
+            cells = " | ".join(f"{loss[t]:+.2f}" if t in loss else "not run" for t in ts)
             lines.append(f"| {row['variant']} | {cells} |")
         lines.append("")
     return "\n".join(lines)
@@ -318,7 +319,8 @@ def _results_from_json(data: list[dict]) -> list[SweepResult]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onespike.sweep A.json [B.json ...] [--layers T] [--json F] [--plot P]``:
-    print sweeps' tables again, optionally merged into one JSON file and one plot."""
+    print sweeps' tables again, optionally merged into one JSON file and one plot (or the
+    tables of ``onespike ablation`` JSON files)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m onespike.sweep", description=main.__doc__)
@@ -328,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="PNG: every model's accuracy vs phases")
     a = p.parse_args(argv)
     data = [d for f in a.json_files for d in json.loads(Path(f).read_text())]
+    if all("variant" in row for d in data for row in d["rows"]):  # ablation files
+        print(ablation_table(data))
+        return 0
     results = _results_from_json(data)
     print(table(results))
     if a.layers is not None:
