@@ -158,7 +158,7 @@ class _Search:
 
         With ``upto`` only the nodes up to that one (topological order) are
         guaranteed. Values are cached: a node is recomputed only when a layer
-        before it was chosen anew since the last call (or :meth:`invalidate`
+        before it was chosen anew since the last call (or :meth:`invalidate_after`
         was called), so the layer-by-layer search costs about one forward pass
         per layer instead of one per layer per layer.
         """
