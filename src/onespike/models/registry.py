@@ -68,7 +68,7 @@ MODELS: dict[str, ModelSpec] = {
         (3, 32, 32),
         "python -m onespike.train --model resnet20 --epochs 24 --seed 0 --batch-size 128 "
         "--lr 0.1 --threads 2 --channels-last --checkpoint checkpoints/resnet20_e24.ckpt "
-        "--resume --out src/onespike/assets/weights (= scripts/train_cifar.sh resnet20)",
+        "--resume --out src/onespike/assets/weights",
     ),
     "vgg11_bn": ModelSpec(
         "vgg11_bn",
@@ -78,7 +78,7 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 "
         "--batch-size 128 --lr 0.1 --threads 1 --channels-last "
         "--checkpoint checkpoints/vgg11_bn_w0.5_e12.ckpt --resume "
-        "--out src/onespike/assets/weights (= scripts/train_cifar.sh vgg)",
+        "--out src/onespike/assets/weights",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
