@@ -50,6 +50,11 @@ def test_convert_search_flags_reach_the_plan(tmp_path):
     assert d["plan"]["search"]["per_channel"] is True
     assert d["plan"]["search"]["bias_correction"] is True
     assert all(isinstance(lp["scale"], list) for lp in d["plan"]["layers"])
+    argv[-1] = "--per-layer"
+    assert main([*argv, "--json", str(j)]) == 0
+    d = json.loads(j.read_text())
+    assert d["plan"]["search"]["per_channel"] is False
+    assert not any(isinstance(lp["scale"], list) for lp in d["plan"]["layers"])
 
 
 @pytest.mark.parametrize(
@@ -63,6 +68,7 @@ def test_convert_search_flags_reach_the_plan(tmp_path):
         (["demo", "--phases", "0"], "phases must be an integer >= 1"),
         (["demo", "--base", "3"], "base must be in (1, 2]"),
         (["demo", "--base", "fast"], "--base must be"),
+        (["demo", "--search-samples", "-3"], "search_samples must be an integer >= 1"),
     ],
 )
 def test_user_mistakes_are_one_line(capsys, argv, needle):

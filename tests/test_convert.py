@@ -32,7 +32,8 @@ def test_plan_contents(model, x):
     plan = snn.plan
     assert [lp.name for lp in plan.layers] == ["relu1", "relu2", "relu3", "relu4", "relu5"]
     for lp in plan.layers:
-        assert 1 < lp.base <= 2 and lp.scale > 0 and lp.phases == 6
+        scales = lp.scale if isinstance(lp.scale, tuple) else (lp.scale,)
+        assert 1 < lp.base <= 2 and min(scales) > 0 and lp.phases == 6
         assert lp.act_error >= 0 and lp.out_error >= 0
     assert plan.layers[0].neurons == 4 * 8 * 8
     text = str(plan)
@@ -62,11 +63,27 @@ def test_scale_options(model, x):
 def test_per_channel_and_bias_correction(model, x):
     snn = onespike.convert(model, x, phases=6, per_channel=True, progress=False)
     assert isinstance(snn.plan.layers[0].scale, tuple) and len(snn.plan.layers[0].scale) == 4
+    assert isinstance(snn.plan.layers[4].scale, tuple) and len(snn.plan.layers[4].scale) == 12
     snn(x)
     before = _snapshot(model)
     snn_bc = onespike.convert(model, x, phases=6, bias_correction=True, progress=False)
     assert _same(model, before)  # the correction changes the SNN's copy only
     assert not torch.equal(snn_bc.graph_module.conv4.bias, model.conv4.bias)
+
+
+def test_default_scales_per_channel_for_convolutions_only(model, x):
+    """The default ("auto"): conv feature maps per channel, the Linear layer per layer."""
+    auto = onespike.convert(model, x, phases=6, progress=False)
+    assert auto.plan.search["per_channel"] == "auto"
+    kinds = [isinstance(lp.scale, tuple) for lp in auto.plan.layers]
+    assert kinds == [True, True, True, True, False]  # relu1-4 follow convs, relu5 a Linear
+    assert len(auto.plan.layers[1].scale) == 4
+    per_layer = onespike.convert(model, x, phases=6, per_channel=False, progress=False)
+    assert not any(isinstance(lp.scale, tuple) for lp in per_layer.plan.layers)
+    with pytest.raises(ValueError, match="per_channel must be"):
+        onespike.convert(model, x, phases=6, per_channel="conv", progress=False)
+    with pytest.raises(ValueError, match="search_samples must be"):
+        onespike.convert(model, x, phases=6, search_samples=-3, progress=False)
 
 
 def test_objectives_differ_and_report_their_error(model, x):

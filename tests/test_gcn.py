@@ -113,6 +113,20 @@ def test_residual_gcn_on_subgraph(cora_sub):
     _check_simulators(snn, x)
 
 
+def test_default_keeps_one_scale_per_layer_on_graphs(cora_sub):
+    """per_channel="auto" (the default) is per-layer on [nodes, C] activations: the GCN
+    figures recorded with per_channel=False stay valid."""
+    x, _, adj = cora_sub
+    torch.manual_seed(0)
+    ann = DeepGCN(adj, x.shape[1], 7, hidden=16, layers=3).eval()
+    auto = onespike.convert(ann, x, phases=4, progress=False)
+    off = onespike.convert(ann, x, phases=4, per_channel=False, progress=False)
+    assert [(lp.scale, lp.base) for lp in auto.plan.layers] == [
+        (lp.scale, lp.base) for lp in off.plan.layers
+    ]
+    assert all(isinstance(lp.scale, float) for lp in auto.plan.layers)
+
+
 def test_gcn_with_bias_parameters_after_aggregation(cora_sub):
     """The PyG-style layer ``A h W + b`` (bias as a parameter): converted, step == event."""
     x, _, adj = cora_sub

@@ -53,7 +53,7 @@ class SearchConfig:
     scale: str | float = "auto"
     shift: bool = True
     objective: str = "next"
-    per_channel: bool = False
+    per_channel: bool | str = "auto"
     bias_correction: bool = False
     input_coding: str = "analog"
     search_samples: int | None = 256
@@ -76,10 +76,23 @@ def _rel_err(a: Tensor, ref: Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def _percentiles(values: Tensor, qs: Sequence[float], per_channel: bool) -> list[Tensor]:
+def channel_scales(per_channel: bool | str, values: Tensor) -> bool:
+    """Whether a layer whose activations are ``values`` gets one scale per channel.
+
+    ``"auto"`` (the default): feature maps (``[N, C, ...]`` with positions, i.e. the
+    outputs of convolutions) get one scale per channel, pooled over all positions;
+    ``[N, C]`` activations (Linear layers, graph convolutions) keep one scale per layer,
+    since a unit's percentile would rest on only ``N`` calibration values.
+    """
+    if per_channel == "auto":
+        return values.dim() > 2
+    return bool(per_channel) and values.dim() >= 2
+
+
+def _percentiles(values: Tensor, qs: Sequence[float], per_channel: bool | str) -> list[Tensor]:
     """Percentiles of the positive values (per channel along dim 1 if asked)."""
     gen = np.random.default_rng(0)
-    if per_channel and values.dim() >= 2:
+    if channel_scales(per_channel, values):
         c = values.shape[1]
         flat = values.transpose(0, 1).reshape(c, -1).double().numpy()
         out = []

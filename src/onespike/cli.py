@@ -146,6 +146,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         objective=args.objective,
         per_channel=args.per_channel,
         bias_correction=args.bias_correction,
+        search_samples=args.search_samples or None,
     )
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
@@ -169,9 +170,32 @@ SUBSET_KW: dict = {
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--per-channel", action="store_true", help="one scale per channel")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--per-channel",
+        dest="per_channel",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="one scale per channel in every layer (default: per channel for "
+        "convolutions, per layer for Linear and graph layers)",
+    )
+    g.add_argument(
+        "--per-layer",
+        dest="per_channel",
+        action="store_const",
+        const=False,
+        help="one scale per layer everywhere (the default before per-channel scales)",
+    )
     p.add_argument(
         "--bias-correction", action="store_true", help="correct next layers' bias for code error"
+    )
+    p.add_argument(
+        "--search-samples",
+        type=int,
+        default=256,
+        help="score the search's candidates on the first N calibration images "
+        "(default 256; 0 = all of them)",
     )
 
 
@@ -254,6 +278,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     "scale": _parse_scale(args.scale),
                     "per_channel": args.per_channel,
                     "bias_correction": args.bias_correction,
+                    "search_samples": args.search_samples or None,
                 },
                 batch_size=args.batch_size,
             )

@@ -48,7 +48,7 @@ def convert(
     input_coding: str = "analog",
     threshold_shift: bool = True,
     objective: str = "next",
-    per_channel: bool = False,
+    per_channel: bool | str = "auto",
     bias_correction: bool = False,
     max_calibration: int | None = None,
     search_samples: int | None = 256,
@@ -70,7 +70,9 @@ def convert(
         threshold_shift: round to the nearest level (True) or floor (False).
         objective: ``"next"`` (error at the next layers' pre-activations) or
             ``"activation"`` (error of the layer's own activation, the paper's).
-        per_channel: one scale per channel instead of per layer.
+        per_channel: ``"auto"`` (one scale per channel for convolution outputs, one
+            per layer for Linear and graph layers), ``True`` (per channel everywhere)
+            or ``False`` (one scale per layer everywhere).
         bias_correction: correct the next layer's bias for the code's mean error.
         max_calibration: use at most this many calibration samples.
         search_samples: score the search's candidates on the first this many
@@ -91,6 +93,11 @@ def convert(
         raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {input_coding!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    bad = isinstance(search_samples, bool) or not isinstance(search_samples, int | None)
+    if bad or (search_samples is not None and search_samples < 1):
+        raise ValueError(f"search_samples must be an integer >= 1 or None, got {search_samples!r}")
+    if per_channel not in (True, False, "auto"):
+        raise ValueError(f"per_channel must be True, False or 'auto', got {per_channel!r}")
     if base_v == "global" and bias_correction:
         raise ValueError("base='global' cannot be combined with bias_correction=True")
     traced = trace(model)  # fails here, before any data, on unsupported layers

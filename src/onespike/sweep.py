@@ -214,12 +214,23 @@ def table(results: list[SweepResult]) -> str:
 
 # The ablation of issue 3: the paper's search, then one change at a time.
 ABLATIONS: dict[str, dict] = {
-    "1 paper: activation error, per-layer scale+base": {"objective": "activation"},
-    "2 next-layer error": {"objective": "next"},
+    "1 paper: activation error, per-layer scale+base": {
+        "objective": "activation",
+        "per_channel": False,
+    },
+    "2 next-layer error": {"objective": "next", "per_channel": False},
     "3 + per-channel scales": {"objective": "next", "per_channel": True},
     "4 + bias correction": {"objective": "next", "per_channel": True, "bias_correction": True},
-    "5 global base (next-layer error)": {"objective": "next", "base": "global"},
-    "6 no threshold shift (floor)": {"objective": "next", "threshold_shift": False},
+    "5 global base (next-layer error)": {
+        "objective": "next",
+        "per_channel": False,
+        "base": "global",
+    },
+    "6 no threshold shift (floor)": {
+        "objective": "next",
+        "per_channel": False,
+        "threshold_shift": False,
+    },
 }
 
 
