@@ -30,10 +30,11 @@ for m in gcn gcn_res; do
     done
 done
 
-# CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a 200-image subset (about
-# 16x the MNIST CNN's MACs per image; not run for docs/COMPARE.md, see there).
+# CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a fixed random 200 test
+# images (the test set is stored sorted by class; about 16x the MNIST CNN's MACs per image).
 if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
-    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 200 --threads 1 \
+    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 200 --subset random \
+        --threads 1 \
         --out "$OUT" --prefix resnet20_cifar10 2>>"$ERR" | tee "$OUT/resnet20_cifar10.txt"
 fi
 

@@ -1074,7 +1074,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=256, help="longest latency run (steps)")
     p.add_argument("--onespike-phases", default=None, help="comma list of T (default: a grid)")
     p.add_argument("--calibration", type=int, default=1000, help="calibration images")
-    p.add_argument("--test", type=int, default=None, help="only the first N test images")
+    from onespike.cli import SUBSET_KW
+
+    p.add_argument("--test", type=int, default=None, help="only N test images (see --subset)")
+    p.add_argument("--subset", **SUBSET_KW)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -1098,7 +1101,7 @@ def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor
 
 def main(args: argparse.Namespace) -> int:
     """``onespike compare``: run, print the table, write JSON and PNGs."""
-    from onespike.cli import calibration_set, load_dataset, resolve_model
+    from onespike.cli import _subset, calibration_set, load_dataset, resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1114,7 +1117,8 @@ def main(args: argparse.Namespace) -> int:
         xc, where = calibration_set(args.dataset, args.calibration, args.seed)
         x, y = load_dataset(args.dataset, "test")
         if args.test is not None:
-            x, y = x[: args.test], y[: args.test]
+            idx = _subset(args, x.shape[0], args.test)
+            x, y = x[idx], y[idx]
     print(f"calibration: {where}", flush=True)
     phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
     result = compare(
@@ -1133,6 +1137,7 @@ def main(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         calibration=where,
         test_subset=args.test,
+        subset=args.subset if args.test is not None else None,
         seconds=time.time() - t0,
         threads=torch.get_num_threads(),
         source=source,
