@@ -313,7 +313,9 @@ def layers_table(result: dict, phases: int) -> str:
     for lp in row["layers"]:
         sc = lp["scale"]
         scale = (
-            f"{sc:.3f}" if isinstance(sc, float) else f"per channel, mean {sum(sc) / len(sc):.3f}"
+            f"{sc:.3f}"
+            if isinstance(sc, float)
+            else f"{min(sc):.2f}-{max(sc):.2f} ({len(sc)} channels, mean {sum(sc) / len(sc):.2f})"
         )
         lines.append(f"| {lp['name']} | {lp['base']:.2f} | {scale} | {lp['act_error']:.4f} |")
     return "\n".join(lines)
