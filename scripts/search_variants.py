@@ -12,7 +12,8 @@ measures each SNN on two disjoint sets:
   ANN's (no labels needed); the accuracy loss there is printed too.
 - **test**: every test image; the loss in points (ANN - SNN) is what is reported.
 
-Nothing is chosen on the test set. The JSON is rewritten after each variant.
+Nothing is chosen on the test set. The JSON is rewritten after each variant; reprint it
+as a Markdown table with ``python scripts/search_variants.py FILE.json``.
 """
 
 from __future__ import annotations
@@ -115,12 +116,39 @@ def main() -> None:
         )
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=2))
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    """The results as a Markdown table, and the variant the held-out images choose."""
+    lines = [
+        f"{out['model']}, T = {out['phases']}: ANN {out['ann_test_accuracy']:.2f} % on "
+        f"{out['test_images']} test images, {out['ann_heldout_accuracy']:.2f} % on "
+        f"{out['heldout_images']} held-out training images.",
+        "",
+        "| variant | calibration images | held-out: disagreements with the ANN | held-out: "
+        "loss (points) | test: SNN % | test: loss (points) | convert (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['calibration_images']} | {r['heldout_disagreements']} | "
+            f"{r['heldout_loss_points']:+.2f} | {r['test_accuracy']:.2f} | "
+            f"{r['test_loss_points']:+.2f} | {r['convert_seconds']:.0f} |"
+        )
     best = min(out["rows"], key=lambda r: r["heldout_disagreements"])
-    print(
-        f"chosen on the held-out images: {best['variant']} "
-        f"(test loss {best['test_loss_points']:+.2f} points)"
-    )
+    lines += [
+        "",
+        f"Chosen on the held-out images (fewest disagreements): {best['variant']} "
+        f"(test loss {best['test_loss_points']:+.2f} points).",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # reprint a saved run
+        print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    else:
+        main()

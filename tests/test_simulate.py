@@ -121,3 +121,41 @@ def test_bias_parameter_added_once():
     ev, stp, mism, _ = _agree(snn, x, torch.float64)
     assert mism == 0
     assert torch.allclose(ev.output, stp.output, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        torch.nn.MaxPool2d(2),
+        torch.nn.MaxPool2d(3, stride=2, padding=1),
+        torch.nn.MaxPool2d(3, stride=2, ceil_mode=True),
+    ],
+)
+def test_maxpool_of_spikes_equals_step_by_step_gating(pool):
+    """The one-pass pool (earliest spike of each window) equals a gate run step by step:
+    at step t it passes a spike if an input spikes at t and none has passed before."""
+    from torch import fx
+
+    from onespike.graph import Runner
+    from onespike.simulate import _maxpool_spikes, _Source
+
+    T = 7
+    g = torch.Generator().manual_seed(0)
+    phase = torch.randint(0, T, (3, 4, 9, 9), generator=g)
+    phase[torch.rand(phase.shape, generator=g) < 0.8] = -1  # -1: no spike; sparse
+    gm = fx.symbolic_trace(torch.nn.Sequential(pool))
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    out = _maxpool_spikes(
+        Runner(gm), node, _Source("single", 1.3, phase, torch.ones(3, 4, 9, 9)), T
+    )
+    passed, ref = None, None
+    for t in range(T):
+        spikes_t = pool((phase == t).float()) > 0
+        if ref is None:
+            ref = torch.full(spikes_t.shape, -1, dtype=torch.int64)
+            passed = torch.zeros(spikes_t.shape, dtype=torch.bool)
+        new = spikes_t & ~passed
+        ref[new] = t
+        passed |= new
+    assert torch.equal(out.code, ref)
+    assert (ref >= 0).any() and (ref == -1).any()  # both outcomes were exercised

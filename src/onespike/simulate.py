@@ -14,7 +14,8 @@ Realisation (METHOD.md section 3, the one of the authors' later code):
   thresholds of :func:`onespike.codes.phase.membrane_thresholds`; a neuron
   fires the first time it crosses and is silent afterwards.
 - Max-pooling of spikes passes the first spike of each pool window and
-  suppresses later ones (the code is monotonic: earliest = largest).
+  suppresses later ones (the code is monotonic: earliest = largest); the pool
+  has no state, so the passing spike is found in one pass (``_maxpool_spikes``).
 - The output layer never fires: its membrane at the end of its input window,
   in real units, is the output.
 
@@ -137,19 +138,17 @@ def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Ten
 
 
 def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source:
-    """Max-pool of single-spike trains: the first spike of each window passes."""
-    out_phase = None
-    passed = None
-    small = src.code.to(torch.int8 if T < 127 else torch.int16)
-    for t in range(T):
-        s_t = (small == t).to(src.unit.dtype)
-        pooled = runner.run_node(node, _with_args(node, {node.args[0]: s_t})) > 0
-        if out_phase is None:
-            out_phase = torch.full(pooled.shape, pc.NO_SPIKE, dtype=torch.int64)
-            passed = torch.zeros(pooled.shape, dtype=torch.bool)
-        new = pooled.logical_and_(passed.logical_not())
-        out_phase.masked_fill_(new, t)
-        passed.logical_or_(new)
+    """Max-pool of single-spike trains: the first spike of each pool window passes.
+
+    A pool has no membrane: at step ``t`` it passes a spike if one of its inputs
+    spikes at ``t`` and none has passed before. The spike that passes is therefore
+    the earliest of the window, found with one pooling of the *earliness*
+    ``T - phase`` (0 for no spike) instead of ``T`` poolings of step masks; the
+    spikes are the same (``tests/test_simulate.py`` checks it step by step).
+    """
+    early = torch.where(src.code >= 0, T - src.code, 0).to(src.unit.dtype)
+    pooled = runner.run_node(node, _with_args(node, {node.args[0]: early})).to(torch.int64)
+    out_phase = torch.where(pooled > 0, T - pooled, pc.NO_SPIKE)
     unit = runner.run_node(node, _with_args(node, {node.args[0]: src.unit}))
     return _Source("single", src.base, out_phase, unit)
 
