@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict] = {
     "score on all calibration images": {"search_samples": None},
     "2000 calibration images": {"calibration": 2000},
     "activation objective": {"objective": "activation"},
+    "output objective": {"objective": "output"},
     "bias correction": {"bias_correction": True},
 }
 

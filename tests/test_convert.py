@@ -95,6 +95,19 @@ def test_objectives_differ_and_report_their_error(model, x):
     assert first.out_error == pytest.approx(first.act_error, rel=1e-6)
 
 
+def test_output_objective_scores_the_logits(model, x):
+    """With every layer chosen, the last layer's score is the converted network's logits
+    error against the ANN's: the search ran the rest of the network for it."""
+    snn = onespike.convert(model, x, phases=5, objective="output", progress=False)
+    assert snn.plan.search["objective"] == "output"
+    with torch.no_grad():
+        ref, out = model(x).double(), snn(x).double()
+    logits_error = float(((out - ref) ** 2).sum() / (ref**2).sum())
+    assert snn.plan.layers[-1].out_error == pytest.approx(logits_error, rel=1e-4)
+    nxt = onespike.convert(model, x, phases=5, progress=False)
+    assert [lp.out_error for lp in nxt.plan.layers] != [lp.out_error for lp in snn.plan.layers]
+
+
 def test_accepts_dataloader_and_tuples(model, x):
     y = torch.zeros(32, dtype=torch.long)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)

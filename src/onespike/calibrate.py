@@ -11,6 +11,9 @@ their error. Every candidate ``(scale, base)`` is scored by the objective:
   the error upstream.
 - ``"activation"`` (the paper's search): the relative squared error between
   the layer's ANN activation and its code.
+- ``"output"``: the relative squared error of the logits, the layers before
+  converted and the layers after still ReLU (the rest of the network runs for
+  every candidate).
 
 Candidates: bases on a grid ``1.05 .. 2.00`` (or fixed), scales at high
 percentiles of the layer's positive activations (or fixed to the max or to a
@@ -41,7 +44,7 @@ Tensor = torch.Tensor
 
 BASE_GRID: tuple[float, ...] = tuple(round(1.05 + 0.05 * i, 2) for i in range(20))
 SCALE_PERCENTILES: tuple[float, ...] = (100.0, 99.99, 99.9, 99.7, 99.5, 99.0, 98.0)
-OBJECTIVES = ("next", "activation")
+OBJECTIVES = ("next", "activation", "output")
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,15 @@ class _Search:
         if self.cfg.objective == "activation":
             ref = self.ann[node]
             return _rel_err(q, ref)
+        if self.cfg.objective == "output":  # the logits, the later layers still ReLU
+            order = self.runner.order
+            pre = self.regions[self.output].pre
+            env = {n: v for n, v in env.items() if order[n] < order[node]}
+            env[node] = q
+            rest = [n for n in self.runner.nodes if order[node] < order[n] <= order[pre]]
+            with torch.no_grad():
+                self.runner.run(env, rest)
+            return _rel_err(env[pre], self.ann[pre])
         env = dict(env)
         env[node] = q
         with torch.no_grad():
@@ -251,7 +263,7 @@ class _Search:
         if node is self.input:
             return self.x
         pre_node = node.args[0]
-        return env[pre_node] if self.cfg.objective == "next" else self.ann[pre_node]
+        return self.ann[pre_node] if self.cfg.objective == "activation" else env[pre_node]
 
     def search_layer(
         self,

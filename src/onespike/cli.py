@@ -206,7 +206,7 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
     p.add_argument("--scale", default="auto", help="auto | max | percentile")
     p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
-    p.add_argument("--objective", choices=("next", "activation"), default="next")
+    p.add_argument("--objective", choices=("next", "activation", "output"), default="next")
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
     p.add_argument("--calibration", type=int, default=1000, help="calibration images")

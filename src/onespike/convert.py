@@ -68,8 +68,10 @@ def convert(
         input_coding: ``"analog"`` (pixels as a current; the first layer does
             MACs), ``"phase"`` (multi-spike base-2 code) or ``"single"``.
         threshold_shift: round to the nearest level (True) or floor (False).
-        objective: ``"next"`` (error at the next layers' pre-activations) or
-            ``"activation"`` (error of the layer's own activation, the paper's).
+        objective: ``"next"`` (error at the next layers' pre-activations),
+            ``"activation"`` (error of the layer's own activation, the paper's) or
+            ``"output"`` (error of the logits, later layers not yet converted; runs
+            the rest of the network for every candidate, so it is slower).
         per_channel: ``"auto"`` (one scale per channel for convolution outputs, one
             per layer for Linear and graph layers), ``True`` (per channel everywhere)
             or ``False`` (one scale per layer everywhere).
