@@ -109,8 +109,11 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     j = tmp_path / "s.json"
     argv = ["sweep", "--model", "mnist_cnn", "--phases", "4", "--test", "60", "--subset"]
     argv += ["random", "--calibration", "60", "--step-phases", "4", "--step-images", "20"]
+    argv += ["--objective", "output", "--per-layer"]
     assert main([*argv, "--cost-images", "30", "--json", str(j)]) == 0
     (r,) = json.loads(j.read_text())
+    search = r["rows"][0]["search"]  # what the search was asked for is recorded
+    assert search["objective"] == "output" and search["per_channel"] is False
     assert r["samples"] == 60 and r["step_check"]["images"] == 20
     assert r["rows"][0]["cost_images"] == 30 and r["rows"][0]["spikes_per_neuron_max"] == 1
     # the ANN accuracy is the one on the fixed random 60, not on the first 60

@@ -279,6 +279,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     "per_channel": args.per_channel,
                     "bias_correction": args.bias_correction,
                     "search_samples": args.search_samples or None,
+                    "objective": args.objective,
                 },
                 batch_size=args.batch_size,
             )
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--phases", default="4,6,8,12,16,24,32")
     s.add_argument("--base", default="auto")
     s.add_argument("--scale", default="auto")
+    s.add_argument("--objective", choices=("next", "activation", "output"), default="next")
     _add_search_flags(s)
     s.add_argument("--calibration", type=int, default=1000)
     s.add_argument("--test", type=int, default=None)

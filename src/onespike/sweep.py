@@ -105,6 +105,7 @@ def sweep_model(
                 "energy_ratio_compute": c["energy_ratio_compute"],
                 "energy_ratio_total": c["energy_ratio_total"],
                 "cost_images": int(xc.shape[0]),
+                "search": snn.plan.search,
                 "layers": [
                     {"name": lp.name, "base": lp.base, "scale": lp.scale, "act_error": lp.act_error}
                     for lp in snn.plan.layers
