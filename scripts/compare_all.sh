@@ -5,6 +5,8 @@
 #   scripts/compare_all.sh            # MNIST CNN (2000 test images), GCNs, peer benchmark
 #   SJ_PATH=/tmp/sj scripts/compare_all.sh   # where SpikingJelly was installed (see
 #                                            # benchmarks/peer_spikingjelly.py)
+#   WITH_RESNET=1 scripts/compare_all.sh     # also ResNet-20 on CIFAR-10 (200 test
+#                                            # images, about 40 minutes more)
 #
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
 # docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
