@@ -8,7 +8,7 @@ images (after one warm-up batch) and prints images per second and the ratios
 event/ANN and step/ANN. Ratios are what to compare; absolute speeds depend on
 the machine. The timing is repeated ``--repeat`` times; the median ratio is
 reported with the spread, since single passes on a shared machine vary by
-about +-15 %.
+about +-10 %.
 """
 
 from __future__ import annotations
