@@ -32,12 +32,12 @@ from onespike.cli import load_dataset, resolve_model
 #: keyword arguments of onespike.convert; "calibration" is the number of calibration images.
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "global base": {"base": "global"},
-    "score on all calibration images": {"search_samples": None},
-    "2000 calibration images": {"calibration": 2000},
-    "activation objective": {"objective": "activation"},
     "output objective": {"objective": "output"},
+    "2000 calibration images": {"calibration": 2000},
+    "score on all calibration images": {"search_samples": None},
     "bias correction": {"bias_correction": True},
+    "activation objective": {"objective": "activation"},
+    "global base": {"base": "global"},
 }
 
 
@@ -149,7 +149,14 @@ def markdown(out: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # reprint a saved run
-        print(markdown(json.loads(Path(sys.argv[1]).read_text())))
-    else:
-        main()
+    from onespike.cli import UserError
+    from onespike.data._common import DataError
+    from onespike.models.registry import PretrainedWeightsNotFoundError
+
+    try:
+        if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # reprint a saved run
+            print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+        else:
+            main()
+    except (OSError, UserError, DataError, PretrainedWeightsNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
