@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from onespike.calibrate import OBJECTIVES
 from onespike.convert import convert
 from onespike.data import DataError
 from onespike.errors import CalibrationError
@@ -139,14 +140,9 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         model,
         xc,
         phases=args.phases,
-        base=_parse_base(args.base),
-        scale=_parse_scale(args.scale),
         input_coding=args.input_coding,
         threshold_shift=not args.no_shift,
-        objective=args.objective,
-        per_channel=args.per_channel,
-        bias_correction=args.bias_correction,
-        search_samples=args.search_samples or None,
+        **_search_kwargs(args),
     )
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
@@ -170,6 +166,10 @@ SUBSET_KW: dict = {
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
+    """The search's options, shared by convert, demo and sweep (see :func:`_search_kwargs`)."""
+    p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
+    p.add_argument("--scale", default="auto", help="auto | max | percentile")
+    p.add_argument("--objective", choices=OBJECTIVES, default="next")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--per-channel",
@@ -199,14 +199,23 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _search_kwargs(args: argparse.Namespace) -> dict:
+    """``onespike.convert`` keyword arguments from the flags of :func:`_add_search_flags`."""
+    return {
+        "base": _parse_base(args.base),
+        "scale": _parse_scale(args.scale),
+        "objective": args.objective,
+        "per_channel": args.per_channel,
+        "bias_correction": args.bias_correction,
+        "search_samples": args.search_samples or None,
+    }
+
+
 def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     if dataset:
         p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--phases", type=int, default=8, help="window T in steps (default 8)")
-    p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
-    p.add_argument("--scale", default="auto", help="auto | max | percentile")
     p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
-    p.add_argument("--objective", choices=("next", "activation", "output"), default="next")
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
     p.add_argument("--calibration", type=int, default=1000, help="calibration images")
@@ -273,14 +282,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 cost_indices=None
                 if args.cost_images is None
                 else _subset(args, x.shape[0], args.cost_images),
-                convert_kwargs={
-                    "base": _parse_base(args.base),
-                    "scale": _parse_scale(args.scale),
-                    "per_channel": args.per_channel,
-                    "bias_correction": args.bias_correction,
-                    "search_samples": args.search_samples or None,
-                    "objective": args.objective,
-                },
+                convert_kwargs=_search_kwargs(args),
                 batch_size=args.batch_size,
             )
         )
@@ -331,9 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dataset", choices=DATASETS, default=None)
     s.add_argument("--phases", default="4,6,8,12,16,24,32")
-    s.add_argument("--base", default="auto")
-    s.add_argument("--scale", default="auto")
-    s.add_argument("--objective", choices=("next", "activation", "output"), default="next")
     _add_search_flags(s)
     s.add_argument("--calibration", type=int, default=1000)
     s.add_argument("--test", type=int, default=None)
