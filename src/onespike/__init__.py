@@ -5,6 +5,7 @@ snn = onespike.convert(ann, calibration, phases=8)
 logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
+snn = onespike.refine(snn, ann, calibration)  # fit weights and scales to the ANN
 """
 
 from onespike.accounting import CostReport, cost
@@ -12,6 +13,7 @@ from onespike.convert import convert
 from onespike.errors import CalibrationError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
 from onespike.plan import LayerPlan, Plan
+from onespike.refine import RefineConfig, refine
 from onespike.trace import UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __all__ = [
     "CostReport",
     "LayerPlan",
     "Plan",
+    "RefineConfig",
     "SimulationResult",
     "SpikeLayer",
     "SpikingNetwork",
@@ -28,4 +31,5 @@ __all__ = [
     "__version__",
     "convert",
     "cost",
+    "refine",
 ]

@@ -23,6 +23,7 @@ from onespike.errors import CalibrationError
 from onespike.evaluate import EvalResult, evaluate
 from onespike.models import PretrainedWeightsNotFoundError
 from onespike.network import SpikingNetwork
+from onespike.refine import LOSSES
 from onespike.trace import UnsupportedModelError
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -197,6 +198,18 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
         help="score the search's candidates on the first N calibration images "
         "(default 256; 0 = all of them)",
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="after the search, fit weights and scales to the ANN's logits (onespike.refine)",
+    )
+    p.add_argument(
+        "--refine-iterations", type=int, default=None, help="refinement steps (default 600)"
+    )
+    p.add_argument(
+        "--refine-budget", type=float, default=None, help="stop refining after N seconds"
+    )
+    p.add_argument("--refine-loss", choices=LOSSES, default=None, help="kl (default) | mse")
 
 
 def _search_kwargs(args: argparse.Namespace) -> dict:
@@ -208,7 +221,21 @@ def _search_kwargs(args: argparse.Namespace) -> dict:
         "per_channel": args.per_channel,
         "bias_correction": args.bias_correction,
         "search_samples": args.search_samples or None,
+        "refine": _refine_arg(args),
     }
+
+
+def _refine_arg(args: argparse.Namespace) -> bool | dict:
+    """``convert(refine=...)`` from ``--refine`` and its ``--refine-*`` options."""
+    extra = {
+        "iterations": args.refine_iterations,
+        "time_budget": args.refine_budget,
+        "loss": args.refine_loss,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if extra and not args.refine:
+        raise UserError("--refine-iterations, --refine-budget and --refine-loss need --refine")
+    return (extra or True) if args.refine else False
 
 
 def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
@@ -292,8 +319,11 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_ablation(args: argparse.Namespace) -> int:
-    from onespike.sweep import ablate, ablation_table
+    from onespike.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
 
+    variants = {**ABLATIONS, **REFINE_ABLATIONS} if args.refine else ABLATIONS
+    if args.refine_only:
+        variants = REFINE_ABLATIONS
     phases = [int(t) for t in args.phases.split(",")]
     results = []
 
@@ -304,7 +334,17 @@ def run_ablation(args: argparse.Namespace) -> int:
 
     for spec, model, _, xc, x, y in _each_model(args):
         results.append(
-            ablate(spec, model, xc, x, y, phases, batch_size=args.batch_size, on_row=save)
+            ablate(
+                spec,
+                model,
+                xc,
+                x,
+                y,
+                phases,
+                variants=variants,
+                batch_size=args.batch_size,
+                on_row=save,
+            )
         )
     print(ablation_table(results))
     save()
@@ -358,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--subset", **SUBSET_KW)
     a.add_argument("--batch-size", type=int, default=500)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--refine", action="store_true", help="add rows for the learned refinement (KL, MSE)"
+    )
+    a.add_argument(
+        "--refine-only", action="store_true", help="only the default search and its refinements"
+    )
     a.add_argument("--json", default=None)
     return p
 

@@ -11,6 +11,8 @@ from onespike.calibrate import OBJECTIVES, SearchConfig, calibrate
 from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, collect_calibration
 from onespike.network import INPUT_CODINGS, SpikingNetwork
+from onespike.refine import RefineConfig, as_config
+from onespike.refine import refine as refine_network
 from onespike.trace import trace
 
 
@@ -52,6 +54,7 @@ def convert(
     bias_correction: bool = False,
     max_calibration: int | None = None,
     search_samples: int | None = 256,
+    refine: bool | RefineConfig | dict = False,
     progress: bool = True,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
@@ -80,6 +83,10 @@ def convert(
         search_samples: score the search's candidates on the first this many
             calibration samples (None: all); scales come from all of them.
             Ignored for models whose samples interact (graph models).
+        refine: after the search, fit the weights and scales to the ANN's logits on
+            the calibration inputs (:func:`onespike.refine`): ``True`` for the
+            defaults, a :class:`~onespike.refine.RefineConfig`, or a dict of its
+            fields; ``False`` (default) keeps the searched network as it is.
         progress: show progress bars.
 
     Returns:
@@ -100,6 +107,7 @@ def convert(
         raise ValueError(f"search_samples must be an integer >= 1 or None, got {search_samples!r}")
     if per_channel not in (True, False, "auto"):
         raise ValueError(f"per_channel must be True, False or 'auto', got {per_channel!r}")
+    refine_cfg = as_config(refine)
     if base_v == "global" and bias_correction:
         raise ValueError("base='global' cannot be combined with bias_correction=True")
     traced = trace(model)  # fails here, before any data, on unsupported layers
@@ -138,4 +146,7 @@ def convert(
         search_samples=search_samples,
     )
     plan = calibrate(traced, x, cfg, progress=progress)
-    return SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))
+    snn = SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))
+    if refine_cfg is not None:
+        snn = refine_network(snn, model, x, refine_cfg, progress=progress)
+    return snn

@@ -182,9 +182,17 @@ class SimulationResult:
 class SpikingNetwork(nn.Module):
     """The converted network. ``forward(x)`` is the event-exact fast path."""
 
-    def __init__(self, traced_module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        traced_module: fx.GraphModule,
+        plan: Plan,
+        input_shape: tuple[int, ...],
+        *,
+        ann_graph: fx.GraphModule | None = None,
+    ):
         super().__init__()
-        self.ann_graph = copy.deepcopy(traced_module)  # the folded ANN, for costs and checks
+        # the folded ANN, for costs and checks (the ANN a refined network was fitted to)
+        self.ann_graph = copy.deepcopy(ann_graph if ann_graph is not None else traced_module)
         gm = copy.deepcopy(traced_module)
         self.plan = plan
         self.input_shape = tuple(input_shape)  # per-sample shape seen at calibration

@@ -234,6 +234,13 @@ ABLATIONS: dict[str, dict] = {
     },
 }
 
+# Learned refinement (issue 12) after the default search, with each measured loss.
+REFINE_ABLATIONS: dict[str, dict] = {
+    "7 default search (per-channel convolutions)": {},
+    "8 default + refinement (KL to ANN logits)": {"refine": {"loss": "kl"}},
+    "9 default + refinement (MSE to ANN logits)": {"refine": {"loss": "mse"}},
+}
+
 
 def ablate(
     name: str,

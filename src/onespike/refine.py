@@ -1,0 +1,403 @@
+"""Learned refinement: after the search, fit the SNN's weights and scales to the ANN.
+
+The base/scale search (:mod:`onespike.calibrate`) picks every layer's code from a
+grid, layer by layer. What it cannot do is let the weights of a layer compensate
+for the rounding of the codes before it. :func:`refine` does that, as SNN
+Calibration (Li et al. 2021) and BRECQ/QDrop do for rate codes and quantised
+networks: on unlabelled calibration inputs it minimises the distance between the
+SNN's logits and the ANN's by gradient descent through the spiking layers.
+
+- The code of a spiking layer is a quantiser: ``q = s * Q(pre / s)`` with ``Q``
+  the phase rule of :mod:`onespike.codes.phase` (levels ``B^-k``, shifted
+  thresholds). Gradients pass it with a clipped straight-through estimator:
+  ``dq/dpre = 1`` inside the code's range ``(0, s)``, 0 outside (the spike
+  saturates at phase 0 above ``s``; an unclipped identity diverges on deep
+  networks). The scale gets the LSQ gradient ``dq/ds = Q(z) - z`` inside the
+  range, 1 above it, 0 below.
+- What is learned: the weights and biases of every weighted layer (convolutions,
+  Linear; BN is already folded into them) and every spiking layer's scale (one
+  per layer or per channel, as the search chose). Bases, phases, the threshold
+  rule and the network's structure do not change.
+- The result is built the way :func:`onespike.convert` builds a network: a new
+  traced graph with the refined weights and a new :class:`~onespike.plan.Plan`
+  with the refined scales go through :class:`~onespike.network.SpikingNetwork`,
+  so the event path, the step simulator, the cost model and every invariant
+  (one spike per neuron at most, step == event) hold exactly as before.
+
+The ANN, the input network and the calibration data are only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from onespike.calibrate import batch_independent
+from onespike.codes import phase as pc
+from onespike.errors import CalibrationError, check_batch, collect_calibration
+from onespike.graph import Runner
+from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
+from onespike.plan import Plan
+
+Tensor = torch.Tensor
+
+LOSSES = ("kl", "mse")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How :func:`refine` trains. The defaults are the measured choice (docs/RESULTS.md).
+
+    Attributes:
+        iterations: optimiser steps (mini-batches).
+        batch_size: calibration samples per step (graph models use all of them).
+        lr: Adam learning rate of the weights and biases.
+        scale_lr: Adam learning rate of the log of every scale.
+        loss: ``"kl"`` (KL divergence of the SNN's softmax from the ANN's) or
+            ``"mse"`` (mean squared error of the logits).
+        weights: learn the weights and biases of the weighted layers.
+        scales: learn the spiking layers' scales.
+        drop: probability of leaving an activation uncoded (the ANN's ReLU) in a
+            training step, per element (QDrop); 0 turns it off.
+        max_samples: use at most this many calibration samples.
+        holdout: fraction of the calibration samples (nodes, for graph models) kept
+            out of the fit; the loss on them, measured with the exact code ``checks``
+            times during the run, chooses the step whose weights are returned (step 0,
+            the unrefined network, included), so refinement cannot overfit a small
+            calibration set unnoticed. 0 fits on everything and keeps the last step.
+        checks: how many times the held-out loss is measured.
+        time_budget: stop after this many seconds (None: run every iteration).
+        seed: drives the mini-batch order and the drop masks.
+    """
+
+    iterations: int = 600
+    batch_size: int = 32
+    lr: float = 1e-5
+    scale_lr: float = 1e-3
+    loss: str = "kl"
+    weights: bool = True
+    scales: bool = True
+    drop: float = 0.0
+    max_samples: int | None = 1024
+    holdout: float = 0.2
+    checks: int = 10
+    time_budget: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, v: object, allow_none: bool = False) -> None:
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"refine: {name} must be an integer >= 1, got {v!r}")
+
+        positive_int("iterations", self.iterations)
+        positive_int("batch_size", self.batch_size)
+        positive_int("max_samples", self.max_samples, allow_none=True)
+        positive_int("checks", self.checks)
+        if not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1):
+            raise ValueError(f"refine: holdout must be in [0, 1), got {self.holdout!r}")
+        for name in ("lr", "scale_lr"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                raise ValueError(f"refine: {name} must be a number >= 0, got {v!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"refine: loss must be one of {LOSSES}, got {self.loss!r}")
+        if not (isinstance(self.drop, (int, float)) and 0 <= self.drop < 1):
+            raise ValueError(f"refine: drop must be in [0, 1), got {self.drop!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"refine: time_budget must be > 0 seconds, got {self.time_budget!r}")
+        if not (self.weights or self.scales):
+            raise ValueError("refine: nothing to learn (weights=False and scales=False)")
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def as_config(refine: object) -> RefineConfig | None:
+    """``convert(refine=...)``: False/None (off), True (defaults), a config or a dict."""
+    if refine is None or refine is False:
+        return None
+    if refine is True:
+        return RefineConfig()
+    if isinstance(refine, RefineConfig):
+        return refine
+    if isinstance(refine, dict):
+        try:
+            return RefineConfig(**refine)
+        except TypeError as e:
+            raise ValueError(f"refine: {e}") from None
+    raise ValueError(
+        f"refine must be True, False, a RefineConfig or a dict of its fields, "
+        f"got {type(refine).__name__}"
+    )
+
+
+class _LearnedCode(nn.Module):
+    """A spiking layer made trainable: the exact code forward, straight-through backward."""
+
+    def __init__(self, layer: SpikeLayer, learn_scale: bool, drop: float, gen: torch.Generator):
+        super().__init__()
+        self.base, self.phases, self.shift = layer.base, layer.phases, layer.shift
+        log_s = layer.scale.detach().clone().log()
+        self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
+        f64 = torch.float64
+        th = pc.ascending_thresholds(self.base, self.phases, shift=self.shift, dtype=f64)
+        self.register_buffer("th", th.to(layer.scale.device))
+        table = pc.value_table(self.base, self.phases, dtype=f64)
+        self.register_buffer("table", table.to(layer.scale.device))
+        self.drop = drop
+        self.gen = gen
+
+    def scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def forward(self, pre: Tensor) -> Tensor:
+        s = channel_shape(self.scale().to(pre.dtype), pre.dim())
+        z = pre / s
+        q = pc.quantize_normalised(z.detach(), self.th.to(z.dtype), self.table.to(z.dtype))
+        zc = z.clamp(0.0, 1.0)
+        out = s * (zc + (q - zc).detach())
+        if self.training and self.drop > 0:
+            keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
+            out = torch.where(keep, torch.relu(pre), out)
+        return out
+
+
+def _chunks(n: int, whole: bool, size: int = 256) -> list[slice]:
+    return [slice(None)] if whole else [slice(i, i + size) for i in range(0, n, size)]
+
+
+def _batches(idx: Tensor, cfg: RefineConfig, gen: torch.Generator, whole: bool) -> Iterator[Tensor]:
+    """Every step's mini-batch of ``idx``: reshuffled epochs (all of them for graph models)."""
+    if whole:
+        while True:
+            yield idx
+    bs = min(cfg.batch_size, len(idx))
+    while True:
+        perm = idx[torch.randperm(len(idx), generator=gen)]
+        for i in range(0, len(idx) - bs + 1, bs):
+            yield perm[i : i + bs]
+
+
+def _distance(out: Tensor, target: Tensor, loss: str) -> Tensor:
+    if loss == "kl":
+        return F.kl_div(
+            F.log_softmax(out, dim=-1),
+            F.log_softmax(target, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    return F.mse_loss(out, target)
+
+
+def _check_network(snn: object, ann: object) -> None:
+    if not isinstance(snn, SpikingNetwork):
+        raise ValueError(
+            f"refine needs a network made by onespike.convert, got {type(snn).__name__}; "
+            "convert the ANN first: snn = onespike.convert(ann, calibration, phases=...)"
+        )
+    if not isinstance(ann, nn.Module):
+        raise ValueError(
+            f"refine needs the ANN (an nn.Module) as its target, got {type(ann).__name__}"
+        )
+
+
+def _scale_value(log_scale: Tensor) -> float | tuple[float, ...]:
+    s = log_scale.detach().exp().cpu()
+    if s.dim() == 0:
+        return float(s)
+    return tuple(float(v) for v in s)
+
+
+def refine(
+    snn: SpikingNetwork,
+    ann: nn.Module,
+    calibration: object,
+    config: RefineConfig | None = None,
+    *,
+    progress: bool = True,
+    **overrides: object,
+) -> SpikingNetwork:
+    """Fit a converted network's weights and scales so its logits match the ANN's.
+
+    Args:
+        snn: a network made by :func:`onespike.convert` (left untouched).
+        ann: the ANN it was converted from (left untouched; only run).
+        calibration: unlabelled inputs, as for ``convert`` (a tensor ``[N, ...]``,
+            a list of tensors or of ``(x, y)`` batches, or a DataLoader);
+            about 1,000 images.
+        config: a :class:`RefineConfig`; keyword ``overrides`` replace its fields
+            (``refine(snn, ann, x, iterations=200)``).
+        progress: show a progress bar with the running loss.
+
+    Returns:
+        A new :class:`SpikingNetwork` with the same plan type, bases, phases and
+        structure; its plan's ``search["refine"]`` records the configuration, the
+        steps run and the step kept, the wall time, and the loss before and after on
+        the fitted and the held-out calibration samples.
+    """
+    _check_network(snn, ann)
+    cfg = config if config is not None else RefineConfig()
+    if overrides:
+        try:
+            cfg = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise ValueError(f"refine: {e}") from None
+    x = collect_calibration(calibration, cfg.max_samples)
+    try:
+        check_batch(x, snn.input_shape, what="calibration data")
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    params = list(snn.graph_module.parameters()) + list(snn.graph_module.buffers())
+    device = params[0].device if params else torch.device("cpu")
+    x = x.to(device)
+
+    ann = ann.eval()
+    whole = not batch_independent(Runner(snn.ann_graph))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
+
+    # the trainable copy: the SNN's graph with each spiking layer made differentiable
+    gm = copy.deepcopy(snn.graph_module).train(False)
+    codes: list[_LearnedCode] = []
+    for key, layer in snn.spikes.items():
+        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev)
+        setattr(gm, f"spikes_{key}", code)
+        codes.append(code)
+    weight_params = [p for n, p in gm.named_parameters() if not n.endswith("log_scale")]
+    for p in weight_params:
+        p.requires_grad_(cfg.weights)
+    groups = []
+    if cfg.weights and weight_params:
+        groups.append({"params": weight_params, "lr": cfg.lr})
+    if cfg.scales:
+        groups.append({"params": [c.log_scale for c in codes], "lr": cfg.scale_lr})
+    opt = torch.optim.Adam(groups)
+    lrs = [g["lr"] for g in groups]
+
+    with torch.no_grad():
+        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), whole)])
+        probe = x if whole else x[:2]
+        if targets.shape[1:] != snn(probe).shape[1:]:
+            raise ValueError(
+                f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
+                f"{tuple(snn(probe).shape[1:])} differ: pass the ANN the SNN was converted from"
+            )
+
+    # a held-out part of the calibration set chooses the step to keep (step 0: unrefined)
+    perm = torch.randperm(len(x), generator=gen)
+    n_hold = round(cfg.holdout * len(x))
+    fit_idx, hold_idx = perm[n_hold:].sort().values, perm[:n_hold].sort().values
+    if len(fit_idx) == 0:
+        raise CalibrationError(
+            f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
+            f"{cfg.holdout:.0%}; pass more samples"
+        )
+
+    def outputs(idx: Tensor) -> Tensor:
+        if whole:  # samples interact (graph models): run them all, score the chosen rows
+            return gm(x)[idx.to(device)]
+        return gm(x[idx.to(device)])
+
+    def loss_on(idx: Tensor) -> float:
+        """The loss on the samples ``idx`` with the exact code (no gradient)."""
+        if len(idx) == 0:
+            return float("nan")
+        with torch.no_grad():
+            if whole:
+                return float(_distance(outputs(idx), targets[idx.to(device)], cfg.loss))
+            tot = 0.0
+            for c in _chunks(len(idx), False):
+                i = idx[c]
+                tot += float(_distance(outputs(i), targets[i.to(device)], cfg.loss)) * len(i)
+            return tot / len(idx)
+
+    def snapshot() -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in gm.state_dict().items()}
+
+    fit_before, hold_before = loss_on(fit_idx), loss_on(hold_idx)
+    best = (hold_before, 0, snapshot() if n_hold else None)
+    checks = max(cfg.iterations // cfg.checks, 1)
+    start = time.perf_counter()
+    batches = _batches(fit_idx, cfg, gen, whole)
+    bar = tqdm(range(cfg.iterations), desc="refine", disable=not progress, leave=False)
+    steps = 0
+    running = None
+    for it in bar:
+        if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+            break
+        for g, lr in zip(opt.param_groups, lrs):  # cosine decay to 0
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
+        idx = next(batches)
+        gm.train(True)
+        loss = _distance(outputs(idx), targets[idx.to(device)], cfg.loss)
+        gm.train(False)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        lv = float(loss.detach())
+        running = lv if running is None else 0.95 * running + 0.05 * lv
+        if it % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4g}")
+        if n_hold and (steps % checks == 0 or steps == cfg.iterations):
+            h = loss_on(hold_idx)
+            if h < best[0]:
+                best = (h, steps, snapshot())
+    bar.close()
+    if n_hold:
+        if steps % checks != 0 and steps != cfg.iterations:  # stopped by the time budget
+            h = loss_on(hold_idx)
+            if h < best[0]:
+                best = (h, steps, snapshot())
+        gm.load_state_dict(best[2])
+    seconds = time.perf_counter() - start
+    fit_after, hold_after = loss_on(fit_idx), loss_on(hold_idx)
+
+    # write the refined weights into a copy of the folded ANN graph, scales into the plan
+    traced = copy.deepcopy(snn.ann_graph)
+    trained = dict(gm.named_parameters())
+    with torch.no_grad():
+        for name, p in traced.named_parameters():
+            p.copy_(trained[name].detach())
+    layers = tuple(
+        dataclasses.replace(lp, scale=_scale_value(code.log_scale))
+        for lp, code in zip(snn.plan.layers, codes)
+    )
+    info = {
+        **cfg.describe(),
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "kept_step": best[1] if n_hold else steps,
+        "samples": len(x),
+        "fit_samples": len(fit_idx),
+        "held_out_samples": n_hold,
+        "loss_before": fit_before,
+        "loss_after": fit_after,
+        "held_out_loss_before": hold_before if n_hold else None,
+        "held_out_loss_after": hold_after if n_hold else None,
+    }
+    plan = Plan(
+        phases=snn.plan.phases,
+        input_coding=snn.plan.input_coding,
+        layers=layers,
+        input=snn.plan.input,
+        latency_steps=snn.plan.latency_steps,
+        search={**snn.plan.search, "refine": info},
+    )
+    return SpikingNetwork(traced, plan, snn.input_shape, ann_graph=snn.ann_graph)
+
+
+__all__ = ["LOSSES", "RefineConfig", "as_config", "refine"]

@@ -1,0 +1,150 @@
+"""refine(): lowers the loss against the ANN, keeps every invariant, refuses bad input."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import onespike
+from onespike import CalibrationError, Plan, RefineConfig, SpikingNetwork
+from onespike.cli import main
+from onespike.data import load_mnist
+from onespike.models import load_pretrained
+from tests.nets import make
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """The shipped MNIST CNN at T=2 (a clear gap to close); calibration and held-out
+    images drawn at random from the shipped test set (its halves differ in style)."""
+    ann = load_pretrained("mnist_cnn")
+    x, _ = load_mnist("test")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x_cal, x_held = x[idx[:256]], x[idx[1000:1500]]
+    snn = onespike.convert(ann, x_cal, phases=2, progress=False)
+    return ann, snn, x_cal, x_held
+
+
+def _kl(ann, snn, x):
+    with torch.no_grad():
+        return float(
+            F.kl_div(
+                F.log_softmax(snn(x), -1),
+                F.log_softmax(ann(x), -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        )
+
+
+def test_refine_lowers_held_out_loss_and_keeps_invariants(mnist):
+    ann, snn, x_cal, x_held = mnist
+    cal_copy = x_cal.clone()
+    ann_state = {k: v.clone() for k, v in ann.state_dict().items()}
+    snn_state = {k: v.clone() for k, v in snn.state_dict().items()}
+    r = onespike.refine(snn, ann, x_cal, iterations=150, lr=1e-4, progress=False)
+    # on images it never saw, the refined network is closer to the ANN
+    before, after = _kl(ann, snn, x_held), _kl(ann, r, x_held)
+    assert after < 0.7 * before, (before, after)
+    # the same kind of object, plan and structure; only weights and scales moved
+    assert isinstance(r, SpikingNetwork) and isinstance(r.plan, Plan)
+    assert [lp.base for lp in r.plan.layers] == [lp.base for lp in snn.plan.layers]
+    assert r.plan.latency_steps == snn.plan.latency_steps and r.phases == 2
+    assert r.plan.layers[0].scale != snn.plan.layers[0].scale
+    info = r.plan.search["refine"]
+    assert info["steps"] == 150 and info["kept_step"] > 0
+    assert info["held_out_loss_after"] < info["held_out_loss_before"]
+    # one spike per neuron at most; the step simulator equals the event path
+    xb = x_held[:200]
+    ev, st = r.simulate(xb, mode="event"), r.simulate(xb, mode="step")
+    assert torch.equal(ev.output.argmax(1), st.output.argmax(1))
+    for name, ph in st.spike_phases.items():
+        assert int(st.spike_counts[name].max()) <= 1
+        assert (ph != ev.spike_phases[name]).float().mean() < 1e-4
+    # costs like any converted network; spikes per neuron reported
+    rep = onespike.cost(ann, r, xb, run=ev)
+    assert rep.totals["spikes_per_neuron_max"] == 1
+    # inputs only read: the ANN, the unrefined SNN and the calibration data are unchanged
+    assert torch.equal(x_cal, cal_copy)
+    assert all(torch.equal(v, ann_state[k]) for k, v in ann.state_dict().items())
+    assert all(torch.equal(v, snn_state[k]) for k, v in snn.state_dict().items())
+
+
+def test_refine_is_deterministic_for_a_seed(mnist):
+    ann, snn, x_cal, _ = mnist
+    a = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=3)
+    b = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=3)
+    c = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.plan.layers == b.plan.layers
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_refine_residual_net_and_convert_keyword():
+    torch.manual_seed(0)
+    ann = make(7)  # conv/BN, max-pool, residual add, avg-pool, two Linear layers
+    g = torch.Generator().manual_seed(1)
+    x_cal = torch.rand(128, 2, 8, 8, generator=g)
+    x_held = torch.rand(256, 2, 8, 8, generator=g)
+    plain = onespike.convert(ann, x_cal, phases=4, progress=False)
+    cfg = RefineConfig(iterations=200, batch_size=16, lr=1e-3, loss="mse")
+    r = onespike.convert(ann, x_cal, phases=4, progress=False, refine=cfg)
+
+    def mse(net):
+        with torch.no_grad():
+            return float(F.mse_loss(net(x_held), ann(x_held)))
+
+    assert mse(r) < mse(plain)
+    ev, st = r.simulate(x_held, mode="event"), r.simulate(x_held, mode="step")
+    assert torch.equal(ev.output.argmax(1), st.output.argmax(1))
+    assert all(int(c.max()) <= 1 for c in st.spike_counts.values())
+    assert r.plan.search["refine"]["loss"] == "mse"
+
+
+def test_time_budget_stops_early(mnist):
+    ann, snn, x_cal, _ = mnist
+    r = onespike.refine(snn, ann, x_cal, iterations=10_000, time_budget=0.5, progress=False)
+    assert 0 < r.plan.search["refine"]["steps"] < 10_000
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (torch.empty(0, 1, 28, 28), "empty"),
+        (torch.full((4, 1, 28, 28), float("nan")), "NaN"),
+        (torch.rand(4, 3, 28, 28), "shape"),
+    ],
+)
+def test_bad_calibration_is_refused(mnist, bad, needle):
+    ann, snn, _, _ = mnist
+    with pytest.raises(CalibrationError, match=needle):
+        onespike.refine(snn, ann, bad, progress=False)
+
+
+def test_bad_arguments_are_refused(mnist):
+    ann, snn, x_cal, _ = mnist
+    with pytest.raises(ValueError, match=r"made by onespike\.convert"):
+        onespike.refine(ann, ann, x_cal, progress=False)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        onespike.refine(snn, ann, x_cal, loss="hinge", progress=False)
+    with pytest.raises(ValueError, match="iterations"):
+        RefineConfig(iterations=0)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        RefineConfig(weights=False, scales=False)
+    with pytest.raises(ValueError, match="refine must be"):
+        onespike.convert(ann, x_cal, phases=2, refine="yes", progress=False)
+    with pytest.raises(ValueError, match="unexpected keyword"):
+        onespike.refine(snn, ann, x_cal, iters=3, progress=False)
+
+
+def test_cli_refine_reaches_the_plan(tmp_path, capsys):
+    j = tmp_path / "r.json"
+    argv = ["convert", "--model", "tests.cli_models:mnist", "--dataset", "mnist", "--test", "100"]
+    argv += ["--calibration", "100", "--no-step", "--phases", "4", "--json", str(j)]
+    assert main([*argv, "--refine", "--refine-iterations", "5"]) == 0
+    info = json.loads(j.read_text())["plan"]["search"]["refine"]
+    assert info["steps"] == 5 and info["loss"] == "kl"
+    assert main([*argv, "--refine-iterations", "5"]) == 2
+    assert "need --refine" in capsys.readouterr().err
