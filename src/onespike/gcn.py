@@ -91,6 +91,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "activation": {"objective": "activation"},
     "global": {"base": "global"},
     "max": {"scale": "max"},
+    "refine": {"refine": True},
 }
 
 

@@ -51,6 +51,7 @@ from onespike.plan import Plan
 Tensor = torch.Tensor
 
 LOSSES = ("kl", "mse")
+AUGMENTS = ("none", "shift-flip", "mix")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ class RefineConfig:
         drop: probability of leaving an activation uncoded (the ANN's ReLU) in a
             training step, per element (QDrop); 0 turns it off.
         max_samples: use at most this many calibration samples.
+        augment: ``"none"``; ``"shift-flip"``: for image batches ``[N, C, H, W]``,
+            fit on randomly shifted (up to 1/8 of the side, zero fill) and horizontally
+            flipped copies, with the ANN's logits of each copy as the target;
+            ``"mix"``: the same, then each image blended with another of the batch
+            (weight drawn uniformly), so the ANN's targets are less certain than on
+            the training images it has learnt. Other inputs are used as they are.
+        temperature: softmax temperature of the ``"kl"`` loss (scaled by its square).
         holdout: fraction of the calibration samples (nodes, for graph models) kept
             out of the fit; the loss on them, measured with the exact code ``checks``
             times during the run, chooses the step whose weights are returned (step 0,
@@ -88,6 +96,8 @@ class RefineConfig:
     scales: bool = True
     drop: float = 0.0
     max_samples: int | None = 1024
+    augment: str = "none"
+    temperature: float = 1.0
     holdout: float = 0.2
     checks: int = 10
     time_budget: float | None = None
@@ -110,6 +120,10 @@ class RefineConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"refine: {name} must be a number >= 0, got {v!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"refine: augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"refine: temperature must be > 0, got {self.temperature!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"refine: loss must be one of {LOSSES}, got {self.loss!r}")
         if not (isinstance(self.drop, (int, float)) and 0 <= self.drop < 1):
@@ -189,13 +203,36 @@ def _batches(idx: Tensor, cfg: RefineConfig, gen: torch.Generator, whole: bool) 
             yield perm[i : i + bs]
 
 
-def _distance(out: Tensor, target: Tensor, loss: str) -> Tensor:
+def _shift_flip(x: Tensor, gen: torch.Generator, mix: bool = False) -> Tensor:
+    """Each image shifted by up to 1/8 of its side (zero fill) and flipped with p = 1/2;
+    with ``mix``, then blended with the next image of the batch (weight uniform in [0, 1])."""
+    n, _, h, w = x.shape
+    ph, pw = max(h // 8, 1), max(w // 8, 1)
+    padded = F.pad(x, (pw, pw, ph, ph))
+    dy = torch.randint(0, 2 * ph + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pw + 1, (n,), generator=gen).tolist()
+    flip = (torch.rand(n, generator=gen) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    flipped = torch.tensor(flip, device=x.device)
+    out = torch.where(flipped.view(n, 1, 1, 1), out.flip(-1), out)
+    if mix and n > 1:
+        lam = torch.rand(n, 1, 1, 1, generator=gen).to(x.device, x.dtype)
+        out = lam * out + (1 - lam) * out.roll(1, dims=0)
+    return out
+
+
+def _distance(out: Tensor, target: Tensor, loss: str, temperature: float = 1.0) -> Tensor:
     if loss == "kl":
-        return F.kl_div(
-            F.log_softmax(out, dim=-1),
-            F.log_softmax(target, dim=-1),
-            log_target=True,
-            reduction="batchmean",
+        t = temperature
+        return (
+            t
+            * t
+            * F.kl_div(
+                F.log_softmax(out / t, dim=-1),
+                F.log_softmax(target / t, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            )
         )
     return F.mse_loss(out, target)
 
@@ -253,7 +290,9 @@ def refine(
             cfg = dataclasses.replace(cfg, **overrides)
         except TypeError as e:
             raise ValueError(f"refine: {e}") from None
-    x = collect_calibration(calibration, cfg.max_samples)
+    whole = not batch_independent(Runner(snn.ann_graph))
+    # graph models: the calibration set is one graph, every node of it is needed
+    x = collect_calibration(calibration, None if whole else cfg.max_samples)
     try:
         check_batch(x, snn.input_shape, what="calibration data")
     except ValueError as e:
@@ -263,7 +302,6 @@ def refine(
     x = x.to(device)
 
     ann = ann.eval()
-    whole = not batch_independent(Runner(snn.ann_graph))
     gen = torch.Generator().manual_seed(cfg.seed)
     gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
 
@@ -315,16 +353,20 @@ def refine(
             return float("nan")
         with torch.no_grad():
             if whole:
-                return float(_distance(outputs(idx), targets[idx.to(device)], cfg.loss))
+                return float(dist(outputs(idx), targets[idx.to(device)]))
             tot = 0.0
             for c in _chunks(len(idx), False):
                 i = idx[c]
-                tot += float(_distance(outputs(i), targets[i.to(device)], cfg.loss)) * len(i)
+                tot += float(dist(outputs(i), targets[i.to(device)])) * len(i)
             return tot / len(idx)
 
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in gm.state_dict().items()}
 
+    def dist(out: Tensor, target: Tensor) -> Tensor:
+        return _distance(out, target, cfg.loss, cfg.temperature)
+
+    augment = cfg.augment != "none" and x.dim() == 4 and not whole
     fit_before, hold_before = loss_on(fit_idx), loss_on(hold_idx)
     best = (hold_before, 0, snapshot() if n_hold else None)
     checks = max(cfg.iterations // cfg.checks, 1)
@@ -340,7 +382,13 @@ def refine(
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
         idx = next(batches)
         gm.train(True)
-        loss = _distance(outputs(idx), targets[idx.to(device)], cfg.loss)
+        if augment:
+            xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
+            with torch.no_grad():
+                tb = ann(xb)
+            loss = dist(gm(xb), tb)
+        else:
+            loss = dist(outputs(idx), targets[idx.to(device)])
         gm.train(False)
         if not torch.isfinite(loss):
             raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")

@@ -1,0 +1,174 @@
+"""Refinement figures of docs/RESULTS.md: loss with and without onespike.refine, per draw.
+
+For every window T and calibration draw (``--seeds``: 1,000 training images drawn with
+that seed), the script converts the shipped model with the default search, measures the
+SNN on the test set (event path), refines it (``onespike.refine``, default settings
+unless overridden) and measures it again. Beside the accuracy it records the wall time
+of the refinement, the spikes per neuron and the energy ratios before and after (on
+``--cost-images`` test images), and the step simulator's agreement with the event path on
+``--step-images`` images. Results go to ``--json`` after every run; rerunning the same
+command skips the runs already there, so a stopped job resumes.
+
+    python scripts/refine_results.py --model resnet20 --phases 8,6 --seeds 0,7,11 \\
+        --json docs/results/refine_resnet20.json
+    python scripts/refine_results.py --table docs/results/refine_*.json   # markdown only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import onespike
+from onespike.cli import calibration_set, load_dataset
+from onespike.evaluate import evaluate, measure_costs
+from onespike.models import load_pretrained, pretrained_info
+from onespike.train import fixed_subset
+
+
+def _costs(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
+    t = measure_costs(snn, x).totals
+    keys = ("spikes_per_neuron_mean", "spikes_per_neuron_max")
+    return {k: t[k] for k in (*keys, "energy_ratio_compute", "energy_ratio_total")}
+
+
+def _step_check(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
+    ev, st = snn.simulate(x, mode="event"), snn.simulate(x, mode="step")
+    same = int((ev.output.argmax(1) == st.output.argmax(1)).sum())
+    mx = max(int(c.max()) for c in st.spike_counts.values())
+    return {"images": int(x.shape[0]), "same_predictions": same, "max_spikes_per_neuron": mx}
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.json)
+    done: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    have = {(r["phases"], r["seed"]) for r in done}
+    ann = load_pretrained(args.model)
+    dataset = pretrained_info(args.model).get("dataset", "mnist")
+    x, y = load_dataset(dataset, "test")
+    if args.test is not None:
+        idx = fixed_subset(x.shape[0], args.test)
+        x, y = x[idx], y[idx]
+    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
+    overrides = json.loads(args.refine) if args.refine else {}
+    ann_acc = None
+    for T in [int(t) for t in args.phases.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if (T, seed) in have:
+                continue
+            xc, where = calibration_set(dataset, args.calibration, seed)
+            t0 = time.perf_counter()
+            snn = onespike.convert(ann, xc, phases=T, progress=False)
+            t_conv = time.perf_counter() - t0
+            ev = evaluate(
+                ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc
+            )
+            ann_acc = ev.ann_accuracy
+            t0 = time.perf_counter()
+            ref = onespike.refine(snn, ann, xc, progress=args.progress, **overrides)
+            t_ref = time.perf_counter() - t0
+            er = evaluate(
+                ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc
+            )
+            row = {
+                "model": args.model,
+                "dataset": dataset,
+                "phases": T,
+                "seed": seed,
+                "calibration": where,
+                "test_images": int(x.shape[0]),
+                "ann_accuracy": ann_acc,
+                "snn_accuracy": ev.snn_accuracy,
+                "refined_accuracy": er.snn_accuracy,
+                "loss": ev.loss,
+                "refined_loss": er.loss,
+                "convert_seconds": round(t_conv, 1),
+                "refine_seconds": round(t_ref, 1),
+                "threads": args.threads,
+                "refine": ref.plan.search["refine"],
+                "costs": _costs(snn, x_cost),
+                "refined_costs": _costs(ref, x_cost),
+                "cost_images": int(x_cost.shape[0]),
+                "refined_step_check": _step_check(ref, x_step),
+            }
+            done.append(row)
+            out.write_text(json.dumps(done, indent=2))
+            print(
+                f"{args.model} T={T} seed {seed}: loss {ev.loss:+.2f} -> {er.loss:+.2f} "
+                f"(refine {t_ref:.0f} s, kept step {row['refine']['kept_step']})",
+                flush=True,
+            )
+    print(table(done))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model and T, the loss of every draw without and with refinement."""
+    lines = [
+        "| model | T | ANN % | loss per draw, search only | mean / worst | "
+        "loss per draw, refined | mean / worst | refine time | spikes/neuron | energy ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["model"], r["phases"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    for m, T in keys:
+        rs = sorted(
+            (r for r in rows if (r["model"], r["phases"]) == (m, T)), key=lambda r: r["seed"]
+        )
+        a = [r["loss"] for r in rs]
+        b = [r["refined_loss"] for r in rs]
+        secs = [r["refine_seconds"] for r in rs]
+        spk = (
+            f"{statistics.mean(r['costs']['spikes_per_neuron_mean'] for r in rs):.3f} -> "
+            f"{statistics.mean(r['refined_costs']['spikes_per_neuron_mean'] for r in rs):.3f}"
+        )
+        en = (
+            f"{statistics.mean(r['costs']['energy_ratio_compute'] for r in rs):.2f}x -> "
+            f"{statistics.mean(r['refined_costs']['energy_ratio_compute'] for r in rs):.2f}x"
+        )
+        lines.append(
+            f"| {m} | {T} | {rs[0]['ann_accuracy']:.2f} | "
+            f"{', '.join(f'{v:+.2f}' for v in a)} | {statistics.mean(a):+.2f} / {max(a):+.2f} | "
+            f"{', '.join(f'{v:+.2f}' for v in b)} | {statistics.mean(b):+.2f} / {max(b):+.2f} | "
+            f"{statistics.mean(secs):.0f} s | {spk} | {en} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="shipped model name (resnet20, vgg11_bn_w0.5, mnist_cnn)")
+    p.add_argument("--phases", default="8")
+    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
+    p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
+    p.add_argument("--cost-images", type=int, default=1000)
+    p.add_argument("--step-images", type=int, default=200)
+    p.add_argument(
+        "--refine",
+        default=None,
+        help="RefineConfig overrides as JSON, e.g. '{\"iterations\": 300}'",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", help="results file (resumed if it exists)")
+    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
+    args = p.parse_args(argv)
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
+        print(table(rows))
+        return 0
+    if not (args.model and args.json):
+        p.error("--model and --json are needed (or --table FILES)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
