@@ -89,7 +89,7 @@ def test_refine_residual_net_and_convert_keyword():
     x_cal = torch.rand(128, 2, 8, 8, generator=g)
     x_held = torch.rand(256, 2, 8, 8, generator=g)
     plain = onespike.convert(ann, x_cal, phases=4, progress=False)
-    cfg = RefineConfig(iterations=200, batch_size=16, lr=1e-3, loss="mse")
+    cfg = RefineConfig(iterations=200, batch_size=16, lr=1e-3, loss="mse", augment="none")
     r = onespike.convert(ann, x_cal, phases=4, progress=False, refine=cfg)
 
     def mse(net):
@@ -148,3 +148,18 @@ def test_cli_refine_reaches_the_plan(tmp_path, capsys):
     assert info["steps"] == 5 and info["loss"] == "kl"
     assert main([*argv, "--refine-iterations", "5"]) == 2
     assert "need --refine" in capsys.readouterr().err
+
+
+def test_shift_flip_augmentation():
+    from onespike.refine import _shift_flip
+
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = _shift_flip(x, torch.Generator().manual_seed(1))
+    b = _shift_flip(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    # a shift keeps pixel values (zero fill): every output value is 0 or one of its image's
+    for i in range(6):
+        vals = set(x[i].flatten().tolist()) | {0.0}
+        assert set(a[i].flatten().tolist()) <= vals
+    m = _shift_flip(x, torch.Generator().manual_seed(1), mix=True)
+    assert m.shape == x.shape and float(m.min()) >= 0 and float(m.max()) <= 1

@@ -89,15 +89,15 @@ class RefineConfig:
 
     iterations: int = 600
     batch_size: int = 32
-    lr: float = 1e-5
+    lr: float = 1e-4
     scale_lr: float = 1e-3
     loss: str = "kl"
     weights: bool = True
     scales: bool = True
     drop: float = 0.0
     max_samples: int | None = 1024
-    augment: str = "none"
-    temperature: float = 1.0
+    augment: str = "shift-flip"
+    temperature: float = 4.0
     holdout: float = 0.2
     checks: int = 10
     time_budget: float | None = None
@@ -312,6 +312,7 @@ def refine(
         code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev)
         setattr(gm, f"spikes_{key}", code)
         codes.append(code)
+    gm.train(False)  # the new codes too: drop masks only inside the training steps
     weight_params = [p for n, p in gm.named_parameters() if not n.endswith("log_scale")]
     for p in weight_params:
         p.requires_grad_(cfg.weights)
