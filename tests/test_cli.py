@@ -65,7 +65,14 @@ def test_convert_search_flags_reach_the_plan(tmp_path):
         (["convert", "--model", "tests.cli_models:nothere"], "no callable 'nothere'"),
         (["convert", "--model", "tests.cli_models:not_a_model"], "not a torch.nn.Module"),
         (["convert", "--model", "tests.cli_models:gelu_net"], "non-ReLU activation"),
-        (["demo", "--phases", "0"], "phases must be an integer >= 1"),
+        (["demo", "--phases", "0"], "argument --phases: expected an integer >= 1, got 0"),
+        (["demo", "--phases", "-3"], "expected an integer >= 1, got -3"),
+        (["sweep", "--model", "mnist_cnn", "--cost-images", "0"], "--cost-images: expected"),
+        (["sweep", "--model", "mnist_cnn", "--phases", "4,x"], "--phases: expected"),
+        (["ablation", "--model", "mnist_cnn", "--test", "0"], "--test: expected"),
+        (["convert", "--model", "nosuch_model"], "'nosuch_model' is not a shipped model"),
+        (["convert", "--model", "mnist_cnn", "--dataset", "imagenet"], "invalid choice"),
+        (["convert"], "required: --model"),
         (["demo", "--base", "3"], "base must be in (1, 2]"),
         (["demo", "--base", "fast"], "--base must be"),
         (["demo", "--search-samples", "-3"], "search_samples must be an integer >= 1"),
@@ -76,6 +83,14 @@ def test_user_mistakes_are_one_line(capsys, argv, needle):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err
     assert "Traceback" not in err
+
+
+def test_convert_takes_a_shipped_name(tmp_path):
+    j = tmp_path / "c.json"
+    argv = ["convert", "--model", "mnist_cnn", "--test", "50", "--calibration", "50"]
+    assert main([*argv, "--no-step", "--phases", "4", "--json", str(j)]) == 0
+    d = json.loads(j.read_text())
+    assert d["model"] == "mnist_cnn" and d["dataset"] == "mnist" and d["samples"] == 50
 
 
 def test_missing_data_file_is_one_line(capsys, monkeypatch, tmp_path):

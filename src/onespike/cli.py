@@ -78,6 +78,29 @@ def load_user_model(spec: str) -> nn.Module:
     return model.eval()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument mistakes become a :class:`UserError`: one ``error:`` line, status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _count(s: str) -> int:
+    """An argparse type: an integer >= 1 (phases, image counts, steps)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _phase_list(s: str) -> list[int]:
+    """An argparse type: comma-separated windows, each an integer >= 1 (``4,6,8``)."""
+    return [_count(t.strip()) for t in s.split(",") if t.strip()] or [_count(s)]
+
+
 def _parse_base(s: str) -> str | float | list[float]:
     if s in ("auto", "global"):
         return s
@@ -204,7 +227,7 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
         help="after the search, fit weights and scales to the ANN's logits (onespike.refine)",
     )
     p.add_argument(
-        "--refine-iterations", type=int, default=None, help="refinement steps (default 600)"
+        "--refine-iterations", type=_count, default=None, help="refinement steps (default 600)"
     )
     p.add_argument(
         "--refine-budget", type=float, default=None, help="stop refining after N seconds"
@@ -240,15 +263,20 @@ def _refine_arg(args: argparse.Namespace) -> bool | dict:
 
 def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     if dataset:
-        p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--phases", type=int, default=8, help="window T in steps (default 8)")
+        p.add_argument(
+            "--dataset",
+            choices=DATASETS,
+            default=None,
+            help="data set (default: a shipped model's own; mnist for package.module:function)",
+        )
+    p.add_argument("--phases", type=_count, default=8, help="window T in steps (default 8)")
     p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
-    p.add_argument("--calibration", type=int, default=1000, help="calibration images")
-    p.add_argument("--test", type=int, default=None, help="only N test images (see --subset)")
+    p.add_argument("--calibration", type=_count, default=1000, help="calibration images")
+    p.add_argument("--test", type=_count, default=None, help="only N test images (see --subset)")
     p.add_argument("--subset", **SUBSET_KW)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_count, default=500)
     p.add_argument("--no-step", action="store_true", help="skip the step simulator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
@@ -260,6 +288,11 @@ def resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
 
     if ":" not in spec and spec in available_pretrained():
         return load_pretrained(spec), dataset or pretrained_info(spec).get("dataset", "mnist")
+    if ":" not in spec:
+        raise UserError(
+            f"--model {spec!r} is not a shipped model ({', '.join(available_pretrained())}) "
+            "and does not look like package.module:function"
+        )
     if dataset is None:
         raise UserError(f"--dataset is needed for {spec!r} (not a shipped model)")
     return load_user_model(spec), dataset
@@ -292,7 +325,7 @@ def _subset(args: argparse.Namespace, n: int, k: int) -> torch.Tensor:
 def run_sweep(args: argparse.Namespace) -> int:
     from onespike.sweep import sweep_model, table, write
 
-    phases = [int(t) for t in args.phases.split(",")]
+    phases = args.phases
     results = []
     for spec, model, dataset, xc, x, y in _each_model(args):
         results.append(
@@ -324,7 +357,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     variants = {**ABLATIONS, **REFINE_ABLATIONS} if args.refine else ABLATIONS
     if args.refine_only:
         variants = REFINE_ABLATIONS
-    phases = [int(t) for t in args.phases.split(",")]
+    phases = args.phases
     results = []
 
     def save(partial: dict | None = None) -> None:
@@ -352,7 +385,7 @@ def run_ablation(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onespike", description=__doc__.splitlines()[0])
+    p = _Parser(prog="onespike", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
     _add_common(d, dataset=False)
@@ -361,8 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_arguments(
         sub.add_parser("compare", help="onespike against other spike codes; JSON + PNG")
     )
-    c = sub.add_parser("convert", help="convert your model (package.module:function)")
-    c.add_argument("--model", required=True, help="package.module:function returning the ANN")
+    c = sub.add_parser("convert", help="convert a shipped model or yours (package.module:function)")
+    c.add_argument(
+        "--model",
+        required=True,
+        help="shipped model name (mnist_cnn, resnet20, vgg11_bn_w0.5, ...) or "
+        "package.module:function returning the ANN",
+    )
     _add_common(c, dataset=True)
     s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
     s.add_argument(
@@ -372,16 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="shipped model name or package.module:function (repeatable)",
     )
     s.add_argument("--dataset", choices=DATASETS, default=None)
-    s.add_argument("--phases", default="4,6,8,12,16,24,32")
+    s.add_argument("--phases", type=_phase_list, default=[4, 6, 8, 12, 16, 24, 32])
     _add_search_flags(s)
-    s.add_argument("--calibration", type=int, default=1000)
-    s.add_argument("--test", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=500)
-    s.add_argument("--step-phases", type=int, default=8, help="run the step simulator at this T")
-    s.add_argument("--step-images", type=int, default=1000)
+    s.add_argument("--calibration", type=_count, default=1000)
+    s.add_argument("--test", type=_count, default=None)
+    s.add_argument("--batch-size", type=_count, default=500)
+    s.add_argument("--step-phases", type=_count, default=8, help="run the step simulator at this T")
+    s.add_argument("--step-images", type=_count, default=1000)
     s.add_argument(
         "--cost-images",
-        type=int,
+        type=_count,
         default=None,
         help="count operations, spikes and energy on N test images (default: all)",
     )
@@ -392,11 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablation", help="loss of each search variant at a few phases")
     a.add_argument("--model", action="append", required=True)
     a.add_argument("--dataset", choices=DATASETS, default=None)
-    a.add_argument("--phases", default="6,8,12")
-    a.add_argument("--calibration", type=int, default=1000)
-    a.add_argument("--test", type=int, default=None)
+    a.add_argument("--phases", type=_phase_list, default=[6, 8, 12])
+    a.add_argument("--calibration", type=_count, default=1000)
+    a.add_argument("--test", type=_count, default=None)
     a.add_argument("--subset", **SUBSET_KW)
-    a.add_argument("--batch-size", type=int, default=500)
+    a.add_argument("--batch-size", type=_count, default=500)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument(
         "--refine", action="store_true", help="add rows for the learned refinement (KL, MSE)"
@@ -409,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.cmd == "demo":
             from onespike.models import load_pretrained
 
@@ -424,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args)
         if args.cmd == "ablation":
             return run_ablation(args)
-        model = load_user_model(args.model)
+        # a shipped name takes its data set from its sidecar; a user's model needs --dataset
+        user = ":" in args.model
+        model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
         return run_conversion(args, model, args.model)
     except (
         UserError,
