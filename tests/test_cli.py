@@ -185,3 +185,18 @@ def test_ablation_variants_run():
     reloaded = json.loads(json.dumps([res]))  # JSON turns the T keys into strings
     assert ablation_table(reloaded) == ablation_table([res])
     assert torch.isfinite(torch.tensor(res["ann_accuracy"]))
+
+
+def test_python_m_onespike_runs_the_cli():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "onespike", "demo", "--phases", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: argument --phases")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -234,7 +234,7 @@ ABLATIONS: dict[str, dict] = {
     },
 }
 
-# Learned refinement (issue 12) after the default search, with each measured loss.
+# Learned refinement after the default search: the rows `onespike ablation --refine` adds.
 REFINE_ABLATIONS: dict[str, dict] = {
     "7 default search (per-channel convolutions)": {},
     "8 default + refinement (KL to ANN logits)": {"refine": {"loss": "kl"}},
