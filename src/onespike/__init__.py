@@ -6,6 +6,7 @@ logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
 snn = onespike.refine(snn, ann, calibration)  # fit weights and scales to the ANN
+onespike.save(snn, "net.safetensors")         # one safe file; onespike.load(path)
 """
 
 from onespike.accounting import CostReport, cost
@@ -14,6 +15,7 @@ from onespike.errors import CalibrationError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
 from onespike.plan import LayerPlan, Plan
 from onespike.refine import RefineConfig, refine
+from onespike.serialize import SerializationError, load, save
 from onespike.trace import UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -24,6 +26,7 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "RefineConfig",
+    "SerializationError",
     "SimulationResult",
     "SpikeLayer",
     "SpikingNetwork",
@@ -31,5 +34,7 @@ __all__ = [
     "__version__",
     "convert",
     "cost",
+    "load",
     "refine",
+    "save",
 ]
