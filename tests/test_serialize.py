@@ -135,6 +135,15 @@ def test_refined_network_keeps_its_weights_and_its_ann(tmp_path):
     assert loaded.plan.search["refine"] == r.plan.search["refine"]
 
 
+def test_float64_network_keeps_its_precision(tmp_path):
+    x = torch.rand(16, 2, 8, 8, dtype=torch.float64)
+    snn = onespike.convert(make(6), x.float(), phases=4, progress=False).double()
+    loaded = _round_trip(snn, tmp_path)
+    assert loaded.spikes["s0"].scale.dtype == torch.float64
+    assert loaded.graph_module.conv1.weight.dtype == torch.float64
+    assert_identical(snn, loaded, x)
+
+
 def test_methods_and_file_layout(tmp_path):
     model = make(4)
     x = torch.rand(16, 2, 8, 8)

@@ -160,7 +160,8 @@ class _Exporter:
             if n.op == "get_attr":
                 raise NIRExportError(f"node '{n.name}' reads a constant tensor; NIR has no form")
         with torch.no_grad():
-            x0 = torch.zeros((1, *snn.input_shape))
+            p = next(self.gm.parameters(), None)
+            x0 = torch.zeros((1, *snn.input_shape), device=p.device if p is not None else None)
             self.values = self.runner.forward_all(x0)
         self.nodes: dict = {}
         self.shapes: dict[str, tuple[int, ...]] = {}  # each NIR node's output shape

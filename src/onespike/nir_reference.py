@@ -81,6 +81,7 @@ class _Carrier:
 class _Reference:
     def __init__(self, graph, x: Tensor, dtype: torch.dtype):
         self.g, self.x, self.dtype = graph, x, dtype
+        self.device = x.device  # every tensor lives where the input does
         meta = graph.metadata
         self.T = int(meta["phases"])
         self.latency = int(meta["latency_steps"])
@@ -150,10 +151,10 @@ class _Reference:
     def params(self, name: str) -> tuple[Tensor, Tensor | None]:
         if name not in self.weights:
             node = self.g.nodes[name]
-            w = torch.from_numpy(np.array(node.weight)).to(self.dtype)
+            w = torch.from_numpy(np.array(node.weight)).to(self.device, self.dtype)
             b = getattr(node, "bias", None)
             has_bias = bool(self.md(name).get("has_bias", b is not None))
-            bias = torch.from_numpy(np.array(b)).to(self.dtype) if has_bias else None
+            bias = torch.from_numpy(np.array(b)).to(self.device, self.dtype) if has_bias else None
             self.weights[name] = (w, bias)
         return self.weights[name]
 
@@ -196,18 +197,19 @@ class _Reference:
         inner, sources = self.region(target)
         env = {}
         for s in sources:
-            env[s] = (
-                values[s] if s in values else torch.zeros(self.carriers[s].shape, dtype=self.dtype)
-            )
+            env[s] = values[s] if s in values else self.zeros(self.carriers[s].shape, self.dtype)
         for n in inner:
             env[n] = self.apply(n, self.input_of(n, env), bias)
         return self.input_of(target, env)
 
     # -- the nodes ----------------------------------------------------------------------
 
+    def zeros(self, shape, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(shape, dtype=dtype, device=self.device)
+
     def scale(self, name: str, ndim: int) -> Tensor:
         s = torch.tensor(np.asarray(self.md(name)["scale"], dtype=np.float64).tolist(),
-                         dtype=torch.float32).to(self.dtype)  # fmt: skip
+                         dtype=torch.float32).to(self.device, self.dtype)  # fmt: skip
         return s if s.dim() == 0 else s.reshape((-1,) + (1,) * (ndim - 2))
 
     def start_fire(self, name: str, z: Tensor) -> None:
@@ -215,9 +217,9 @@ class _Reference:
         thresholds = torch.from_numpy(np.asarray(md["fire_thresholds"], dtype=np.float64))
         self.state[name] = {
             "v": z.clone(),
-            "silent": torch.ones(z.shape, dtype=torch.bool),
-            "phase": torch.full(z.shape, -1, dtype=torch.int64),
-            "count": torch.zeros(z.shape, dtype=torch.int64),
+            "silent": torch.ones(z.shape, dtype=torch.bool, device=z.device),
+            "phase": torch.full(z.shape, -1, dtype=torch.int64, device=z.device),
+            "count": torch.zeros(z.shape, dtype=torch.int64, device=z.device),
             "th": thresholds.to(self.dtype).tolist(),
             "base": float(md["base"]),
         }
@@ -254,7 +256,7 @@ class _Reference:
                 vals = {}
                 for s in members:
                     c = self.carriers[s]
-                    spikes = c.now if c.now is not None else torch.zeros(c.shape, dtype=torch.bool)
+                    spikes = c.now if c.now is not None else self.zeros(c.shape, torch.bool)
                     vals[s] = spikes.to(self.dtype) * c.unit
                 inp = self.evaluate(name, vals, bias=False)
                 u = st["u"].get(key)
@@ -293,7 +295,7 @@ class _Reference:
                 c = self.carriers[name] = _Carrier(kind, base)
                 c.shape = tuple(x.shape)
                 if kind == "spike":
-                    c.unit = torch.full(x.shape, 2.0**-T, dtype=self.dtype)
+                    c.unit = torch.full(x.shape, 2.0**-T, dtype=self.dtype, device=self.device)
             elif isinstance(node, nir.IF):
                 self.carriers[name] = _Carrier("spike", float(self.md(name)["base"]))
             elif isinstance(node, (nir.SumPool2d, nir.Flatten, nir.Delay)) and all(
@@ -366,7 +368,7 @@ class _Reference:
             c.now = None if src.now is None else self.flatten(name, src.now)
             if c.unit is None:
                 c.unit = self.flatten(name, src.unit) if src.unit is not None else None
-                ref = torch.zeros(src.shape, dtype=torch.bool)
+                ref = self.zeros(src.shape, torch.bool)
                 c.shape = tuple(self.flatten(name, ref).shape)
             return
         # max-pooling of spikes: the first spike of each pool window passes
@@ -374,7 +376,7 @@ class _Reference:
         if c.unit is None:
             c.unit = F.max_pool2d(src.unit, k, s, pad)
             c.shape = tuple(c.unit.shape)
-            self.pool_passed[name] = torch.zeros(c.shape, dtype=torch.bool)
+            self.pool_passed[name] = torch.zeros(c.shape, dtype=torch.bool, device=self.device)
         if src.now is None:
             c.now = None
             return

@@ -523,16 +523,18 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
     except SerializationError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        head = path.read_bytes()[:8] if path.stat().st_size >= 8 else b""
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if 2 <= n <= 100_000_000 and path.stat().st_size >= 8:
+        # a safetensors file starts with the header's length, then the JSON header
+        try:
             with path.open("rb") as fh:
-                fh.seek(8)
-                text = fh.read(min(n, 64))
-            if text.startswith(b"{"):
-                raise CorruptFileError(
-                    f"'{path}' is damaged or truncated ({str(e).splitlines()[0]})"
-                ) from None
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                text = fh.read(1) if 2 <= n <= 100_000_000 else b""
+        except OSError as err:
+            raise SerializationError(f"'{path}' cannot be read ({err.strerror})") from None
+        if text == b"{":
+            raise CorruptFileError(
+                f"'{path}' is damaged or truncated ({str(e).splitlines()[0]})"
+            ) from None
         raise NotANetworkFileError(f"'{path}' is not a network saved by onespike") from None
     if meta.get("sha256") != _digest(tensors):
         raise CorruptFileError(f"'{path}' is damaged: its tensors do not match their checksum")
@@ -583,10 +585,14 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
         extra = {k: _tensor(e, tensors) for k, e in snn_entries.items() if k not in traced_keys}
         if set(own) != traced_keys | set(extra):
             raise ValueError("the spiking graph's tensors do not match the stored ones")
-        with torch.no_grad():
-            for k, t in extra.items():
-                if not _same_bits(own[k], t):
-                    own[k].copy_(t)
+        for k, t in extra.items():  # the spiking layers' scales: rebuilt from the plan
+            if not _same_bits(own[k], t):  # unless changed after it (another dtype, ...)
+                owner, _, name = k.rpartition(".")
+                mod = net.graph_module.get_submodule(owner)
+                if name in mod._parameters:
+                    mod._parameters[name] = nn.Parameter(t, requires_grad=own[k].requires_grad)
+                else:
+                    mod._buffers[name] = t
     except SerializationError:
         raise
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
