@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         i = ref.plan.search["refine"]
         print(
             f"{json.dumps(kw)}: {r.snn_accuracy:.2f} % (loss {r.loss:+.2f}), "
-            f"{i['seconds']:.0f} s, kept step {i['kept_step']} of {i['steps']}, "
+            f"{i['seconds']:.0f} s, kept {i.get('kept')} (step {i['kept_step']} of {i['steps']}), "
             f"fit loss {i['loss_before']:.4g} -> {i['loss_after']:.4g}, held-out "
             f"{i['held_out_loss_before']:.4g} -> {i['held_out_loss_after']:.4g}",
             flush=True,

@@ -163,3 +163,52 @@ def test_shift_flip_augmentation():
         assert set(a[i].flatten().tolist()) <= vals
     m = _shift_flip(x, torch.Generator().manual_seed(1), mix=True)
     assert m.shape == x.shape and float(m.min()) >= 0 and float(m.max()) <= 1
+
+
+def test_reconstruction_layer_by_layer(mnist):
+    ann, snn, x_cal, x_held = mnist
+    r = onespike.refine(snn, ann, x_cal, reconstruct=40, iterations=0, progress=False)
+    info = r.plan.search["refine"]
+    rec = info["reconstruction"]
+    assert rec["iterations_per_layer"] == 40 and len(rec["layer_losses"]) == len(snn.spikes)
+    assert info["steps"] == 0 and info["kept"] in ("reconstructed", "unrefined")
+    if info["kept"] == "reconstructed":
+        assert rec["held_out_loss"] < info["held_out_loss_before"]
+        assert _kl(ann, r, x_held) < _kl(ann, snn, x_held)
+    # the result is an ordinary converted network: one spike at most, step == event
+    st = r.simulate(x_held[:100], mode="step")
+    assert all(int(c.max()) <= 1 for c in st.spike_counts.values())
+    assert torch.equal(st.output.argmax(1), r(x_held[:100]).argmax(1))
+    with pytest.raises(ValueError, match="reconstruct"):
+        RefineConfig(reconstruct=-1)
+    assert RefineConfig(iterations=0, reconstruct=5).iterations == 0
+
+
+def test_feature_term_and_producers_of_a_residual_block():
+    from onespike.refine import _producers
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(2, 4, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.short = torch.nn.Conv2d(2, 4, 1)
+            self.head = torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv1(x))
+            h = torch.relu(self.conv2(h) + self.short(x))
+            return self.head(h.flatten(1))
+
+    torch.manual_seed(0)
+    ann = Block()
+    x = torch.rand(64, 2, 6, 6, generator=torch.Generator().manual_seed(2))
+    snn = onespike.convert(ann, x, phases=3, progress=False)
+    gm = snn.graph_module
+    assert _producers(gm, "spikes_s0") == ["conv1"]
+    assert sorted(_producers(gm, "spikes_s1")) == ["conv2", "short"]
+    r = onespike.refine(
+        snn, ann, x, iterations=30, features=1.0, reconstruct=10, augment="none", progress=False
+    )
+    assert r.plan.search["refine"]["features"] == 1.0
+    assert all(int(c.max()) <= 1 for c in r.simulate(x, mode="step").spike_counts.values())

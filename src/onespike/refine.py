@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from tqdm.auto import tqdm
 
 from onespike.calibrate import batch_independent
@@ -85,6 +85,17 @@ class RefineConfig:
         checks: how many times the held-out loss is measured.
         time_budget: stop after this many seconds (None: run every iteration).
         seed: drives the mini-batch order and the drop masks.
+        features: weight of a feature-matching term added to the loss: the mean over
+            spiking layers of the squared error between the layer's coded output and
+            the folded ANN's ReLU output there, relative to the ANN's mean square;
+            0 turns it off.
+        reconstruct: optimiser steps per spiking layer of a layer-by-layer
+            reconstruction run before the end-to-end fit (0: none). Layer by layer in
+            order, the weighted layers that feed a spiking layer (and its scale) are
+            fitted so that its coded output matches the folded ANN's ReLU output there
+            (squared error relative to the ANN's mean square), on the inputs the
+            already-reconstructed SNN gives it (as SNN Calibration and BRECQ do).
+        reconstruct_lr: Adam learning rate of the weights in the reconstruction.
     """
 
     iterations: int = 600
@@ -102,6 +113,9 @@ class RefineConfig:
     checks: int = 10
     time_budget: float | None = None
     seed: int = 0
+    features: float = 0.0
+    reconstruct: int = 0
+    reconstruct_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         def positive_int(name: str, v: object, allow_none: bool = False) -> None:
@@ -110,13 +124,24 @@ class RefineConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"refine: {name} must be an integer >= 1, got {v!r}")
 
-        positive_int("iterations", self.iterations)
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int):
+            raise ValueError(f"refine: iterations must be an integer >= 0, got {self.iterations!r}")
+        if self.iterations < 0 or (self.iterations == 0 and not self.reconstruct):
+            raise ValueError(
+                f"refine: iterations must be >= 1 (or 0 with reconstruct), got {self.iterations!r}"
+            )
+        if isinstance(self.reconstruct, bool) or not isinstance(self.reconstruct, int):
+            raise ValueError(
+                f"refine: reconstruct must be an integer >= 0, got {self.reconstruct!r}"
+            )
+        if self.reconstruct < 0:
+            raise ValueError(f"refine: reconstruct must be >= 0, got {self.reconstruct!r}")
         positive_int("batch_size", self.batch_size)
         positive_int("max_samples", self.max_samples, allow_none=True)
         positive_int("checks", self.checks)
         if not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1):
             raise ValueError(f"refine: holdout must be in [0, 1), got {self.holdout!r}")
-        for name in ("lr", "scale_lr"):
+        for name in ("lr", "scale_lr", "reconstruct_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"refine: {name} must be a number >= 0, got {v!r}")
@@ -130,6 +155,8 @@ class RefineConfig:
             raise ValueError(f"refine: drop must be in [0, 1), got {self.drop!r}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"refine: time_budget must be > 0 seconds, got {self.time_budget!r}")
+        if not (isinstance(self.features, (int, float)) and self.features >= 0):
+            raise ValueError(f"refine: features must be a number >= 0, got {self.features!r}")
         if not (self.weights or self.scales):
             raise ValueError("refine: nothing to learn (weights=False and scales=False)")
 
@@ -169,6 +196,8 @@ class _LearnedCode(nn.Module):
         self.register_buffer("table", layer.table.clone())
         self.drop = drop
         self.gen = gen
+        self.tap: list[Tensor] | None = None
+        self.stop = False
 
     def scale(self) -> Tensor:
         return self.log_scale.exp()
@@ -182,7 +211,76 @@ class _LearnedCode(nn.Module):
         if self.training and self.drop > 0:
             keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
             out = torch.where(keep, torch.relu(pre), out)
+        if self.tap is not None:
+            self.tap.append(out)
+        if self.stop:
+            raise _Stop(out)
         return out
+
+
+class _Stop(Exception):
+    """Ends a forward pass at the spiking layer being reconstructed, carrying its output."""
+
+    def __init__(self, out: Tensor):
+        super().__init__()
+        self.out = out
+
+
+def _run_to(model: nn.Module, x: Tensor) -> Tensor:
+    """The output of the layer whose ``stop`` is set, when ``model`` runs on ``x``."""
+    try:
+        model(x)
+    except _Stop as s:
+        return s.out
+    raise RuntimeError("the reconstructed layer was not reached")  # a bug, not user input
+
+
+def _producers(gm: fx.GraphModule, target: str) -> list[str]:
+    """Modules with parameters between module ``target``'s input and the spiking layers
+    (or the network input) before it: what computes that layer's input current."""
+    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
+    seen: set[fx.Node] = set()
+    found: list[str] = []
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n in seen or n.op == "placeholder":
+            continue
+        seen.add(n)
+        if n.op == "call_module":
+            t = str(n.target)
+            if t.startswith("spikes_") or t == "input_encoder":
+                continue
+            if next(gm.get_submodule(t).parameters(), None) is not None and t not in found:
+                found.append(t)
+        stack.extend(n.all_input_nodes)
+    return found
+
+
+class _Tap(nn.Module):
+    """The ANN's ReLU in place of a spiking layer, recording its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tap: list[Tensor] | None = None
+        self.stop = False
+
+    def forward(self, pre: Tensor) -> Tensor:
+        out = torch.relu(pre)
+        if self.tap is not None:
+            self.tap.append(out)
+        if self.stop:
+            raise _Stop(out)
+        return out
+
+
+def _feature_distance(snn_feats: list[Tensor], ann_feats: list[Tensor]) -> Tensor:
+    """Mean over layers of the squared error relative to the ANN's mean square."""
+    terms = [
+        (q - a).pow(2).mean() / a.pow(2).mean().clamp_min(1e-12)
+        for q, a in zip(snn_feats, ann_feats)
+    ]
+    return torch.stack(terms).mean()
 
 
 def _chunks(n: int, whole: bool, size: int = 256) -> list[slice]:
@@ -233,6 +331,79 @@ def _distance(out: Tensor, target: Tensor, loss: str, temperature: float = 1.0) 
             )
         )
     return F.mse_loss(out, target)
+
+
+def _reconstruct(
+    gm: fx.GraphModule,
+    ref: fx.GraphModule,
+    codes: list[_LearnedCode],
+    ref_taps: list[_Tap],
+    x: Tensor,
+    batches: Iterator[Tensor],
+    cfg: RefineConfig,
+    gen: torch.Generator,
+    augment: bool,
+    whole: bool,
+) -> dict:
+    """Layer-by-layer reconstruction (see :class:`RefineConfig`), in place on ``gm``."""
+    start = time.perf_counter()
+    params = dict(gm.named_parameters())
+    losses = []
+    n = cfg.reconstruct
+    for i, (code, tap) in enumerate(zip(codes, ref_taps)):
+        mods = _producers(gm, f"spikes_s{i}")
+        learn = [p for m in mods for p in gm.get_submodule(m).parameters()] if cfg.weights else []
+        for p in params.values():
+            p.requires_grad_(False)
+        groups = []
+        if learn:
+            for p in learn:
+                p.requires_grad_(True)
+            groups.append({"params": learn, "lr": cfg.reconstruct_lr})
+        if cfg.scales:
+            code.log_scale.requires_grad_(True)
+            groups.append({"params": [code.log_scale], "lr": cfg.scale_lr})
+        if not groups:
+            continue
+        opt = torch.optim.Adam(groups)
+        lrs = [g["lr"] for g in groups]
+        code.stop = tap.stop = True
+        first = last = None
+        try:
+            for it in range(n):
+                if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+                    break
+                for g, lr in zip(opt.param_groups, lrs):
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / n))
+                idx = next(batches)
+                xb = x if whole else x[idx.to(x.device)]
+                if augment:
+                    xb = _shift_flip(xb, gen, mix=cfg.augment == "mix")
+                with torch.no_grad():
+                    a = _run_to(ref, xb)
+                gm.train(True)
+                q = _run_to(gm, xb)
+                gm.train(False)
+                if whole:
+                    rows = idx.to(x.device)
+                    q, a = q[rows], a[rows]
+                loss = (q - a).pow(2).mean() / a.pow(2).mean().clamp_min(1e-12)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"reconstruction of layer {i} diverged (loss {float(loss)})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                first = lv if first is None else first
+                last = lv if last is None else 0.9 * last + 0.1 * lv
+        finally:
+            code.stop = tap.stop = False
+        losses.append((first, last))
+    return {
+        "iterations_per_layer": n,
+        "seconds": round(time.perf_counter() - start, 2),
+        "layer_losses": losses,
+    }
 
 
 def _check_network(snn: object, ann: object) -> None:
@@ -366,11 +537,50 @@ def refine(
         return _distance(out, target, cfg.loss, cfg.temperature)
 
     augment = cfg.augment != "none" and x.dim() == 4 and not whole
+    feats: tuple[list[Tensor], list[Tensor]] | None = None
+    ref = None
+    ref_taps: list[_Tap] = []
+    if cfg.features > 0 or cfg.reconstruct:
+        # the folded ANN (the SNN's graph with ReLUs for codes, no input coding), tapped
+        ref = copy.deepcopy(snn.graph_module)
+        for key in snn.spikes:
+            t = _Tap()
+            setattr(ref, f"spikes_{key}", t)
+            ref_taps.append(t)
+        if hasattr(ref, "input_encoder"):
+            ref.input_encoder = nn.Identity()
+        ref.train(False)
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        if cfg.features > 0:
+            feats = ([], [])
+
+    def taps(f: tuple[list[Tensor], list[Tensor]] | None) -> None:
+        for c in codes:
+            c.tap = None if f is None else f[0]
+        for t in ref_taps:
+            t.tap = None if f is None else f[1]
+        if f is not None:
+            f[0].clear()
+            f[1].clear()
+
     fit_before, hold_before = loss_on(fit_idx), loss_on(hold_idx)
     best = (hold_before, 0, snapshot() if n_hold else None)
+    kept = "unrefined"
     checks = max(cfg.iterations // cfg.checks, 1)
     start = time.perf_counter()
     batches = _batches(fit_idx, cfg, gen, whole)
+    recon: dict | None = None
+    if cfg.reconstruct:
+        assert ref is not None
+        recon = _reconstruct(gm, ref, codes, ref_taps, x, batches, cfg, gen, augment, whole)
+        recon["held_out_loss"] = h = loss_on(hold_idx)
+        if n_hold and h < best[0]:
+            best, kept = (h, 0, snapshot()), "reconstructed"
+        for p in weight_params:
+            p.requires_grad_(cfg.weights)
+        for c in codes:
+            c.log_scale.requires_grad_(cfg.scales)
     bar = tqdm(range(cfg.iterations), desc="refine", disable=not progress, leave=False)
     steps = 0
     running = None
@@ -381,13 +591,27 @@ def refine(
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
         idx = next(batches)
         gm.train(True)
+        if feats is not None:
+            taps(feats)
         if augment:
             xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
             with torch.no_grad():
                 tb = ann(xb)
+                if feats is not None:
+                    ref(xb)
             loss = dist(gm(xb), tb)
         else:
+            if feats is not None:
+                with torch.no_grad():
+                    ref(x if whole else x[idx.to(device)])
             loss = dist(outputs(idx), targets[idx.to(device)])
+        if feats is not None:
+            fs, fa = feats
+            if whole:
+                rows = idx.to(device)
+                fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
+            loss = loss + cfg.features * _feature_distance(fs, fa)
+            taps(None)
         gm.train(False)
         if not torch.isfinite(loss):
             raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")
@@ -402,13 +626,13 @@ def refine(
         if n_hold and (steps % checks == 0 or steps == cfg.iterations):
             h = loss_on(hold_idx)
             if h < best[0]:
-                best = (h, steps, snapshot())
+                best, kept = (h, steps, snapshot()), "end-to-end"
     bar.close()
     if n_hold:
         if steps % checks != 0 and steps != cfg.iterations:  # stopped by the time budget
             h = loss_on(hold_idx)
             if h < best[0]:
-                best = (h, steps, snapshot())
+                best, kept = (h, steps, snapshot()), "end-to-end"
         gm.load_state_dict(best[2])
     seconds = time.perf_counter() - start
     fit_after, hold_after = loss_on(fit_idx), loss_on(hold_idx)
@@ -428,6 +652,8 @@ def refine(
         "steps": steps,
         "seconds": round(seconds, 2),
         "kept_step": best[1] if n_hold else steps,
+        "kept": kept if n_hold else ("end-to-end" if steps else "reconstructed"),
+        "reconstruction": recon,
         "samples": len(x),
         "fit_samples": len(fit_idx),
         "held_out_samples": n_hold,
