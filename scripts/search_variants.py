@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 import onespike
-from onespike.cli import load_dataset, resolve_model
+from onespike.data import load_dataset
+from onespike.models import resolve_model
 
 #: keyword arguments of onespike.convert; "calibration" is the number of calibration images.
 VARIANTS: dict[str, dict] = {

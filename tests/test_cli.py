@@ -117,9 +117,8 @@ def test_sweep_writes_json_and_plot(capsys, tmp_path):
 
 
 def test_sweep_random_subset_and_reprint(capsys, tmp_path):
-    from onespike.data import load_mnist
-    from onespike.sweep import main as sweep_main
-    from onespike.train import fixed_subset
+    from onespike.data import fixed_subset, load_mnist
+    from onespike.experiments.sweep import main as sweep_main
 
     j = tmp_path / "s.json"
     argv = ["sweep", "--model", "mnist_cnn", "--phases", "4", "--test", "60", "--subset"]
@@ -132,8 +131,8 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     assert r["samples"] == 60 and r["step_check"]["images"] == 20
     assert r["rows"][0]["cost_images"] == 30 and r["rows"][0]["spikes_per_neuron_max"] == 1
     # the ANN accuracy is the one on the fixed random 60, not on the first 60
+    from onespike.experiments.train import evaluate
     from onespike.models import load_pretrained
-    from onespike.train import evaluate
 
     x, y = load_mnist("test")
     idx = fixed_subset(x.shape[0], 60)
@@ -154,10 +153,9 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
 def test_ablation_variants_run():
     import torch
 
-    from onespike.cli import calibration_set
-    from onespike.data import load_mnist
+    from onespike.data import calibration_set, load_mnist
+    from onespike.experiments.sweep import ABLATIONS, ablate, ablation_table
     from onespike.models import load_pretrained
-    from onespike.sweep import ABLATIONS, ablate, ablation_table
 
     ann = load_pretrained("mnist_cnn")
     xc, _ = calibration_set("mnist", 100)

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import onespike
-from onespike import compare as C
 from onespike.codes import burst, multiphase, rate, ttfs, weighted
+from onespike.experiments import compare as C
 from onespike.trace import trace
 from tests.nets import Net1d, make, randomize_bn
 

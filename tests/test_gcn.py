@@ -15,7 +15,7 @@ import onespike
 from onespike.codes import phase as pc
 from onespike.data import DataError, Graph, load_planetoid, normalized_adjacency
 from onespike.errors import CalibrationError
-from onespike.gcn import accuracy, evaluate_graph, main, save_gcn, train_gcn
+from onespike.experiments.gcn import accuracy, evaluate_graph, main, save_gcn, train_gcn
 from onespike.models import GCN, DeepGCN, load_pretrained_gcn, pretrained_info, weights_dir
 from onespike.trace import UnsupportedModelError
 
@@ -323,6 +323,6 @@ def test_evaluate_graph_and_table_command(cora, tmp_path: Path, capsys):
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert len(res["runs"]) == 1 and res["runs"][0]["phases"] == 4
-    assert res["command"].startswith("python -m onespike.gcn table")
+    assert res["command"].startswith("python -m onespike.experiments.gcn table")
     printed = capsys.readouterr().out
     assert "| cora | gcn | analog |" in printed and "Target" in printed

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from onespike.experiments.train import TrainConfig, evaluate, main, random_crop_flip, train
 from onespike.models import (
     MNISTCNN,
     MODELS,
@@ -24,7 +25,6 @@ from onespike.models import (
     vgg11_bn,
     weights_dir,
 )
-from onespike.train import TrainConfig, evaluate, main, random_crop_flip, train
 
 CASES = [
     ("mnist_cnn", {}),
@@ -173,7 +173,8 @@ def test_every_shipped_file_has_a_sidecar() -> None:
 
 
 def test_missing_weights_file_error_names_training_command(tmp_path: Path) -> None:
-    with pytest.raises(PretrainedWeightsNotFoundError, match=r"python -m onespike\.train"):
+    cmd = r"python -m onespike\.experiments\.train"
+    with pytest.raises(PretrainedWeightsNotFoundError, match=cmd):
         load_pretrained("resnet20", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="--model resnet20"):
         load_pretrained("resnet20", root=tmp_path)
@@ -224,7 +225,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, mnist_train_256, mn
 
 
 def test_measure_rewrites_the_sidecar_figures(tmp_path: Path, mnist_train_256, mnist_test) -> None:
-    from onespike.train import measure_weights
+    from onespike.experiments.train import measure_weights
 
     data = (*mnist_train_256, *mnist_test)
     cfg = _tiny_cfg(tmp_path, "m")

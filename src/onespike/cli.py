@@ -7,82 +7,52 @@ prints one line starting with ``error:`` and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from onespike.calibrate import OBJECTIVES
 from onespike.convert import convert
-from onespike.data import DataError
-from onespike.errors import CalibrationError
+from onespike.data import (
+    DATASETS,
+    SUBSETS,
+    DataError,
+    calibration_set,
+    load_dataset,
+    subset_indices,
+)
+from onespike.errors import CalibrationError, OptionError
 from onespike.evaluate import EvalResult, evaluate
-from onespike.models import PretrainedWeightsNotFoundError
+from onespike.models import PretrainedWeightsNotFoundError, load_user_model, resolve_model
 from onespike.network import SpikingNetwork
 from onespike.refine import LOSSES
 from onespike.trace import UnsupportedModelError
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
+#: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
+UserError = OptionError
 
-
-class UserError(Exception):
-    """A mistake on the command line; printed as one line."""
-
-
-def load_dataset(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from onespike import data
-
-    if name == "mnist":
-        return data.load_mnist(split)
-    if name == "fashion-mnist":
-        return data.load_fashion_mnist(split)
-    if name == "cifar10":
-        return data.load_cifar10(split)
-    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-
-
-def calibration_set(dataset: str, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """``n`` training images (fixed seed); the MNIST fallback is the shipped test set."""
-    try:
-        x, _ = load_dataset(dataset, "train")
-        where = f"{n} training images (seed {seed})"
-    except DataError:
-        if dataset != "mnist":
-            raise
-        x, _ = load_dataset(dataset, "test")
-        where = f"{n} TEST images (MNIST training set not found; set ONESPIKE_DATA)"
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n]
-    return x[idx], where
-
-
-def load_user_model(spec: str) -> nn.Module:
-    """``package.module:function`` returning a trained ``nn.Module``."""
-    if ":" not in spec:
-        raise UserError(f"--model must look like package.module:function, got {spec!r}")
-    mod_name, fn_name = spec.split(":", 1)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise UserError(f"cannot import module {mod_name!r} for --model: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if fn is None or not callable(fn):
-        raise UserError(f"module {mod_name!r} has no callable {fn_name!r}")
-    model = fn()
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model.eval()
+__all__ = [
+    "DATASETS",
+    "UserError",
+    "build_parser",
+    "calibration_set",
+    "load_dataset",
+    "load_user_model",
+    "main",
+    "resolve_model",
+    "summary",
+]
 
 
 class _Parser(argparse.ArgumentParser):
-    """Argument mistakes become a :class:`UserError`: one ``error:`` line, status 2."""
+    """Argument mistakes become an :class:`~onespike.errors.OptionError`: one ``error:``
+    line, status 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see {self.prog} --help)")
+        raise OptionError(f"{message} (see {self.prog} --help)")
 
 
 def _count(s: str) -> int:
@@ -107,7 +77,7 @@ def _parse_base(s: str) -> str | float | list[float]:
     try:
         vals = [float(v) for v in s.split(",")]
     except ValueError:
-        raise UserError(f"--base must be auto, global, a number or a list, got {s!r}") from None
+        raise OptionError(f"--base must be auto, global, a number or a list, got {s!r}") from None
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -117,7 +87,7 @@ def _parse_scale(s: str) -> str | float:
     try:
         return float(s)
     except ValueError:
-        raise UserError(f"--scale must be auto, max or a percentile, got {s!r}") from None
+        raise OptionError(f"--scale must be auto, max or a percentile, got {s!r}") from None
 
 
 def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> str:
@@ -170,7 +140,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
     )
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
-        idx = _subset(args, x.shape[0], args.test)
+        idx = subset_indices(x.shape[0], args.test, args.subset)
         x, y = x[idx], y[idx]
     res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
     print(summary(name, snn, res, time.time() - t0))
@@ -182,7 +152,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
 
 
 SUBSET_KW: dict = {
-    "choices": ("first", "random"),
+    "choices": SUBSETS,
     "default": "first",
     "help": "which test images --test / --step-images take: the first N, or a fixed "
     "random N (seed 0; use it for CIFAR-10, stored sorted by class)",
@@ -257,7 +227,7 @@ def _refine_arg(args: argparse.Namespace) -> bool | dict:
     }
     extra = {k: v for k, v in extra.items() if v is not None}
     if extra and not args.refine:
-        raise UserError("--refine-iterations, --refine-budget and --refine-loss need --refine")
+        raise OptionError("--refine-iterations, --refine-budget and --refine-loss need --refine")
     return (extra or True) if args.refine else False
 
 
@@ -282,22 +252,6 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
 
 
-def resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
-    """A shipped model by name (its data set from its sidecar) or ``package.module:function``."""
-    from onespike.models import available_pretrained, load_pretrained, pretrained_info
-
-    if ":" not in spec and spec in available_pretrained():
-        return load_pretrained(spec), dataset or pretrained_info(spec).get("dataset", "mnist")
-    if ":" not in spec:
-        raise UserError(
-            f"--model {spec!r} is not a shipped model ({', '.join(available_pretrained())}) "
-            "and does not look like package.module:function"
-        )
-    if dataset is None:
-        raise UserError(f"--dataset is needed for {spec!r} (not a shipped model)")
-    return load_user_model(spec), dataset
-
-
 def _each_model(args: argparse.Namespace):
     """For every ``--model``: (spec, model, dataset, calibration, test x, test y)."""
     for spec in args.model:
@@ -306,24 +260,13 @@ def _each_model(args: argparse.Namespace):
         print(f"{spec}: calibration {where}", flush=True)
         x, y = load_dataset(dataset, "test")
         if args.test is not None:
-            idx = _subset(args, x.shape[0], args.test)
+            idx = subset_indices(x.shape[0], args.test, args.subset)
             x, y = x[idx], y[idx]
         yield spec, model, dataset, xc, x, y
 
 
-def _subset(args: argparse.Namespace, n: int, k: int) -> torch.Tensor:
-    """Indices of ``k`` of ``n`` test samples: the first ``k``, or ``--subset random``'s
-    fixed random ``k`` (seed 0, sorted; needed for CIFAR-10, whose test set is stored
-    sorted by class)."""
-    from onespike.train import fixed_subset
-
-    if getattr(args, "subset", "first") == "random":
-        return fixed_subset(n, k)
-    return torch.arange(min(n, k))
-
-
 def run_sweep(args: argparse.Namespace) -> int:
-    from onespike.sweep import sweep_model, table, write
+    from onespike.experiments.sweep import sweep_model, table, write
 
     phases = args.phases
     results = []
@@ -338,10 +281,10 @@ def run_sweep(args: argparse.Namespace) -> int:
                 y,
                 phases,
                 step_phases=args.step_phases,
-                step_indices=_subset(args, x.shape[0], args.step_images),
+                step_indices=subset_indices(x.shape[0], args.step_images, args.subset),
                 cost_indices=None
                 if args.cost_images is None
-                else _subset(args, x.shape[0], args.cost_images),
+                else subset_indices(x.shape[0], args.cost_images, args.subset),
                 convert_kwargs=_search_kwargs(args),
                 batch_size=args.batch_size,
             )
@@ -352,7 +295,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_ablation(args: argparse.Namespace) -> int:
-    from onespike.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
+    from onespike.experiments.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
 
     variants = {**ABLATIONS, **REFINE_ABLATIONS} if args.refine else ABLATIONS
     if args.refine_only:
@@ -389,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
     _add_common(d, dataset=False)
-    from onespike.compare import add_arguments as _compare_arguments
+    from onespike.experiments.compare import add_arguments as _compare_arguments
 
     _compare_arguments(
         sub.add_parser("compare", help="onespike against other spike codes; JSON + PNG")
@@ -455,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset = "mnist"
             return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
         if args.cmd == "compare":
-            from onespike.compare import main as compare_main
+            from onespike.experiments.compare import main as compare_main
 
             return compare_main(args)
         if args.cmd == "sweep":
@@ -467,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
         return run_conversion(args, model, args.model)
     except (
-        UserError,
+        OptionError,
         DataError,
         CalibrationError,
         UnsupportedModelError,

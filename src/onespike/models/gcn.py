@@ -24,6 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from onespike.models.weights import (
+    PretrainedWeightsNotFoundError,
+    load_state_dict_file,
+    weights_dir,
+)
+
 __all__ = [
     "GCN",
     "GCN_DATASETS",
@@ -221,7 +227,7 @@ def load_pretrained_gcn(
         model: ``"gcn"`` (Kipf & Welling, 2 layers) or ``"gcn_res"`` (4 layers, residual).
         dataset: ``"cora"`` or ``"citeseer"``.
         seed: training seed; the package ships seed 0, other seeds are looked up in
-            ``root`` (written by ``python -m onespike.gcn train --seeds ...``).
+            ``root`` (written by ``python -m onespike.experiments.gcn train --seeds ...``).
         root: folder of ``{name}.pt`` / ``{name}.json``; default: the shipped weights.
         data_root: Planetoid data folder (default: :func:`onespike.data.data_root`).
 
@@ -234,11 +240,6 @@ def load_pretrained_gcn(
         onespike.data.DataError: the Planetoid files are missing.
     """
     from onespike.data import load_planetoid
-    from onespike.models.registry import (
-        PretrainedWeightsNotFoundError,
-        load_state_dict_file,
-        weights_dir,
-    )
 
     if model not in GCN_MODELS:
         raise KeyError(f"unknown graph model {model!r}; known: {', '.join(GCN_MODELS)}")
@@ -248,7 +249,7 @@ def load_pretrained_gcn(
     if not pt.is_file():
         raise PretrainedWeightsNotFoundError(
             f"no weights for {model!r} on {dataset!r} (seed {seed}): {pt} does not exist. "
-            f"Produce them with:\n    python -m onespike.gcn train --model {model} "
+            f"Produce them with:\n    python -m onespike.experiments.gcn train --model {model} "
             f"--dataset {dataset} --seeds {seed} --out {d}"
         )
     kwargs: dict[str, Any] = {}
