@@ -150,14 +150,12 @@ def markdown(out: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    from onespike.cli import UserError
-    from onespike.data._common import DataError
-    from onespike.models.registry import PretrainedWeightsNotFoundError
+    from onespike.errors import OnespikeError
 
     try:
         if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # reprint a saved run
             print(markdown(json.loads(Path(sys.argv[1]).read_text())))
         else:
             main()
-    except (OSError, UserError, DataError, PretrainedWeightsNotFoundError, ValueError) as e:
+    except (OSError, OnespikeError) as e:
         sys.exit(f"error: {e}")

@@ -85,6 +85,18 @@ def test_user_mistakes_are_one_line(capsys, argv, needle):
     assert "Traceback" not in err
 
 
+def test_a_bug_is_not_reported_as_a_mistake(monkeypatch, capsys):
+    """Only onespike's own error types become one line; a bug keeps its traceback."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("an invariant broke inside the library")
+
+    monkeypatch.setattr("onespike.cli.convert", broken)
+    with pytest.raises(ValueError, match="an invariant broke"):
+        main(["demo", "--test", "10", "--calibration", "10"])
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_convert_takes_a_shipped_name(tmp_path):
     j = tmp_path / "c.json"
     argv = ["convert", "--model", "mnist_cnn", "--test", "50", "--calibration", "50"]

@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.errors import OptionError
 from onespike.graph import Region, Runner, weighted_call
-from onespike.network import SimulationResult, SpikingNetwork
+from onespike.network import SpikingNetwork
+from onespike.simulate import SimulationResult
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -258,7 +260,7 @@ def cost(
             probe = x
             y = ann.eval()(probe)
         if y.shape[1:] != snn(probe).shape[1:]:
-            raise ValueError("the ANN and the SNN produce outputs of different shapes")
+            raise OptionError("the ANN and the SNN produce outputs of different shapes")
     run = run if run is not None else snn.simulate(x, mode=mode)
     n = x.shape[0]
     T = snn.phases

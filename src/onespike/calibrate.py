@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from onespike.codes import multiphase
 from onespike.codes import phase as pc
 from onespike.graph import Region, Runner
-from onespike.network import channel_shape
 from onespike.plan import LayerPlan, Plan
 from onespike.trace import TracedModel
 
@@ -163,7 +162,7 @@ class _Search:
         phases, shift = self.cfg.phases, self.cfg.shift
 
         def q(pre: Tensor) -> Tensor:
-            return pc.quantize(pre, channel_shape(scale, pre.dim()), base, phases, shift=shift)
+            return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
 
         return q
 

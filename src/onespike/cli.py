@@ -1,7 +1,10 @@
-"""Command line: ``onespike demo`` and ``onespike convert``. Thin: calls the public API.
+"""Command line: ``onespike demo``, ``convert``, ``sweep``, ``ablation``, ``compare``.
 
-A user's mistake (a missing data file, an unsupported layer, a bad option)
-prints one line starting with ``error:`` and exits with status 2.
+Thin: it parses options and calls the library (and, for sweep, ablation and compare,
+:mod:`onespike.experiments`). A user's mistake (a missing data file, an unsupported
+layer, a bad option: any :class:`~onespike.errors.OnespikeError`) prints one line
+starting with ``error:`` and exits with status 2; any other exception is a bug and
+shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,20 +19,12 @@ from torch import nn
 
 from onespike.calibrate import OBJECTIVES
 from onespike.convert import convert
-from onespike.data import (
-    DATASETS,
-    SUBSETS,
-    DataError,
-    calibration_set,
-    load_dataset,
-    subset_indices,
-)
-from onespike.errors import CalibrationError, OptionError
+from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
+from onespike.errors import OnespikeError, OptionError, report_error
 from onespike.evaluate import EvalResult, evaluate
-from onespike.models import PretrainedWeightsNotFoundError, load_user_model, resolve_model
+from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
 from onespike.refine import LOSSES
-from onespike.trace import UnsupportedModelError
 
 #: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
 UserError = OptionError
@@ -409,17 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         user = ":" in args.model
         model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
         return run_conversion(args, model, args.model)
-    except (
-        OptionError,
-        DataError,
-        CalibrationError,
-        UnsupportedModelError,
-        PretrainedWeightsNotFoundError,
-        ValueError,
-    ) as e:
-        msg = str(e).strip()
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except OnespikeError as e:  # a user's mistake; anything else is a bug: its traceback shows
+        return report_error(e)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from torch import nn
 
 from onespike.calibrate import OBJECTIVES, SearchConfig, calibrate
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, collect_calibration
+from onespike.errors import CalibrationError, OptionError, collect_calibration
 from onespike.network import INPUT_CODINGS, SpikingNetwork
 from onespike.refine import RefineConfig, as_config
 from onespike.refine import refine as refine_network
@@ -19,7 +19,7 @@ from onespike.trace import trace
 def _check_base(base: object) -> str | float | tuple[float, ...]:
     if isinstance(base, str):
         if base not in ("auto", "global"):
-            raise ValueError(
+            raise OptionError(
                 f"base must be 'auto', 'global', a number in (1, 2] or a list, got {base!r}"
             )
         return base
@@ -37,7 +37,7 @@ def _check_scale(scale: object) -> str | float:
         return scale  # type: ignore[return-value]
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= 100:
         return float(scale)
-    raise ValueError(f"scale must be 'auto', 'max' or a percentile in (0, 100], got {scale!r}")
+    raise OptionError(f"scale must be 'auto', 'max' or a percentile in (0, 100], got {scale!r}")
 
 
 def convert(
@@ -95,24 +95,24 @@ def convert(
         simulator, ``snn.plan`` what the search chose.
     """
     if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+        raise OptionError(f"phases must be an integer >= 1, got {phases!r}")
     base_v = _check_base(base)
     scale_v = _check_scale(scale)
     if input_coding not in INPUT_CODINGS:
-        raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {input_coding!r}")
+        raise OptionError(f"input_coding must be one of {INPUT_CODINGS}, got {input_coding!r}")
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise OptionError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     bad = isinstance(search_samples, bool) or not isinstance(search_samples, int | None)
     if bad or (search_samples is not None and search_samples < 1):
-        raise ValueError(f"search_samples must be an integer >= 1 or None, got {search_samples!r}")
+        raise OptionError(f"search_samples must be an integer >= 1 or None, got {search_samples!r}")
     if per_channel not in (True, False, "auto"):
-        raise ValueError(f"per_channel must be True, False or 'auto', got {per_channel!r}")
+        raise OptionError(f"per_channel must be True, False or 'auto', got {per_channel!r}")
     refine_cfg = as_config(refine)
     if base_v == "global" and bias_correction:
-        raise ValueError("base='global' cannot be combined with bias_correction=True")
+        raise OptionError("base='global' cannot be combined with bias_correction=True")
     traced = trace(model)  # fails here, before any data, on unsupported layers
     if isinstance(base_v, tuple) and len(base_v) != len(traced.relus):
-        raise ValueError(
+        raise OptionError(
             f"base has {len(base_v)} values but the model has {len(traced.relus)} spiking layers"
         )
     x = collect_calibration(calibration, max_calibration)

@@ -12,7 +12,8 @@ had their own types).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -37,6 +38,30 @@ class CalibrationError(OnespikeError, ValueError):
 
 class UnsupportedModelError(OnespikeError, ValueError):
     """The model contains operators that cannot be converted (all listed in the message)."""
+
+
+class UnknownNameError(OnespikeError, KeyError):
+    """A model, code or setting was asked for by a name onespike does not know."""
+
+    __str__ = Exception.__str__  # the message as written (KeyError would quote it)
+
+
+def report_error(e: OnespikeError) -> int:
+    """Print a user's mistake as ``error: <message>`` on stderr; the exit status, 2."""
+    print(f"error: {str(e).strip()}", file=sys.stderr)
+    return 2
+
+
+def run_command(main: Callable[[], int]) -> int:
+    """Run a command's ``main`` and return its exit status.
+
+    A user's mistake (an :class:`OnespikeError`) is reported by :func:`report_error`;
+    any other exception propagates with its traceback (it is a bug).
+    """
+    try:
+        return main()
+    except OnespikeError as e:
+        return report_error(e)
 
 
 def check_batch(x: object, sample_shape: tuple[int, ...] | None, *, what: str) -> None:

@@ -7,6 +7,7 @@
 import sys
 import warnings
 
+from onespike.errors import run_command
 from onespike.experiments import gcn as _moved
 
 warnings.warn(
@@ -16,6 +17,6 @@ warnings.warn(
 )
 
 if __name__ == "__main__":
-    sys.exit(_moved.main())
+    sys.exit(run_command(_moved.main))
 else:  # importers get the moved module itself, private names included
     sys.modules[__name__] = _moved

@@ -11,25 +11,30 @@ network step by step (:mod:`onespike.simulate`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
 from onespike.codes import multiphase
 from onespike.codes import phase as pc
+from onespike.codes.phase import channel_shape
+from onespike.errors import InputError, OptionError, check_batch
 from onespike.plan import LayerPlan, Plan
+from onespike.simulate import SimulationResult, simulate_steps
+from onespike.trace import role
 
 Tensor = torch.Tensor
 
 INPUT_CODINGS = ("analog", "phase", "single")
 
-
-def channel_shape(scale: Tensor, ndim: int) -> Tensor:
-    """Reshape a per-channel scale ``[C]`` to broadcast over ``[N, C, ...]`` (or keep a scalar)."""
-    if scale.dim() == 0:
-        return scale
-    return scale.reshape((-1,) + (1,) * (ndim - 2))
+__all__ = [
+    "INPUT_CODINGS",
+    "InputEncoder",
+    "SimulationResult",
+    "SpikeLayer",
+    "SpikingNetwork",
+    "channel_shape",
+]
 
 
 class SpikeLayer(nn.Module):
@@ -111,14 +116,14 @@ class InputEncoder(nn.Module):
     def __init__(self, coding: str, phases: int, lp: LayerPlan | None = None):
         super().__init__()
         if coding not in INPUT_CODINGS:
-            raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
+            raise OptionError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
         self.coding = coding
         self.phases = phases
         self.record = False
         self.last_code: Tensor | None = None
         self.layer = SpikeLayer(lp) if coding == "single" else None
         if coding == "single" and lp is None:
-            raise ValueError("single-spike input coding needs a layer plan")
+            raise OptionError("single-spike input coding needs a layer plan")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.coding == "analog":
@@ -143,8 +148,6 @@ def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
     ``forward`` only; ``simulate`` records every neuron's phase on ``gm``.
     The copy shares its modules (and parameters) with ``gm``.
     """
-    from onespike.trace import role
-
     fast = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     modules = dict(fast.named_modules())
     for node in list(fast.graph.nodes):
@@ -160,23 +163,6 @@ def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
     fast.graph.lint()
     fast.recompile()
     return fast
-
-
-@dataclass
-class SimulationResult:
-    """Output of :meth:`SpikingNetwork.simulate`.
-
-    ``spike_phases[name]``: int64 phase of every neuron of a spiking layer
-    (``[N, ...]`` like its activation), -1 for no spike. ``spike_counts[name]``:
-    number of spikes each neuron fired (0 or 1; the step simulator counts them
-    as they happen).
-    """
-
-    output: Tensor
-    spike_phases: dict[str, Tensor]
-    spike_counts: dict[str, Tensor]
-    mode: str
-    input_spikes: Tensor | None = None  # spikes per input element (spike input codings)
 
 
 class SpikingNetwork(nn.Module):
@@ -198,11 +184,11 @@ class SpikingNetwork(nn.Module):
         self.input_shape = tuple(input_shape)  # per-sample shape seen at calibration
         self.spikes = nn.ModuleDict()
         modules = dict(gm.named_modules())
-        from onespike.trace import role  # local: avoid import cycle in type checkers
-
         relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
         if len(relus) != len(plan.layers):
-            raise ValueError("plan does not match the traced model")
+            raise OptionError(
+                f"the plan has {len(plan.layers)} spiking layers, the model {len(relus)} ReLUs"
+            )
         for i, (node, lp) in enumerate(zip(relus, plan.layers)):
             key = f"s{i}"
             self.spikes[key] = SpikeLayer(lp)
@@ -232,12 +218,11 @@ class SpikingNetwork(nn.Module):
         return [lp.name for lp in self.plan.layers]
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` for an input that is not a batch of the calibrated shape."""
-        from onespike.errors import check_batch
-
+        """Raise :class:`~onespike.errors.InputError` (a ``ValueError``) for an input that
+        is not a batch of the calibrated shape."""
         check_batch(x, self.input_shape, what="input")
         if self.plan.input_coding != "analog" and (x.min() < 0 or x.max() > 1):
-            raise ValueError(
+            raise InputError(
                 f"input coding {self.plan.input_coding!r} needs inputs in [0, 1]; "
                 f"got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
             )
@@ -271,10 +256,8 @@ class SpikingNetwork(nn.Module):
         if mode == "event":
             return net._simulate_event(x)
         if mode == "step":
-            from onespike.simulate import simulate_steps
-
-            return simulate_steps(net, x)
-        raise ValueError(f"mode must be 'event' or 'step', got {mode!r}")
+            return simulate_steps(net.graph_module, net.plan, x)
+        raise OptionError(f"mode must be 'event' or 'step', got {mode!r}")
 
     def _simulate_event(self, x: Tensor) -> SimulationResult:
         self._set_record(True)

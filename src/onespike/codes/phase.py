@@ -26,21 +26,24 @@ from dataclasses import dataclass
 
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 NO_SPIKE = -1
 
 
 def check_params(base: float, phases: int) -> None:
-    """Raise ``ValueError`` with a clear message for a base or a window that is invalid."""
+    """Raise :class:`~onespike.errors.OptionError` (a ``ValueError``) for a base or a window
+    that is invalid."""
     if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+        raise OptionError(f"phases must be an integer >= 1, got {phases!r}")
     try:
         b = float(base)
     except (TypeError, ValueError):
-        raise ValueError(f"base must be a number in (1, 2], got {base!r}") from None
+        raise OptionError(f"base must be a number in (1, 2], got {base!r}") from None
     if not (1.0 < b <= 2.0):
-        raise ValueError(f"base must be in (1, 2], got {base!r}")
+        raise OptionError(f"base must be in (1, 2], got {base!r}")
 
 
 def levels(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -152,6 +155,13 @@ def quantize(
     scale = scale.to(dtype=x.dtype, device=x.device)
     th = ascending_thresholds(base, phases, shift=shift, dtype=x.dtype)
     return quantize_normalised(x / scale, th, value_table(base, phases, dtype=x.dtype)) * scale
+
+
+def channel_shape(scale: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-channel scale ``[C]`` to broadcast over ``[N, C, ...]`` (or keep a scalar)."""
+    if scale.dim() == 0:
+        return scale
+    return scale.reshape((-1,) + (1,) * (ndim - 2))
 
 
 def max_relative_error(base: float, *, shift: bool = True) -> float:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 NO_SPIKE = -1
@@ -33,7 +35,7 @@ NO_SPIKE = -1
 
 def _check(phases: int) -> None:
     if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+        raise OptionError(f"phases must be an integer >= 1, got {phases!r}")
 
 
 def levels(phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:

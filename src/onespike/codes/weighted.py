@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 
 def phase_of(step: int, period: int) -> int:
     """Phase ``k`` (0 .. K-1) of global step ``step`` for periods of ``period`` phases."""
     if period < 1:
-        raise ValueError(f"period must be >= 1, got {period!r}")
+        raise OptionError(f"period must be >= 1, got {period!r}")
     return step % period
 
 

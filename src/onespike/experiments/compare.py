@@ -89,6 +89,7 @@ from onespike.codes import rate as rate_code
 from onespike.codes import ttfs as ttfs_code
 from onespike.codes import weighted as weighted_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
+from onespike.errors import OnespikeError, OptionError, run_command
 from onespike.graph import Region, Runner
 from onespike.models import resolve_model
 from onespike.provenance import source_version
@@ -122,7 +123,7 @@ class CodeSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
+            raise OptionError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
 
     @property
     def clocked(self) -> bool:
@@ -167,7 +168,7 @@ def parse_codes(spec: str | Sequence[str]) -> list[CodeSpec]:
     for n in names:
         n = n.strip()
         if n not in CODES:
-            raise ValueError(f"unknown code {n!r}; choose from {', '.join(CODES)} or 'all'")
+            raise OptionError(f"unknown code {n!r}; choose from {', '.join(CODES)} or 'all'")
         out.append(CODES[n])
     return out
 
@@ -535,17 +536,16 @@ def ttfs_neurons(
 def onespike_neurons(net: Net, snn: object) -> dict[Node, NeuronFn]:
     """onespike's layers (from a converted network's plan) as windowed neurons (analog input)."""
     from onespike.codes import phase as pc
-    from onespike.network import channel_shape
 
     plan = snn.plan  # type: ignore[attr-defined]
     if plan.input_coding != "analog":
-        raise ValueError("only the analog input coding is supported here")
+        raise OptionError("only the analog input coding is supported here")
 
     def make(lp: object) -> NeuronFn:
         scale = torch.tensor(lp.scale, dtype=torch.float32)  # type: ignore[attr-defined]
 
         def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            s = channel_shape(scale.to(pre.dtype), pre.dim())
+            s = pc.channel_shape(scale.to(pre.dtype), pre.dim())
             ph = pc.encode(pre / s, lp.base, lp.phases, shift=lp.shift)  # type: ignore[attr-defined]
             value = pc.decode(ph, lp.base, s, lp.phases)  # type: ignore[attr-defined]
             upd = torch.where(ph >= 0, ph + 1, torch.full_like(ph, lp.phases))  # type: ignore[attr-defined]
@@ -675,7 +675,7 @@ def run_onespike(
     for T in tqdm(grid, desc="onespike", disable=not task.progress):
         try:
             snn = convert(ann, xc, phases=T, progress=False)
-        except ValueError as e:  # a window too short for the search, say
+        except OnespikeError as e:  # a window too short for the search, say
             if errors is not None:
                 errors.append(f"T={T}: {e}")
             continue
@@ -1204,4 +1204,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    raise SystemExit(_report_main())
+    raise SystemExit(run_command(_report_main))

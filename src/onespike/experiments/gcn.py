@@ -50,6 +50,7 @@ from torch import nn
 import onespike
 from onespike.accounting import E_MAC
 from onespike.data import Graph, load_planetoid
+from onespike.errors import OptionError, run_command
 from onespike.models.gcn import (
     GCN,
     GCN_DATASETS,
@@ -108,7 +109,7 @@ def accuracy(logits: Tensor, labels: Tensor, idx: Tensor) -> float:
 def build_model(model: str, graph: Graph, **kwargs: Any) -> nn.Module:
     """A freshly initialised ``"gcn"`` or ``"gcn_res"`` for ``graph`` (its adjacency)."""
     if model not in GCN_MODELS:
-        raise ValueError(f"unknown graph model {model!r}; known: {', '.join(GCN_MODELS)}")
+        raise OptionError(f"unknown graph model {model!r}; known: {', '.join(GCN_MODELS)}")
     builder = gcn if model == "gcn" else gcn_res
     return builder(
         graph.name,
@@ -202,7 +203,7 @@ def train_gcn(
         command: the command line recorded in the result.
     """
     if len(graph.train_idx) == 0:
-        raise ValueError(f"graph {graph.name!r} has no labelled training nodes")
+        raise OptionError(f"graph {graph.name!r} has no labelled training nodes")
     kwargs = dict(model_kwargs or {})
     torch.manual_seed(seed)
     net = build_model(model, graph, **kwargs)
@@ -424,7 +425,7 @@ def run_table(
     """
     for c in configs:
         if c not in CONFIGS:
-            raise ValueError(f"unknown config {c!r}; known: {', '.join(CONFIGS)}")
+            raise OptionError(f"unknown config {c!r}; known: {', '.join(CONFIGS)}")
     cache_path = Path(cache) if cache is not None else None
     runs: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
@@ -785,4 +786,4 @@ def _jsonable(o: object) -> object:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from onespike.convert import convert
+from onespike.errors import OptionError, run_command
 from onespike.evaluate import evaluate, measure_costs
 
 
@@ -311,7 +312,7 @@ def layers_table(result: dict, phases: int) -> str:
     """Markdown: each spiking layer's searched base and scale at ``phases`` (a sweep JSON row)."""
     row = next((r for r in result["rows"] if r["phases"] == phases), None)
     if row is None:
-        raise ValueError(f"{result['model']}: no row with phases={phases}")
+        raise OptionError(f"{result['model']}: no row with phases={phases}")
     lines = [
         f"**{result['model']}**, T={phases}: searched code per spiking layer",
         "",
@@ -367,4 +368,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -42,7 +42,13 @@ from torch import nn
 from tqdm import tqdm
 
 from onespike.data import fixed_subset, load_dataset
-from onespike.models import get_model, get_spec, load_state_dict_file
+from onespike.errors import OptionError, run_command
+from onespike.models import (
+    PretrainedWeightsNotFoundError,
+    get_model,
+    get_spec,
+    load_state_dict_file,
+)
 
 __all__ = [
     "TrainConfig",
@@ -119,7 +125,7 @@ class TrainConfig:
         if cfg.dataset is None:
             cfg.dataset = get_spec(cfg.model).dataset
         if cfg.dataset not in DATASET_DEFAULTS:
-            raise ValueError(f"unknown dataset {cfg.dataset!r}; known: {sorted(DATASET_DEFAULTS)}")
+            raise OptionError(f"unknown dataset {cfg.dataset!r}; known: {sorted(DATASET_DEFAULTS)}")
         for key, value in DATASET_DEFAULTS[cfg.dataset].items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -130,7 +136,7 @@ class TrainConfig:
             if cfg.dataset != get_spec(cfg.model).dataset:
                 cfg.name += f"_{cfg.dataset.replace('-', '_')}"
         if cfg.save_dtype not in ("float32", "float16"):
-            raise ValueError(f"save_dtype must be float32 or float16, got {cfg.save_dtype!r}")
+            raise OptionError(f"save_dtype must be float32 or float16, got {cfg.save_dtype!r}")
         return cfg
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -276,14 +282,14 @@ def train(
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
     if cfg.resume:
         if ckpt_path is None:
-            raise ValueError("--resume needs --checkpoint PATH")
+            raise OptionError("--resume needs --checkpoint PATH")
         if ckpt_path.is_file():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             saved = ckpt["config"]
             diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS}
             diff = {k: v for k, v in diff.items() if v[0] != v[1]}
             if diff:
-                raise ValueError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
+                raise OptionError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -454,11 +460,13 @@ def measure_weights(cfg: TrainConfig) -> dict[str, Any]:
     """
     cfg = cfg.resolved()
     if cfg.out is None:
-        raise ValueError("--measure needs --out (the folder holding {name}.pt and .json)")
+        raise OptionError("--measure needs --out (the folder holding {name}.pt and .json)")
     out = Path(cfg.out)
     pt, js = out / f"{cfg.name}.pt", out / f"{cfg.name}.json"
     if not pt.exists() or not js.exists():
-        raise FileNotFoundError(f"--measure: {pt} or {js} not found; train the model first")
+        raise PretrainedWeightsNotFoundError(
+            f"--measure: {pt} or {js} not found; train the model first"
+        )
     info = json.loads(js.read_text())
     x_test, y_test = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
     model = get_model(info["model"], **info.get("model_kwargs", {}))
@@ -626,4 +634,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

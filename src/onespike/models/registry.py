@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from onespike.errors import UnknownNameError
 from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
@@ -115,7 +116,8 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(available_models())}") from None
+        known = ", ".join(available_models())
+        raise UnknownNameError(f"unknown model {name!r}; known: {known}") from None
 
 
 def get_model(name: str, **kw: Any) -> nn.Module:
