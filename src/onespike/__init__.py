@@ -6,14 +6,18 @@ logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
 snn = onespike.refine(snn, ann, calibration)  # fit weights and scales to the ANN
+onespike.save(snn, "net.safetensors")         # one safe file; onespike.load(path)
+onespike.export_nir(snn, "net.nir")           # NIR graph (pip install onespike[nir])
 """
 
 from onespike.accounting import CostReport, cost
 from onespike.convert import convert
 from onespike.errors import CalibrationError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
+from onespike.nir_export import export_nir, import_nir
 from onespike.plan import LayerPlan, Plan
 from onespike.refine import RefineConfig, refine
+from onespike.serialize import SerializationError, load, save
 from onespike.trace import UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -24,6 +28,7 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "RefineConfig",
+    "SerializationError",
     "SimulationResult",
     "SpikeLayer",
     "SpikingNetwork",
@@ -31,5 +36,9 @@ __all__ = [
     "__version__",
     "convert",
     "cost",
+    "export_nir",
+    "import_nir",
+    "load",
     "refine",
+    "save",
 ]

@@ -277,5 +277,18 @@ class SpikingNetwork(nn.Module):
             )
         return SimulationResult(out, phases, counts, "event", in_spikes)
 
+    def save(self, path) -> None:
+        """Write the network to one safe file (:func:`onespike.serialize.save`)."""
+        from onespike.serialize import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path) -> SpikingNetwork:
+        """Read a network written by :meth:`save` (:func:`onespike.serialize.load`)."""
+        from onespike.serialize import load
+
+        return load(path)
+
     def extra_repr(self) -> str:
         return f"phases={self.phases}, input_coding={self.plan.input_coding!r}"

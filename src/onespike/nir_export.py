@@ -1,0 +1,672 @@
+"""NIR export and import: the converted network as a Neuromorphic Intermediate Representation.
+
+``export_nir(snn, path)`` writes a `NIR <https://neuroir.org>`_ graph (HDF5, with
+``nir.write``); ``import_nir(path)`` rebuilds a :class:`~onespike.network.SpikingNetwork`
+from that file alone; :mod:`onespike.nir_reference` runs the file step by step without
+onespike. Both need the optional ``nir`` package (``pip install onespike[nir]``).
+
+What the file holds (standard NIR nodes, then onespike's metadata on them):
+
+- ``Input`` (the per-sample input shape) and ``Output`` (the logits' shape).
+- The weights as standard nodes: ``Conv2d``/``Conv1d`` (weight, bias, stride, padding,
+  dilation, groups), ``Affine`` (``nn.Linear`` with bias) or ``Linear`` (without),
+  ``AvgPool2d`` (average and adaptive-average pooling with divisible sizes),
+  ``Flatten``; a residual ``add`` is two edges into one node (NIR sums the inputs of
+  a node). The weights are the spiking network's (the refined ones after
+  :func:`onespike.refine`).
+- One ``IF`` node per spiking layer, shaped like the layer: ``r = 1 / scale`` (so the
+  membrane is in normalised units), ``v_threshold`` the fire-window threshold of the
+  first steps, ``v_reset = 0``. With ``input_coding="single"`` the input neurons are an
+  ``IF`` node too.
+- ``Delay`` nodes (``delay`` in steps: whole windows of ``T``) where spikes of an
+  earlier window join a later one (ResNet shortcuts).
+- Max-pooling of spikes as ``SumPool2d`` (same kernel, stride, padding) marked
+  ``onespike_op = "max_pool_spikes"``.
+- ``I`` ("readout"): the output layer, an integrator that never fires; its membrane at
+  the end of its input window is the output.
+
+Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
+
+- graph: ``format = "onespike.nir"``, ``format_version``, ``phases`` (``T``),
+  ``latency_steps``, ``input_coding``, ``input_shape``, ``node_order`` (JSON list: the
+  nodes in the order the network computes them) and ``plan_search`` (JSON).
+- ``Input``: ``coding``: ``"analog"`` (the input is a constant current during window 0,
+  ``x / T`` per step), ``"phase"`` (multi-spike base-2 code: ``n = floor(x * 2^T)``
+  clipped to ``[0, 2^T - 1]``, a spike at step ``k`` if bit ``T-1-k`` of ``n`` is set,
+  each spike worth ``2^-T`` at the window's end, the membrane doubling every step) or
+  ``"single"`` (see the ``IF`` node ``input_encoder``).
+- ``IF``: ``onespike_role`` (``"spiking_layer"`` or ``"input_encoder"``), ``name``
+  (the plan's layer name), ``base`` ``B``, ``phases`` ``T``, ``shift``, ``scale`` (a
+  scalar or one per channel, float64), ``fire_thresholds`` (``T`` values, normalised),
+  ``input_window`` and ``fire_window`` (window indices: steps ``w*T .. w*T+T-1``),
+  ``neurons``, ``act_error``, ``out_error``.
+- Nodes with several inputs: ``inputs``, a JSON nested list giving the order of the
+  sum (``[["a", "b"], "c"]`` is ``(a + b) + c``), which makes it bit-exact.
+- ``Conv``/``Affine``/``Linear``: ``has_bias``; ``AvgPool2d``: ``onespike_op =
+  "adaptive_avg_pool2d"`` and ``output_size`` where it came from an adaptive pooling;
+  ``Delay``: ``windows``; ``I``: ``onespike_role = "readout"``, ``input_window``;
+  every weight and pooling node: ``torch_node``, the name of its node in the traced
+  graph.
+
+The dynamics (METHOD.md section 3; :mod:`onespike.simulate`), which the metadata carry
+and which :mod:`onespike.nir_reference` implements from the file:
+
+- A spiking layer listens in window ``input_window``: its membrane has one compartment
+  per sender base; every step the compartment is multiplied by the sender's base, then
+  the weighted input spikes of that step are added (a spike is worth ``scale_sender *
+  B_sender^-(T-1)``); an analog input adds its current ``W (x / T)`` each step instead.
+  The bias (the region's output for zero input) is added once, at the window's end.
+- In window ``fire_window`` the membrane, divided by ``scale``, is compared at step
+  ``k`` with ``fire_thresholds[k]`` and then multiplied by ``base``; the first
+  crossing is the neuron's only spike, at phase ``k``; afterwards it is silent.
+- Max-pooling of spikes passes the first spike of each pool window.
+
+What a generic NIR consumer reproduces, and what it does not:
+
+- It reads the topology, the shapes, every weight and bias, the pooling and flatten
+  operators, the delays (whole windows) and the neurons' shapes, so it can rebuild the
+  ANN side of the network (the folded weights) or map it onto hardware.
+- It does not reproduce the spikes from the standard fields alone: NIR's ``IF`` neuron
+  integrates without the per-step multiplication by the base, fires whenever it
+  crosses one fixed threshold and resets, while the phase code listens in one window,
+  fires at most once in the next, with the last step's threshold lower (the shift); a
+  max-pooling of spikes read as ``SumPool2d`` adds spikes instead of passing the
+  first; the input codings and the window gating exist only in the metadata. A
+  consumer that implements the metadata (as :mod:`onespike.nir_reference` does, in
+  one file that imports no onespike code) reproduces onespike's spike phases, spike
+  counts and outputs exactly.
+- Average pooling from ``AdaptiveAvgPool2d`` differs from ``AvgPool2d`` in the last
+  bit of float rounding; the metadata name the adaptive form.
+- Refined networks: the file holds the spiking weights, not the original ANN's, so
+  :func:`import_nir` gives a network whose ``ann_graph`` is the spiking weights
+  (the ANN side of :func:`onespike.cost` then counts those).
+
+Not exportable (a clear :class:`NIRExportError` names the node): graph models whose
+samples interact (a fixed matrix times the activations, GCNs), concatenation,
+multiplication by a number, 1-d pooling, pooling with ``ceil_mode``/dilation, and an
+output read directly from spikes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from onespike.codes import phase as pc
+from onespike.graph import Runner
+from onespike.network import SpikingNetwork
+from onespike.plan import LayerPlan, Plan
+from onespike.trace import role
+
+NIR_FORMAT = "onespike.nir"
+NIR_FORMAT_VERSION = 1
+
+
+class NIRExportError(ValueError):
+    """The network (or the NIR file) uses something the NIR mapping does not cover."""
+
+
+def require_nir():
+    """The ``nir`` module, or an ``ImportError`` telling how to install it."""
+    try:
+        import nir
+    except ImportError:
+        raise ImportError("NIR export needs the 'nir' package: pip install onespike[nir]") from None
+    return nir
+
+
+def _pair(v) -> np.ndarray:
+    return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.kwargs:
+        return False
+    if node.op == "call_function":
+        return node.target in (operator.add, torch.add)
+    return node.op == "call_method" and node.target == "add"
+
+
+def _leaves(expr) -> list[str]:
+    if isinstance(expr, str):
+        return [expr]
+    return [x for e in expr for x in _leaves(e)]
+
+
+class _Exporter:
+    def __init__(self, snn: SpikingNetwork, nir):
+        self.snn, self.nir = snn, nir
+        self.gm = snn.graph_module
+        self.runner = Runner(self.gm)
+        self.T = snn.phases
+        for n in self.runner.nodes:
+            if self.runner.role(n) == "weighted" and n.op == "call_function":
+                raise NIRExportError(
+                    f"node '{n.name}' multiplies the activations by a fixed matrix, which "
+                    "mixes samples (a graph convolution); NIR has no form for it"
+                )
+        for n in self.runner.nodes:
+            if n.op == "get_attr":
+                raise NIRExportError(f"node '{n.name}' reads a constant tensor; NIR has no form")
+        with torch.no_grad():
+            p = next(self.gm.parameters(), None)
+            x0 = torch.zeros((1, *snn.input_shape), device=p.device if p is not None else None)
+            self.values = self.runner.forward_all(x0)
+        self.nodes: dict = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}  # each NIR node's output shape
+        self.order: list[str] = []
+        self.edges: list[tuple[str, str]] = []
+        self.expr: dict[fx.Node, object] = {}
+        self.carrier_window: dict[str, int] = {}
+        self.delays: dict[tuple[str, int], str] = {}
+        ann_relus = [
+            n
+            for n in snn.ann_graph.graph.nodes
+            if role(n, dict(snn.ann_graph.named_modules())) == "relu"
+        ]
+        spike_nodes = [n for n in self.runner.nodes if self.runner.role(n) == "relu"]
+        self.names = {s: a.name for s, a in zip(spike_nodes, ann_relus)}
+        self.lp = dict(zip(spike_nodes, snn.plan.layers))
+        self.window: dict[fx.Node, int] = {}
+        out = next(n for n in self.runner.nodes if n.op == "output")
+        self.out_window = snn.plan.latency_steps // self.T - 1
+        for target in [*spike_nodes, out]:
+            w = self.lp[target].fire_window - 1 if target in self.lp else self.out_window
+            reg = self.runner.region(target)
+            for n in [*reg.nodes, target]:
+                if self.window.setdefault(n, w) != w:
+                    raise NIRExportError(
+                        f"node '{n.name}' feeds layers that listen in different windows"
+                    )
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        return tuple(self.values[node].shape[1:])
+
+    def add(self, name: str, node, after: str | None = None) -> str:
+        if name in self.nodes:
+            raise NIRExportError(f"two nodes are named '{name}'")
+        self.nodes[name] = node
+        if after is None:
+            self.order.append(name)
+        else:
+            self.order.insert(self.order.index(after) + 1, name)
+        return name
+
+    def connect(self, consumer: str, window: int, expr) -> None:
+        """Edges from the nodes of ``expr`` to ``consumer``, delayed to ``window``."""
+
+        def sub(e):
+            if not isinstance(e, str):
+                return [sub(x) for x in e]
+            w = self.carrier_window.get(e)
+            if w is None or w >= window:
+                return e
+            d = window - w
+            key = (e, d)
+            if key not in self.delays:
+                name = f"{e}_delay{d}"
+                shape = self.shapes[e]
+                delay = self.nir.Delay(np.full(tuple(shape), float(d * self.T)))
+                delay.metadata = {"onespike_role": "window_delay", "windows": d}
+                self.delays[key] = self.add(name, delay, after=e)
+                self.edges.append((e, name))
+            return self.delays[key]
+
+        expr = sub(expr)
+        leaves = _leaves(expr)
+        if len(set(leaves)) != len(leaves):
+            raise NIRExportError(
+                f"node '{consumer}' adds a value to itself, which NIR edges cannot express"
+            )
+        self.edges.extend((src, consumer) for src in leaves)
+        if not isinstance(expr, str):
+            self.nodes[consumer].metadata["inputs"] = json.dumps(expr)
+
+    def arg_expr(self, node: fx.Node, i: int = 0):
+        a = node.args[i]
+        if not isinstance(a, fx.Node) or a not in self.expr:
+            raise NIRExportError(f"node '{node.name}' takes an input NIR cannot express")
+        return self.expr[a]
+
+    def neuron(self, name: str, lp: LayerPlan, shape, role_: str, in_w: int, fire_w: int):
+        T = lp.phases
+        scale = np.array(lp.scale, dtype=np.float64)  # a scalar or one per channel
+        per = scale.reshape((-1,) + (1,) * (len(shape) - 1)) if scale.ndim else scale
+        full = np.broadcast_to(per, shape).astype(np.float32)
+        mth = pc.membrane_thresholds(lp.base, T, shift=lp.shift, dtype=torch.float64)
+        node = self.nir.IF(
+            r=(1.0 / full).astype(np.float32),
+            v_threshold=np.full(shape, float(mth[0]), dtype=np.float32),
+            v_reset=np.zeros(shape, dtype=np.float32),
+        )
+        node.metadata = {
+            "onespike_role": role_,
+            "name": lp.name,
+            "base": float(lp.base),
+            "phases": int(T),
+            "shift": bool(lp.shift),
+            "scale": scale if scale.ndim else float(scale),  # h5py: no 0-d arrays
+            "fire_thresholds": mth.numpy(),
+            "threshold_rule": (
+                "the membrane divided by scale is compared at fire-window step k with "
+                "fire_thresholds[k], then multiplied by base; the first crossing is the "
+                "only spike (phase k), worth scale * base^-k"
+            ),
+            "input_window": int(in_w),
+            "fire_window": int(fire_w),
+            "neurons": int(lp.neurons),
+            "act_error": float(lp.act_error),
+            "out_error": float(lp.out_error),
+        }
+        self.shapes[name] = tuple(shape)
+        return self.add(name, node)
+
+    def run(self):
+        nir, snn, T = self.nir, self.snn, self.T
+        modules = self.runner.modules
+        plan = snn.plan
+        for n in self.runner.nodes:
+            r = self.runner.role(n)
+            where = f"node '{n.name}'"
+            if n.op == "placeholder":
+                inp = nir.Input(input_type=np.array(snn.input_shape, dtype=np.int64))
+                inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": int(T)}
+                self.expr[n] = self.add(n.name, inp)
+                self.shapes[n.name] = tuple(snn.input_shape)
+                self.carrier_window[n.name] = 0
+            elif r == "input":
+                src = self.arg_expr(n)
+                if plan.input_coding == "single":
+                    name = self.neuron(n.name, plan.input, snn.input_shape, "input_encoder", -1, 0)
+                    self.connect(name, -1, src)
+                    self.expr[n] = name
+                    self.carrier_window[name] = 0
+                else:  # the phase code: the Input node's metadata
+                    self.expr[n] = src
+            elif r == "relu":
+                lp = self.lp[n]
+                name = self.names[n]
+                self.neuron(name, lp, self.shape(n), "spiking_layer", lp.fire_window - 1,
+                            lp.fire_window)  # fmt: skip
+                self.connect(name, lp.fire_window - 1, self.arg_expr(n))
+                self.expr[n] = name
+                self.carrier_window[name] = lp.fire_window
+            elif r == "shape":
+                continue
+            elif _is_add(n):
+                self.expr[n] = [self.arg_expr(n, 0), self.arg_expr(n, 1)]
+            elif n.op == "call_method" and n.target == "contiguous":
+                self.expr[n] = self.arg_expr(n)
+            elif n.op == "output":
+                src = self.arg_expr(n)
+                if self.runner.is_spiking(n.args[0]):
+                    raise NIRExportError(
+                        "the network's output is a spiking layer's spikes; NIR export "
+                        "needs a weighted readout layer"
+                    )
+                shape = self.shape(n.args[0])
+                ro = nir.I(r=np.ones(shape, dtype=np.float32))
+                ro.metadata = {
+                    "onespike_role": "readout",
+                    "input_window": int(self.out_window),
+                    "rule": "never fires: its membrane at the end of its input window, "
+                    "in real units, is the output",
+                }
+                self.add("readout", ro)
+                self.connect("readout", self.out_window, src)
+                self.add("output", nir.Output(output_type=np.array(shape, dtype=np.int64)))
+                self.edges.append(("readout", "output"))
+            else:
+                self.operator(n, modules, where)
+        meta = {
+            "format": NIR_FORMAT,
+            "format_version": NIR_FORMAT_VERSION,
+            "onespike_version": _version(),
+            "phases": int(T),
+            "latency_steps": int(plan.latency_steps),
+            "input_coding": plan.input_coding,
+            "input_shape": np.array(snn.input_shape, dtype=np.int64),
+            "node_order": json.dumps(self.order),
+            "plan_search": _search_json(plan.search),
+        }
+        return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
+
+    def operator(self, n: fx.Node, modules: dict[str, nn.Module], where: str) -> None:
+        nir = self.nir
+        m = modules.get(n.target) if n.op == "call_module" else None
+        src_node = n.args[0] if n.args else None
+        spiking_in = self.runner.is_spiking(src_node)
+        in_shape = self.shape(src_node) if isinstance(src_node, fx.Node) else ()
+        out_shape = self.shape(n)
+        node = None
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            if m.padding_mode != "zeros":
+                raise NIRExportError(f"{where}: padding_mode {m.padding_mode!r} has no NIR form")
+            bias = m.bias if m.bias is not None else torch.zeros(m.out_channels)
+            if isinstance(m, nn.Conv2d):
+                node = nir.Conv2d(
+                    input_shape=tuple(int(s) for s in in_shape[1:]),
+                    weight=_np(m.weight),
+                    stride=tuple(m.stride),
+                    padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
+                    dilation=tuple(m.dilation),
+                    groups=int(m.groups),
+                    bias=_np(bias),
+                )
+            else:
+                node = nir.Conv1d(
+                    input_shape=int(in_shape[1]),
+                    weight=_np(m.weight),
+                    stride=int(m.stride[0]),
+                    padding=m.padding if isinstance(m.padding, str) else int(m.padding[0]),
+                    dilation=int(m.dilation[0]),
+                    groups=int(m.groups),
+                    bias=_np(bias),
+                )
+            node.metadata = {"has_bias": m.bias is not None}
+        elif isinstance(m, nn.Linear):
+            if m.bias is not None:
+                node = nir.Affine(weight=_np(m.weight), bias=_np(m.bias))
+            else:
+                node = nir.Linear(weight=_np(m.weight))
+            node.metadata = {"has_bias": m.bias is not None}
+        elif isinstance(m, nn.MaxPool2d) and spiking_in:
+            if m.ceil_mode or _pair(m.dilation).tolist() != [1, 1] or m.return_indices:
+                raise NIRExportError(f"{where}: max-pooling with ceil_mode or dilation")
+            node = nir.SumPool2d(
+                kernel_size=_pair(m.kernel_size),
+                stride=_pair(m.stride if m.stride is not None else m.kernel_size),
+                padding=_pair(m.padding),
+            )
+            node.metadata = {
+                "onespike_op": "max_pool_spikes",
+                "rule": "max-pooling of single spikes: the first spike of each pool window "
+                "passes, later ones are dropped",
+            }
+        elif isinstance(m, nn.AvgPool2d):
+            pad = _pair(m.padding)
+            if (
+                m.ceil_mode
+                or m.divisor_override is not None
+                or (pad.any() and not m.count_include_pad)
+            ):
+                raise NIRExportError(
+                    f"{where}: average pooling with ceil_mode, divisor_override or "
+                    "count_include_pad=False has no NIR form"
+                )
+            k = _pair(m.kernel_size)
+            s = _pair(m.stride if m.stride is not None else m.kernel_size)
+            node = nir.AvgPool2d(kernel_size=k, stride=s, padding=pad)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+            hw = in_shape[1:]
+            size = tuple(h if o is None else o for o, h in zip(size, hw))
+            if any(h % o for h, o in zip(hw, size)):
+                raise NIRExportError(
+                    f"{where}: adaptive average pooling from {tuple(hw)} to {size} does not "
+                    "divide evenly and has no NIR form"
+                )
+            k = np.array([h // o for h, o in zip(hw, size)], dtype=np.int64)
+            node = nir.AvgPool2d(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
+            node.metadata = {
+                "onespike_op": "adaptive_avg_pool2d",
+                "output_size": np.array(size, dtype=np.int64),
+            }
+        elif self._is_flatten(n, m, in_shape, out_shape):
+            start, end = self._flatten_dims(n, m)
+            node = nir.Flatten(
+                input_type={"input": np.array(in_shape, dtype=np.int64)},
+                start_dim=start,
+                end_dim=end,
+            )
+        if node is None:
+            what = (
+                f"module {type(m).__name__}"
+                if m is not None
+                else f"{n.op} {getattr(n.target, '__name__', n.target)}"
+            )
+            raise NIRExportError(
+                f"{where} ({what}) has no NIR form in onespike's export (supported: "
+                "Conv1d/Conv2d, Linear, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d of spikes, "
+                "flatten, add)"
+            )
+        node.metadata = {**getattr(node, "metadata", {}), "torch_node": n.name}
+        name = self.add(n.name, node)
+        self.shapes[name] = out_shape
+        if spiking_in and not (isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)):
+            # max-pool or flatten of spikes: still spikes, from the same window
+            src = _leaves(self.arg_expr(n))[0]
+            self.edges.append((src, name))
+            self.carrier_window[name] = self.carrier_window[src]
+        else:
+            self.connect(name, self.window[n], self.arg_expr(n))
+        self.expr[n] = name
+
+    def _is_flatten(self, n, m, in_shape, out_shape) -> bool:
+        if isinstance(m, nn.Flatten) or (n.op == "call_function" and n.target is torch.flatten):
+            return True
+        if n.op == "call_method" and n.target in ("view", "reshape", "flatten"):
+            if n.target == "flatten":
+                return True
+            return len(in_shape) >= 1 and out_shape == (math.prod(in_shape),)
+        return False
+
+    def _flatten_dims(self, n, m) -> tuple[int, int]:
+        if isinstance(m, nn.Flatten):
+            start, end = m.start_dim, m.end_dim
+        elif n.op == "call_method" and n.target in ("view", "reshape"):
+            return 0, -1
+        else:
+            args = list(n.args[1:])
+            start = n.kwargs.get("start_dim", args[0] if args else 0)
+            end = n.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
+        if start < 1:
+            raise NIRExportError(f"node '{n.name}': a flatten of the batch dimension")
+        return start - 1, end - 1 if end >= 1 else end
+
+
+def _version() -> str:
+    from onespike import __version__
+
+    return __version__
+
+
+def _search_json(search: dict) -> str:
+    from onespike.serialize import _dumps
+
+    return _dumps(search, "the plan's search record")
+
+
+def export_nir(snn: SpikingNetwork, path: str | os.PathLike):
+    """Write ``snn`` as a NIR graph to ``path`` (HDF5); returns the ``nir.NIRGraph``.
+
+    See the module docstring for the nodes, the metadata and what a generic NIR
+    consumer does and does not reproduce. Raises :class:`NIRExportError` naming the
+    node for an operator without a NIR form, and ``ImportError`` without ``nir``.
+    """
+    nir = require_nir()
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(f"export_nir() takes a SpikingNetwork, got {type(snn).__name__}")
+    graph = _Exporter(snn, nir).run()
+    nir.write(str(path), graph)
+    return graph
+
+
+# ---------------------------------------------------------------------------------------
+# import
+
+
+def _meta_str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_graph(path: str | os.PathLike):
+    """Read a NIR file written by :func:`export_nir`; checks its format and version."""
+    nir = require_nir()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: '{path}'")
+    try:
+        graph = nir.read(str(path))
+    except Exception as e:  # h5py and nir raise many kinds
+        raise NIRExportError(f"'{path}' is not a readable NIR file ({e})") from None
+    meta = graph.metadata or {}
+    if _meta_str(meta.get("format", "")) != NIR_FORMAT:
+        raise NIRExportError(f"'{path}' is a NIR graph but was not exported by onespike")
+    version = int(meta.get("format_version", 0))
+    if version > NIR_FORMAT_VERSION:
+        raise NIRExportError(
+            f"'{path}' needs onespike NIR format version {version}; this onespike reads "
+            f"versions up to {NIR_FORMAT_VERSION}"
+        )
+    return graph
+
+
+def _layer_plan(meta: dict) -> LayerPlan:
+    scale = np.asarray(meta["scale"], dtype=np.float64)
+    return LayerPlan(
+        name=_meta_str(meta["name"]),
+        neurons=int(meta["neurons"]),
+        scale=tuple(float(s) for s in scale) if scale.ndim else float(scale),
+        base=float(meta["base"]),
+        phases=int(meta["phases"]),
+        shift=bool(meta["shift"]),
+        act_error=float(meta["act_error"]),
+        out_error=float(meta["out_error"]),
+        fire_window=int(meta["fire_window"]),
+    )
+
+
+def _tuple(a) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(a))
+
+
+def import_nir(path: str | os.PathLike) -> SpikingNetwork:
+    """Rebuild the :class:`SpikingNetwork` of a NIR file written by :func:`export_nir`.
+
+    The network is built from the file alone (weights, plan from the metadata) through
+    the code path of :func:`onespike.convert`; its outputs and spikes equal those of the
+    exported network.
+    """
+    from onespike.serialize import _dec
+
+    nir = require_nir()
+    g = read_graph(path)
+    meta = g.metadata
+    order = json.loads(_meta_str(meta["node_order"]))
+    preds: dict[str, list[str]] = {k: [] for k in g.nodes}
+    for a, b in g.edges:
+        preds[b].append(a)
+    root = nn.Module()
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    layers: list[LayerPlan] = []
+    input_lp = None
+
+    def inputs(name: str) -> fx.Node:
+        node_meta = g.nodes[name].metadata or {}
+        expr = json.loads(_meta_str(node_meta["inputs"])) if "inputs" in node_meta else None
+        if expr is None:
+            if len(preds[name]) != 1:
+                raise NIRExportError(f"node '{name}' has {len(preds[name])} inputs and no order")
+            return env[preds[name][0]]
+
+        def build(e):
+            if isinstance(e, str):
+                return env[e]
+            acc = build(e[0])
+            for x in e[1:]:
+                acc = graph.call_function(operator.add, (acc, build(x)))
+            return acc
+
+        return build(expr)
+
+    def module(name: str, m: nn.Module) -> fx.Node:
+        root.add_module(name, m)
+        return graph.call_module(name, (inputs(name),))
+
+    for name in order:
+        node = g.nodes[name]
+        md = node.metadata or {}
+        kind = _meta_str(md.get("onespike_role", md.get("onespike_op", "")))
+        if isinstance(node, nir.Input):
+            env[name] = graph.placeholder(name)
+        elif isinstance(node, nir.IF) and kind == "input_encoder":
+            input_lp = _layer_plan(md)
+            env[name] = inputs(name)
+        elif isinstance(node, nir.IF):
+            layers.append(_layer_plan(md))
+            env[name] = module(name, nn.ReLU())
+        elif isinstance(node, (nir.Conv1d, nir.Conv2d)):
+            w = torch.from_numpy(np.array(node.weight))
+            cls = nn.Conv2d if isinstance(node, nir.Conv2d) else nn.Conv1d
+            pad = node.padding
+            pad = _meta_str(pad) if isinstance(pad, (str, bytes)) else _tuple(pad)
+            has_bias = bool(md.get("has_bias", True))
+            m = cls(
+                w.shape[1] * int(node.groups),
+                w.shape[0],
+                tuple(w.shape[2:]),
+                stride=_tuple(node.stride),
+                padding=pad,
+                dilation=_tuple(node.dilation),
+                groups=int(node.groups),
+                bias=has_bias,
+            )
+            m.weight = nn.Parameter(w)
+            if has_bias:
+                m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
+            env[name] = module(name, m)
+        elif isinstance(node, (nir.Affine, nir.Linear)):
+            w = torch.from_numpy(np.array(node.weight))
+            m = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
+            m.weight = nn.Parameter(w)
+            if isinstance(node, nir.Affine):
+                m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
+            env[name] = module(name, m)
+        elif isinstance(node, nir.SumPool2d):
+            if kind != "max_pool_spikes":
+                raise NIRExportError(f"node '{name}': sum pooling is not a onespike operator")
+            m = nn.MaxPool2d(_tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding))
+            env[name] = module(name, m)
+        elif isinstance(node, nir.AvgPool2d):
+            if kind == "adaptive_avg_pool2d":
+                m = nn.AdaptiveAvgPool2d(_tuple(md["output_size"]))
+            else:
+                k, s, p = _tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding)
+                m = nn.AvgPool2d(k, s, p)
+            env[name] = module(name, m)
+        elif isinstance(node, nir.Flatten):
+            start, end = int(node.start_dim), int(node.end_dim)
+            env[name] = module(name, nn.Flatten(start + 1, end + 1 if end >= 0 else end))
+        elif isinstance(node, (nir.Delay, nir.I)):
+            env[name] = inputs(name)  # delays are the windows' structure; the readout sums
+        elif isinstance(node, nir.Output):
+            graph.output(inputs(name))
+        else:
+            raise NIRExportError(f"node '{name}' ({type(node).__name__}) is not one onespike reads")
+    graph.lint()
+    gm = fx.GraphModule(root, graph).eval()
+    plan = Plan(
+        phases=int(meta["phases"]),
+        input_coding=_meta_str(meta["input_coding"]),
+        layers=tuple(layers),
+        input=input_lp,
+        latency_steps=int(meta["latency_steps"]),
+        search=_dec(json.loads(_meta_str(meta["plan_search"]))),
+    )
+    return SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
+
+
+__all__ = ["NIRExportError", "export_nir", "import_nir", "read_graph"]

@@ -1,0 +1,614 @@
+"""Save and load a converted network: one safe, versioned file.
+
+``save(snn, path)`` writes one `safetensors <https://huggingface.co/docs/safetensors>`_
+file; ``load(path)`` rebuilds a :class:`~onespike.network.SpikingNetwork` from it
+alone (no ANN, no calibration data). Loading never unpickles anything: the file
+holds raw tensors and JSON text, and the graph is rebuilt from an explicit list of
+the operators the converter supports.
+
+Layout (format version 1). The tensors of the file are named:
+
+- ``ann/<key>``: every parameter and buffer of the folded ANN graph
+  (``snn.ann_graph``: BatchNorm folded, dropout removed), under its state-dict key;
+- ``snn/<key>``: every parameter and buffer of the spiking graph
+  (``snn.graph_module``: the same weights, unless the network was refined, plus each
+  spiking layer's ``scale``), stored only where they differ from the ``ann/`` tensor
+  of the same key (the ``tensors`` header says which file tensor each key uses);
+- a sparse (COO) tensor is stored as ``<name>/indices`` and ``<name>/values``.
+
+The file's string metadata (the safetensors header, readable without torch):
+
+- ``format``: ``"onespike.SpikingNetwork"``; ``format_version``: ``"1"``;
+  ``onespike_version``, ``torch_version``: who wrote it;
+- ``input_shape``: JSON list, the per-sample input shape;
+- ``plan``: JSON of the frozen :class:`~onespike.plan.Plan` (every
+  :class:`~onespike.plan.LayerPlan` field: scale or per-channel scales, base, phases,
+  shift, fire window, errors; the input coding, latency and the ``search`` record);
+- ``graph``: JSON of the folded ANN's ``torch.fx`` graph, node by node (op, target,
+  arguments with references to earlier nodes), and of every module it calls (type
+  from an allow-list and constructor arguments);
+- ``tensors``: JSON, for each state-dict key of both graphs: the file tensor(s)
+  holding it, its layout and whether it is a parameter;
+- ``sha256``: a checksum of every stored tensor (name, dtype, shape, bytes), so a
+  damaged file is refused instead of loading wrong weights.
+
+JSON values that JSON cannot hold natively are tagged: ``{"$tuple": [...]}``,
+``{"$node": name}``, ``{"$slice": [start, stop, step]}``, ``{"$dtype": "float32"}``,
+``{"$dict": [[key, value], ...]}`` (a dict whose keys are not all plain strings),
+``{"$float": "nan" | "inf" | "-inf"}``.
+
+Loading rebuilds the ANN graph (modules from the allow-list, weights exactly as
+stored), then the spiking network with ``SpikingNetwork(graph, plan, input_shape)``,
+the code path of :func:`onespike.convert`; its outputs, spike phases and spike
+counts are bit-identical to the saved network's on the event and step paths, and
+:func:`onespike.cost` reports the same figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import operator
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from onespike.network import SpikingNetwork
+from onespike.plan import LayerPlan, Plan
+
+Tensor = torch.Tensor
+
+FORMAT = "onespike.SpikingNetwork"
+FORMAT_VERSION = 1
+
+
+class SerializationError(ValueError):
+    """A network cannot be saved, or a file cannot be loaded (base of the errors below)."""
+
+
+class NetworkFileNotFoundError(SerializationError, FileNotFoundError):
+    """The file to load does not exist."""
+
+
+class NotANetworkFileError(SerializationError):
+    """The file is not a network saved by onespike."""
+
+
+class CorruptFileError(SerializationError):
+    """The file is damaged or truncated."""
+
+
+class UnsupportedFormatVersionError(SerializationError):
+    """The file was written in a newer format than this version of onespike reads."""
+
+
+class NotSerializableError(SerializationError):
+    """The network holds an operator or module that the file format does not describe."""
+
+
+# ---------------------------------------------------------------------------------------
+# allow-lists: every operator the converter supports (tests/test_serialize.py checks that
+# they cover onespike.trace's lists), by a stable name
+
+_FUNCTIONS: dict[str, object] = {
+    "operator.add": operator.add,
+    "operator.mul": operator.mul,
+    "operator.truediv": operator.truediv,
+    "operator.matmul": operator.matmul,
+    "operator.getitem": operator.getitem,
+    "builtins.getattr": getattr,
+    "torch.add": torch.add,
+    "torch.mul": torch.mul,
+    "torch.cat": torch.cat,
+    "torch.flatten": torch.flatten,
+    "torch.relu": torch.relu,
+    "torch.mm": torch.mm,
+    "torch.matmul": torch.matmul,
+    "torch.spmm": torch.spmm,
+    "torch.sparse.mm": torch.sparse.mm,
+    "torch.nn.functional.relu": F.relu,
+    "torch.nn.functional.dropout": F.dropout,
+    "torch.nn.functional.avg_pool1d": F.avg_pool1d,
+    "torch.nn.functional.avg_pool2d": F.avg_pool2d,
+    "torch.nn.functional.adaptive_avg_pool1d": F.adaptive_avg_pool1d,
+    "torch.nn.functional.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+    "torch.nn.functional.max_pool1d": F.max_pool1d,
+    "torch.nn.functional.max_pool2d": F.max_pool2d,
+}
+
+_METHODS = frozenset(
+    ("relu", "view", "reshape", "flatten", "contiguous", "add", "mean", "size", "dim")
+)
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
+_CONV += ("groups", "padding_mode")
+_MAXPOOL = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVGPOOL1 = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+
+# module type -> (constructor arguments read from the instance, has weight and bias)
+_MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
+    "Conv1d": (nn.Conv1d, _CONV, True),
+    "Conv2d": (nn.Conv2d, _CONV, True),
+    "Linear": (nn.Linear, ("in_features", "out_features"), True),
+    "MaxPool1d": (nn.MaxPool1d, _MAXPOOL, False),
+    "MaxPool2d": (nn.MaxPool2d, _MAXPOOL, False),
+    "AvgPool1d": (nn.AvgPool1d, _AVGPOOL1, False),
+    "AvgPool2d": (nn.AvgPool2d, (*_AVGPOOL1, "divisor_override"), False),
+    "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",), False),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",), False),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim"), False),
+    "ReLU": (nn.ReLU, ("inplace",), False),
+    "Identity": (nn.Identity, (), False),
+}
+
+
+def _function_name(fn: object) -> str | None:
+    for name, f in _FUNCTIONS.items():
+        if f is fn:
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# JSON with tags for what JSON cannot hold
+
+
+def _enc(v: object, where: str) -> object:
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else {"$float": repr(v)}
+    if isinstance(v, fx.Node):
+        return {"$node": v.name}
+    if isinstance(v, tuple):
+        return {"$tuple": [_enc(a, where) for a in v]}
+    if isinstance(v, list):
+        return [_enc(a, where) for a in v]
+    if isinstance(v, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            return {k: _enc(a, where) for k, a in v.items()}
+        return {"$dict": [[_enc(k, where), _enc(a, where)] for k, a in v.items()]}
+    if isinstance(v, slice):
+        return {"$slice": [_enc(v.start, where), _enc(v.stop, where), _enc(v.step, where)]}
+    if isinstance(v, torch.dtype):
+        return {"$dtype": str(v).removeprefix("torch.")}
+    raise NotSerializableError(
+        f"{where}: an argument of type {type(v).__name__} ({v!r}) cannot be saved"
+    )
+
+
+def _dec(v: object, nodes: dict[str, fx.Node] | None = None) -> object:
+    if isinstance(v, list):
+        return [_dec(a, nodes) for a in v]
+    if not isinstance(v, dict):
+        return v
+    if len(v) != 1 or not next(iter(v)).startswith("$"):
+        return {k: _dec(a, nodes) for k, a in v.items()}
+    ((tag, a),) = v.items()
+    if tag == "$tuple":
+        return tuple(_dec(x, nodes) for x in a)
+    if tag == "$dict":
+        return {_dec(k, nodes): _dec(x, nodes) for k, x in a}
+    if tag == "$slice":
+        return slice(*(_dec(x, nodes) for x in a))
+    if tag == "$float":
+        return float(a)
+    if tag == "$dtype":
+        dt = getattr(torch, a, None)
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"unknown dtype {a!r}")
+        return dt
+    if tag == "$node":
+        if nodes is None or a not in nodes:
+            raise ValueError(f"reference to unknown node {a!r}")
+        return nodes[a]
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _dumps(v: object, where: str = "the network") -> str:
+    return json.dumps(_enc(v, where), allow_nan=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------
+# describing a graph
+
+
+def _module_entry(path: str, m: nn.Module) -> dict:
+    name = type(m).__name__
+    spec = _MODULES.get(name)
+    if spec is None or type(m) is not spec[0]:
+        raise NotSerializableError(
+            f"module '{path}' ({type(m).__module__}.{type(m).__qualname__}) is not one "
+            f"the file format can describe (supported: {', '.join(_MODULES)})"
+        )
+    _, attrs, weighted = spec
+    args = {a: getattr(m, a) for a in attrs}
+    if weighted:
+        args["bias"] = m.bias is not None
+    return {"type": name, "args": _enc(args, f"module '{path}'")}
+
+
+def _graph_entry(gm: fx.GraphModule) -> dict:
+    modules = dict(gm.named_modules())
+    nodes, mods = [], {}
+    for n in gm.graph.nodes:
+        where = f"node '{n.name}'"
+        if n.op in ("placeholder", "output", "get_attr"):
+            target = n.target
+        elif n.op == "call_module":
+            target = n.target
+            mods[target] = _module_entry(target, modules[target])
+        elif n.op == "call_function":
+            target = _function_name(n.target)
+            if target is None:
+                fn = getattr(n.target, "__name__", repr(n.target))
+                raise NotSerializableError(
+                    f"{where} calls function {fn}, which the file format does not describe"
+                )
+        elif n.op == "call_method":
+            if n.target not in _METHODS:
+                raise NotSerializableError(
+                    f"{where} calls method .{n.target}(), which the file format does not describe"
+                )
+            target = n.target
+        else:
+            raise NotSerializableError(f"{where} has op {n.op!r}, which cannot be saved")
+        nodes.append(
+            {
+                "name": n.name,
+                "op": n.op,
+                "target": target,
+                "args": _enc(n.args, where),
+                "kwargs": _enc(dict(n.kwargs), where),
+            }
+        )
+    return {"class_name": type(gm).__name__, "nodes": nodes, "modules": mods}
+
+
+def _check_state(gm: fx.GraphModule, graph: dict, state: dict[str, Tensor]) -> None:
+    """Every tensor of the graph's state must belong to a described module or a get_attr."""
+    owned = {n["target"] for n in graph["nodes"] if n["op"] == "get_attr"}
+    for path, entry in graph["modules"].items():
+        if _MODULES[entry["type"]][2]:
+            owned.add(f"{path}.weight")
+            if _dec(entry["args"])["bias"]:
+                owned.add(f"{path}.bias")
+    for key in state:
+        if key not in owned:
+            raise NotSerializableError(
+                f"tensor '{key}' of the graph belongs to no operator the file describes"
+            )
+    for key in owned:
+        if key not in state:
+            raise NotSerializableError(f"tensor '{key}' used by the graph is not in its state")
+
+
+def _graph_state(gm: fx.GraphModule) -> dict[str, Tensor]:
+    """Parameters and buffers (persistent or not) of a graph module, by state-dict key."""
+    state = dict(gm.named_parameters(remove_duplicate=False))
+    state.update(dict(gm.named_buffers(remove_duplicate=False)))
+    return {k: v.detach() for k, v in state.items()}
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    if a.layout != b.layout or a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_sparse:
+        return a.is_coalesced() == b.is_coalesced() and all(
+            _same_bits(x, y) for x, y in ((a._indices(), b._indices()), (a._values(), b._values()))
+        )
+    if a.numel() == 0:
+        return True
+    x, y = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    if x.dtype.is_floating_point or x.dtype.is_complex:
+        return x.view(torch.uint8).equal(y.view(torch.uint8))
+    return x.equal(y)
+
+
+def _store(
+    prefix: str,
+    state: dict[str, Tensor],
+    params: set[str],
+    tensors: dict[str, Tensor],
+    reuse: dict[str, tuple[Tensor, dict]] | None = None,
+) -> dict[str, dict]:
+    """Add ``state`` to the file's tensors; returns the header entry of every key."""
+    entries: dict[str, dict] = {}
+    for key, t in state.items():
+        if reuse is not None and key in reuse and _same_bits(t, reuse[key][0]):
+            entries[key] = {**reuse[key][1], "param": key in params}
+            continue
+        name = f"{prefix}/{key}"
+        entry: dict = {"param": key in params}
+        if t.layout == torch.sparse_coo:
+            entry.update(
+                layout="sparse_coo",
+                indices=f"{name}/indices",
+                values=f"{name}/values",
+                shape=list(t.shape),
+                coalesced=bool(t.is_coalesced()),
+            )
+            tensors[f"{name}/indices"] = t._indices().contiguous().cpu()
+            tensors[f"{name}/values"] = t._values().contiguous().cpu()
+        elif t.layout == torch.strided:
+            entry.update(layout="strided", data=name)
+            tensors[name] = t.contiguous().cpu()
+        else:
+            raise NotSerializableError(
+                f"tensor '{key}' has layout {t.layout}, which cannot be saved"
+            )
+        entries[key] = entry
+    return entries
+
+
+def save(snn: SpikingNetwork, path: str | os.PathLike) -> None:
+    """Write ``snn`` to one file at ``path`` (see the module docstring for its layout).
+
+    Raises :class:`NotSerializableError` (naming the operator and its node) when the
+    network holds an operator outside the file format's allow-list.
+    """
+    from safetensors.torch import save_file
+
+    from onespike import __version__
+
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(f"save() takes a SpikingNetwork, got {type(snn).__name__}")
+    graph = _graph_entry(snn.ann_graph)
+    ann_state = _graph_state(snn.ann_graph)
+    _check_state(snn.ann_graph, graph, ann_state)
+    snn_state = _graph_state(snn.graph_module)
+    missing = [k for k in ann_state if k not in snn_state]
+    if missing:
+        raise NotSerializableError(
+            f"the spiking graph lacks the ANN graph's tensor '{missing[0]}': its structure "
+            "differs from the ANN graph's"
+        )
+    tensors: dict[str, Tensor] = {}
+    ann_params = {k for k, _ in snn.ann_graph.named_parameters(remove_duplicate=False)}
+    snn_params = {k for k, _ in snn.graph_module.named_parameters(remove_duplicate=False)}
+    ann_entries = _store("ann", ann_state, ann_params, tensors)
+    reuse = {k: (ann_state[k], ann_entries[k]) for k in ann_state}
+    snn_entries = _store("snn", snn_state, snn_params, tensors, reuse)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "onespike_version": __version__,
+        "torch_version": torch.__version__,
+        "input_shape": json.dumps(list(snn.input_shape)),
+        "plan": _dumps(_plan_dict(snn.plan), "the plan"),
+        "graph": json.dumps(graph, allow_nan=False, separators=(",", ":")),
+        "tensors": json.dumps({"ann": ann_entries, "snn": snn_entries}, separators=(",", ":")),
+        "sha256": _digest(tensors),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes (a damaged file fails it)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)};".encode())
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _plan_dict(plan: Plan) -> dict:
+    def lp(x: LayerPlan | None) -> dict | None:
+        return None if x is None else {f.name: getattr(x, f.name) for f in fields(LayerPlan)}
+
+    out = {f.name: getattr(plan, f.name) for f in fields(Plan)}
+    out["layers"] = [lp(x) for x in plan.layers]
+    out["input"] = lp(plan.input)
+    return out
+
+
+def _plan_from(d: dict) -> Plan:
+    def lp(x: dict | None) -> LayerPlan | None:
+        return None if x is None else LayerPlan(**x)
+
+    d = dict(d)
+    d["layers"] = tuple(lp(x) for x in d["layers"])
+    d["input"] = lp(d["input"])
+    return Plan(**d)
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module:
+    m = root
+    for part in path.split(".") if path else ():
+        nxt = getattr(m, part, None)
+        if nxt is None:
+            nxt = nn.Module()
+            m.add_module(part, nxt)
+        m = nxt
+    return m
+
+
+def _tensor(entry: dict, tensors: dict[str, Tensor]) -> Tensor:
+    if entry["layout"] == "sparse_coo":
+        return torch.sparse_coo_tensor(
+            tensors[entry["indices"]],
+            tensors[entry["values"]],
+            tuple(entry["shape"]),
+            is_coalesced=entry["coalesced"],
+            check_invariants=True,  # indices from a file: checked before any use
+        )
+    if entry["layout"] != "strided":
+        raise ValueError(f"unknown layout {entry['layout']!r}")
+    return tensors[entry["data"]]
+
+
+def _build_graph(graph: dict, entries: dict[str, dict], tensors: dict[str, Tensor]):
+    root = nn.Module()
+    for path, entry in graph["modules"].items():
+        cls, attrs, weighted = _MODULES[entry["type"]]  # KeyError: not on the allow-list
+        args = _dec(entry["args"])
+        if set(args) != set(attrs) | ({"bias"} if weighted else set()):
+            raise ValueError(f"module '{path}' has arguments {sorted(args)}")
+        # weights come from the file: no initialisation on a real device
+        m = cls(**args, device="meta") if weighted else cls(**args)
+        parent, _, name = path.rpartition(".")
+        _submodule(root, parent).add_module(name, m)
+    for key, entry in entries.items():
+        owner, _, name = key.rpartition(".")
+        mod = _submodule(root, owner)
+        t = _tensor(entry, tensors)
+        if entry["param"]:
+            mod.register_parameter(name, nn.Parameter(t, requires_grad=True))
+        else:
+            if name in mod._parameters:
+                raise ValueError(f"'{key}' is a parameter, stored as a buffer")
+            mod.register_buffer(name, t)
+    for key, p in root.named_parameters():
+        if p.is_meta:
+            raise ValueError(f"no tensor stored for '{key}'")
+    g = fx.Graph()
+    nodes: dict[str, fx.Node] = {}
+    for nd in graph["nodes"]:
+        op = nd["op"]
+        if op == "call_function":
+            target = _FUNCTIONS[nd["target"]]
+        elif op == "call_method":
+            if nd["target"] not in _METHODS:
+                raise KeyError(nd["target"])
+            target = nd["target"]
+        elif op in ("placeholder", "output", "get_attr", "call_module"):
+            target = nd["target"]
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        args = _dec(nd["args"], nodes)
+        kwargs = _dec(nd["kwargs"], nodes)
+        node = g.create_node(op, target, tuple(args), kwargs, name=nd["name"])
+        nodes[nd["name"]] = node
+    g.lint()
+    gm = fx.GraphModule(root, g, class_name=graph.get("class_name", "GraphModule"))
+    return gm.eval()
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise NetworkFileNotFoundError(f"no such file: '{path}'")
+    if path.is_dir():
+        raise NotANetworkFileError(f"'{path}' is a directory, not a saved network")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise NotANetworkFileError(
+                    f"'{path}' is a safetensors file but not a network saved by onespike"
+                )
+            _check_version(path, meta)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except SerializationError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        # a safetensors file starts with the header's length, then the JSON header
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                text = fh.read(1) if 2 <= n <= 100_000_000 else b""
+        except OSError as err:
+            raise SerializationError(f"'{path}' cannot be read ({err.strerror})") from None
+        if text == b"{":
+            raise CorruptFileError(
+                f"'{path}' is damaged or truncated ({str(e).splitlines()[0]})"
+            ) from None
+        raise NotANetworkFileError(f"'{path}' is not a network saved by onespike") from None
+    if meta.get("sha256") != _digest(tensors):
+        raise CorruptFileError(f"'{path}' is damaged: its tensors do not match their checksum")
+    return meta, tensors
+
+
+def _check_version(path: Path, meta: dict[str, str]) -> None:
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CorruptFileError(
+            f"'{path}' has an unreadable format version {meta.get('format_version')!r}"
+        ) from None
+    if version > FORMAT_VERSION:
+        writer = meta.get("onespike_version", "a newer onespike")
+        raise UnsupportedFormatVersionError(
+            f"'{path}' needs file format version {version} (written by onespike {writer}); "
+            f"this onespike reads versions up to {FORMAT_VERSION}: upgrade onespike"
+        )
+    if version < 1:
+        raise CorruptFileError(f"'{path}' has an invalid format version {version}")
+
+
+def load(path: str | os.PathLike) -> SpikingNetwork:
+    """Rebuild the :class:`SpikingNetwork` saved at ``path`` by :func:`save`.
+
+    Raises :class:`NetworkFileNotFoundError`, :class:`NotANetworkFileError`,
+    :class:`CorruptFileError` or :class:`UnsupportedFormatVersionError` (all
+    :class:`SerializationError`, a ``ValueError``) with a one-sentence message.
+    """
+    path = Path(path)
+    meta, tensors = _read(path)
+    try:
+        input_shape = tuple(int(s) for s in json.loads(meta["input_shape"]))
+        plan = _plan_from(_dec(json.loads(meta["plan"])))
+        graph = json.loads(meta["graph"])
+        entries = json.loads(meta["tensors"])
+        ann = _build_graph(graph, entries["ann"], tensors)
+        snn_entries = entries["snn"]
+        traced_keys = set(entries["ann"])
+        same = all(snn_entries[k] == entries["ann"][k] for k in traced_keys)
+        if same:
+            net = SpikingNetwork(ann, plan, input_shape)
+        else:
+            traced = _build_graph(graph, {k: snn_entries[k] for k in traced_keys}, tensors)
+            net = SpikingNetwork(traced, plan, input_shape, ann_graph=ann)
+        own = _graph_state(net.graph_module)
+        extra = {k: _tensor(e, tensors) for k, e in snn_entries.items() if k not in traced_keys}
+        if set(own) != traced_keys | set(extra):
+            raise ValueError("the spiking graph's tensors do not match the stored ones")
+        for k, t in extra.items():  # the spiking layers' scales: rebuilt from the plan
+            if not _same_bits(own[k], t):  # unless changed after it (another dtype, ...)
+                owner, _, name = k.rpartition(".")
+                mod = net.graph_module.get_submodule(owner)
+                if name in mod._parameters:
+                    mod._parameters[name] = nn.Parameter(t, requires_grad=own[k].requires_grad)
+                else:
+                    mod._buffers[name] = t
+    except SerializationError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorruptFileError(f"'{path}' is damaged: {msg}") from None
+    return net
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CorruptFileError",
+    "NetworkFileNotFoundError",
+    "NotANetworkFileError",
+    "NotSerializableError",
+    "SerializationError",
+    "UnsupportedFormatVersionError",
+    "load",
+    "save",
+]
