@@ -10,6 +10,7 @@ onespike.save(snn, "net.safetensors")         # one safe file; onespike.load(pat
 onespike.export_nir(snn, "net.nir")           # NIR graph (pip install onespike[nir])
 """
 
+from onespike._version import __version__
 from onespike.accounting import CostReport, cost
 from onespike.convert import convert
 from onespike.errors import CalibrationError
@@ -19,8 +20,6 @@ from onespike.plan import LayerPlan, Plan
 from onespike.refine import RefineConfig, refine
 from onespike.serialize import SerializationError, load, save
 from onespike.trace import UnsupportedModelError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError",

@@ -11,6 +11,7 @@ network step by step (:mod:`onespike.simulate`).
 from __future__ import annotations
 
 import copy
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -277,18 +278,19 @@ class SpikingNetwork(nn.Module):
             )
         return SimulationResult(out, phases, counts, "event", in_spikes)
 
+    #: The network file format, :mod:`onespike.serialize`, which sets itself here when
+    #: it is imported (``import onespike`` does): it builds on this module, so this
+    #: module does not import it.
+    file_format: ClassVar[Any] = None
+
     def save(self, path) -> None:
         """Write the network to one safe file (:func:`onespike.serialize.save`)."""
-        from onespike.serialize import save
-
-        save(self, path)
+        self.file_format.save(self, path)
 
     @classmethod
     def load(cls, path) -> SpikingNetwork:
         """Read a network written by :meth:`save` (:func:`onespike.serialize.load`)."""
-        from onespike.serialize import load
-
-        return load(path)
+        return cls.file_format.load(path)
 
     def extra_repr(self) -> str:
         return f"phases={self.phases}, input_coding={self.plan.input_coding!r}"

@@ -100,6 +100,7 @@ import torch
 from torch import fx, nn
 
 from onespike.codes import phase as pc
+from onespike.errors import OnespikeError
 from onespike.graph import Runner
 from onespike.network import SpikingNetwork
 from onespike.plan import LayerPlan, Plan
@@ -109,7 +110,7 @@ NIR_FORMAT = "onespike.nir"
 NIR_FORMAT_VERSION = 1
 
 
-class NIRExportError(ValueError):
+class NIRExportError(OnespikeError, ValueError):
     """The network (or the NIR file) uses something the NIR mapping does not cover."""
 
 
@@ -477,7 +478,7 @@ class _Exporter:
 
 
 def _version() -> str:
-    from onespike import __version__
+    from onespike._version import __version__
 
     return __version__
 
