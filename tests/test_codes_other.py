@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import onespike
-from onespike.codes import burst, multiphase, rate, ttfs, weighted
+from onespike.codes import binary, burst, rate, ttfs
 from onespike.experiments import compare as C
 from onespike.trace import trace
 from tests.nets import Net1d, make, randomize_bn
@@ -103,31 +103,31 @@ def test_burst_params_are_checked():
 
 
 # --------------------------------------------------------------------------------------
-# multi-spike base-2 phase code (weighted spikes)
+# multi-spike base-2 code (binary phase coding, weighted spikes)
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("period", [1, 3, 4, 8])
-def test_weighted_neuron_reproduces_the_binary_expansion(period):
+def test_binary_neuron_reproduces_the_binary_expansion(period):
     z = _z(lo=0.0, hi=1.0)
-    _, _, bits = weighted.run_constant(z, 1, period)
-    code = multiphase.encode(z, period)
+    _, _, bits = binary.run_constant(z, 1, period)
+    code = binary.encode(z, period)
     for k in range(period):
-        assert torch.equal(bits[k].to(torch.int64), multiphase.spikes_at(code, k, period))
+        assert torch.equal(bits[k].to(torch.int64), binary.spikes_at(code, k, period))
 
 
 @pytest.mark.parametrize("period,periods", [(4, 1), (4, 10), (8, 5)])
-def test_weighted_neuron_average_error_below_2_pow_minus_K_over_P(period, periods):
+def test_binary_neuron_average_error_below_2_pow_minus_K_over_P(period, periods):
     z = _z(lo=0.0, hi=1.0 - 2.0**-period)
-    total, count, _ = weighted.run_constant(z, periods, period)
-    err = z - weighted.decode(total, periods)
+    total, count, _ = binary.run_constant(z, periods, period)
+    err = z - binary.decode_weight_sum(total, periods)
     assert float(err.min()) >= -1e-9
     assert float(err.max()) < 2.0**-period / periods + 1e-9
     assert float(count.max()) <= periods * period
 
 
-def test_weighted_neuron_saturates_at_all_bits():
-    total, count, _ = weighted.run_constant(torch.tensor([5.0], dtype=F64), 3, 4)
+def test_binary_neuron_saturates_at_all_bits():
+    total, count, _ = binary.run_constant(torch.tensor([5.0], dtype=F64), 3, 4)
     assert float(count) == 12  # every phase of every period
-    assert float(weighted.decode(total, 3)) == pytest.approx(1 - 2.0**-4)
+    assert float(binary.decode_weight_sum(total, 3)) == pytest.approx(1 - 2.0**-4)
 
 
 # --------------------------------------------------------------------------------------

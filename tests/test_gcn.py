@@ -78,7 +78,7 @@ def _check_simulators(snn: onespike.SpikingNetwork, x: torch.Tensor) -> None:
         assert torch.equal(ph, st64.spike_phases[name]), name
     for counts in st.spike_counts.values():
         assert int(counts.max()) <= 1
-    if snn.plan.input_coding == "single":  # ("phase" input is multi-spike by design)
+    if snn.plan.input_coding == "single":  # ("binary" input is multi-spike by design)
         assert int(st.input_spikes.max()) <= 1
 
 
@@ -225,7 +225,7 @@ def test_one_node_graph():
     adj = normalized_adjacency(torch.empty(2, 0, dtype=torch.int64), 1)
     ann = GCN(adj, 5, 3, hidden=4).eval()
     x = torch.rand(1, 5)
-    for coding in ("analog", "single", "phase"):
+    for coding in ("analog", "single", "binary"):
         snn = onespike.convert(ann, x, phases=8, input_coding=coding, progress=False)
         assert snn(x).shape == (1, 3)
         _check_simulators(snn, x)

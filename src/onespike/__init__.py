@@ -2,6 +2,7 @@
 
 import onespike
 snn = onespike.convert(ann, calibration, phases=8)
+snn = onespike.convert(ann, calibration, phases=8, search="paper")  # or a SearchConfig
 logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
@@ -12,6 +13,7 @@ onespike.export_nir(snn, "net.nir")           # NIR graph (pip install onespike[
 
 from onespike._version import __version__
 from onespike.accounting import CostReport, cost
+from onespike.calibrate import SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.errors import CalibrationError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
@@ -22,11 +24,13 @@ from onespike.serialize import SerializationError, load, save
 from onespike.trace import UnsupportedModelError
 
 __all__ = [
+    "SEARCH_PRESETS",
     "CalibrationError",
     "CostReport",
     "LayerPlan",
     "Plan",
     "RefineConfig",
+    "SearchConfig",
     "SerializationError",
     "SimulationResult",
     "SpikeLayer",

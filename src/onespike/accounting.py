@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.codes import binary
+from onespike.codes import phase as pc
 from onespike.errors import OptionError
 from onespike.graph import Region, Runner, weighted_call
 from onespike.network import SpikingNetwork
@@ -290,7 +292,7 @@ def cost(
         else:
             name = runner.modules[s_t.target].name
             ph = run.spike_phases[name]
-            fire = float(torch.where(ph >= 0, ph + 1, torch.full_like(ph, T)).sum())
+            fire = float(pc.fire_updates(ph, T).sum())
             cnt = run.spike_counts[name]
             spikes = float(cnt.sum())
             mean, mx = spikes / cnt.numel(), int(cnt.max())
@@ -330,7 +332,7 @@ def _spike_tags(
         elif r == "input":
             tags[node] = ("events", run.input_spikes.to(x.dtype))
             enc = runner.modules[node.target]
-            bases[node] = 2.0 if enc.coding == "phase" else enc.layer.base
+            bases[node] = binary.BASE if enc.coding == "binary" else enc.layer.base
         elif r == "relu":
             mod = runner.modules[node.target]
             tags[node] = ("events", run.spike_counts[mod.name].to(x.dtype))

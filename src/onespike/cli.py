@@ -13,17 +13,19 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from torch import nn
 
-from onespike.calibrate import OBJECTIVES
+from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
 from onespike.errors import OnespikeError, OptionError, report_error
 from onespike.evaluate import EvalResult, evaluate
 from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
+from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
 
 #: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
@@ -48,6 +50,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise OptionError(f"{message} (see {self.prog} --help)")
+
+
+def _input_coding(s: str) -> str:
+    """An argparse type: an input coding; the old name ``phase`` of ``binary`` still works,
+    with a warning on stderr (and a ``DeprecationWarning``) for one release."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            coding = check_input_coding(s)
+        except OptionError:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {s!r} (choose from {', '.join(INPUT_CODINGS)})"
+            ) from None
+    for w in caught:
+        print(f"warning: --input-coding {s}: {w.message}", file=sys.stderr)
+        warnings.warn(str(w.message), DeprecationWarning, stacklevel=2)
+    return coding
 
 
 def _count(s: str) -> int:
@@ -130,7 +149,6 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         xc,
         phases=args.phases,
         input_coding=args.input_coding,
-        threshold_shift=not args.no_shift,
         **_search_kwargs(args),
     )
     x, y = load_dataset(args.dataset, "test")
@@ -155,17 +173,28 @@ SUBSET_KW: dict = {
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
-    """The search's options, shared by convert, demo and sweep (see :func:`_search_kwargs`)."""
-    p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
-    p.add_argument("--scale", default="auto", help="auto | max | percentile")
-    p.add_argument("--objective", choices=OBJECTIVES, default="next")
+    """The search's options, shared by convert, demo and sweep (see :func:`_search_kwargs`).
+
+    ``--search`` names a preset (:data:`onespike.calibrate.SEARCH_PRESETS`); the other
+    flags change one of its fields, and a flag not given keeps the preset's value.
+    """
+    p.add_argument(
+        "--search",
+        choices=tuple(SEARCH_PRESETS),
+        default="default",
+        help="search preset (default: default; paper: the paper's per-layer search); "
+        "the flags below change one of its settings",
+    )
+    p.add_argument("--base", default=None, help="auto | global | B | B1,B2,... per layer")
+    p.add_argument("--scale", default=None, help="auto | max | percentile")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None)
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--per-channel",
         dest="per_channel",
         action="store_const",
         const=True,
-        default="auto",
+        default=None,
         help="one scale per channel in every layer (default: per channel for "
         "convolutions, per layer for Linear and graph layers)",
     )
@@ -177,12 +206,16 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
         help="one scale per layer everywhere (the default before per-channel scales)",
     )
     p.add_argument(
-        "--bias-correction", action="store_true", help="correct next layers' bias for code error"
+        "--bias-correction",
+        action="store_const",
+        const=True,
+        default=None,
+        help="correct next layers' bias for code error",
     )
     p.add_argument(
         "--search-samples",
         type=int,
-        default=256,
+        default=None,
         help="score the search's candidates on the first N calibration images "
         "(default 256; 0 = all of them)",
     )
@@ -200,17 +233,26 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-loss", choices=LOSSES, default=None, help="kl (default) | mse")
 
 
-def _search_kwargs(args: argparse.Namespace) -> dict:
-    """``onespike.convert`` keyword arguments from the flags of :func:`_add_search_flags`."""
-    return {
-        "base": _parse_base(args.base),
-        "scale": _parse_scale(args.scale),
+def _search_config(args: argparse.Namespace) -> SearchConfig:
+    """The :class:`~onespike.calibrate.SearchConfig` of ``--search`` and the flags that
+    change it (:func:`_add_search_flags`; ``--no-shift`` where the command has it)."""
+    changes = {
+        "base": None if args.base is None else _parse_base(args.base),
+        "scale": None if args.scale is None else _parse_scale(args.scale),
         "objective": args.objective,
         "per_channel": args.per_channel,
         "bias_correction": args.bias_correction,
-        "search_samples": args.search_samples or None,
-        "refine": _refine_arg(args),
+        "threshold_shift": False if getattr(args, "no_shift", False) else None,
     }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.search_samples is not None:
+        changes["search_samples"] = args.search_samples or None
+    return SearchConfig.preset(args.search).replace(**changes)
+
+
+def _search_kwargs(args: argparse.Namespace) -> dict:
+    """``onespike.convert`` keyword arguments from the flags of :func:`_add_search_flags`."""
+    return {"search": _search_config(args), "refine": _refine_arg(args)}
 
 
 def _refine_arg(args: argparse.Namespace) -> bool | dict:
@@ -235,7 +277,14 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
             help="data set (default: a shipped model's own; mnist for package.module:function)",
         )
     p.add_argument("--phases", type=_count, default=8, help="window T in steps (default 8)")
-    p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
+    p.add_argument(
+        "--input-coding",
+        type=_input_coding,
+        default="analog",
+        metavar="{" + ",".join(INPUT_CODINGS) + "}",
+        help="how the input is sent (default analog; binary: multi-spike base-2 code, "
+        "formerly 'phase'; single: single-spike phase code)",
+    )
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
     p.add_argument("--calibration", type=_count, default=1000, help="calibration images")

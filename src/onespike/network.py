@@ -16,17 +16,15 @@ from typing import Any, ClassVar
 import torch
 from torch import fx, nn
 
-from onespike.codes import multiphase
+from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.codes.phase import channel_shape
 from onespike.errors import InputError, OptionError, check_batch
-from onespike.plan import LayerPlan, Plan
+from onespike.plan import INPUT_CODINGS, LayerPlan, Plan, check_input_coding
 from onespike.simulate import SimulationResult, simulate_steps
 from onespike.trace import role
 
 Tensor = torch.Tensor
-
-INPUT_CODINGS = ("analog", "phase", "single")
 
 __all__ = [
     "INPUT_CODINGS",
@@ -91,7 +89,7 @@ class SpikeLayer(nn.Module):
         tables = self._scaled_tables(like.dtype)
         if tables is None:
             return pc.decode(phase, self.base, self.scale_for(like), self.phases)
-        r = (self.phases - phase).masked_fill_(phase < 0, 0)
+        r = pc.reached_from_phase(phase, self.phases)
         return tables[1].index_select(0, r.reshape(-1)).view_as(phase)
 
     def forward(self, pre: Tensor) -> Tensor:
@@ -110,14 +108,13 @@ class SpikeLayer(nn.Module):
 
 
 class InputEncoder(nn.Module):
-    """Codes the network input: ``analog`` (identity), ``phase`` or ``single`` spikes."""
+    """Codes the network input: ``analog`` (identity), ``binary`` or ``single`` spikes."""
 
     _onespike_role = "input"
 
     def __init__(self, coding: str, phases: int, lp: LayerPlan | None = None):
         super().__init__()
-        if coding not in INPUT_CODINGS:
-            raise OptionError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
+        coding = check_input_coding(coding)
         self.coding = coding
         self.phases = phases
         self.record = False
@@ -129,11 +126,11 @@ class InputEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.coding == "analog":
             return x
-        if self.coding == "phase":
-            code = multiphase.encode(x, self.phases)
+        if self.coding == "binary":
+            code = binary.encode(x, self.phases)
             if self.record:
                 self.last_code = code
-            return multiphase.decode(code, self.phases, x.dtype)
+            return binary.decode(code, self.phases, x.dtype)
         phase = self.layer.encode(x)
         if self.record:
             self.last_code = phase
@@ -272,8 +269,8 @@ class SpikingNetwork(nn.Module):
         in_spikes = None
         if code is not None:
             in_spikes = (
-                multiphase.spike_count(code)
-                if self.plan.input_coding == "phase"
+                binary.spike_count(code)
+                if self.plan.input_coding == "binary"
                 else (code >= 0).to(torch.int64)
             )
         return SimulationResult(out, phases, counts, "event", in_spikes)

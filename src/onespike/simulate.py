@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from onespike.codes import multiphase
+from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.graph import Region, Runner
 from onespike.plan import LayerPlan, Plan
@@ -78,7 +78,7 @@ class _Source:
                 self.small = self.code.to(narrow)
             return torch.where(self.small == t, self.unit, 0.0)
         if self.kind == "multi":
-            return multiphase.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
+            return binary.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
         raise ValueError("analog input has no spikes")
 
     def zeros(self, dtype: torch.dtype) -> Tensor:
@@ -207,17 +207,17 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             sources[node] = _Source("analog", 1.0, x)
             env_const[node] = x
         elif r == "input":  # the input encoder
-            if plan.input_coding == "phase":
-                code = multiphase.encode(x, T)
-                unit = torch.full(x.shape, multiphase.unit_weight(T), dtype=dtype)
-                sources[node] = _Source("multi", 2.0, code, unit)
-                input_spikes = multiphase.spike_count(code)
+            if plan.input_coding == "binary":
+                code = binary.encode(x, T)
+                unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype)
+                sources[node] = _Source("multi", binary.BASE, code, unit)
+                input_spikes = binary.spike_count(code)
             else:
                 lp = plan.input
                 assert lp is not None, "single-spike input coding without a layer plan"
                 z = x / _scale(lp, x)
                 phase, count = _fire(z, lp.base, T, lp.shift)
-                unit = (_scale(lp, x) * lp.base ** -(T - 1)).expand(x.shape).to(dtype)
+                unit = (_scale(lp, x) * pc.unit_value(lp.base, T)).expand(x.shape).to(dtype)
                 sources[node] = _Source("single", lp.base, phase, unit)
                 input_spikes = count
             env_const[node] = x
@@ -229,7 +229,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             u = _integrate(runner, reg, sources, env_const, T, dtype)
             z = u / _scale(lp, u)
             phase, count = _fire(z, lp.base, T, lp.shift)
-            unit = (_scale(lp, u) * lp.base ** -(T - 1)).expand(u.shape).to(dtype)
+            unit = (_scale(lp, u) * pc.unit_value(lp.base, T)).expand(u.shape).to(dtype)
             sources[node] = _Source("single", lp.base, phase, unit)
             env_const[node] = phase  # shape queries (x.size(0)) read it
             phases_out[lp.name] = phase
@@ -249,7 +249,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             reg = runner.region(node)
             if runner.is_spiking(reg.pre):
                 src = sources[reg.pre]
-                output = pc.decode(src.code, src.base, 1.0) * src.unit * src.base ** (T - 1)
+                output = pc.decode(src.code, src.base, 1.0) * src.unit * pc.window_gain(src.base, T)
             else:
                 output = _integrate(runner, reg, sources, env_const, T, dtype)
     assert output is not None

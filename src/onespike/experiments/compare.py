@@ -18,7 +18,8 @@ each code. The codes:
     or its 99.9th percentile.
 ``multiphase-K4``, ``multiphase-K8``
     multi-spike base-2 phase coding, weighted spikes with periods of ``K``
-    phases (:mod:`onespike.codes.weighted`), scale = 99.9th percentile.
+    phases (code kind ``binary``, :mod:`onespike.codes.binary`), scale = 99.9th
+    percentile.
 ``burst``
     burst coding (:mod:`onespike.codes.burst`), scale = 99.9th percentile.
 ``ttfs``
@@ -74,6 +75,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,10 +86,10 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, ann_counts, count_region
+from onespike.codes import binary as binary_code
 from onespike.codes import burst as burst_code
 from onespike.codes import rate as rate_code
 from onespike.codes import ttfs as ttfs_code
-from onespike.codes import weighted as weighted_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
 from onespike.errors import OnespikeError, OptionError, run_command
 from onespike.graph import Region, Runner
@@ -98,7 +100,8 @@ from onespike.trace import TracedModel, trace
 Node = fx.Node
 Tensor = torch.Tensor
 
-KINDS = ("onespike", "rate", "weighted", "burst", "ttfs")
+KINDS = ("onespike", "rate", "binary", "burst", "ttfs")
+_OLD_KINDS = {"weighted": "binary"}  # old name -> name, for one release
 CLOCK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 WINDOW_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 TOLERANCES: tuple[float, ...] = (0.5, 0.1)
@@ -114,26 +117,34 @@ class CodeSpec:
     """One code of the comparison and its parameters."""
 
     name: str
-    kind: str  # one of KINDS
+    kind: str  # one of KINDS (a kind of code; "weighted" is its old name for "binary")
     scale: str | float = 99.9  # "max" or a percentile of the positive activations
-    period: int = 8  # multi-phase: phases per period
+    period: int = 8  # binary (multi-phase): phases per period
     beta: float = 2.0  # burst constant
     max_burst: int = 5  # burst: spikes of growing weight at most
     shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
 
     def __post_init__(self) -> None:
+        if self.kind in _OLD_KINDS:
+            new = _OLD_KINDS[self.kind]
+            warnings.warn(
+                f"code kind {self.kind!r} is now {new!r}; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "kind", new)
         if self.kind not in KINDS:
             raise OptionError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
 
     @property
     def clocked(self) -> bool:
-        return self.kind in ("rate", "weighted", "burst")
+        return self.kind in ("rate", "binary", "burst")
 
     def describe(self) -> dict:
         d: dict = {"kind": self.kind}
         if self.kind != "onespike":
             d["scale"] = self.scale
-        if self.kind == "weighted":
+        if self.kind == "binary":
             d["period"] = self.period
         if self.kind == "burst":
             p = burst_code.BurstParams(self.beta, self.max_burst)
@@ -151,8 +162,8 @@ CODES: dict[str, CodeSpec] = {
         CodeSpec("onespike", "onespike"),
         CodeSpec("rate-max", "rate", scale="max"),
         CodeSpec("rate-p99.9", "rate", scale=99.9),
-        CodeSpec("multiphase-K4", "weighted", period=4),
-        CodeSpec("multiphase-K8", "weighted", period=8),
+        CodeSpec("multiphase-K4", "binary", period=4),
+        CodeSpec("multiphase-K8", "binary", period=8),
         CodeSpec("burst", "burst"),
         CodeSpec("ttfs", "ttfs"),
     )
@@ -372,7 +383,7 @@ def simulate_clocked(
     consts = net.consts(env0)
     n = x.shape[0]
     hidden, n_out = net.neurons(env0)
-    K = spec.period if spec.kind == "weighted" else 1
+    K = spec.period if spec.kind == "binary" else 1
     bp = burst_code.BurstParams(spec.beta, spec.max_burst)
     parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
     for t in net.targets:
@@ -410,7 +421,7 @@ def simulate_clocked(
 
     for step in range(marks[-1]):
         k = step % K
-        inject = spec.kind != "weighted" or k == 0  # bias and analog current this step
+        inject = spec.kind != "binary" or k == 0  # bias and analog current this step
         vals: dict[Node, Tensor] = {}
         spk: dict[Node, Tensor] = {}
         for node in net.order:
@@ -420,9 +431,9 @@ def simulate_clocked(
                 if spec.kind == "rate":
                     u[node], s = rate_code.if_step(u[node], cur, lam)
                     vals[node] = s * lam
-                elif spec.kind == "weighted":
-                    u[node], s = weighted_code.weighted_step(u[node], cur, lam, k)
-                    vals[node] = s * (lam * weighted_code.phase_weight(k))
+                elif spec.kind == "binary":
+                    u[node], s = binary_code.neuron_step(u[node], cur, lam, k)
+                    vals[node] = s * (lam * binary_code.phase_weight(k))
                 else:
                     theta = lam / bp.g_max
                     u[node], g[node], w = burst_code.burst_step(u[node], g[node], cur, theta, bp)
@@ -548,7 +559,7 @@ def onespike_neurons(net: Net, snn: object) -> dict[Node, NeuronFn]:
             s = pc.channel_shape(scale.to(pre.dtype), pre.dim())
             ph = pc.encode(pre / s, lp.base, lp.phases, shift=lp.shift)  # type: ignore[attr-defined]
             value = pc.decode(ph, lp.base, s, lp.phases)  # type: ignore[attr-defined]
-            upd = torch.where(ph >= 0, ph + 1, torch.full_like(ph, lp.phases))  # type: ignore[attr-defined]
+            upd = pc.fire_updates(ph, lp.phases)  # type: ignore[attr-defined]
             return value, (ph >= 0).to(pre.dtype), upd.to(pre.dtype)
 
         return f
@@ -620,7 +631,7 @@ class _Task:
 
 def run_clocked(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
     """Points of a clocked code at every checkpoint up to ``task.max_steps``."""
-    K = spec.period if spec.kind == "weighted" else 1
+    K = spec.period if spec.kind == "binary" else 1
     marks = [t for t in CLOCK_STEPS if t <= task.max_steps and t % K == 0]
     tallies = {t: _Tally() for t in marks}
     for sl in tqdm(task.batches(), desc=spec.name, disable=not task.progress):

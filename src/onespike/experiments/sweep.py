@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from onespike.calibrate import SearchConfig
 from onespike.convert import convert
 from onespike.errors import OptionError, run_command
 from onespike.evaluate import evaluate, measure_costs
@@ -214,7 +215,9 @@ def table(results: list[SweepResult]) -> str:
     return "\n".join(lines)
 
 
-# The ablation of issue 3: the paper's search, then one change at a time.
+# The ablation: the paper's search (the preset ``SearchConfig.preset("paper")``), then one
+# change at a time. The settings are recorded with each row; :func:`variant_config` turns
+# them into the search configuration and the other ``convert`` keywords (``refine``).
 ABLATIONS: dict[str, dict] = {
     "1 paper: activation error, per-layer scale+base": {
         "objective": "activation",
@@ -243,6 +246,15 @@ REFINE_ABLATIONS: dict[str, dict] = {
 }
 
 
+def variant_config(settings: dict) -> tuple[SearchConfig, dict]:
+    """The search of an ablation row (its fields changed from the default preset) and the
+    remaining ``convert`` keywords (``refine``)."""
+    fields = set(SearchConfig.__dataclass_fields__)
+    search = {k: v for k, v in settings.items() if k in fields}
+    rest = {k: v for k, v in settings.items() if k not in fields}
+    return SearchConfig().replace(**search), rest
+
+
 def ablate(
     name: str,
     ann: nn.Module,
@@ -265,8 +277,9 @@ def ablate(
     out: dict = {"model": name, "samples": int(x.shape[0]), "phases": phases, "rows": []}
     for label, kw in variants.items():
         row = {"variant": label, "settings": kw, "loss": {}, "snn_accuracy": {}}
+        search, rest = variant_config(kw)
         for T in phases:
-            snn = convert(ann, calibration, phases=T, progress=False, **kw)
+            snn = convert(ann, calibration, phases=T, search=search, progress=False, **rest)
             ev = evaluate(
                 ann,
                 snn,
