@@ -164,11 +164,9 @@ class _LearnedCode(nn.Module):
         self.base, self.phases, self.shift = layer.base, layer.phases, layer.shift
         log_s = layer.scale.detach().clone().log()
         self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
-        f64 = torch.float64
-        th = pc.ascending_thresholds(self.base, self.phases, shift=self.shift, dtype=f64)
-        self.register_buffer("th", th.to(layer.scale.device))
-        table = pc.value_table(self.base, self.phases, dtype=f64)
-        self.register_buffer("table", table.to(layer.scale.device))
+        # the spiking layer's own cached thresholds and levels (codes/phase.py, float64)
+        self.register_buffer("th", layer.th_ascending.clone())
+        self.register_buffer("table", layer.table.clone())
         self.drop = drop
         self.gen = gen
 
@@ -178,7 +176,7 @@ class _LearnedCode(nn.Module):
     def forward(self, pre: Tensor) -> Tensor:
         s = channel_shape(self.scale().to(pre.dtype), pre.dim())
         z = pre / s
-        q = pc.quantize_normalised(z.detach(), self.th.to(z.dtype), self.table.to(z.dtype))
+        q = pc.quantize_normalised(z.detach(), self.th, self.table)  # cast to z's dtype there
         zc = z.clamp(0.0, 1.0)
         out = s * (zc + (q - zc).detach())
         if self.training and self.drop > 0:
@@ -306,7 +304,7 @@ def refine(
     gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
 
     # the trainable copy: the SNN's graph with each spiking layer made differentiable
-    gm = copy.deepcopy(snn.graph_module).train(False)
+    gm = copy.deepcopy(snn.graph_module)
     codes: list[_LearnedCode] = []
     for key, layer in snn.spikes.items():
         code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev)
