@@ -25,6 +25,10 @@ among its senders, and spikes of a sender that fired earlier are delayed by
 whole windows (:func:`onespike.calibrate.fire_windows` computes both; the
 delays change when spikes arrive, not what they carry). Only spike phases are
 stored between layers (one integer per neuron), never ``T`` copies.
+
+The walk over the graph (which nodes are layers, pools, reshapes, the output, and
+their regions) is :class:`onespike.engine.SpikeGraph`'s, shared with the cost model
+and the code comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import fx
 
 from onespike.codes import binary
 from onespike.codes import phase as pc
+from onespike.engine import SpikeGraph
 from onespike.graph import Region, Runner
 from onespike.plan import LayerPlan, Plan
 
@@ -191,7 +196,8 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
     when the plan's input coding is not analog. What those nodes compute is not
     used: every code parameter comes from ``plan``. See the module docstring.
     """
-    runner = Runner(graph)
+    walk = SpikeGraph(graph)
+    runner = walk.runner
     T = plan.phases
     dtype = x.dtype
     layers = iter(plan.layers)
@@ -201,12 +207,11 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
     counts_out: dict[str, Tensor] = {}
     input_spikes = None
     output = None
-    for node in runner.nodes:
-        r = runner.role(node)
-        if node.op == "placeholder":
+    for kind, node in walk.walk():
+        if kind == "input":
             sources[node] = _Source("analog", 1.0, x)
             env_const[node] = x
-        elif r == "input":  # the input encoder
+        elif kind == "encoder":
             if plan.input_coding == "binary":
                 code = binary.encode(x, T)
                 unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype)
@@ -221,11 +226,11 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
                 sources[node] = _Source("single", lp.base, phase, unit)
                 input_spikes = count
             env_const[node] = x
-        elif r == "const":
+        elif kind == "const":
             env_const[node] = runner.run_node(node, env_const)
-        elif r == "relu":
+        elif kind == "layer":
             lp = next(layers)
-            reg = runner.region(node)
+            reg = walk.regions[node]
             u = _integrate(runner, reg, sources, env_const, T, dtype)
             z = u / _scale(lp, u)
             phase, count = _fire(z, lp.base, T, lp.shift)
@@ -234,19 +239,19 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             env_const[node] = phase  # shape queries (x.size(0)) read it
             phases_out[lp.name] = phase
             counts_out[lp.name] = count
-        elif runner.is_source(node) and r == "maxpool":
+        elif kind == "pool":
             sources[node] = _maxpool_spikes(runner, node, sources[node.args[0]], T)
             env_const[node] = sources[node].code
-        elif runner.is_source(node):  # reshape of spikes: same spikes, new shape
+        elif kind == "reshape":  # same spikes, new shape
             src = sources[node.args[0]]
-            code = runner.run_node(node, {**env_const, node.args[0]: src.code})
-            unit = runner.run_node(node, {**env_const, node.args[0]: src.unit})
+            code = walk.reshape(node, src.code, env_const)
+            unit = walk.reshape(node, src.unit, env_const)
             sources[node] = _Source(src.kind, src.base, code, unit)
             env_const[node] = code
-        elif r == "shape" and all(a in env_const for a in node.all_input_nodes):
+        elif kind == "shape" and all(a in env_const for a in node.all_input_nodes):
             env_const[node] = runner.run_node(node, env_const)
-        elif node.op == "output":
-            reg = runner.region(node)
+        elif kind == "output":
+            reg = walk.regions[node]
             if runner.is_spiking(reg.pre):
                 src = sources[reg.pre]
                 output = pc.decode(src.code, src.base, 1.0) * src.unit * pc.window_gain(src.base, T)

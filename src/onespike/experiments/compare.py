@@ -85,12 +85,26 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, ann_counts, count_region
 from onespike.codes import binary as binary_code
 from onespike.codes import burst as burst_code
 from onespike.codes import rate as rate_code
 from onespike.codes import ttfs as ttfs_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
+from onespike.engine import (
+    E_ADD,
+    E_MAC,
+    E_MEM,
+    E_MUL,
+    ClockedNeurons,
+    FireWindow,
+    NeuronFn,
+    Ops,
+    SpikeGraph,
+    ann_counts,
+    ann_energy,
+    energy_ratio,
+    phase_window,
+)
 from onespike.errors import OnespikeError, OptionError, run_command
 from onespike.graph import Region, Runner
 from onespike.models import resolve_model
@@ -185,36 +199,8 @@ def parse_codes(spec: str | Sequence[str]) -> list[CodeSpec]:
 
 
 # --------------------------------------------------------------------------------------
-# operations and energy
+# results (operations and energy: onespike.engine.Ops, the cost model's formula)
 # --------------------------------------------------------------------------------------
-@dataclass
-class Ops:
-    """Operations of one inference (or summed over a batch)."""
-
-    acs: float = 0.0
-    macs: float = 0.0
-    muls: float = 0.0
-    adds: float = 0.0  # adds, compares and subtracts of the neurons
-    updates: float = 0.0  # neuron updates (one membrane access each)
-    spikes: float = 0.0  # spikes of the hidden spiking neurons
-
-    def __iadd__(self, other: Ops) -> Ops:
-        for f in self.__dataclass_fields__:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-        return self
-
-    def scaled(self, k: float) -> Ops:
-        return Ops(**{f: getattr(self, f) * k for f in self.__dataclass_fields__})
-
-    def energy_compute(self) -> float:
-        """pJ without memory: AC 0.9, MAC 4.6, multiply 3.7, add 0.9."""
-        return self.acs * E_ADD + self.macs * E_MAC + self.muls * E_MUL + self.adds * E_ADD
-
-    def energy_total(self) -> float:
-        """pJ with one memory access (5 pJ) per AC, MAC and neuron update."""
-        return self.energy_compute() + (self.acs + self.macs + self.updates) * E_MEM
-
-
 @dataclass
 class Point:
     """One code at one length: accuracy, spikes and energy per inference."""
@@ -245,28 +231,17 @@ class CodeResult:
 # --------------------------------------------------------------------------------------
 # the network as seen by the simulators
 # --------------------------------------------------------------------------------------
-class Net:
-    """The folded ANN split into spiking layers, spike sources and regions."""
+class Net(SpikeGraph):
+    """The folded ANN as the engine walks it (:class:`onespike.engine.SpikeGraph`: its
+    spiking layers, the spike sources derived from them, the output and their regions),
+    with what the comparison asks of it."""
 
     def __init__(self, traced: TracedModel):
+        super().__init__(traced.module)
         self.traced = traced
-        self.runner = r = Runner(traced.module)
-        self.relus: list[Node] = list(traced.relus)
-        self.output: Node = next(n for n in r.nodes if n.op == "output")
-        self.targets: list[Node] = [*self.relus, self.output]
-        self.regions: dict[Node, Region] = {t: r.region(t) for t in self.targets}
-        # nodes derived from spikes by max-pooling or reshaping (sources of regions)
-        self.derived: list[Node] = [
-            n
-            for n in r.nodes
-            if n.op != "placeholder" and r.role(n) != "relu" and r.is_source(n) and r.is_spiking(n)
-        ]
-        for n in r.nodes:
-            if r.role(n) == "maxpool" and not r.is_source(n):
-                raise NotImplementedError(f"max-pooling {n.name} is not fed by spikes")
-        self.order: list[Node] = sorted(
-            [*self.relus, *self.derived, self.output], key=r.order.__getitem__
-        )
+        self.relus: list[Node] = self.layers
+        # the nodes a clocked or windowed run visits, in topological order
+        self.order: list[Node] = [n for _, n in self.walk("layer", "pool", "reshape", "output")]
 
     def spiking(self, reg: Region) -> list[Node]:
         return [s for s in reg.spike_sources if self.runner.is_spiking(s)]
@@ -303,18 +278,14 @@ class Net:
         return out_window + 1
 
     def count_synapses(self, counts: dict[Node, Tensor], env: dict[Node, object]) -> Ops:
-        """ACs and MACs of every region given cumulative spike counts of the spike sources."""
-        consts = self.consts(env)
-        ops = Ops()
+        """ACs and MACs of every region given cumulative spike counts of the spike sources
+        (the cost model's :meth:`~onespike.engine.SpikeGraph.synaptic_ops`)."""
+        tags: dict[Node, tuple[str, Tensor]] = {}
         for t in self.targets:
-            reg = self.regions[t]
-            tags: dict[Node, tuple[str, Tensor]] = {}
-            for s in reg.spike_sources:
-                if self.runner.is_spiking(s):
-                    tags[s] = ("events", counts[s])
-                else:
-                    tags[s] = ("dense", env[s])  # type: ignore[assignment]
-            acs, macs = count_region(self.runner, reg, tags, consts)
+            for s in self.regions[t].spike_sources:
+                tags[s] = ("events", counts[s]) if self.is_spiking(s) else ("dense", env[s])  # type: ignore[assignment]
+        ops = Ops()
+        for acs, macs in self.synaptic_ops(tags, self.consts(env)).values():
             ops.acs += acs
             ops.macs += macs
         return ops
@@ -355,6 +326,94 @@ def _gather(src: Tensor, idx: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 # clocked codes: rate, multi-phase, burst
 # --------------------------------------------------------------------------------------
+class RateNeurons:
+    """IF neurons with reset by subtraction, threshold ``lam``
+    (:class:`onespike.engine.ClockedNeurons`). Per neuron and step one add (bias and
+    analog current) and one compare, one subtract per spike; output neurons one add."""
+
+    period = 1
+    inject_every_step = True
+
+    def __init__(self, scales: dict[Node, float]):
+        self.scales = scales
+        self.u: dict[Node, Tensor] = {}
+
+    def start(self, shapes: dict[Node, Tensor]) -> None:
+        self.u = {n: torch.zeros_like(v) for n, v in shapes.items()}
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        lam = self.scales[node]
+        self.u[node], s = rate_code.if_step(self.u[node], current, lam)
+        return s, s * lam
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        return 0.0, 2 * hidden * n + outputs * n + spikes
+
+
+class BurstNeurons(RateNeurons):
+    """Burst neurons (:mod:`onespike.codes.burst`): as rate, plus one multiply per spike
+    (the burst factor ``g``)."""
+
+    def __init__(self, scales: dict[Node, float], params: burst_code.BurstParams):
+        super().__init__(scales)
+        self.params = params
+        self.g: dict[Node, Tensor] = {}
+
+    def start(self, shapes: dict[Node, Tensor]) -> None:
+        super().start(shapes)
+        self.g = {n: torch.ones_like(v) for n, v in shapes.items()}
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        bp = self.params
+        theta = self.scales[node] / bp.g_max
+        self.u[node], self.g[node], w = burst_code.burst_step(
+            self.u[node], self.g[node], current, theta, bp
+        )
+        return (w > 0).to(w.dtype), w * theta
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        return spikes, 2 * hidden * n + outputs * n + spikes
+
+
+class BinaryNeurons(RateNeurons):
+    """Binary multi-spike neurons, periods of ``K`` phases (:mod:`onespike.codes.binary`).
+    Per neuron and step one multiply (the phase weight) and one compare; per period one
+    add (bias and analog current, injected at phase 0); one subtract per spike. Output
+    neurons: one multiply per step and one add per period."""
+
+    inject_every_step = False
+
+    def __init__(self, scales: dict[Node, float], period: int):
+        super().__init__(scales)
+        self.period = period
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        lam = self.scales[node]
+        self.u[node], s = binary_code.neuron_step(self.u[node], current, lam, phase)
+        return s, s * (lam * binary_code.phase_weight(phase))
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        every = (hidden + outputs) * n
+        return every, hidden * n + spikes + (every if phase == 0 else 0)
+
+
+def clocked_neurons(spec: CodeSpec, scales: dict[Node, float]) -> ClockedNeurons:
+    """The neurons of a clocked code (:class:`onespike.engine.ClockedNeurons`)."""
+    if spec.kind == "rate":
+        return RateNeurons(scales)
+    if spec.kind == "binary":
+        return BinaryNeurons(scales, spec.period)
+    if spec.kind == "burst":
+        return BurstNeurons(scales, burst_code.BurstParams(spec.beta, spec.max_burst))
+    raise OptionError(f"code {spec.name!r} ({spec.kind}) is not clocked")
+
+
 @dataclass
 class _Tally:
     correct: int = 0
@@ -373,7 +432,8 @@ def simulate_clocked(
     """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
 
     All layers update at every step (a spike reaches the next layers in the
-    same step). At each checkpoint ``t`` the output estimate is the output
+    same step), walking the engine's spike nodes in order; the neurons are
+    :func:`clocked_neurons`. At each checkpoint ``t`` the output estimate is the output
     layer's accumulated input per step (per period for multi-phase) and the
     ops are those of the first ``t`` steps (checkpoints that are not a whole
     number of multi-phase periods are skipped).
@@ -383,8 +443,8 @@ def simulate_clocked(
     consts = net.consts(env0)
     n = x.shape[0]
     hidden, n_out = net.neurons(env0)
-    K = spec.period if spec.kind == "binary" else 1
-    bp = burst_code.BurstParams(spec.beta, spec.max_burst)
+    code = clocked_neurons(spec, scales)
+    K = code.period
     parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
     for t in net.targets:
         reg = net.regions[t]
@@ -398,8 +458,7 @@ def simulate_clocked(
         )
         const = bias if analog is None else bias + analog
         parts[t] = (const, analog, net.spiking(reg), zeros)
-    u = {n_: torch.zeros_like(env0[n_]) for n_ in net.relus}
-    g = {n_: torch.ones_like(env0[n_]) for n_ in net.relus} if spec.kind == "burst" else {}
+    code.start({n_: env0[n_] for n_ in net.relus})
     sent = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
     counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
     out_acc = torch.zeros_like(env0[net.regions[net.output].pre])
@@ -421,48 +480,30 @@ def simulate_clocked(
 
     for step in range(marks[-1]):
         k = step % K
-        inject = spec.kind != "binary" or k == 0  # bias and analog current this step
+        inject = code.inject_every_step or k == 0  # bias and analog current this step
         vals: dict[Node, Tensor] = {}
         spk: dict[Node, Tensor] = {}
-        for node in net.order:
-            if node in u:  # a spiking layer
-                cur = current(node, vals, inject)
-                lam = scales[node]
-                if spec.kind == "rate":
-                    u[node], s = rate_code.if_step(u[node], cur, lam)
-                    vals[node] = s * lam
-                elif spec.kind == "binary":
-                    u[node], s = binary_code.neuron_step(u[node], cur, lam, k)
-                    vals[node] = s * (lam * binary_code.phase_weight(k))
-                else:
-                    theta = lam / bp.g_max
-                    u[node], g[node], w = burst_code.burst_step(u[node], g[node], cur, theta, bp)
-                    s = (w > 0).to(w.dtype)
-                    vals[node] = w * theta
-                spk[node] = s
-            elif node is net.output:
+        for kind, node in net.walk("layer", "pool", "reshape", "output"):
+            if kind == "layer":
+                spk[node], vals[node] = code.step(node, current(node, vals, inject), k)
+            elif kind == "output":
                 out_acc += current(node, vals, inject)
                 continue
-            elif r.role(node) == "maxpool":  # gate: the neuron that sent the most so far
+            elif kind == "pool":  # gate: the neuron that sent the most so far
                 src = node.args[0]
                 idx = _maxpool_indices(r, node, sent[src])
                 vals[node] = _gather(vals[src], idx)
                 spk[node] = _gather(spk[src], idx)
             else:  # a reshape of spikes
                 src = node.args[0]
-                vals[node] = r.run_node(node, {**consts, src: vals[src]})  # type: ignore[assignment]
-                spk[node] = r.run_node(node, {**consts, src: spk[src]})  # type: ignore[assignment]
+                vals[node] = net.reshape(node, vals[src], consts)
+                spk[node] = net.reshape(node, spk[src], consts)
             sent[node] += vals[node]
             counts[node] += spk[node]
         spikes_now = sum(float(spk[n_].sum()) for n_ in net.relus)
-        if spec.kind == "rate":
-            adds += 2 * hidden * n + n_out * n + spikes_now
-        elif spec.kind == "burst":
-            adds += 2 * hidden * n + n_out * n + spikes_now
-            muls += spikes_now
-        else:
-            muls += (hidden + n_out) * n
-            adds += hidden * n + spikes_now + ((hidden + n_out) * n if k == 0 else 0)
+        step_muls, step_adds = code.neuron_ops(hidden, n_out, n, spikes_now, k)
+        muls += step_muls
+        adds += step_adds
         t = step + 1
         if t in marks and t % K == 0:
             ops = net.count_synapses(counts, env0)
@@ -476,27 +517,24 @@ def simulate_clocked(
 # --------------------------------------------------------------------------------------
 # windowed codes: TTFS (and onespike, for cross-checks)
 # --------------------------------------------------------------------------------------
-NeuronFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # pre -> (value, spikes, fire upd.)
-
-
 @torch.no_grad()
 def simulate_windowed(
-    net: Net, neurons: dict[Node, NeuronFn], x: Tensor, phases: int
+    net: Net, neurons: dict[Node, FireWindow], x: Tensor, phases: int
 ) -> tuple[Tensor, Ops]:
     """Run a windowed single-spike code on a batch: ``(output, ops summed over the batch)``.
 
     Each spiking layer's input at the end of its input window is its region
     evaluated on the decoded spikes of its sources (exact: the region is
-    linear and every input spike has arrived); ``neurons[relu](pre)`` runs the
-    layer's fire window and returns the decoded values, the 0/1 spikes and the
-    number of fire-window updates of every neuron. Max-pooling passes the
-    earliest (largest) spike. Ops: ACs/MACs from the spike counts, one add per
-    neuron and input-window step (hidden and output), one add and one compare
-    per fire-window update.
+    linear and every input spike has arrived); ``neurons[relu]`` (a
+    :class:`onespike.engine.FireWindow`) runs the layer's fire window and returns the
+    decoded values, the 0/1 spikes and the number of fire-window updates of every
+    neuron. Max-pooling passes the earliest (largest) spike. Ops: ACs/MACs from the
+    spike counts (the cost model's), one add per neuron and input-window step (hidden
+    and output), one add and one compare per fire-window update.
     """
     rec: dict[Node, tuple[Tensor, Tensor]] = {}
 
-    def wrap(node: Node, fn: NeuronFn) -> Callable[[Tensor], Tensor]:
+    def wrap(node: Node, fn: FireWindow) -> Callable[[Tensor], Tensor]:
         def f(pre: Tensor) -> Tensor:
             value, spikes, upd = fn(pre)
             rec[node] = (spikes, upd)
@@ -508,16 +546,13 @@ def simulate_windowed(
     env = runner.forward_all(x)
     consts = net.consts(env)
     counts: dict[Node, Tensor] = {}
-    for node in net.order:
-        if node in rec:
+    for kind, node in net.walk("layer", "pool", "reshape"):
+        if kind == "layer":
             counts[node] = rec[node][0]
-        elif node is net.output:
-            continue
-        elif net.runner.role(node) == "maxpool":
+        elif kind == "pool":
             counts[node] = (env[node] > 0).to(x.dtype)  # type: ignore[operator]
         else:
-            src = node.args[0]
-            counts[node] = net.runner.run_node(node, {**consts, src: counts[src]})  # type: ignore[assignment]
+            counts[node] = net.reshape(node, counts[node.args[0]], consts)
     ops = net.count_synapses(counts, env)
     hidden, n_out = net.neurons(env)
     n = x.shape[0]
@@ -544,27 +579,13 @@ def ttfs_neurons(
     return {n: make(scales[n]) for n in net.relus}
 
 
-def onespike_neurons(net: Net, snn: object) -> dict[Node, NeuronFn]:
-    """onespike's layers (from a converted network's plan) as windowed neurons (analog input)."""
-    from onespike.codes import phase as pc
-
+def onespike_neurons(net: Net, snn: object) -> dict[Node, FireWindow]:
+    """onespike's layers (from a converted network's plan) as windowed neurons (analog input):
+    :func:`onespike.engine.phase_window`, the phase code of the library."""
     plan = snn.plan  # type: ignore[attr-defined]
     if plan.input_coding != "analog":
         raise OptionError("only the analog input coding is supported here")
-
-    def make(lp: object) -> NeuronFn:
-        scale = torch.tensor(lp.scale, dtype=torch.float32)  # type: ignore[attr-defined]
-
-        def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            s = pc.channel_shape(scale.to(pre.dtype), pre.dim())
-            ph = pc.encode(pre / s, lp.base, lp.phases, shift=lp.shift)  # type: ignore[attr-defined]
-            value = pc.decode(ph, lp.base, s, lp.phases)  # type: ignore[attr-defined]
-            upd = pc.fire_updates(ph, lp.phases)  # type: ignore[attr-defined]
-            return value, (ph >= 0).to(pre.dtype), upd.to(pre.dtype)
-
-        return f
-
-    return {n: make(lp) for n, lp in zip(net.relus, plan.layers)}
+    return {n: phase_window(lp) for n, lp in zip(net.relus, plan.layers)}
 
 
 # --------------------------------------------------------------------------------------
@@ -612,8 +633,7 @@ class _Task:
         """A point from a tally: accuracy over the scored rows, ops per row."""
         n_eval = int(self.mask.sum())
         per = tally.ops.scaled(1.0 / self.x.shape[0])
-        ann_c = self.ann_macs * E_MAC
-        ann_t = self.ann_macs * (E_MAC + E_MEM)
+        ann_c, ann_t = ann_energy(self.ann_macs)
         ec, et = per.energy_compute(), per.energy_total()
         return Point(
             steps=steps,
@@ -624,8 +644,8 @@ class _Task:
             ops=asdict(per),
             energy_compute_pj=ec,
             energy_total_pj=et,
-            energy_ratio_compute=ann_c / ec if ec else float("inf"),
-            energy_ratio_total=ann_t / et if et else float("inf"),
+            energy_ratio_compute=energy_ratio(ann_c, ec),
+            energy_ratio_total=energy_ratio(ann_t, et),
         )
 
 
@@ -800,8 +820,8 @@ def compare(
         "calibration_samples": int(xc.shape[0]),
         "ann_accuracy": ann_acc,
         "ann_macs": ann_macs,
-        "ann_energy_compute_pj": ann_macs * E_MAC,
-        "ann_energy_total_pj": ann_macs * (E_MAC + E_MEM),
+        "ann_energy_compute_pj": ann_energy(ann_macs)[0],
+        "ann_energy_total_pj": ann_energy(ann_macs)[1],
         "hidden_neurons": hidden,
         "output_neurons": n_out,
         "spiking_layers": len(net.relus),
