@@ -13,32 +13,34 @@ def test_demo_small(capsys, tmp_path):
         ["demo", "--test", "300", "--calibration", "300", "--phases", "6", "--json", str(out)]
     )
     assert rc == 0
-    text = capsys.readouterr().out
-    for needle in ("ANN accuracy", "SNN accuracy (step path)", "latency", "energy ratio"):
-        assert needle in text
     d = json.loads(out.read_text())
     assert d["samples"] == 300 and d["plan"]["phases"] == 6
     assert d["step_event_same_predictions"] == 300
+    assert d["step_accuracy"] == d["snn_accuracy"]
+    assert d["loss_points"] == pytest.approx(d["ann_accuracy"] - d["snn_accuracy"])
+    assert d["ann_accuracy"] >= 98.0 and d["loss_points"] <= 1.0  # the shipped CNN converts well
     assert d["cost"]["totals"]["spikes_per_neuron_max"] == 1
+    assert d["cost"]["latency_steps"] == d["plan"]["latency_steps"] == 4 * 6
+    # what is printed is what is recorded
+    text = capsys.readouterr().out
+    assert f"SNN accuracy (step path)  {d['step_accuracy']:8.2f} %" in text
+    assert f"loss                      {d['loss_points']:+8.2f} points" in text
+    ratio = d["cost"]["totals"]["energy_ratio_compute"]
+    assert f"energy ratio ANN/SNN      {ratio:8.2f}x compute only" in text
 
 
-def test_convert_user_model(capsys):
-    rc = main(
-        [
-            "convert",
-            "--model",
-            "tests.cli_models:mnist",
-            "--dataset",
-            "mnist",
-            "--test",
-            "200",
-            "--calibration",
-            "200",
-            "--no-step",
-        ]
-    )
+def test_convert_user_model(capsys, tmp_path):
+    j = tmp_path / "u.json"
+    argv = ["convert", "--model", "tests.cli_models:mnist", "--dataset", "mnist"]
+    rc = main([*argv, "--test", "200", "--calibration", "200", "--no-step", "--json", str(j)])
     assert rc == 0
-    assert "SNN accuracy (event path)" in capsys.readouterr().out
+    d = json.loads(j.read_text())
+    assert d["model"] == "tests.cli_models:mnist" and d["samples"] == 200
+    assert d["step_accuracy"] is None  # --no-step
+    assert d["loss_points"] == pytest.approx(d["ann_accuracy"] - d["snn_accuracy"])
+    assert len(d["plan"]["layers"]) == 3  # conv, conv, fc: three spiking layers
+    out = capsys.readouterr().out
+    assert f"SNN accuracy (event path) {d['snn_accuracy']:8.2f} %" in out
 
 
 def test_convert_search_flags_reach_the_plan(tmp_path):
@@ -194,7 +196,11 @@ def test_ablation_variants_run():
     assert "T=3" in ablation_table([res])
     reloaded = json.loads(json.dumps([res]))  # JSON turns the T keys into strings
     assert ablation_table(reloaded) == ablation_table([res])
-    assert torch.isfinite(torch.tensor(res["ann_accuracy"]))
+    with torch.no_grad():
+        ann_acc = 100.0 * float((ann(x[:300]).argmax(1) == y[:300]).float().mean())
+    assert res["ann_accuracy"] == pytest.approx(ann_acc)
+    for row in res["rows"]:
+        assert row["loss"][3] == pytest.approx(res["ann_accuracy"] - row["snn_accuracy"][3])
 
 
 def test_python_m_onespike_runs_the_cli():

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from onespike.codes import binary
 from onespike.codes import phase as pc
 
 bases = st.floats(min_value=1.02, max_value=2.0)
@@ -105,17 +104,6 @@ def test_quantize_per_channel_scale():
 def test_bad_parameters(base, phases, msg):
     with pytest.raises(ValueError, match=msg):
         pc.PhaseCode(base, phases)
-
-
-@settings(max_examples=50)
-@given(x=st.floats(min_value=0.0, max_value=1.0), T=st.integers(1, 16))
-def test_binary_roundtrip(x, T):
-    code = binary.encode(torch.tensor([x], dtype=torch.float64), T)
-    val = float(binary.decode(code, T, torch.float64)[0])
-    assert 0 <= x - val < 2.0**-T or (x == 1.0 and val == 1 - 2.0**-T)
-    bits = sum(int(binary.spikes_at(code, k, T)[0]) * 2.0 ** -(k + 1) for k in range(T))
-    assert bits == val
-    assert int(binary.spike_count(code)[0]) == bin(int(code[0])).count("1")
 
 
 @given(base=bases, T=windows)
