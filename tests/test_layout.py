@@ -159,3 +159,20 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles_in_the_package():
     assert cycles(import_graph()) == []
+
+
+def test_the_readme_layout_lists_every_module():
+    """README.md's layout section names every module of the package (one line each)."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    listed = set()
+    for line in layout.splitlines():
+        for word in line.replace(",", " ").split():
+            if word.endswith(".py"):
+                listed.add(word)
+    missing = [
+        str(p.relative_to(SRC))
+        for p in sorted(SRC.rglob("*.py"))
+        if str(p.relative_to(SRC)) not in listed
+    ]
+    assert not missing, missing

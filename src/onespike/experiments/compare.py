@@ -2,11 +2,13 @@
 
 Every code is converted from the same trained ANN (BatchNorm folded by
 :func:`onespike.trace.trace`), with scales taken from the same calibration
-data, run on the same test images, and counted with the same unit costs
-(:mod:`onespike.accounting`): one accumulate (AC) per spike and outgoing
-synapse (:func:`onespike.accounting.count_region` with the real spike counts),
-one MAC per synapse of a layer fed analog values, and the neuron updates of
-each code. The codes:
+data, run on the same test images, and counted by the library's engine
+(:mod:`onespike.engine`, which :func:`onespike.cost` uses too): the same walk over the
+graph (:class:`~onespike.engine.SpikeGraph`), one accumulate (AC) per spike and
+outgoing synapse (:func:`~onespike.engine.count_region` with the real spike counts),
+one MAC per synapse of a layer fed analog values, the neuron updates of each code (its
+:class:`~onespike.engine.ClockedNeurons` or :class:`~onespike.engine.FireWindow`), and
+the one energy formula (:class:`~onespike.engine.Ops`). The codes:
 
 ``onespike``
     the package's own single-spike phase code: :func:`onespike.convert` at
