@@ -141,8 +141,7 @@ def main() -> int:
     ann2snn, functional, neuron, version = sj
 
     import onespike
-    from onespike.cli import calibration_set
-    from onespike.data import load_mnist
+    from onespike.data import calibration_set, load_mnist
     from onespike.evaluate import evaluate
     from onespike.models import load_pretrained
 
@@ -156,7 +155,7 @@ def main() -> int:
     print(f"ANN accuracy {ann_acc:.2f} %\n")
     out: dict = {"images": int(x.shape[0]), "ann_accuracy": ann_acc, "spikingjelly": {}}
     out["spikingjelly_version"] = version
-    from onespike.compare import source_version
+    from onespike.provenance import source_version
 
     out["onespike_source"] = source_version()
     out["torch"] = torch.__version__

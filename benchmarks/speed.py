@@ -21,8 +21,7 @@ import time
 import torch
 
 import onespike
-from onespike.cli import calibration_set
-from onespike.data import load_mnist
+from onespike.data import calibration_set, load_mnist
 from onespike.models import load_pretrained
 
 

@@ -26,7 +26,7 @@ ablation)
     ;;
 merge)
     for v in "" _per_layer; do
-        "$PY" -m onespike.sweep "$OUT/sweep_resnet20$v.json" "$OUT/sweep_vgg11_bn_w0.5$v.json" \
+        "$PY" -m onespike.experiments.sweep "$OUT/sweep_resnet20$v.json" "$OUT/sweep_vgg11_bn_w0.5$v.json" \
             --layers 8 --json "$OUT/sweep_cifar$v.json" --plot "$OUT/sweep_cifar$v.png"
     done
     ;;

@@ -10,7 +10,7 @@
 #
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
 # docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
-# `python -m onespike.compare docs/results/compare/*.json` (pasted into docs/COMPARE.md).
+# `python -m onespike.experiments.compare docs/results/compare/*.json` (pasted into docs/COMPARE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -45,5 +45,5 @@ PYTHONPATH="${SJ_PATH:-}" "$PY" benchmarks/peer_spikingjelly.py --images 2000 \
     --json "$OUT/peer_spikingjelly.json" 2>>"$ERR" | tee "$OUT/peer_spikingjelly.txt"
 
 shopt -s nullglob
-"$PY" -m onespike.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/resnet20_*.json \
+"$PY" -m onespike.experiments.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/resnet20_*.json \
     | tee "$OUT/tables.md"

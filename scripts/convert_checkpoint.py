@@ -1,4 +1,4 @@
-"""Convert a model from a training checkpoint of ``onespike.train`` (e.g. one still training).
+"""Convert a model from a checkpoint of ``onespike.experiments.train`` (e.g. one still training).
 
     python scripts/convert_checkpoint.py checkpoints/resnet20_e24.ckpt --phases 8 \
         --test 1000 --step-images 200 [--json out.json]
@@ -18,7 +18,8 @@ import time
 import torch
 
 import onespike
-from onespike.cli import calibration_set, load_dataset, summary
+from onespike.cli import summary
+from onespike.data import calibration_set, load_dataset
 from onespike.evaluate import evaluate
 from onespike.models import get_model
 

@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 import onespike
-from onespike.cli import calibration_set, load_dataset
+from onespike.data import calibration_set, fixed_subset, load_dataset
 from onespike.evaluate import evaluate, measure_costs
 from onespike.models import load_pretrained, pretrained_info
-from onespike.train import fixed_subset
 
 
 def _costs(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:

@@ -20,10 +20,9 @@ import time
 import torch
 
 import onespike
-from onespike.cli import calibration_set, load_dataset
+from onespike.data import calibration_set, fixed_subset, load_dataset
 from onespike.evaluate import evaluate
 from onespike.models import load_pretrained, pretrained_info
-from onespike.train import fixed_subset
 
 
 def main(argv: list[str] | None = None) -> int:

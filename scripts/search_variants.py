@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 import onespike
-from onespike.cli import load_dataset, resolve_model
+from onespike.data import load_dataset
+from onespike.models import resolve_model
 
 #: keyword arguments of onespike.convert; "calibration" is the number of calibration images.
 VARIANTS: dict[str, dict] = {
@@ -149,14 +150,12 @@ def markdown(out: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    from onespike.cli import UserError
-    from onespike.data._common import DataError
-    from onespike.models.registry import PretrainedWeightsNotFoundError
+    from onespike.errors import OnespikeError
 
     try:
         if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # reprint a saved run
             print(markdown(json.loads(Path(sys.argv[1]).read_text())))
         else:
             main()
-    except (OSError, UserError, DataError, PretrainedWeightsNotFoundError, ValueError) as e:
+    except (OSError, OnespikeError) as e:
         sys.exit(f"error: {e}")

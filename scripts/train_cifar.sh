@@ -12,12 +12,12 @@ PY="${PY:-.venv/bin/python}"
 what="${1:-all}"
 mkdir -p checkpoints
 if [[ "$what" == all || "$what" == resnet20 ]]; then
-    "$PY" -m onespike.train --model resnet20 --epochs 24 --seed 0 --batch-size 128 --lr 0.1 \
+    "$PY" -m onespike.experiments.train --model resnet20 --epochs 24 --seed 0 --batch-size 128 --lr 0.1 \
         --threads 2 --channels-last --checkpoint checkpoints/resnet20_e24.ckpt --resume \
         --out src/onespike/assets/weights
 fi
 if [[ "$what" == all || "$what" == vgg ]]; then
-    "$PY" -m onespike.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 --batch-size 128 \
+    "$PY" -m onespike.experiments.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 --batch-size 128 \
         --lr 0.1 --threads 1 --channels-last --checkpoint checkpoints/vgg11_bn_w0.5_e12.ckpt \
         --resume --out src/onespike/assets/weights
 fi

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
-exec "$PY" -m onespike.train --model mnist_cnn --epochs 6 --seed 0 --batch-size 128 --lr 0.05 \
+exec "$PY" -m onespike.experiments.train --model mnist_cnn --epochs 6 --seed 0 --batch-size 128 --lr 0.05 \
     --threads 1 --out src/onespike/assets/weights "$@"

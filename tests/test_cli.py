@@ -13,32 +13,34 @@ def test_demo_small(capsys, tmp_path):
         ["demo", "--test", "300", "--calibration", "300", "--phases", "6", "--json", str(out)]
     )
     assert rc == 0
-    text = capsys.readouterr().out
-    for needle in ("ANN accuracy", "SNN accuracy (step path)", "latency", "energy ratio"):
-        assert needle in text
     d = json.loads(out.read_text())
     assert d["samples"] == 300 and d["plan"]["phases"] == 6
     assert d["step_event_same_predictions"] == 300
+    assert d["step_accuracy"] == d["snn_accuracy"]
+    assert d["loss_points"] == pytest.approx(d["ann_accuracy"] - d["snn_accuracy"])
+    assert d["ann_accuracy"] >= 98.0 and d["loss_points"] <= 1.0  # the shipped CNN converts well
     assert d["cost"]["totals"]["spikes_per_neuron_max"] == 1
+    assert d["cost"]["latency_steps"] == d["plan"]["latency_steps"] == 4 * 6
+    # what is printed is what is recorded
+    text = capsys.readouterr().out
+    assert f"SNN accuracy (step path)  {d['step_accuracy']:8.2f} %" in text
+    assert f"loss                      {d['loss_points']:+8.2f} points" in text
+    ratio = d["cost"]["totals"]["energy_ratio_compute"]
+    assert f"energy ratio ANN/SNN      {ratio:8.2f}x compute only" in text
 
 
-def test_convert_user_model(capsys):
-    rc = main(
-        [
-            "convert",
-            "--model",
-            "tests.cli_models:mnist",
-            "--dataset",
-            "mnist",
-            "--test",
-            "200",
-            "--calibration",
-            "200",
-            "--no-step",
-        ]
-    )
+def test_convert_user_model(capsys, tmp_path):
+    j = tmp_path / "u.json"
+    argv = ["convert", "--model", "tests.cli_models:mnist", "--dataset", "mnist"]
+    rc = main([*argv, "--test", "200", "--calibration", "200", "--no-step", "--json", str(j)])
     assert rc == 0
-    assert "SNN accuracy (event path)" in capsys.readouterr().out
+    d = json.loads(j.read_text())
+    assert d["model"] == "tests.cli_models:mnist" and d["samples"] == 200
+    assert d["step_accuracy"] is None  # --no-step
+    assert d["loss_points"] == pytest.approx(d["ann_accuracy"] - d["snn_accuracy"])
+    assert len(d["plan"]["layers"]) == 3  # conv, conv, fc: three spiking layers
+    out = capsys.readouterr().out
+    assert f"SNN accuracy (event path) {d['snn_accuracy']:8.2f} %" in out
 
 
 def test_convert_search_flags_reach_the_plan(tmp_path):
@@ -85,6 +87,18 @@ def test_user_mistakes_are_one_line(capsys, argv, needle):
     assert "Traceback" not in err
 
 
+def test_a_bug_is_not_reported_as_a_mistake(monkeypatch, capsys):
+    """Only onespike's own error types become one line; a bug keeps its traceback."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("an invariant broke inside the library")
+
+    monkeypatch.setattr("onespike.cli.convert", broken)
+    with pytest.raises(ValueError, match="an invariant broke"):
+        main(["demo", "--test", "10", "--calibration", "10"])
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_convert_takes_a_shipped_name(tmp_path):
     j = tmp_path / "c.json"
     argv = ["convert", "--model", "mnist_cnn", "--test", "50", "--calibration", "50"]
@@ -117,9 +131,8 @@ def test_sweep_writes_json_and_plot(capsys, tmp_path):
 
 
 def test_sweep_random_subset_and_reprint(capsys, tmp_path):
-    from onespike.data import load_mnist
-    from onespike.sweep import main as sweep_main
-    from onespike.train import fixed_subset
+    from onespike.data import fixed_subset, load_mnist
+    from onespike.experiments.sweep import main as sweep_main
 
     j = tmp_path / "s.json"
     argv = ["sweep", "--model", "mnist_cnn", "--phases", "4", "--test", "60", "--subset"]
@@ -132,8 +145,8 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
     assert r["samples"] == 60 and r["step_check"]["images"] == 20
     assert r["rows"][0]["cost_images"] == 30 and r["rows"][0]["spikes_per_neuron_max"] == 1
     # the ANN accuracy is the one on the fixed random 60, not on the first 60
+    from onespike.experiments.train import evaluate
     from onespike.models import load_pretrained
-    from onespike.train import evaluate
 
     x, y = load_mnist("test")
     idx = fixed_subset(x.shape[0], 60)
@@ -154,10 +167,9 @@ def test_sweep_random_subset_and_reprint(capsys, tmp_path):
 def test_ablation_variants_run():
     import torch
 
-    from onespike.cli import calibration_set
-    from onespike.data import load_mnist
+    from onespike.data import calibration_set, load_mnist
+    from onespike.experiments.sweep import ABLATIONS, ablate, ablation_table
     from onespike.models import load_pretrained
-    from onespike.sweep import ABLATIONS, ablate, ablation_table
 
     ann = load_pretrained("mnist_cnn")
     xc, _ = calibration_set("mnist", 100)
@@ -184,7 +196,11 @@ def test_ablation_variants_run():
     assert "T=3" in ablation_table([res])
     reloaded = json.loads(json.dumps([res]))  # JSON turns the T keys into strings
     assert ablation_table(reloaded) == ablation_table([res])
-    assert torch.isfinite(torch.tensor(res["ann_accuracy"]))
+    with torch.no_grad():
+        ann_acc = 100.0 * float((ann(x[:300]).argmax(1) == y[:300]).float().mean())
+    assert res["ann_accuracy"] == pytest.approx(ann_acc)
+    for row in res["rows"]:
+        assert row["loss"][3] == pytest.approx(res["ann_accuracy"] - row["snn_accuracy"][3])
 
 
 def test_python_m_onespike_runs_the_cli():

@@ -181,7 +181,7 @@ def test_unsupported_layer_fails_before_calibration(x):
 
 def test_spike_input_codings_need_unit_range(model):
     with pytest.raises(CalibrationError, match=r"needs inputs in \[0, 1\]"):
-        onespike.convert(model, torch.randn(8, 2, 8, 8), phases=4, input_coding="phase")
+        onespike.convert(model, torch.randn(8, 2, 8, 8), phases=4, input_coding="binary")
 
 
 def test_search_cache_matches_fresh_evaluation(model, x):
@@ -191,15 +191,15 @@ def test_search_cache_matches_fresh_evaluation(model, x):
     from onespike.trace import trace
 
     traced = trace(model)
-    cfg = SearchConfig(phases=4)
-    cached = _Search(traced, x, cfg, progress=False)
+    cfg = SearchConfig()
+    cached = _Search(traced, x, cfg, progress=False, phases=4)
     relus = cached.relus
     picks = [(relus[0], 1.5), (relus[2], 1.3), (relus[1], 1.7), (relus[0], 1.2)]
     chosen: dict = {}
     for node, b in picks:
         chosen = {**chosen, node: (torch.tensor(2.0), b)}
         env = cached.env_with(chosen, relus[-1])
-        fresh = _Search(traced, x, cfg, progress=False).env_with(chosen)
+        fresh = _Search(traced, x, cfg, progress=False, phases=4).env_with(chosen)
         for n in cached.runner.nodes[: cached.runner.order[relus[-1]] + 1]:
             assert _same_value(env[n], fresh[n]), n.name
     # a module changed after a node: invalidate_after makes the cache see it
@@ -208,7 +208,7 @@ def test_search_cache_matches_fresh_evaluation(model, x):
     conv4.bias.data += 0.5
     cached.invalidate_after(relus[2])
     env = cached.env_with(chosen)
-    fresh = _Search(traced, x, cfg, progress=False).env_with(chosen)
+    fresh = _Search(traced, x, cfg, progress=False, phases=4).env_with(chosen)
     assert not _same_value(env[relus[3]], before)  # relu4 follows conv4: it changed
     for n in cached.runner.nodes:
         assert _same_value(env[n], fresh[n]), n.name

@@ -1,9 +1,8 @@
-"""Tests of onespike.models (architectures, registry, shipped weights) and onespike.train."""
+"""onespike.models: architectures, the registry, shipped weights and their sidecars."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from onespike.experiments.train import evaluate
 from onespike.models import (
     MNISTCNN,
     MODELS,
@@ -24,7 +24,6 @@ from onespike.models import (
     vgg11_bn,
     weights_dir,
 )
-from onespike.train import TrainConfig, evaluate, main, random_crop_flip, train
 
 CASES = [
     ("mnist_cnn", {}),
@@ -39,14 +38,6 @@ def mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     from onespike.data import load_mnist
 
     return load_mnist("test")
-
-
-@pytest.fixture(scope="module")
-def mnist_train_256() -> tuple[torch.Tensor, torch.Tensor]:
-    from onespike.data import load_mnist
-
-    x, y = load_mnist("train")
-    return x[:256].clone(), y[:256].clone()
 
 
 # --------------------------------------------------------------------------- architectures
@@ -173,130 +164,10 @@ def test_every_shipped_file_has_a_sidecar() -> None:
 
 
 def test_missing_weights_file_error_names_training_command(tmp_path: Path) -> None:
-    with pytest.raises(PretrainedWeightsNotFoundError, match=r"python -m onespike\.train"):
+    cmd = r"python -m onespike\.experiments\.train"
+    with pytest.raises(PretrainedWeightsNotFoundError, match=cmd):
         load_pretrained("resnet20", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="--model resnet20"):
         load_pretrained("resnet20", root=tmp_path)
     with pytest.raises(PretrainedWeightsNotFoundError, match="vgg11_bn"):
         pretrained_info("vgg11_bn", root=tmp_path)
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _tiny_cfg(tmp_path: Path, tag: str, **kw) -> TrainConfig:
-    return TrainConfig(
-        model="mnist_cnn",
-        epochs=2,
-        seed=3,
-        batch_size=64,
-        train_limit=256,
-        test_limit=200,
-        out=str(tmp_path / tag),
-        checkpoint=str(tmp_path / f"{tag}.ckpt"),
-        progress=False,
-        **kw,
-    )
-
-
-def test_resume_reproduces_uninterrupted_run(tmp_path: Path, mnist_train_256, mnist_test) -> None:
-    data = (*mnist_train_256, *mnist_test)
-    full = train(_tiny_cfg(tmp_path, "full"), data=data)
-    part = train(_tiny_cfg(tmp_path, "part", stop_after=1), data=data)
-    assert part.epochs_done == 1 and part.test_acc is None
-    assert not (tmp_path / "part" / "mnist_cnn.pt").exists()
-    ckpt = torch.load(tmp_path / "part.ckpt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "generator", "torch_rng"} <= set(ckpt)
-    assert ckpt["epoch"] == 1
-    resumed = train(_tiny_cfg(tmp_path, "part", resume=True), data=data)
-    a = torch.load(tmp_path / "full" / "mnist_cnn.pt", weights_only=True)
-    b = torch.load(tmp_path / "part" / "mnist_cnn.pt", weights_only=True)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert resumed.test_acc == full.test_acc
-    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
-    info = json.loads((tmp_path / "part" / "mnist_cnn.json").read_text())
-    assert info["resumed"] is True and info["epochs"] == 2 and info["seed"] == 3
-    # the run's own weights load through the registry, from the JSON sidecar
-    m = load_pretrained("mnist_cnn", root=tmp_path / "full")
-    assert isinstance(m, MNISTCNN) and not m.training
-
-
-def test_measure_rewrites_the_sidecar_figures(tmp_path: Path, mnist_train_256, mnist_test) -> None:
-    from onespike.train import measure_weights
-
-    data = (*mnist_train_256, *mnist_test)
-    cfg = _tiny_cfg(tmp_path, "m")
-    res = train(cfg, data=data)
-    js = tmp_path / "m" / "mnist_cnn.json"
-    info = json.loads(js.read_text())
-    assert info["acc_subset1000"] == res.test_acc  # 200 test images: the subset is all of them
-    info["test_acc"] = info["acc_subset1000"] = -1.0
-    js.write_text(json.dumps(info))
-    again = measure_weights(cfg)
-    assert again["test_acc"] == res.test_acc == again["acc_subset1000"]
-    assert json.loads(js.read_text())["test_acc"] == res.test_acc
-    assert again["history"] == info["history"] and "measured" in again
-    with pytest.raises(FileNotFoundError, match="train the model first"):
-        measure_weights(_tiny_cfg(tmp_path, "nothing-here"))
-
-
-def test_resume_rejects_other_settings(tmp_path: Path, mnist_train_256, mnist_test) -> None:
-    data = (*mnist_train_256, *mnist_test)
-    train(_tiny_cfg(tmp_path, "x", stop_after=1), data=data)
-    cfg = _tiny_cfg(tmp_path, "x", resume=True)
-    cfg.seed = 4
-    with pytest.raises(ValueError, match="seed"):
-        train(cfg, data=data)
-
-
-def test_cifar_model_saves_fp16_and_loads_fp32(tmp_path: Path) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(16, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (16,), generator=g)
-    cfg = TrainConfig(
-        model="vgg11_bn",
-        width=0.125,
-        epochs=1,
-        batch_size=8,
-        out=str(tmp_path),
-        progress=False,
-        channels_last=True,
-    )
-    res = train(cfg, data=(x, y, x, y))
-    assert res.config.name == "vgg11_bn_w0.125" and res.config.augment is True
-    sd = torch.load(tmp_path / "vgg11_bn_w0.125.pt", weights_only=True)
-    assert sd["features.conv1.weight"].dtype == torch.float16
-    assert sd["features.conv1.weight"].is_contiguous()
-    assert sd["features.bn1.num_batches_tracked"].dtype == torch.int64
-    info = pretrained_info("vgg11_bn_w0.125", root=tmp_path)
-    assert info["weights_dtype"] == "float16" and info["model_kwargs"] == {"width": 0.125}
-    m = load_pretrained("vgg11_bn_w0.125", root=tmp_path)
-    assert m.features.conv1.weight.dtype == torch.float32
-    assert m.features.conv1.out_channels == 8
-    assert evaluate(m, x, y) == pytest.approx(info["test_acc"])
-
-
-def test_random_crop_flip() -> None:
-    x = torch.rand(64, 3, 8, 8) + 1.0  # strictly positive, so padding shows up as zeros
-    out1 = random_crop_flip(x, torch.Generator().manual_seed(5), padding=2)
-    out2 = random_crop_flip(x, torch.Generator().manual_seed(5), padding=2)
-    assert out1.shape == x.shape
-    assert torch.equal(out1, out2)
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    n_flipped = 0
-    for i in range(len(x)):
-        crops = [
-            padded[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)
-        ]  # all 25 offsets
-        if any(torch.equal(out1[i], cr) for cr in crops):
-            continue
-        assert any(torch.equal(out1[i], cr.flip(-1)) for cr in crops)
-        n_flipped += 1
-    assert 10 < n_flipped < 54
-
-
-def test_cli_time_batches(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--model", "mnist_cnn", "--time-batches", "1", "--batch-size", "8"]) == 0
-    assert "s/epoch" in capsys.readouterr().out

@@ -90,7 +90,7 @@ def test_residual_net_round_trip(tmp_path):
     assert_identical(snn, _round_trip(snn, tmp_path), x)
 
 
-@pytest.mark.parametrize("coding", ["analog", "phase", "single"])
+@pytest.mark.parametrize("coding", ["analog", "binary", "single"])
 def test_max_pool_concat_net_and_input_codings(coding, tmp_path):
     model = make(3, relu_kind="method", maxpool=True, merge="cat", flatten="view")
     x = torch.rand(24, 2, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -31,7 +31,7 @@ def _agree(snn, x, dtype):
     merge=st.sampled_from(["add", "cat"]),
     pool=st.sampled_from(["avg", "adaptive"]),
     flatten=st.sampled_from(["view", "reshape", "torch", "module"]),
-    coding=st.sampled_from(["analog", "phase", "single"]),
+    coding=st.sampled_from(["analog", "binary", "single"]),
     phases=st.integers(2, 10),
 )
 def test_step_equals_event_on_random_networks(

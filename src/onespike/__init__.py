@@ -2,6 +2,7 @@
 
 import onespike
 snn = onespike.convert(ann, calibration, phases=8)
+snn = onespike.convert(ann, calibration, phases=8, search="paper")  # or a SearchConfig
 logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
@@ -10,7 +11,9 @@ onespike.save(snn, "net.safetensors")         # one safe file; onespike.load(pat
 onespike.export_nir(snn, "net.nir")           # NIR graph (pip install onespike[nir])
 """
 
+from onespike._version import __version__
 from onespike.accounting import CostReport, cost
+from onespike.calibrate import SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.errors import CalibrationError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
@@ -20,14 +23,14 @@ from onespike.refine import RefineConfig, refine
 from onespike.serialize import SerializationError, load, save
 from onespike.trace import UnsupportedModelError
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "SEARCH_PRESETS",
     "CalibrationError",
     "CostReport",
     "LayerPlan",
     "Plan",
     "RefineConfig",
+    "SearchConfig",
     "SerializationError",
     "SimulationResult",
     "SpikeLayer",

@@ -30,23 +30,32 @@ update (the membrane). The ANN figures count every MAC (dense hardware).
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from onespike.graph import Region, Runner, weighted_call
-from onespike.network import SimulationResult, SpikingNetwork
+from onespike.codes import binary
+from onespike.codes import phase as pc
+from onespike.engine import (
+    E_ADD,
+    E_MAC,
+    E_MEM,
+    E_MUL,
+    SpikeGraph,
+    ann_counts,
+    ann_energy,
+    count_region,
+    energy_compute,
+    energy_ratio,
+    energy_total,
+)
+from onespike.errors import OptionError
+from onespike.network import SpikingNetwork
+from onespike.simulate import SimulationResult
 
 Node = fx.Node
 Tensor = torch.Tensor
-
-E_ADD = 0.9  # pJ
-E_MUL = 3.7
-E_MAC = 4.6
-E_MEM = 5.0
 
 
 @dataclass
@@ -121,118 +130,6 @@ class CostReport:
         return "\n".join(lines)
 
 
-def _ones_op(runner: Runner, node: Node, m: Tensor, const_env: dict) -> Tensor:
-    """Apply a weighted node with every existing synapse weighing 1 (and no bias) to counts."""
-    if node.op == "call_module":
-        mod = runner.modules[node.target]
-        w = (mod.weight != 0).to(m.dtype)
-        return weighted_call(mod, m, bias=False, weight=w)
-    mat = const_env[node.args[0]]
-    if mat.is_sparse:
-        mat = mat.coalesce()
-        ones = torch.ones_like(mat.values(), dtype=m.dtype)
-        # the indices come from a valid sparse tensor: no invariant check needed
-        ind = torch.sparse_coo_tensor(mat.indices(), ones, mat.shape, check_invariants=False)
-        return torch.sparse.mm(ind, m)
-    return (mat != 0).to(m.dtype) @ m
-
-
-def _pool_area(runner: Runner, node: Node, m_in: Tensor, m_out: Tensor) -> float:
-    mod = runner.modules.get(node.target) if node.op == "call_module" else None
-    k = getattr(mod, "kernel_size", None)
-    if k is None and node.op == "call_function" and len(node.args) > 1:
-        k = node.args[1] if node.target in (F.avg_pool1d, F.avg_pool2d) else None
-    if k is not None:
-        return float(math.prod(k) if isinstance(k, (tuple, list)) else k ** (m_in.dim() - 2))
-    return m_in[0].numel() / m_out[0].numel()  # adaptive pooling, divisible sizes
-
-
-def _is_pool(runner: Runner, node: Node) -> bool:
-    pools = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-    if node.op == "call_module":
-        return isinstance(runner.modules[node.target], pools)
-    return node.op == "call_function" and node.target in (
-        F.avg_pool1d,
-        F.avg_pool2d,
-        F.adaptive_avg_pool1d,
-        F.adaptive_avg_pool2d,
-    )
-
-
-def _is_add(node: Node) -> bool:
-    return node.target in (operator.add, torch.add, "add")
-
-
-def _weighted_input(node: Node) -> Node:
-    return node.args[0] if node.op == "call_module" else node.args[1]
-
-
-def count_region(
-    runner: Runner, reg: Region, tags: dict[Node, tuple[str, Tensor]], const_env: dict
-) -> tuple[float, float]:
-    """(accumulates, multiply-accumulates) of a region, summed over the batch.
-
-    ``tags[source] = ("events", counts)`` for spike sources (spikes per
-    element) or ``("dense", values)`` for analog values. Events travel through
-    reshapes, concatenation, pooling (multiplied by the pool area: pooling is
-    folded into the next weighted layer) and weighted layers (their counts
-    become the number of synaptic paths reaching each output, exact for the
-    sparse aggregation of a GCN); they cost one AC each where they land on a
-    membrane (the region's end, or an add such as an identity shortcut). A
-    weighted layer on dense values costs one MAC per synapse.
-    """
-    kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
-    val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
-    for s in reg.sources:
-        if s.op == "get_attr" and s not in val:
-            val[s] = runner.run_node(s, val)
-    acs = macs = 0.0
-    for n in reg.nodes:
-        r = runner.role(n)
-        if r in ("shape", "const"):
-            val[n] = runner.run_node(n, val)
-            kind[n] = r
-            continue
-        ins = [a for a in n.all_input_nodes if kind.get(a) in ("events", "dense")]
-        kinds = {kind[a] for a in ins}
-        if r == "weighted":
-            arg = _weighted_input(n)
-            m = val[arg]
-            if kind[arg] == "events":
-                val[n] = _ones_op(runner, n, m, val)
-                kind[n] = "events"
-            else:
-                macs += float(_ones_op(runner, n, torch.ones_like(m), val).sum())
-                val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
-                kind[n] = "dense"
-        elif kinds == {"events"} and not _is_add(n):
-            out = runner.run_node(n, val)
-            if _is_pool(runner, n):
-                out = out * _pool_area(runner, n, val[ins[0]], out)
-            val[n] = out
-            kind[n] = "events"
-        else:  # events land on membranes here (an add, a mix with dense values)
-            acs += sum(float(val[a].sum()) for a in ins if kind[a] == "events")
-            val[n] = runner.run_node(n, val)
-            kind[n] = "dense"
-    if kind.get(reg.pre) == "events":
-        acs += float(val[reg.pre].sum())
-    return acs, macs
-
-
-def ann_counts(runner: Runner, reg: Region, env: dict[Node, object]) -> tuple[float, float]:
-    """(MACs, MACs whose input is non-zero) of the weighted layers of an ANN region."""
-    dense = nonzero = 0.0
-    consts = {k: v for k, v in env.items() if k.op == "get_attr"}
-    for n in reg.nodes:
-        if runner.role(n) != "weighted":
-            continue
-        x = env[_weighted_input(n)]
-        dense += float(_ones_op(runner, n, torch.ones_like(x), consts).sum())
-        nonzero += float(_ones_op(runner, n, (x != 0).to(x.dtype), consts).sum())
-    return dense, nonzero
-
-
 @torch.no_grad()
 def cost(
     ann: nn.Module | None,
@@ -258,26 +155,23 @@ def cost(
             probe = x
             y = ann.eval()(probe)
         if y.shape[1:] != snn(probe).shape[1:]:
-            raise ValueError("the ANN and the SNN produce outputs of different shapes")
+            raise OptionError("the ANN and the SNN produce outputs of different shapes")
     run = run if run is not None else snn.simulate(x, mode=mode)
     n = x.shape[0]
     T = snn.phases
-    ann_runner = Runner(snn.ann_graph)
-    ann_env = ann_runner.forward_all(x)
-    runner = Runner(snn.graph_module)
-    tags, bases = _spike_tags(runner, run, x)
+    ann_g = SpikeGraph(snn.ann_graph)
+    ann_env = ann_g.runner.forward_all(x)
+    spk = SpikeGraph(snn.graph_module)
+    runner = spk.runner
+    tags, bases = _spike_tags(spk, run, x)
     consts = {k: v[1] for k, v in tags.items() if v[0] in ("const", "shape")}
-    ann_targets = [nd for nd in ann_runner.nodes if ann_runner.role(nd) == "relu"]
-    snn_targets = [nd for nd in runner.nodes if runner.role(nd) == "relu"]
-    ann_targets.append(next(nd for nd in ann_runner.nodes if nd.op == "output"))
-    snn_targets.append(next(nd for nd in runner.nodes if nd.op == "output"))
+    synaptic = spk.synaptic_ops(tags, consts)
     rows: list[LayerCost] = []
-    for a_t, s_t in zip(ann_targets, snn_targets):
-        a_reg = ann_runner.region(a_t)
-        dense, nonzero = ann_counts(ann_runner, a_reg, ann_env)
-        s_reg = runner.region(s_t)
-        srcs = s_reg.spike_sources
-        acs, macs = count_region(runner, s_reg, {s: tags[s] for s in srcs}, consts)
+    for a_t, s_t in zip(ann_g.targets, spk.targets):
+        a_reg = ann_g.regions[a_t]
+        dense, nonzero = ann_counts(ann_g.runner, a_reg, ann_env)
+        srcs = spk.regions[s_t].spike_sources
+        acs, macs = synaptic[s_t]
         neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
         spike_comps = {bases[s] for s in srcs if tags[s][0] == "events"}
         analog = any(tags[s][0] == "dense" for s in srcs)
@@ -288,7 +182,7 @@ def cost(
         else:
             name = runner.modules[s_t.target].name
             ph = run.spike_phases[name]
-            fire = float(torch.where(ph >= 0, ph + 1, torch.full_like(ph, T)).sum())
+            fire = float(pc.fire_updates(ph, T).sum())
             cnt = run.spike_counts[name]
             spikes = float(cnt.sum())
             mean, mx = spikes / cnt.numel(), int(cnt.max())
@@ -315,33 +209,33 @@ def cost(
 
 
 def _spike_tags(
-    runner: Runner, run: SimulationResult, x: Tensor
+    graph: SpikeGraph, run: SimulationResult, x: Tensor
 ) -> tuple[dict[Node, tuple[str, object]], dict[Node, float]]:
     """Spikes per element of every spike source (events), the input (dense), constants."""
+    runner = graph.runner
     tags: dict[Node, tuple[str, object]] = {}
     bases: dict[Node, float] = {}
-    for node in runner.nodes:
-        r = runner.role(node)
+    for kind, node in graph.walk():
         vals = {a: v for a, (_, v) in tags.items()}
-        if node.op == "placeholder":
+        if kind == "input":
             tags[node] = ("dense", x)
-        elif r == "input":
+        elif kind == "encoder":
             tags[node] = ("events", run.input_spikes.to(x.dtype))
             enc = runner.modules[node.target]
-            bases[node] = 2.0 if enc.coding == "phase" else enc.layer.base
-        elif r == "relu":
+            bases[node] = binary.BASE if enc.coding == "binary" else enc.layer.base
+        elif kind == "layer":
             mod = runner.modules[node.target]
             tags[node] = ("events", run.spike_counts[mod.name].to(x.dtype))
             bases[node] = mod.base
-        elif r == "const":
+        elif kind == "const":
             tags[node] = ("const", runner.run_node(node, vals))
-        elif runner.is_source(node):
+        elif kind in ("pool", "reshape"):
             out = runner.run_node(node, vals)
-            if r == "maxpool":  # the first spike of each pool window passes
+            if kind == "pool":  # the first spike of each pool window passes
                 out = (out > 0).to(x.dtype)
             tags[node] = ("events", out)
             bases[node] = bases[node.args[0]]
-        elif r == "shape" and all(a in tags for a in node.all_input_nodes):
+        elif kind == "shape" and all(a in tags for a in node.all_input_nodes):
             tags[node] = ("shape", runner.run_node(node, vals))
     return tags, bases
 
@@ -356,10 +250,9 @@ def _totals(rows: list[LayerCost]) -> dict:
     hidden = [r for r in rows if r.name != "output"]
     neurons = sum(r.neurons for r in hidden)
     spikes = sum(r.spikes for r in hidden)
-    ann_c = ann_macs * E_MAC
-    snn_c = acs * E_ADD + macs * E_MAC + mul * E_MUL + add * E_ADD + fire * (E_MUL + E_ADD)
-    ann_t = ann_c + ann_macs * E_MEM
-    snn_t = snn_c + (acs + macs + mul + add + fire) * E_MEM
+    ann_c, ann_t = ann_energy(ann_macs)
+    snn_c = energy_compute(acs, macs, mul, add, fire)
+    snn_t = energy_total(snn_c, acs, macs, mul, add, fire)
     return {
         "ann_macs": ann_macs,
         "ann_nonzero_macs": sum(r.ann_nonzero_macs for r in rows),
@@ -374,9 +267,21 @@ def _totals(rows: list[LayerCost]) -> dict:
         "snn_energy_compute_pj": snn_c,
         "ann_energy_total_pj": ann_t,
         "snn_energy_total_pj": snn_t,
-        "energy_ratio_compute": ann_c / snn_c if snn_c else float("inf"),
-        "energy_ratio_total": ann_t / snn_t if snn_t else float("inf"),
+        "energy_ratio_compute": energy_ratio(ann_c, snn_c),
+        "energy_ratio_total": energy_ratio(ann_t, snn_t),
     }
 
 
-__all__ = ["CostReport", "LayerCost", "ann_counts", "cost", "count_region"]
+# count_region and ann_counts (the cost model's region walk) and the unit energies live in
+# onespike.engine, shared with the simulators; they are re-exported here.
+__all__ = [
+    "E_ADD",
+    "E_MAC",
+    "E_MEM",
+    "E_MUL",
+    "CostReport",
+    "LayerCost",
+    "ann_counts",
+    "cost",
+    "count_region",
+]

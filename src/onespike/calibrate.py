@@ -24,6 +24,7 @@ base shared by every layer, scored by the error of the logits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,10 +33,10 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from onespike.codes import multiphase
+from onespike.codes import binary
 from onespike.codes import phase as pc
+from onespike.errors import OptionError
 from onespike.graph import Region, Runner
-from onespike.network import channel_shape
 from onespike.plan import LayerPlan, Plan
 from onespike.trace import TracedModel
 
@@ -49,28 +50,128 @@ OBJECTIVES = ("next", "activation", "output")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """What the search may choose. See :func:`onespike.convert` for the meaning."""
+    """What the search may choose for each spiking layer, and how it scores a choice.
 
-    phases: int
+    A frozen value: name a preset (:meth:`preset`, :data:`SEARCH_PRESETS`), change
+    fields with :meth:`replace`, and pass it to :func:`onespike.convert` as
+    ``search=``. Every field is checked when the object is made.
+
+    Attributes:
+        base: ``"auto"`` (searched per layer), ``"global"`` (one searched base for all
+            layers), a number in (1, 2] for every layer, or one per layer (a tuple).
+        scale: ``"auto"`` (searched among high percentiles), ``"max"``, or a percentile
+            in (0, 100] of each layer's positive activations.
+        threshold_shift: round to the nearest level (True) or floor (False).
+        objective: ``"next"`` (the error at the next layers' pre-activations),
+            ``"activation"`` (the error of the layer's own activation, the paper's) or
+            ``"output"`` (the error of the logits, later layers not yet converted).
+        per_channel: ``"auto"`` (one scale per channel for convolution outputs, one per
+            layer for Linear and graph layers), ``True`` or ``False``.
+        bias_correction: correct the next layer's bias for the code's mean error.
+        search_samples: score candidates on the first this many calibration samples
+            (None: all of them); scales come from all of them. Ignored for models whose
+            samples interact (graph models).
+    """
+
     base: str | float | tuple[float, ...] = "auto"
     scale: str | float = "auto"
-    shift: bool = True
+    threshold_shift: bool = True
     objective: str = "next"
     per_channel: bool | str = "auto"
     bias_correction: bool = False
-    input_coding: str = "analog"
     search_samples: int | None = 256
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", _check_base(self.base))
+        object.__setattr__(self, "scale", _check_scale(self.scale))
+        if self.objective not in OBJECTIVES:
+            raise OptionError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        n = self.search_samples
+        if isinstance(n, bool) or not isinstance(n, int | None) or (n is not None and n < 1):
+            raise OptionError(f"search_samples must be an integer >= 1 or None, got {n!r}")
+        if self.per_channel not in (True, False, "auto"):
+            raise OptionError(
+                f"per_channel must be True, False or 'auto', got {self.per_channel!r}"
+            )
+        for name in ("threshold_shift", "bias_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.base == "global" and self.bias_correction:
+            raise OptionError("base='global' cannot be combined with bias_correction=True")
+
+    @classmethod
+    def preset(cls, name: str) -> SearchConfig:
+        """The named settings of :data:`SEARCH_PRESETS` (``"default"``, ``"paper"``)."""
+        try:
+            return SEARCH_PRESETS[name]
+        except (KeyError, TypeError):
+            raise OptionError(
+                f"unknown search preset {name!r}; choose one of {', '.join(SEARCH_PRESETS)}"
+            ) from None
+
+    @classmethod
+    def of(cls, search: SearchConfig | str) -> SearchConfig:
+        """``search`` itself, or the preset it names."""
+        return search if isinstance(search, SearchConfig) else cls.preset(search)
+
+    def replace(self, **changes: object) -> SearchConfig:
+        """A copy with some fields changed (checked like a new one)."""
+        return dataclasses.replace(self, **changes)
+
+    def changes(self) -> dict:
+        """The fields that differ from the defaults, in field order (``convert`` keywords)."""
+        default = SearchConfig()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
     def describe(self) -> dict:
+        """What the plan records (``Plan.search``)."""
         return {
             "base": self.base if isinstance(self.base, str) else "fixed",
             "scale": self.scale,
             "objective": self.objective,
             "per_channel": self.per_channel,
             "bias_correction": self.bias_correction,
-            "shift": self.shift,
+            "shift": self.threshold_shift,
             "search_samples": self.search_samples,
         }
+
+
+def _check_base(base: object) -> str | float | tuple[float, ...]:
+    if isinstance(base, str):
+        if base not in ("auto", "global"):
+            raise OptionError(
+                f"base must be 'auto', 'global', a number in (1, 2] or a list, got {base!r}"
+            )
+        return base
+    if isinstance(base, Sequence):
+        vals = tuple(float(b) for b in base)
+        for b in vals:
+            pc.check_params(b, 1)
+        return vals
+    pc.check_params(base, 1)
+    return float(base)  # type: ignore[arg-type]
+
+
+def _check_scale(scale: object) -> str | float:
+    if scale in ("auto", "max"):
+        return scale  # type: ignore[return-value]
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= 100:
+        return float(scale)
+    raise OptionError(f"scale must be 'auto', 'max' or a percentile in (0, 100], got {scale!r}")
+
+
+#: Named search settings. ``default``: what :func:`onespike.convert` does without
+#: options (the error at the next layers, per-channel scales for convolutions);
+#: ``paper``: the search of Hwang & Kung as this project reads it (each layer's own
+#: activation error, one scale and one base per layer), row 1 of the ablation.
+SEARCH_PRESETS: dict[str, SearchConfig] = {
+    "default": SearchConfig(),
+    "paper": SearchConfig(objective="activation", per_channel=False),
+}
 
 
 def _rel_err(a: Tensor, ref: Tensor) -> float:
@@ -123,9 +224,20 @@ def _safe_scale(s: Tensor) -> Tensor:
 
 
 class _Search:
-    def __init__(self, traced: TracedModel, x: Tensor, cfg: SearchConfig, progress: bool):
+    def __init__(
+        self,
+        traced: TracedModel,
+        x: Tensor,
+        cfg: SearchConfig,
+        progress: bool,
+        *,
+        phases: int,
+        input_coding: str = "analog",
+    ):
         self.traced = traced
         self.cfg = cfg
+        self.phases = phases
+        self.input_coding = input_coding
         self.x = x
         self.progress = progress
         self.stats_source: _Search | None = None  # candidate scales from a larger set
@@ -160,10 +272,10 @@ class _Search:
 
     # --- the converted network so far -------------------------------------------------
     def quantizer(self, scale: Tensor, base: float) -> Callable[[Tensor], Tensor]:
-        phases, shift = self.cfg.phases, self.cfg.shift
+        phases, shift = self.phases, self.cfg.threshold_shift
 
         def q(pre: Tensor) -> Tensor:
-            return pc.quantize(pre, channel_shape(scale, pre.dim()), base, phases, shift=shift)
+            return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
 
         return q
 
@@ -209,9 +321,9 @@ class _Search:
         self._invalidate_from(self.runner.order[node] + 1)
 
     def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
-        if self.cfg.input_coding == "phase":
-            return multiphase.decode(multiphase.encode(self.x, self.cfg.phases), self.cfg.phases)
-        if self.cfg.input_coding == "single" and self.input in chosen:
+        if self.input_coding == "binary":
+            return binary.decode(binary.encode(self.x, self.phases), self.phases)
+        if self.input_coding == "single" and self.input in chosen:
             s, b = chosen[self.input]
             return self.quantizer(s, b)(self.x)
         return self.x
@@ -329,12 +441,12 @@ class _Search:
     def run_sequential(self, bases_override: list[float] | None = None, desc: str = "calibrate"):
         chosen: dict[Node, tuple[Tensor, float]] = {}
         errors: dict[Node, float] = {}
-        order = ([self.input] if self.cfg.input_coding == "single" else []) + list(self.relus)
+        order = ([self.input] if self.input_coding == "single" else []) + list(self.relus)
         it = tqdm(order, desc=desc, disable=not self.progress, leave=False)
         for i, node in enumerate(it):
             upto = max(self.consumers[node], key=self.runner.order.__getitem__, default=None)
             env = self.env_with(chosen, upto)
-            idx = i - (1 if self.cfg.input_coding == "single" else 0)
+            idx = i - (1 if self.input_coding == "single" else 0)
             full = self.stats_source
             stats = (
                 self.layer_input(node, env)
@@ -389,8 +501,19 @@ def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int]
     return fire, out_window
 
 
-def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bool = True) -> Plan:
+def calibrate(
+    traced: TracedModel,
+    x: Tensor,
+    cfg: SearchConfig,
+    *,
+    phases: int,
+    input_coding: str = "analog",
+    progress: bool = True,
+) -> Plan:
     """Search every spiking layer's code on calibration inputs ``x`` ``[N, ...]``.
+
+    ``phases`` is the window ``T``; ``input_coding`` one of
+    :data:`onespike.plan.INPUT_CODINGS` (``"single"`` searches the input's code too).
 
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
@@ -399,8 +522,9 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
     n_search = cfg.search_samples
     if n_search is not None and x.shape[0] > n_search and batch_independent(Runner(traced.module)):
         x_search = x[: cfg.search_samples]
-    search = _Search(traced, x_search, cfg, progress)
-    full = _Search(traced, x, cfg, progress=False) if x_search is not x else search
+    job = {"phases": phases, "input_coding": input_coding}
+    search = _Search(traced, x_search, cfg, progress, **job)
+    full = _Search(traced, x, cfg, progress=False, **job) if x_search is not x else search
     if full is not search:
         search.stats_source = full
     if cfg.base == "global":
@@ -437,8 +561,8 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
             neurons=int(act[0].numel()),
             scale=scale,
             base=float(b),
-            phases=cfg.phases,
-            shift=cfg.shift,
+            phases=phases,
+            shift=cfg.threshold_shift,
             act_error=_rel_err(q, act),
             out_error=float(errors[node]),
             fire_window=window,
@@ -449,14 +573,14 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
         pre = env[n.args[0]]
         layers.append(lp_for(n, traced.names[n], torch.relu(pre), pre, fire[n]))
     inp = None
-    if cfg.input_coding == "single":
+    if input_coding == "single":
         inp = lp_for(search.input, "input", x, x, 0)
     search_info = cfg.describe()
     return Plan(
-        phases=cfg.phases,
-        input_coding=cfg.input_coding,
+        phases=phases,
+        input_coding=input_coding,
         layers=tuple(layers),
         input=inp,
-        latency_steps=(out_window + 1) * cfg.phases,
+        latency_steps=(out_window + 1) * phases,
         search=search_info,
     )

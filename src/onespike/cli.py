@@ -1,88 +1,72 @@
-"""Command line: ``onespike demo`` and ``onespike convert``. Thin: calls the public API.
+"""Command line: ``onespike demo``, ``convert``, ``sweep``, ``ablation``, ``compare``.
 
-A user's mistake (a missing data file, an unsupported layer, a bad option)
-prints one line starting with ``error:`` and exits with status 2.
+Thin: it parses options and calls the library (and, for sweep, ablation and compare,
+:mod:`onespike.experiments`). A user's mistake (a missing data file, an unsupported
+layer, a bad option: any :class:`~onespike.errors.OnespikeError`) prints one line
+starting with ``error:`` and exits with status 2; any other exception is a bug and
+shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from onespike.calibrate import OBJECTIVES
+from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
-from onespike.data import DataError
-from onespike.errors import CalibrationError
+from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
+from onespike.errors import OnespikeError, OptionError, report_error
 from onespike.evaluate import EvalResult, evaluate
-from onespike.models import PretrainedWeightsNotFoundError
+from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
+from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
-from onespike.trace import UnsupportedModelError
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
+#: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
+UserError = OptionError
 
-
-class UserError(Exception):
-    """A mistake on the command line; printed as one line."""
-
-
-def load_dataset(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from onespike import data
-
-    if name == "mnist":
-        return data.load_mnist(split)
-    if name == "fashion-mnist":
-        return data.load_fashion_mnist(split)
-    if name == "cifar10":
-        return data.load_cifar10(split)
-    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-
-
-def calibration_set(dataset: str, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """``n`` training images (fixed seed); the MNIST fallback is the shipped test set."""
-    try:
-        x, _ = load_dataset(dataset, "train")
-        where = f"{n} training images (seed {seed})"
-    except DataError:
-        if dataset != "mnist":
-            raise
-        x, _ = load_dataset(dataset, "test")
-        where = f"{n} TEST images (MNIST training set not found; set ONESPIKE_DATA)"
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n]
-    return x[idx], where
-
-
-def load_user_model(spec: str) -> nn.Module:
-    """``package.module:function`` returning a trained ``nn.Module``."""
-    if ":" not in spec:
-        raise UserError(f"--model must look like package.module:function, got {spec!r}")
-    mod_name, fn_name = spec.split(":", 1)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise UserError(f"cannot import module {mod_name!r} for --model: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if fn is None or not callable(fn):
-        raise UserError(f"module {mod_name!r} has no callable {fn_name!r}")
-    model = fn()
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model.eval()
+__all__ = [
+    "DATASETS",
+    "UserError",
+    "build_parser",
+    "calibration_set",
+    "load_dataset",
+    "load_user_model",
+    "main",
+    "resolve_model",
+    "summary",
+]
 
 
 class _Parser(argparse.ArgumentParser):
-    """Argument mistakes become a :class:`UserError`: one ``error:`` line, status 2."""
+    """Argument mistakes become an :class:`~onespike.errors.OptionError`: one ``error:``
+    line, status 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see {self.prog} --help)")
+        raise OptionError(f"{message} (see {self.prog} --help)")
+
+
+def _input_coding(s: str) -> str:
+    """An argparse type: an input coding; the old name ``phase`` of ``binary`` still works,
+    with a warning on stderr (and a ``DeprecationWarning``) for one release."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            coding = check_input_coding(s)
+        except OptionError:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {s!r} (choose from {', '.join(INPUT_CODINGS)})"
+            ) from None
+    for w in caught:
+        print(f"warning: --input-coding {s}: {w.message}", file=sys.stderr)
+        warnings.warn(str(w.message), DeprecationWarning, stacklevel=2)
+    return coding
 
 
 def _count(s: str) -> int:
@@ -107,7 +91,7 @@ def _parse_base(s: str) -> str | float | list[float]:
     try:
         vals = [float(v) for v in s.split(",")]
     except ValueError:
-        raise UserError(f"--base must be auto, global, a number or a list, got {s!r}") from None
+        raise OptionError(f"--base must be auto, global, a number or a list, got {s!r}") from None
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -117,7 +101,7 @@ def _parse_scale(s: str) -> str | float:
     try:
         return float(s)
     except ValueError:
-        raise UserError(f"--scale must be auto, max or a percentile, got {s!r}") from None
+        raise OptionError(f"--scale must be auto, max or a percentile, got {s!r}") from None
 
 
 def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> str:
@@ -165,12 +149,11 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         xc,
         phases=args.phases,
         input_coding=args.input_coding,
-        threshold_shift=not args.no_shift,
         **_search_kwargs(args),
     )
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
-        idx = _subset(args, x.shape[0], args.test)
+        idx = subset_indices(x.shape[0], args.test, args.subset)
         x, y = x[idx], y[idx]
     res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
     print(summary(name, snn, res, time.time() - t0))
@@ -182,7 +165,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
 
 
 SUBSET_KW: dict = {
-    "choices": ("first", "random"),
+    "choices": SUBSETS,
     "default": "first",
     "help": "which test images --test / --step-images take: the first N, or a fixed "
     "random N (seed 0; use it for CIFAR-10, stored sorted by class)",
@@ -190,17 +173,28 @@ SUBSET_KW: dict = {
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
-    """The search's options, shared by convert, demo and sweep (see :func:`_search_kwargs`)."""
-    p.add_argument("--base", default="auto", help="auto | global | B | B1,B2,... per layer")
-    p.add_argument("--scale", default="auto", help="auto | max | percentile")
-    p.add_argument("--objective", choices=OBJECTIVES, default="next")
+    """The search's options, shared by convert, demo and sweep (see :func:`_search_kwargs`).
+
+    ``--search`` names a preset (:data:`onespike.calibrate.SEARCH_PRESETS`); the other
+    flags change one of its fields, and a flag not given keeps the preset's value.
+    """
+    p.add_argument(
+        "--search",
+        choices=tuple(SEARCH_PRESETS),
+        default="default",
+        help="search preset (default: default; paper: the paper's per-layer search); "
+        "the flags below change one of its settings",
+    )
+    p.add_argument("--base", default=None, help="auto | global | B | B1,B2,... per layer")
+    p.add_argument("--scale", default=None, help="auto | max | percentile")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None)
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--per-channel",
         dest="per_channel",
         action="store_const",
         const=True,
-        default="auto",
+        default=None,
         help="one scale per channel in every layer (default: per channel for "
         "convolutions, per layer for Linear and graph layers)",
     )
@@ -212,12 +206,16 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
         help="one scale per layer everywhere (the default before per-channel scales)",
     )
     p.add_argument(
-        "--bias-correction", action="store_true", help="correct next layers' bias for code error"
+        "--bias-correction",
+        action="store_const",
+        const=True,
+        default=None,
+        help="correct next layers' bias for code error",
     )
     p.add_argument(
         "--search-samples",
         type=int,
-        default=256,
+        default=None,
         help="score the search's candidates on the first N calibration images "
         "(default 256; 0 = all of them)",
     )
@@ -235,17 +233,26 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-loss", choices=LOSSES, default=None, help="kl (default) | mse")
 
 
-def _search_kwargs(args: argparse.Namespace) -> dict:
-    """``onespike.convert`` keyword arguments from the flags of :func:`_add_search_flags`."""
-    return {
-        "base": _parse_base(args.base),
-        "scale": _parse_scale(args.scale),
+def _search_config(args: argparse.Namespace) -> SearchConfig:
+    """The :class:`~onespike.calibrate.SearchConfig` of ``--search`` and the flags that
+    change it (:func:`_add_search_flags`; ``--no-shift`` where the command has it)."""
+    changes = {
+        "base": None if args.base is None else _parse_base(args.base),
+        "scale": None if args.scale is None else _parse_scale(args.scale),
         "objective": args.objective,
         "per_channel": args.per_channel,
         "bias_correction": args.bias_correction,
-        "search_samples": args.search_samples or None,
-        "refine": _refine_arg(args),
+        "threshold_shift": False if getattr(args, "no_shift", False) else None,
     }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.search_samples is not None:
+        changes["search_samples"] = args.search_samples or None
+    return SearchConfig.preset(args.search).replace(**changes)
+
+
+def _search_kwargs(args: argparse.Namespace) -> dict:
+    """``onespike.convert`` keyword arguments from the flags of :func:`_add_search_flags`."""
+    return {"search": _search_config(args), "refine": _refine_arg(args)}
 
 
 def _refine_arg(args: argparse.Namespace) -> bool | dict:
@@ -257,7 +264,7 @@ def _refine_arg(args: argparse.Namespace) -> bool | dict:
     }
     extra = {k: v for k, v in extra.items() if v is not None}
     if extra and not args.refine:
-        raise UserError("--refine-iterations, --refine-budget and --refine-loss need --refine")
+        raise OptionError("--refine-iterations, --refine-budget and --refine-loss need --refine")
     return (extra or True) if args.refine else False
 
 
@@ -270,7 +277,14 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
             help="data set (default: a shipped model's own; mnist for package.module:function)",
         )
     p.add_argument("--phases", type=_count, default=8, help="window T in steps (default 8)")
-    p.add_argument("--input-coding", choices=("analog", "phase", "single"), default="analog")
+    p.add_argument(
+        "--input-coding",
+        type=_input_coding,
+        default="analog",
+        metavar="{" + ",".join(INPUT_CODINGS) + "}",
+        help="how the input is sent (default analog; binary: multi-spike base-2 code, "
+        "formerly 'phase'; single: single-spike phase code)",
+    )
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
     p.add_argument("--calibration", type=_count, default=1000, help="calibration images")
@@ -282,22 +296,6 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
 
 
-def resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
-    """A shipped model by name (its data set from its sidecar) or ``package.module:function``."""
-    from onespike.models import available_pretrained, load_pretrained, pretrained_info
-
-    if ":" not in spec and spec in available_pretrained():
-        return load_pretrained(spec), dataset or pretrained_info(spec).get("dataset", "mnist")
-    if ":" not in spec:
-        raise UserError(
-            f"--model {spec!r} is not a shipped model ({', '.join(available_pretrained())}) "
-            "and does not look like package.module:function"
-        )
-    if dataset is None:
-        raise UserError(f"--dataset is needed for {spec!r} (not a shipped model)")
-    return load_user_model(spec), dataset
-
-
 def _each_model(args: argparse.Namespace):
     """For every ``--model``: (spec, model, dataset, calibration, test x, test y)."""
     for spec in args.model:
@@ -306,24 +304,13 @@ def _each_model(args: argparse.Namespace):
         print(f"{spec}: calibration {where}", flush=True)
         x, y = load_dataset(dataset, "test")
         if args.test is not None:
-            idx = _subset(args, x.shape[0], args.test)
+            idx = subset_indices(x.shape[0], args.test, args.subset)
             x, y = x[idx], y[idx]
         yield spec, model, dataset, xc, x, y
 
 
-def _subset(args: argparse.Namespace, n: int, k: int) -> torch.Tensor:
-    """Indices of ``k`` of ``n`` test samples: the first ``k``, or ``--subset random``'s
-    fixed random ``k`` (seed 0, sorted; needed for CIFAR-10, whose test set is stored
-    sorted by class)."""
-    from onespike.train import fixed_subset
-
-    if getattr(args, "subset", "first") == "random":
-        return fixed_subset(n, k)
-    return torch.arange(min(n, k))
-
-
 def run_sweep(args: argparse.Namespace) -> int:
-    from onespike.sweep import sweep_model, table, write
+    from onespike.experiments.sweep import sweep_model, table, write
 
     phases = args.phases
     results = []
@@ -338,10 +325,10 @@ def run_sweep(args: argparse.Namespace) -> int:
                 y,
                 phases,
                 step_phases=args.step_phases,
-                step_indices=_subset(args, x.shape[0], args.step_images),
+                step_indices=subset_indices(x.shape[0], args.step_images, args.subset),
                 cost_indices=None
                 if args.cost_images is None
-                else _subset(args, x.shape[0], args.cost_images),
+                else subset_indices(x.shape[0], args.cost_images, args.subset),
                 convert_kwargs=_search_kwargs(args),
                 batch_size=args.batch_size,
             )
@@ -352,7 +339,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_ablation(args: argparse.Namespace) -> int:
-    from onespike.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
+    from onespike.experiments.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
 
     variants = {**ABLATIONS, **REFINE_ABLATIONS} if args.refine else ABLATIONS
     if args.refine_only:
@@ -389,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
     _add_common(d, dataset=False)
-    from onespike.compare import add_arguments as _compare_arguments
+    from onespike.experiments.compare import add_arguments as _compare_arguments
 
     _compare_arguments(
         sub.add_parser("compare", help="onespike against other spike codes; JSON + PNG")
@@ -455,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset = "mnist"
             return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
         if args.cmd == "compare":
-            from onespike.compare import main as compare_main
+            from onespike.experiments.compare import main as compare_main
 
             return compare_main(args)
         if args.cmd == "sweep":
@@ -466,17 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         user = ":" in args.model
         model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
         return run_conversion(args, model, args.model)
-    except (
-        UserError,
-        DataError,
-        CalibrationError,
-        UnsupportedModelError,
-        PretrainedWeightsNotFoundError,
-        ValueError,
-    ) as e:
-        msg = str(e).strip()
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except OnespikeError as e:  # a user's mistake; anything else is a bug: its traceback shows
+        return report_error(e)
 
 
 if __name__ == "__main__":

@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from onespike.calibrate import OBJECTIVES, SearchConfig, calibrate
+from onespike.calibrate import SearchConfig, calibrate
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, collect_calibration
-from onespike.network import INPUT_CODINGS, SpikingNetwork
+from onespike.errors import CalibrationError, OptionError, collect_calibration
+from onespike.network import SpikingNetwork
+from onespike.plan import check_input_coding
 from onespike.refine import RefineConfig, as_config
 from onespike.refine import refine as refine_network
 from onespike.trace import trace
 
 
-def _check_base(base: object) -> str | float | tuple[float, ...]:
-    if isinstance(base, str):
-        if base not in ("auto", "global"):
-            raise ValueError(
-                f"base must be 'auto', 'global', a number in (1, 2] or a list, got {base!r}"
-            )
-        return base
-    if isinstance(base, Sequence):
-        vals = tuple(float(b) for b in base)
-        for b in vals:
-            pc.check_params(b, 1)
-        return vals
-    pc.check_params(base, 1)
-    return float(base)
+class _FromSearch:
+    """The default of convert's search keywords: take the value from ``search``."""
+
+    def __repr__(self) -> str:
+        return "<from search>"
 
 
-def _check_scale(scale: object) -> str | float:
-    if scale in ("auto", "max"):
-        return scale  # type: ignore[return-value]
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= 100:
-        return float(scale)
-    raise ValueError(f"scale must be 'auto', 'max' or a percentile in (0, 100], got {scale!r}")
+FROM_SEARCH: Any = _FromSearch()
 
 
 def convert(
@@ -45,15 +33,16 @@ def convert(
     calibration: object,
     *,
     phases: int,
-    base: str | float | Sequence[float] = "auto",
-    scale: str | float = "auto",
+    search: SearchConfig | str = "default",
+    base: str | float | Sequence[float] = FROM_SEARCH,
+    scale: str | float = FROM_SEARCH,
     input_coding: str = "analog",
-    threshold_shift: bool = True,
-    objective: str = "next",
-    per_channel: bool | str = "auto",
-    bias_correction: bool = False,
+    threshold_shift: bool = FROM_SEARCH,
+    objective: str = FROM_SEARCH,
+    per_channel: bool | str = FROM_SEARCH,
+    bias_correction: bool = FROM_SEARCH,
     max_calibration: int | None = None,
-    search_samples: int | None = 256,
+    search_samples: int | None = FROM_SEARCH,
     refine: bool | RefineConfig | dict = False,
     progress: bool = True,
 ) -> SpikingNetwork:
@@ -64,25 +53,24 @@ def convert(
         calibration: a tensor ``[N, ...]`` or an iterable of tensors or of
             ``(x, y)`` batches (a DataLoader works): a few hundred inputs.
         phases: ``T``, the window length in steps (>= 1).
-        base: ``"auto"`` (searched per layer), ``"global"`` (one searched base
-            for all layers), a number in (1, 2] for all layers, or one per layer.
-        scale: ``"auto"`` (searched among high percentiles), ``"max"``, or a
-            percentile in (0, 100] of each layer's positive activations.
+        search: how the search chooses each layer's code: a
+            :class:`~onespike.calibrate.SearchConfig`, or the name of a preset
+            (``"default"``, ``"paper"``: :data:`~onespike.calibrate.SEARCH_PRESETS`).
+        base, scale, threshold_shift, objective, per_channel, bias_correction,
+            search_samples: change one field of ``search`` (see
+            :class:`~onespike.calibrate.SearchConfig`). The defaults: ``base="auto"``
+            (searched per layer; ``"global"``, a number in (1, 2] or one per layer),
+            ``scale="auto"`` (searched among high percentiles; ``"max"`` or a
+            percentile), ``threshold_shift=True`` (round to the nearest level; False
+            floors), ``objective="next"`` (error at the next layers' pre-activations;
+            ``"activation"``, the paper's, or ``"output"``, the logits, slower),
+            ``per_channel="auto"`` (per channel for convolutions, per layer for Linear
+            and graph layers), ``bias_correction=False``, ``search_samples=256``
+            (candidates scored on the first 256 calibration samples; None: all).
         input_coding: ``"analog"`` (pixels as a current; the first layer does
-            MACs), ``"phase"`` (multi-spike base-2 code) or ``"single"``.
-        threshold_shift: round to the nearest level (True) or floor (False).
-        objective: ``"next"`` (error at the next layers' pre-activations),
-            ``"activation"`` (error of the layer's own activation, the paper's) or
-            ``"output"`` (error of the logits, later layers not yet converted; runs
-            the rest of the network for every candidate, so it is slower).
-        per_channel: ``"auto"`` (one scale per channel for convolution outputs, one
-            per layer for Linear and graph layers), ``True`` (per channel everywhere)
-            or ``False`` (one scale per layer everywhere).
-        bias_correction: correct the next layer's bias for the code's mean error.
+            MACs), ``"binary"`` (multi-spike base-2 code; ``"phase"`` is its old
+            name, deprecated) or ``"single"`` (the hidden layers' single-spike code).
         max_calibration: use at most this many calibration samples.
-        search_samples: score the search's candidates on the first this many
-            calibration samples (None: all); scales come from all of them.
-            Ignored for models whose samples interact (graph models).
         refine: after the search, fit the weights and scales to the ANN's logits on
             the calibration inputs (:func:`onespike.refine`): ``True`` for the
             defaults, a :class:`~onespike.refine.RefineConfig`, or a dict of its
@@ -94,26 +82,25 @@ def convert(
         event-exact fast path, ``snn.simulate(x, mode="step")`` the step
         simulator, ``snn.plan`` what the search chose.
     """
-    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
-    base_v = _check_base(base)
-    scale_v = _check_scale(scale)
-    if input_coding not in INPUT_CODINGS:
-        raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {input_coding!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    bad = isinstance(search_samples, bool) or not isinstance(search_samples, int | None)
-    if bad or (search_samples is not None and search_samples < 1):
-        raise ValueError(f"search_samples must be an integer >= 1 or None, got {search_samples!r}")
-    if per_channel not in (True, False, "auto"):
-        raise ValueError(f"per_channel must be True, False or 'auto', got {per_channel!r}")
+    pc.check_phases(phases)
+    loose = {
+        "base": base,
+        "scale": scale,
+        "threshold_shift": threshold_shift,
+        "objective": objective,
+        "per_channel": per_channel,
+        "bias_correction": bias_correction,
+        "search_samples": search_samples,
+    }
+    cfg = SearchConfig.of(search).replace(
+        **{k: v for k, v in loose.items() if v is not FROM_SEARCH}
+    )
+    input_coding = check_input_coding(input_coding)
     refine_cfg = as_config(refine)
-    if base_v == "global" and bias_correction:
-        raise ValueError("base='global' cannot be combined with bias_correction=True")
     traced = trace(model)  # fails here, before any data, on unsupported layers
-    if isinstance(base_v, tuple) and len(base_v) != len(traced.relus):
-        raise ValueError(
-            f"base has {len(base_v)} values but the model has {len(traced.relus)} spiking layers"
+    if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
+        raise OptionError(
+            f"base has {len(cfg.base)} values but the model has {len(traced.relus)} spiking layers"
         )
     x = collect_calibration(calibration, max_calibration)
     if input_coding != "analog" and (x.min() < 0 or x.max() > 1):
@@ -134,18 +121,7 @@ def convert(
         raise CalibrationError(
             f"calibration samples of shape {tuple(x.shape[1:])} do not fit the model: {msg}"
         ) from None
-    cfg = SearchConfig(
-        phases=phases,
-        base=base_v,
-        scale=scale_v,
-        shift=threshold_shift,
-        objective=objective,
-        per_channel=per_channel,
-        bias_correction=bias_correction,
-        input_coding=input_coding,
-        search_samples=search_samples,
-    )
-    plan = calibrate(traced, x, cfg, progress=progress)
+    plan = calibrate(traced, x, cfg, phases=phases, input_coding=input_coding, progress=progress)
     snn = SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))
     if refine_cfg is not None:
         snn = refine_network(snn, model, x, refine_cfg, progress=progress)

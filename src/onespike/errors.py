@@ -1,35 +1,85 @@
-"""Checks of user input that turn mistakes into one clear sentence."""
+"""onespike's error types, and the checks of user input that raise them.
+
+Every mistake a user can make (an option's value, an input batch, the calibration
+data, an unsupported model, a missing data or weight file) raises a subclass of
+:class:`OnespikeError` whose message is one sentence saying what is wrong and what
+to do. The command line prints exactly these as one ``error:`` line; any other
+exception is a bug and keeps its traceback. The option, input, calibration and
+model errors are also ``ValueError`` subclasses (what onespike raised before they
+had their own types).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 import torch
 
 Tensor = torch.Tensor
 
 
-class CalibrationError(ValueError):
+class OnespikeError(Exception):
+    """A user's mistake, explained in one sentence (the base of onespike's error types)."""
+
+
+class OptionError(OnespikeError, ValueError):
+    """An argument or command-line option has a value onespike does not accept."""
+
+
+class InputError(OnespikeError, ValueError):
+    """An input batch cannot be run (not a float tensor, wrong shape, NaN/Inf, range)."""
+
+
+class CalibrationError(OnespikeError, ValueError):
     """The calibration data cannot be used (empty, not tensors, NaN/Inf, wrong shape)."""
 
 
+class UnsupportedModelError(OnespikeError, ValueError):
+    """The model contains operators that cannot be converted (all listed in the message)."""
+
+
+class UnknownNameError(OnespikeError, KeyError):
+    """A model, code or setting was asked for by a name onespike does not know."""
+
+    __str__ = Exception.__str__  # the message as written (KeyError would quote it)
+
+
+def report_error(e: OnespikeError) -> int:
+    """Print a user's mistake as ``error: <message>`` on stderr; the exit status, 2."""
+    print(f"error: {str(e).strip()}", file=sys.stderr)
+    return 2
+
+
+def run_command(main: Callable[[], int]) -> int:
+    """Run a command's ``main`` and return its exit status.
+
+    A user's mistake (an :class:`OnespikeError`) is reported by :func:`report_error`;
+    any other exception propagates with its traceback (it is a bug).
+    """
+    try:
+        return main()
+    except OnespikeError as e:
+        return report_error(e)
+
+
 def check_batch(x: object, sample_shape: tuple[int, ...] | None, *, what: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite float tensor ``[N, *sample_shape]``."""
+    """Raise :class:`InputError` unless ``x`` is a finite float tensor ``[N, *sample_shape]``."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
+        raise InputError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
     if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
-        raise ValueError(
+        raise InputError(
             f"{what} has shape {tuple(x.shape)}; expected a batch [N, "
             f"{', '.join(map(str, sample_shape))}] like the calibration data"
         )
     if x.shape[0] == 0:
-        raise ValueError(f"{what} is an empty batch")
+        raise InputError(f"{what} is an empty batch")
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{what} contains {bad} NaN or Inf value(s); clean the data first")
+        raise InputError(f"{what} contains {bad} NaN or Inf value(s); clean the data first")
 
 
 def collect_calibration(data: object, limit: int | None = None) -> Tensor:

@@ -11,25 +11,29 @@ network step by step (:mod:`onespike.simulate`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
 
-from onespike.codes import multiphase
+from onespike.codes import binary
 from onespike.codes import phase as pc
-from onespike.plan import LayerPlan, Plan
+from onespike.codes.phase import channel_shape
+from onespike.errors import InputError, OptionError, check_batch
+from onespike.plan import INPUT_CODINGS, LayerPlan, Plan, check_input_coding
+from onespike.simulate import SimulationResult, simulate_steps
+from onespike.trace import role
 
 Tensor = torch.Tensor
 
-INPUT_CODINGS = ("analog", "phase", "single")
-
-
-def channel_shape(scale: Tensor, ndim: int) -> Tensor:
-    """Reshape a per-channel scale ``[C]`` to broadcast over ``[N, C, ...]`` (or keep a scalar)."""
-    if scale.dim() == 0:
-        return scale
-    return scale.reshape((-1,) + (1,) * (ndim - 2))
+__all__ = [
+    "INPUT_CODINGS",
+    "InputEncoder",
+    "SimulationResult",
+    "SpikeLayer",
+    "SpikingNetwork",
+    "channel_shape",
+]
 
 
 class SpikeLayer(nn.Module):
@@ -85,7 +89,7 @@ class SpikeLayer(nn.Module):
         tables = self._scaled_tables(like.dtype)
         if tables is None:
             return pc.decode(phase, self.base, self.scale_for(like), self.phases)
-        r = (self.phases - phase).masked_fill_(phase < 0, 0)
+        r = pc.reached_from_phase(phase, self.phases)
         return tables[1].index_select(0, r.reshape(-1)).view_as(phase)
 
     def forward(self, pre: Tensor) -> Tensor:
@@ -104,30 +108,29 @@ class SpikeLayer(nn.Module):
 
 
 class InputEncoder(nn.Module):
-    """Codes the network input: ``analog`` (identity), ``phase`` or ``single`` spikes."""
+    """Codes the network input: ``analog`` (identity), ``binary`` or ``single`` spikes."""
 
     _onespike_role = "input"
 
     def __init__(self, coding: str, phases: int, lp: LayerPlan | None = None):
         super().__init__()
-        if coding not in INPUT_CODINGS:
-            raise ValueError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
+        coding = check_input_coding(coding)
         self.coding = coding
         self.phases = phases
         self.record = False
         self.last_code: Tensor | None = None
         self.layer = SpikeLayer(lp) if coding == "single" else None
         if coding == "single" and lp is None:
-            raise ValueError("single-spike input coding needs a layer plan")
+            raise OptionError("single-spike input coding needs a layer plan")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.coding == "analog":
             return x
-        if self.coding == "phase":
-            code = multiphase.encode(x, self.phases)
+        if self.coding == "binary":
+            code = binary.encode(x, self.phases)
             if self.record:
                 self.last_code = code
-            return multiphase.decode(code, self.phases, x.dtype)
+            return binary.decode(code, self.phases, x.dtype)
         phase = self.layer.encode(x)
         if self.record:
             self.last_code = phase
@@ -143,8 +146,6 @@ def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
     ``forward`` only; ``simulate`` records every neuron's phase on ``gm``.
     The copy shares its modules (and parameters) with ``gm``.
     """
-    from onespike.trace import role
-
     fast = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     modules = dict(fast.named_modules())
     for node in list(fast.graph.nodes):
@@ -160,23 +161,6 @@ def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
     fast.graph.lint()
     fast.recompile()
     return fast
-
-
-@dataclass
-class SimulationResult:
-    """Output of :meth:`SpikingNetwork.simulate`.
-
-    ``spike_phases[name]``: int64 phase of every neuron of a spiking layer
-    (``[N, ...]`` like its activation), -1 for no spike. ``spike_counts[name]``:
-    number of spikes each neuron fired (0 or 1; the step simulator counts them
-    as they happen).
-    """
-
-    output: Tensor
-    spike_phases: dict[str, Tensor]
-    spike_counts: dict[str, Tensor]
-    mode: str
-    input_spikes: Tensor | None = None  # spikes per input element (spike input codings)
 
 
 class SpikingNetwork(nn.Module):
@@ -198,11 +182,11 @@ class SpikingNetwork(nn.Module):
         self.input_shape = tuple(input_shape)  # per-sample shape seen at calibration
         self.spikes = nn.ModuleDict()
         modules = dict(gm.named_modules())
-        from onespike.trace import role  # local: avoid import cycle in type checkers
-
         relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
         if len(relus) != len(plan.layers):
-            raise ValueError("plan does not match the traced model")
+            raise OptionError(
+                f"the plan has {len(plan.layers)} spiking layers, the model {len(relus)} ReLUs"
+            )
         for i, (node, lp) in enumerate(zip(relus, plan.layers)):
             key = f"s{i}"
             self.spikes[key] = SpikeLayer(lp)
@@ -232,12 +216,11 @@ class SpikingNetwork(nn.Module):
         return [lp.name for lp in self.plan.layers]
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` for an input that is not a batch of the calibrated shape."""
-        from onespike.errors import check_batch
-
+        """Raise :class:`~onespike.errors.InputError` (a ``ValueError``) for an input that
+        is not a batch of the calibrated shape."""
         check_batch(x, self.input_shape, what="input")
         if self.plan.input_coding != "analog" and (x.min() < 0 or x.max() > 1):
-            raise ValueError(
+            raise InputError(
                 f"input coding {self.plan.input_coding!r} needs inputs in [0, 1]; "
                 f"got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
             )
@@ -271,10 +254,8 @@ class SpikingNetwork(nn.Module):
         if mode == "event":
             return net._simulate_event(x)
         if mode == "step":
-            from onespike.simulate import simulate_steps
-
-            return simulate_steps(net, x)
-        raise ValueError(f"mode must be 'event' or 'step', got {mode!r}")
+            return simulate_steps(net.graph_module, net.plan, x)
+        raise OptionError(f"mode must be 'event' or 'step', got {mode!r}")
 
     def _simulate_event(self, x: Tensor) -> SimulationResult:
         self._set_record(True)
@@ -288,24 +269,25 @@ class SpikingNetwork(nn.Module):
         in_spikes = None
         if code is not None:
             in_spikes = (
-                multiphase.spike_count(code)
-                if self.plan.input_coding == "phase"
+                binary.spike_count(code)
+                if self.plan.input_coding == "binary"
                 else (code >= 0).to(torch.int64)
             )
         return SimulationResult(out, phases, counts, "event", in_spikes)
 
+    #: The network file format, :mod:`onespike.serialize`, which sets itself here when
+    #: it is imported (``import onespike`` does): it builds on this module, so this
+    #: module does not import it.
+    file_format: ClassVar[Any] = None
+
     def save(self, path) -> None:
         """Write the network to one safe file (:func:`onespike.serialize.save`)."""
-        from onespike.serialize import save
-
-        save(self, path)
+        self.file_format.save(self, path)
 
     @classmethod
     def load(cls, path) -> SpikingNetwork:
         """Read a network written by :meth:`save` (:func:`onespike.serialize.load`)."""
-        from onespike.serialize import load
-
-        return load(path)
+        return cls.file_format.load(path)
 
     def extra_repr(self) -> str:
         return f"phases={self.phases}, input_coding={self.plan.input_coding!r}"

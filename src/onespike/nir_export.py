@@ -31,7 +31,8 @@ Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
   ``latency_steps``, ``input_coding``, ``input_shape``, ``node_order`` (JSON list: the
   nodes in the order the network computes them) and ``plan_search`` (JSON).
 - ``Input``: ``coding``: ``"analog"`` (the input is a constant current during window 0,
-  ``x / T`` per step), ``"phase"`` (multi-spike base-2 code: ``n = floor(x * 2^T)``
+  ``x / T`` per step), ``"binary"`` (multi-spike base-2 code, called ``"phase"`` in files
+  of earlier versions: ``n = floor(x * 2^T)``
   clipped to ``[0, 2^T - 1]``, a spike at step ``k`` if bit ``T-1-k`` of ``n`` is set,
   each spike worth ``2^-T`` at the window's end, the membrane doubling every step) or
   ``"single"`` (see the ``IF`` node ``input_encoder``).
@@ -100,6 +101,7 @@ import torch
 from torch import fx, nn
 
 from onespike.codes import phase as pc
+from onespike.errors import OnespikeError
 from onespike.graph import Runner
 from onespike.network import SpikingNetwork
 from onespike.plan import LayerPlan, Plan
@@ -109,7 +111,7 @@ NIR_FORMAT = "onespike.nir"
 NIR_FORMAT_VERSION = 1
 
 
-class NIRExportError(ValueError):
+class NIRExportError(OnespikeError, ValueError):
     """The network (or the NIR file) uses something the NIR mapping does not cover."""
 
 
@@ -477,7 +479,7 @@ class _Exporter:
 
 
 def _version() -> str:
-    from onespike import __version__
+    from onespike._version import __version__
 
     return __version__
 

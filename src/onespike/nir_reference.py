@@ -85,7 +85,8 @@ class _Reference:
         meta = graph.metadata
         self.T = int(meta["phases"])
         self.latency = int(meta["latency_steps"])
-        self.coding = _s(meta["input_coding"])
+        coding = _s(meta["input_coding"])
+        self.coding = "binary" if coding == "phase" else coding  # "phase": its old name
         self.order: list[str] = json.loads(_s(meta["node_order"]))
         self.index = {n: i for i, n in enumerate(self.order)}
         self.preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
@@ -291,7 +292,7 @@ class _Reference:
             preds = self.preds[name]
             if isinstance(node, nir.Input):
                 # single-spike input coding: the encoder IF reads x; the Input sends nothing
-                kind, base = ("spike", 2.0) if self.coding == "phase" else ("analog", 1.0)
+                kind, base = ("spike", 2.0) if self.coding == "binary" else ("analog", 1.0)
                 c = self.carriers[name] = _Carrier(kind, base)
                 c.shape = tuple(x.shape)
                 if kind == "spike":

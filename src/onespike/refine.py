@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from onespike.calibrate import batch_independent
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, check_batch, collect_calibration
+from onespike.errors import CalibrationError, OptionError, check_batch, collect_calibration
 from onespike.graph import Runner
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
 from onespike.plan import Plan
@@ -122,43 +122,45 @@ class RefineConfig:
             if v is None and allow_none:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"refine: {name} must be an integer >= 1, got {v!r}")
+                raise OptionError(f"refine: {name} must be an integer >= 1, got {v!r}")
 
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int):
-            raise ValueError(f"refine: iterations must be an integer >= 0, got {self.iterations!r}")
+            raise OptionError(
+                f"refine: iterations must be an integer >= 0, got {self.iterations!r}"
+            )
         if self.iterations < 0 or (self.iterations == 0 and not self.reconstruct):
-            raise ValueError(
+            raise OptionError(
                 f"refine: iterations must be >= 1 (or 0 with reconstruct), got {self.iterations!r}"
             )
         if isinstance(self.reconstruct, bool) or not isinstance(self.reconstruct, int):
-            raise ValueError(
+            raise OptionError(
                 f"refine: reconstruct must be an integer >= 0, got {self.reconstruct!r}"
             )
         if self.reconstruct < 0:
-            raise ValueError(f"refine: reconstruct must be >= 0, got {self.reconstruct!r}")
+            raise OptionError(f"refine: reconstruct must be >= 0, got {self.reconstruct!r}")
         positive_int("batch_size", self.batch_size)
         positive_int("max_samples", self.max_samples, allow_none=True)
         positive_int("checks", self.checks)
         if not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1):
-            raise ValueError(f"refine: holdout must be in [0, 1), got {self.holdout!r}")
+            raise OptionError(f"refine: holdout must be in [0, 1), got {self.holdout!r}")
         for name in ("lr", "scale_lr", "reconstruct_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
-                raise ValueError(f"refine: {name} must be a number >= 0, got {v!r}")
+                raise OptionError(f"refine: {name} must be a number >= 0, got {v!r}")
         if self.augment not in AUGMENTS:
-            raise ValueError(f"refine: augment must be one of {AUGMENTS}, got {self.augment!r}")
+            raise OptionError(f"refine: augment must be one of {AUGMENTS}, got {self.augment!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"refine: temperature must be > 0, got {self.temperature!r}")
+            raise OptionError(f"refine: temperature must be > 0, got {self.temperature!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"refine: loss must be one of {LOSSES}, got {self.loss!r}")
+            raise OptionError(f"refine: loss must be one of {LOSSES}, got {self.loss!r}")
         if not (isinstance(self.drop, (int, float)) and 0 <= self.drop < 1):
-            raise ValueError(f"refine: drop must be in [0, 1), got {self.drop!r}")
+            raise OptionError(f"refine: drop must be in [0, 1), got {self.drop!r}")
         if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(f"refine: time_budget must be > 0 seconds, got {self.time_budget!r}")
+            raise OptionError(f"refine: time_budget must be > 0 seconds, got {self.time_budget!r}")
         if not (isinstance(self.features, (int, float)) and self.features >= 0):
-            raise ValueError(f"refine: features must be a number >= 0, got {self.features!r}")
+            raise OptionError(f"refine: features must be a number >= 0, got {self.features!r}")
         if not (self.weights or self.scales):
-            raise ValueError("refine: nothing to learn (weights=False and scales=False)")
+            raise OptionError("refine: nothing to learn (weights=False and scales=False)")
 
     def describe(self) -> dict:
         return dataclasses.asdict(self)
@@ -176,8 +178,8 @@ def as_config(refine: object) -> RefineConfig | None:
         try:
             return RefineConfig(**refine)
         except TypeError as e:
-            raise ValueError(f"refine: {e}") from None
-    raise ValueError(
+            raise OptionError(f"refine: {e}") from None
+    raise OptionError(
         f"refine must be True, False, a RefineConfig or a dict of its fields, "
         f"got {type(refine).__name__}"
     )
@@ -408,12 +410,12 @@ def _reconstruct(
 
 def _check_network(snn: object, ann: object) -> None:
     if not isinstance(snn, SpikingNetwork):
-        raise ValueError(
+        raise OptionError(
             f"refine needs a network made by onespike.convert, got {type(snn).__name__}; "
             "convert the ANN first: snn = onespike.convert(ann, calibration, phases=...)"
         )
     if not isinstance(ann, nn.Module):
-        raise ValueError(
+        raise OptionError(
             f"refine needs the ANN (an nn.Module) as its target, got {type(ann).__name__}"
         )
 
@@ -458,7 +460,7 @@ def refine(
         try:
             cfg = dataclasses.replace(cfg, **overrides)
         except TypeError as e:
-            raise ValueError(f"refine: {e}") from None
+            raise OptionError(f"refine: {e}") from None
     whole = not batch_independent(Runner(snn.ann_graph))
     # graph models: the calibration set is one graph, every node of it is needed
     x = collect_calibration(calibration, None if whole else cfg.max_samples)
@@ -497,7 +499,7 @@ def refine(
         targets = torch.cat([ann(x[c]) for c in _chunks(len(x), whole)])
         probe = x if whole else x[:2]
         if targets.shape[1:] != snn(probe).shape[1:]:
-            raise ValueError(
+            raise OptionError(
                 f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
                 f"{tuple(snn(probe).shape[1:])} differ: pass the ANN the SNN was converted from"
             )

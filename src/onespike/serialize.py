@@ -51,6 +51,7 @@ import json
 import math
 import operator
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -58,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.errors import OnespikeError
 from onespike.network import SpikingNetwork
 from onespike.plan import LayerPlan, Plan
 
@@ -67,7 +69,7 @@ FORMAT = "onespike.SpikingNetwork"
 FORMAT_VERSION = 1
 
 
-class SerializationError(ValueError):
+class SerializationError(OnespikeError, ValueError):
     """A network cannot be saved, or a file cannot be loaded (base of the errors below)."""
 
 
@@ -356,7 +358,7 @@ def save(snn: SpikingNetwork, path: str | os.PathLike) -> None:
     """
     from safetensors.torch import save_file
 
-    from onespike import __version__
+    from onespike._version import __version__
 
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"save() takes a SpikingNetwork, got {type(snn).__name__}")
@@ -600,6 +602,8 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
         raise CorruptFileError(f"'{path}' is damaged: {msg}") from None
     return net
 
+
+SpikingNetwork.file_format = sys.modules[__name__]  # snn.save(path), SpikingNetwork.load(path)
 
 __all__ = [
     "FORMAT_VERSION",

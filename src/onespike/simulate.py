@@ -25,6 +25,10 @@ among its senders, and spikes of a sender that fired earlier are delayed by
 whole windows (:func:`onespike.calibrate.fire_windows` computes both; the
 delays change when spikes arrive, not what they carry). Only spike phases are
 stored between layers (one integer per neuron), never ``T`` copies.
+
+The walk over the graph (which nodes are layers, pools, reshapes, the output, and
+their regions) is :class:`onespike.engine.SpikeGraph`'s, shared with the cost model
+and the code comparison.
 """
 
 from __future__ import annotations
@@ -34,13 +38,31 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from onespike.codes import multiphase
+from onespike.codes import binary
 from onespike.codes import phase as pc
+from onespike.engine import SpikeGraph
 from onespike.graph import Region, Runner
-from onespike.network import SimulationResult, SpikingNetwork
+from onespike.plan import LayerPlan, Plan
 
 Node = fx.Node
 Tensor = torch.Tensor
+
+
+@dataclass
+class SimulationResult:
+    """Output of :meth:`onespike.SpikingNetwork.simulate` (either mode).
+
+    ``spike_phases[name]``: int64 phase of every neuron of a spiking layer
+    (``[N, ...]`` like its activation), -1 for no spike. ``spike_counts[name]``:
+    number of spikes each neuron fired (0 or 1; the step simulator counts them
+    as they happen).
+    """
+
+    output: Tensor
+    spike_phases: dict[str, Tensor]
+    spike_counts: dict[str, Tensor]
+    mode: str
+    input_spikes: Tensor | None = None  # spikes per input element (spike input codings)
 
 
 @dataclass
@@ -61,7 +83,7 @@ class _Source:
                 self.small = self.code.to(narrow)
             return torch.where(self.small == t, self.unit, 0.0)
         if self.kind == "multi":
-            return multiphase.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
+            return binary.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
         raise ValueError("analog input has no spikes")
 
     def zeros(self, dtype: torch.dtype) -> Tensor:
@@ -159,71 +181,84 @@ def _with_args(node: Node, env: dict[Node, object]) -> dict[Node, object]:
     return env
 
 
-def simulate_steps(net: SpikingNetwork, x: Tensor) -> SimulationResult:
-    """Run ``net`` step by step on a batch ``x``; see the module docstring."""
-    gm = net.graph_module
-    runner = Runner(gm)
-    T = net.phases
+def _scale(lp: LayerPlan, like: Tensor) -> Tensor:
+    """A layer's scale in ``like``'s dtype, shaped to broadcast over it (per channel or one)."""
+    scale = torch.tensor(lp.scale, dtype=torch.float32).to(like.dtype)
+    return pc.channel_shape(scale, like.dim())
+
+
+def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationResult:
+    """Run the network of ``graph`` and ``plan`` step by step on a batch ``x``.
+
+    ``graph`` is the traced network with the plan applied
+    (:attr:`onespike.SpikingNetwork.graph_module`): its nodes of role ``relu`` are the
+    plan's spiking layers, in order, and a node of role ``input`` codes the input
+    when the plan's input coding is not analog. What those nodes compute is not
+    used: every code parameter comes from ``plan``. See the module docstring.
+    """
+    walk = SpikeGraph(graph)
+    runner = walk.runner
+    T = plan.phases
     dtype = x.dtype
+    layers = iter(plan.layers)
     sources: dict[Node, _Source] = {}
     env_const: dict[Node, object] = {}  # constants and shape values
     phases_out: dict[str, Tensor] = {}
     counts_out: dict[str, Tensor] = {}
     input_spikes = None
     output = None
-    for node in runner.nodes:
-        r = runner.role(node)
-        if node.op == "placeholder":
+    for kind, node in walk.walk():
+        if kind == "input":
             sources[node] = _Source("analog", 1.0, x)
             env_const[node] = x
-        elif r == "input":  # the input encoder
-            enc = runner.modules[node.target]
-            if enc.coding == "phase":
-                code = multiphase.encode(x, T)
-                unit = torch.full(x.shape, multiphase.unit_weight(T), dtype=dtype)
-                sources[node] = _Source("multi", 2.0, code, unit)
-                input_spikes = multiphase.spike_count(code)
+        elif kind == "encoder":
+            if plan.input_coding == "binary":
+                code = binary.encode(x, T)
+                unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype)
+                sources[node] = _Source("multi", binary.BASE, code, unit)
+                input_spikes = binary.spike_count(code)
             else:
-                layer = enc.layer
-                z = x / layer.scale_for(x)
-                phase, count = _fire(z, layer.base, T, layer.shift)
-                unit = (layer.scale_for(x) * layer.base ** -(T - 1)).expand(x.shape).to(dtype)
-                sources[node] = _Source("single", layer.base, phase, unit)
+                lp = plan.input
+                assert lp is not None, "single-spike input coding without a layer plan"
+                z = x / _scale(lp, x)
+                phase, count = _fire(z, lp.base, T, lp.shift)
+                unit = (_scale(lp, x) * pc.unit_value(lp.base, T)).expand(x.shape).to(dtype)
+                sources[node] = _Source("single", lp.base, phase, unit)
                 input_spikes = count
             env_const[node] = x
-        elif r == "const":
+        elif kind == "const":
             env_const[node] = runner.run_node(node, env_const)
-        elif r == "relu":
-            layer = runner.modules[node.target]
-            reg = runner.region(node)
+        elif kind == "layer":
+            lp = next(layers)
+            reg = walk.regions[node]
             u = _integrate(runner, reg, sources, env_const, T, dtype)
-            z = u / layer.scale_for(u)
-            phase, count = _fire(z, layer.base, T, layer.shift)
-            unit = (layer.scale_for(u) * layer.base ** -(T - 1)).expand(u.shape).to(dtype)
-            sources[node] = _Source("single", layer.base, phase, unit)
+            z = u / _scale(lp, u)
+            phase, count = _fire(z, lp.base, T, lp.shift)
+            unit = (_scale(lp, u) * pc.unit_value(lp.base, T)).expand(u.shape).to(dtype)
+            sources[node] = _Source("single", lp.base, phase, unit)
             env_const[node] = phase  # shape queries (x.size(0)) read it
-            phases_out[layer.name] = phase
-            counts_out[layer.name] = count
-        elif runner.is_source(node) and r == "maxpool":
+            phases_out[lp.name] = phase
+            counts_out[lp.name] = count
+        elif kind == "pool":
             sources[node] = _maxpool_spikes(runner, node, sources[node.args[0]], T)
             env_const[node] = sources[node].code
-        elif runner.is_source(node):  # reshape of spikes: same spikes, new shape
+        elif kind == "reshape":  # same spikes, new shape
             src = sources[node.args[0]]
-            code = runner.run_node(node, {**env_const, node.args[0]: src.code})
-            unit = runner.run_node(node, {**env_const, node.args[0]: src.unit})
+            code = walk.reshape(node, src.code, env_const)
+            unit = walk.reshape(node, src.unit, env_const)
             sources[node] = _Source(src.kind, src.base, code, unit)
             env_const[node] = code
-        elif r == "shape" and all(a in env_const for a in node.all_input_nodes):
+        elif kind == "shape" and all(a in env_const for a in node.all_input_nodes):
             env_const[node] = runner.run_node(node, env_const)
-        elif node.op == "output":
-            reg = runner.region(node)
+        elif kind == "output":
+            reg = walk.regions[node]
             if runner.is_spiking(reg.pre):
                 src = sources[reg.pre]
-                output = pc.decode(src.code, src.base, 1.0) * src.unit * src.base ** (T - 1)
+                output = pc.decode(src.code, src.base, 1.0) * src.unit * pc.window_gain(src.base, T)
             else:
                 output = _integrate(runner, reg, sources, env_const, T, dtype)
     assert output is not None
     return SimulationResult(output, phases_out, counts_out, "step", input_spikes)
 
 
-__all__ = ["simulate_steps"]
+__all__ = ["SimulationResult", "simulate_steps"]

@@ -33,11 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.errors import UnsupportedModelError as UnsupportedModelError  # its old home
+
 Node = fx.Node
-
-
-class UnsupportedModelError(ValueError):
-    """The model contains operators that cannot be converted (all listed in the message)."""
 
 
 _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)

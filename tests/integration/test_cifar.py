@@ -13,11 +13,10 @@ import pytest
 import torch
 
 import onespike
-from onespike.cli import calibration_set
-from onespike.data import load_cifar10
+from onespike.data import calibration_set, fixed_subset, load_cifar10
 from onespike.evaluate import evaluate as evaluate_snn
+from onespike.experiments.train import evaluate
 from onespike.models import load_pretrained, pretrained_info, weights_dir
-from onespike.train import evaluate, fixed_subset
 
 CIFAR_MODELS = {"resnet20": 19, "vgg11_bn_w0.5": 8}  # shipped name: spiking layers
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import onespike
-from onespike.cli import calibration_set
-from onespike.data import load_mnist
+from onespike.data import calibration_set, load_mnist
 from onespike.evaluate import evaluate
 from onespike.models import load_pretrained, pretrained_info
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 
@@ -43,9 +45,9 @@ class BurstParams:
 
     def __post_init__(self) -> None:
         if not self.beta > 1.0:
-            raise ValueError(f"beta must be > 1, got {self.beta!r}")
+            raise OptionError(f"beta must be > 1, got {self.beta!r}")
         if self.max_burst < 1:
-            raise ValueError(f"max_burst must be >= 1, got {self.max_burst!r}")
+            raise OptionError(f"max_burst must be >= 1, got {self.max_burst!r}")
 
     @property
     def g_max(self) -> float:

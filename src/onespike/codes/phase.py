@@ -26,21 +26,29 @@ from dataclasses import dataclass
 
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 NO_SPIKE = -1
 
 
-def check_params(base: float, phases: int) -> None:
-    """Raise ``ValueError`` with a clear message for a base or a window that is invalid."""
+def check_phases(phases: int) -> None:
+    """Raise :class:`~onespike.errors.OptionError` unless ``phases`` is an integer >= 1."""
     if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+        raise OptionError(f"phases must be an integer >= 1, got {phases!r}")
+
+
+def check_params(base: float, phases: int) -> None:
+    """Raise :class:`~onespike.errors.OptionError` (a ``ValueError``) for a base or a window
+    that is invalid."""
+    check_phases(phases)
     try:
         b = float(base)
     except (TypeError, ValueError):
-        raise ValueError(f"base must be a number in (1, 2], got {base!r}") from None
+        raise OptionError(f"base must be a number in (1, 2], got {base!r}") from None
     if not (1.0 < b <= 2.0):
-        raise ValueError(f"base must be in (1, 2], got {base!r}")
+        raise OptionError(f"base must be in (1, 2], got {base!r}")
 
 
 def levels(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -82,6 +90,28 @@ def membrane_thresholds(
     return (th * float(base) ** k).to(dtype)
 
 
+def unit_value(base: float, phases: int) -> float:
+    """Normalised value of a spike at the last phase, ``B^-(T-1)``.
+
+    In the step realisation an input-window membrane is multiplied by the sender's
+    base every step, so a spike adds this value times the synaptic weight: one at
+    phase ``k`` has grown to ``B^-k`` when the window ends.
+    """
+    return float(base) ** -(phases - 1)
+
+
+def window_gain(base: float, phases: int) -> float:
+    """``B^(T-1)``: the factor a membrane multiplied by ``B`` every step gains over a
+    window (a phase-0 spike's value over :func:`unit_value`)."""
+    return float(base) ** (phases - 1)
+
+
+def fire_updates(phase: Tensor, phases: int) -> Tensor:
+    """Fire-window steps a neuron is updated (one multiply and one compare each): ``k + 1``
+    if it fired at phase ``k`` (silent afterwards), all ``T`` if it never fired."""
+    return torch.where(phase >= 0, phase + 1, torch.full_like(phase, phases))
+
+
 def ascending_thresholds(
     base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -92,6 +122,12 @@ def ascending_thresholds(
 def reached(z: Tensor, th_ascending: Tensor) -> Tensor:
     """How many thresholds ``z`` reaches (int32, 0 .. T): ``T - phase``, 0 = no spike."""
     return torch.bucketize(z, th_ascending.to(z.device, z.dtype), right=True, out_int32=True)
+
+
+def reached_from_phase(phase: Tensor, phases: int) -> Tensor:
+    """The count of :func:`reached` a phase stands for, ``T - phase`` (0 for no spike):
+    the index of its value in :func:`value_table` (``phase`` itself is left as it is)."""
+    return (phases - phase).masked_fill_(phase < 0, 0)
 
 
 def value_table(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -152,6 +188,13 @@ def quantize(
     scale = scale.to(dtype=x.dtype, device=x.device)
     th = ascending_thresholds(base, phases, shift=shift, dtype=x.dtype)
     return quantize_normalised(x / scale, th, value_table(base, phases, dtype=x.dtype)) * scale
+
+
+def channel_shape(scale: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-channel scale ``[C]`` to broadcast over ``[N, C, ...]`` (or keep a scalar)."""
+    if scale.dim() == 0:
+        return scale
+    return scale.reshape((-1,) + (1,) * (ndim - 2))
 
 
 def max_relative_error(base: float, *, shift: bool = True) -> float:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from onespike.errors import OptionError
+
 Tensor = torch.Tensor
 
 
@@ -76,7 +78,7 @@ def activation_scale(values: Tensor, method: str | float = "max") -> float:
         return float(pos.max())
     q = float(method)
     if not 0.0 < q <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {method!r}")
+        raise OptionError(f"percentile must be in (0, 100], got {method!r}")
     s = float(np.percentile(pos, q))
     return s if s > 0 else 1.0
 

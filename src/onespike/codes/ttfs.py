@@ -18,34 +18,31 @@ time it reaches the constant threshold ``theta``, then stays silent. With
 ``theta = 1 - 1/(2T)``, it rounds to the nearest level. ``z >= theta`` fires
 at step 0 (saturation); ``z < theta - (T-1)/T`` never fires.
 
-Phases are ``int64`` tensors with ``-1`` for no spike, as in
-:mod:`onespike.codes.phase`.
+Phases are ``int64`` tensors with ``-1`` for no spike, and the window's bookkeeping
+(which threshold a current reaches, the phase it gives, the fire-window updates) is
+that of :mod:`onespike.codes.phase`: only the levels and thresholds differ.
 """
 
 from __future__ import annotations
 
 import torch
 
+from onespike.codes import phase as pc
+from onespike.codes.phase import NO_SPIKE
+
 Tensor = torch.Tensor
-
-NO_SPIKE = -1
-
-
-def _check(phases: int) -> None:
-    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
 
 
 def levels(phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value of a spike at step ``k``: ``(T - k) / T`` for ``k = 0 .. T-1``."""
-    _check(phases)
+    pc.check_phases(phases)
     k = torch.arange(phases, dtype=torch.float64)
     return ((phases - k) / phases).to(dtype)
 
 
 def ramp_threshold(phases: int, *, shift: bool = True) -> float:
     """The constant threshold ``theta`` of the rising membrane (``1 - 1/(2T)`` with the shift)."""
-    _check(phases)
+    pc.check_phases(phases)
     return 1.0 - 0.5 / phases if shift else 1.0
 
 
@@ -57,10 +54,8 @@ def thresholds(phases: int, *, shift: bool = True, dtype: torch.dtype = torch.fl
 
 def encode(z: Tensor, phases: int, *, shift: bool = True) -> Tensor:
     """Spike step of every neuron for normalised input ``z`` (closed form), ``-1`` for none."""
-    th = thresholds(phases, shift=shift, dtype=torch.float64).to(z.device)
-    reached = torch.bucketize(z.to(torch.float64), th.flip(0), right=True)
-    phase = reached.neg_().add_(phases)
-    return phase.masked_fill_(phase == phases, NO_SPIKE)
+    th = thresholds(phases, shift=shift, dtype=torch.float64)
+    return pc.phase_from_reached(pc.reached(z.to(torch.float64), th.flip(0)), phases)
 
 
 def fire(z: Tensor, phases: int, *, shift: bool = True) -> tuple[Tensor, Tensor]:
@@ -71,7 +66,7 @@ def fire(z: Tensor, phases: int, *, shift: bool = True) -> tuple[Tensor, Tensor]
     silent. ``steps_until_fire`` is the number of steps a neuron was updated
     (``k + 1`` if it fired at step ``k``, ``T`` if it never fired).
     """
-    _check(phases)
+    pc.check_phases(phases)
     theta = ramp_threshold(phases, shift=shift)
     phase = torch.full(z.shape, NO_SPIKE, dtype=torch.int64, device=z.device)
     v = z.clone()
@@ -80,8 +75,7 @@ def fire(z: Tensor, phases: int, *, shift: bool = True) -> tuple[Tensor, Tensor]
         new = (phase < 0) & (v >= theta)
         phase[new] = k
         v = v + slope
-    updates = torch.where(phase >= 0, phase + 1, torch.full_like(phase, phases))
-    return phase, updates
+    return phase, pc.fire_updates(phase, phases)
 
 
 def decode(phase: Tensor, phases: int, scale: Tensor | float = 1.0) -> Tensor:

@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from onespike.errors import OnespikeError
+
 __all__ = [
     "CACHE_ENV",
     "DATA_ENV",
@@ -35,7 +37,7 @@ _DEFAULT_ROOT = "~/.onespike/data"
 _DEFAULT_CACHE = "~/.cache/onespike"
 
 
-class DataError(Exception):
+class DataError(OnespikeError):
     """A data set is missing, corrupt or asked for by a wrong name.
 
     The message is one sentence that says what is wrong and what to do about it.

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onespike.errors import OptionError
+
 from ._common import DataError, PathLike, check_choice, missing_file_message, resolve_root
 
 __all__ = [
@@ -85,7 +87,7 @@ def read_idx(path: PathLike, kind: str) -> np.ndarray:
     """
     path = Path(path)
     if kind not in ("images", "labels"):
-        raise ValueError(f"kind must be 'images' or 'labels', not {kind!r}")
+        raise OptionError(f"kind must be 'images' or 'labels', not {kind!r}")
     raw = _read_bytes(path)
     magic_expected = _IMAGE_MAGIC if kind == "images" else _LABEL_MAGIC
     ndim = 3 if kind == "images" else 1

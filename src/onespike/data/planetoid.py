@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from onespike.errors import OptionError
+
 from ._common import (
     PICKLE_ERRORS,
     DataError,
@@ -44,17 +46,17 @@ _NUM_VAL = 500
 
 def _check_edge_index(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     if num_nodes < 0:
-        raise ValueError(f"num_nodes must be >= 0, not {num_nodes}")
+        raise OptionError(f"num_nodes must be >= 0, not {num_nodes}")
     ei = torch.as_tensor(edge_index)
     if ei.numel() == 0:
         return torch.empty(2, 0, dtype=torch.int64, device=ei.device)
     if ei.dim() != 2 or ei.shape[0] != 2:
-        raise ValueError(f"edge_index must have shape [2, E], not {list(ei.shape)}")
+        raise OptionError(f"edge_index must have shape [2, E], not {list(ei.shape)}")
     if ei.dtype.is_floating_point or ei.dtype == torch.bool:
-        raise ValueError(f"edge_index must hold integers, not {ei.dtype}")
+        raise OptionError(f"edge_index must hold integers, not {ei.dtype}")
     ei = ei.to(torch.int64)
     if int(ei.min()) < 0 or int(ei.max()) >= num_nodes:
-        raise ValueError(
+        raise OptionError(
             f"edge_index holds node ids in [{int(ei.min())}, {int(ei.max())}], "
             f"outside [0, {num_nodes})"
         )

@@ -3,6 +3,11 @@
 All models take raw pixels in ``[0, 1]`` (no normalisation layer, so the converter sees
 non-negative inputs), use one non-in-place ``nn.ReLU`` module per activation, and trace
 with :func:`torch.fx.symbolic_trace`.  See ``docs/MODELS.md``.
+
+:mod:`~onespike.models.weights` finds and loads weight files (a leaf module);
+:mod:`~onespike.models.registry` names the architectures and their shipped weights;
+:mod:`~onespike.models.resolve` turns what a user typed (a shipped name or
+``package.module:function``) into a model.
 """
 
 from onespike.models.gcn import GCN, DeepGCN, gcn, gcn_res, load_pretrained_gcn
@@ -21,6 +26,7 @@ from onespike.models.registry import (
     weights_dir,
 )
 from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
+from onespike.models.resolve import load_user_model, resolve_model
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
 
 __all__ = [
@@ -43,9 +49,11 @@ __all__ = [
     "load_pretrained",
     "load_pretrained_gcn",
     "load_state_dict_file",
+    "load_user_model",
     "mnist_cnn",
     "pretrained_info",
     "resnet20",
+    "resolve_model",
     "vgg11_bn",
     "weights_dir",
 ]

@@ -24,6 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from onespike.errors import OptionError, UnknownNameError
+from onespike.models.weights import (
+    PretrainedWeightsNotFoundError,
+    load_state_dict_file,
+    weights_dir,
+)
+
 __all__ = [
     "GCN",
     "GCN_DATASETS",
@@ -40,16 +47,16 @@ GCN_MODELS: tuple[str, ...] = ("gcn", "gcn_res")
 
 
 def _check_adjacency(adj: torch.Tensor) -> torch.Tensor:
-    """Return ``adj`` as a coalesced float32 sparse COO matrix, or raise ``ValueError``."""
+    """Return ``adj`` as a coalesced float32 sparse COO matrix, or raise ``OptionError``."""
     if not isinstance(adj, torch.Tensor):
-        raise ValueError(f"adj must be a torch.Tensor [N, N], got {type(adj).__name__}")
+        raise OptionError(f"adj must be a torch.Tensor [N, N], got {type(adj).__name__}")
     if adj.dim() != 2 or adj.shape[0] != adj.shape[1]:
-        raise ValueError(f"adj must be a square matrix [N, N], got shape {list(adj.shape)}")
+        raise OptionError(f"adj must be a square matrix [N, N], got shape {list(adj.shape)}")
     if not adj.is_sparse:
         adj = adj.to_sparse()
     adj = adj.coalesce().to(torch.float32)
     if adj._nnz() and not bool(torch.isfinite(adj.values()).all()):
-        raise ValueError("adj contains NaN or Inf values")
+        raise OptionError("adj contains NaN or Inf values")
     return adj
 
 
@@ -126,7 +133,7 @@ class DeepGCN(nn.Module):
     ) -> None:
         super().__init__()
         if layers < 2:
-            raise ValueError(f"DeepGCN needs at least 2 layers, got {layers}")
+            raise OptionError(f"DeepGCN needs at least 2 layers, got {layers}")
         self.register_buffer("adj", _check_adjacency(adj), persistent=False)
         self.residual = bool(residual)
         widths = [in_features] + [hidden] * (layers - 1) + [num_classes]
@@ -221,7 +228,7 @@ def load_pretrained_gcn(
         model: ``"gcn"`` (Kipf & Welling, 2 layers) or ``"gcn_res"`` (4 layers, residual).
         dataset: ``"cora"`` or ``"citeseer"``.
         seed: training seed; the package ships seed 0, other seeds are looked up in
-            ``root`` (written by ``python -m onespike.gcn train --seeds ...``).
+            ``root`` (written by ``python -m onespike.experiments.gcn train --seeds ...``).
         root: folder of ``{name}.pt`` / ``{name}.json``; default: the shipped weights.
         data_root: Planetoid data folder (default: :func:`onespike.data.data_root`).
 
@@ -234,21 +241,16 @@ def load_pretrained_gcn(
         onespike.data.DataError: the Planetoid files are missing.
     """
     from onespike.data import load_planetoid
-    from onespike.models.registry import (
-        PretrainedWeightsNotFoundError,
-        load_state_dict_file,
-        weights_dir,
-    )
 
     if model not in GCN_MODELS:
-        raise KeyError(f"unknown graph model {model!r}; known: {', '.join(GCN_MODELS)}")
+        raise UnknownNameError(f"unknown graph model {model!r}; known: {', '.join(GCN_MODELS)}")
     d = Path(root) if root is not None else weights_dir()
     name = gcn_weights_name(model, dataset, seed)
     pt, side = d / f"{name}.pt", d / f"{name}.json"
     if not pt.is_file():
         raise PretrainedWeightsNotFoundError(
             f"no weights for {model!r} on {dataset!r} (seed {seed}): {pt} does not exist. "
-            f"Produce them with:\n    python -m onespike.gcn train --model {model} "
+            f"Produce them with:\n    python -m onespike.experiments.gcn train --model {model} "
             f"--dataset {dataset} --seeds {seed} --out {d}"
         )
     kwargs: dict[str, Any] = {}

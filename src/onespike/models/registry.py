@@ -2,7 +2,7 @@
 
 Weights live in ``onespike/assets/weights/{name}.pt`` (a ``state_dict``; fp32 for the
 MNIST CNN, fp16 for the CIFAR models, always cast back to fp32 on load) next to a JSON
-sidecar ``{name}.json`` written by :mod:`onespike.train` with the exact command, seed,
+sidecar ``{name}.json`` written by :mod:`onespike.experiments.train` with the exact command, seed,
 epochs and the measured test accuracy.  The sidecar also records which architecture
 (``model``) and constructor arguments (``model_kwargs``) a file belongs to, so a file such
 as ``vgg11_bn_w0.5.pt`` loads the right shape.
@@ -16,13 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from onespike.errors import UnknownNameError
 from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
+from onespike.models.weights import (
+    PretrainedWeightsNotFoundError,
+    available_pretrained,
+    load_state_dict_file,
+    weights_dir,
+)
 
 __all__ = [
     "MODELS",
@@ -57,25 +63,24 @@ MODELS: dict[str, ModelSpec] = {
         mnist_cnn,
         "mnist",
         (1, 28, 28),
-        "python -m onespike.train --model mnist_cnn --epochs 6 --seed 0 --batch-size 128 --lr 0.05 "
-        "--threads 1 "
-        "--out src/onespike/assets/weights",
+        "python -m onespike.experiments.train --model mnist_cnn --epochs 6 --seed 0 "
+        "--batch-size 128 --lr 0.05 --threads 1 --out src/onespike/assets/weights",
     ),
     "resnet20": ModelSpec(
         "resnet20",
         resnet20,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.train --model resnet20 --epochs 24 --seed 0 --batch-size 128 "
-        "--lr 0.1 --threads 2 --channels-last --checkpoint checkpoints/resnet20_e24.ckpt "
-        "--resume --out src/onespike/assets/weights",
+        "python -m onespike.experiments.train --model resnet20 --epochs 24 --seed 0 "
+        "--batch-size 128 --lr 0.1 --threads 2 --channels-last "
+        "--checkpoint checkpoints/resnet20_e24.ckpt --resume --out src/onespike/assets/weights",
     ),
     "vgg11_bn": ModelSpec(
         "vgg11_bn",
         vgg11_bn,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 "
+        "python -m onespike.experiments.train --model vgg11_bn --width 0.5 --epochs 12 --seed 0 "
         "--batch-size 128 --lr 0.1 --threads 1 --channels-last "
         "--checkpoint checkpoints/vgg11_bn_w0.5_e12.ckpt --resume "
         "--out src/onespike/assets/weights",
@@ -87,7 +92,7 @@ MODELS: dict[str, ModelSpec] = {
         gcn,
         "cora",
         (1433,),
-        "python -m onespike.gcn train --model gcn --dataset cora --seeds 0 "
+        "python -m onespike.experiments.gcn train --model gcn --dataset cora --seeds 0 "
         "--out src/onespike/assets/weights",
     ),
     "gcn_res": ModelSpec(
@@ -95,14 +100,10 @@ MODELS: dict[str, ModelSpec] = {
         gcn_res,
         "cora",
         (1433,),
-        "python -m onespike.gcn train --model gcn_res --dataset cora --seeds 0 "
+        "python -m onespike.experiments.gcn train --model gcn_res --dataset cora --seeds 0 "
         "--out src/onespike/assets/weights",
     ),
 }
-
-
-class PretrainedWeightsNotFoundError(FileNotFoundError):
-    """Raised when a model's weight file is not shipped; the message says how to train it."""
 
 
 def available_models() -> list[str]:
@@ -115,23 +116,13 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(available_models())}") from None
+        known = ", ".join(available_models())
+        raise UnknownNameError(f"unknown model {name!r}; known: {known}") from None
 
 
 def get_model(name: str, **kw: Any) -> nn.Module:
     """Build a freshly initialised model by name, e.g. ``get_model("vgg11_bn", width=0.5)``."""
     return get_spec(name).builder(**kw)
-
-
-def weights_dir() -> Path:
-    """The directory holding the shipped ``{name}.pt`` / ``{name}.json`` files."""
-    return Path(__file__).resolve().parent.parent / "assets" / "weights"
-
-
-def available_pretrained(root: str | Path | None = None) -> list[str]:
-    """Names for which a weight file exists in ``root`` (default: :func:`weights_dir`)."""
-    d = Path(root) if root is not None else weights_dir()
-    return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
 
 
 def pretrained_info(name: str, root: str | Path | None = None) -> dict[str, Any]:
@@ -142,12 +133,6 @@ def pretrained_info(name: str, root: str | Path | None = None) -> dict[str, Any]
         raise PretrainedWeightsNotFoundError(_missing_message(name, path))
     with path.open() as f:
         return json.load(f)
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a saved ``state_dict`` and cast its floating tensors to fp32."""
-    sd = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
 def load_pretrained(name: str, root: str | Path | None = None) -> nn.Module:
@@ -176,7 +161,7 @@ def _missing_message(name: str, path: Path) -> str:
         cmd = MODELS[name].train_command
     else:
         cmd = (
-            f"python -m onespike.train --model <arch> --name {name} "
+            f"python -m onespike.experiments.train --model <arch> --name {name} "
             "--out src/onespike/assets/weights"
         )
     return (

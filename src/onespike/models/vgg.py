@@ -7,6 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from onespike.errors import OptionError
+
 __all__ = ["VGG", "VGG11_CFG", "vgg11_bn"]
 
 #: VGG-11 ("A") layout; integers are conv output channels, ``"M"`` a 2x2 max-pool.
@@ -28,7 +30,7 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise OptionError(f"width must be positive, got {width}")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_ch, n_conv, n_pool = 3, 0, 0
         for v in cfg:

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from onespike.codes import multiphase
 from onespike.codes import phase as pc
 
 bases = st.floats(min_value=1.02, max_value=2.0)
@@ -107,12 +106,14 @@ def test_bad_parameters(base, phases, msg):
         pc.PhaseCode(base, phases)
 
 
-@settings(max_examples=50)
-@given(x=st.floats(min_value=0.0, max_value=1.0), T=st.integers(1, 16))
-def test_multiphase_roundtrip(x, T):
-    code = multiphase.encode(torch.tensor([x], dtype=torch.float64), T)
-    val = float(multiphase.decode(code, T, torch.float64)[0])
-    assert 0 <= x - val < 2.0**-T or (x == 1.0 and val == 1 - 2.0**-T)
-    bits = sum(int(multiphase.spikes_at(code, k, T)[0]) * 2.0 ** -(k + 1) for k in range(T))
-    assert bits == val
-    assert int(multiphase.spike_count(code)[0]) == bin(int(code[0])).count("1")
+@given(base=bases, T=windows)
+def test_window_rule_helpers(base, T):
+    assert pc.unit_value(base, T) * pc.window_gain(base, T) == pytest.approx(1.0)
+    assert pc.unit_value(base, T) == pytest.approx(
+        float(pc.levels(base, T, dtype=torch.float64)[-1])
+    )
+    ph = torch.arange(-1, T, dtype=torch.int64)
+    upd = pc.fire_updates(ph, T)
+    assert upd[0] == T and torch.equal(upd[1:], torch.arange(1, T + 1))
+    r = pc.reached_from_phase(ph.clone(), T)
+    assert torch.equal(pc.phase_from_reached(r, T), ph)

@@ -89,7 +89,7 @@ def test_residual_net_with_delays(tmp_path):
     assert len(into) == 2 and "inputs" in graph.nodes["layer1_0_relu2"].metadata
 
 
-@pytest.mark.parametrize("coding", ["phase", "single"])
+@pytest.mark.parametrize("coding", ["binary", "single"])
 def test_spike_input_codings_and_nested_adds(coding, tmp_path):
     model = make(7, merge="add", maxpool=True, relu_kind="F", flatten="view")
     x = torch.rand(24, 2, 8, 8, generator=torch.Generator().manual_seed(7))

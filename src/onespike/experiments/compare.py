@@ -1,0 +1,1240 @@
+"""Side by side: onespike's single-spike code against other spike codes, one ANN, one cost model.
+
+Every code is converted from the same trained ANN (BatchNorm folded by
+:func:`onespike.trace.trace`), with scales taken from the same calibration
+data, run on the same test images, and counted by the library's engine
+(:mod:`onespike.engine`, which :func:`onespike.cost` uses too): the same walk over the
+graph (:class:`~onespike.engine.SpikeGraph`), one accumulate (AC) per spike and
+outgoing synapse (:func:`~onespike.engine.count_region` with the real spike counts),
+one MAC per synapse of a layer fed analog values, the neuron updates of each code (its
+:class:`~onespike.engine.ClockedNeurons` or :class:`~onespike.engine.FireWindow`), and
+the one energy formula (:class:`~onespike.engine.Ops`). The codes:
+
+``onespike``
+    the package's own single-spike phase code: :func:`onespike.convert` at
+    every window ``T``, evaluated by :func:`onespike.evaluate.evaluate` and
+    counted by :func:`onespike.accounting.cost`.
+``rate-max``, ``rate-p99.9``
+    rate coding, IF neurons with reset by subtraction
+    (:mod:`onespike.codes.rate`), threshold = the layer's maximum activation
+    or its 99.9th percentile.
+``multiphase-K4``, ``multiphase-K8``
+    multi-spike base-2 phase coding, weighted spikes with periods of ``K``
+    phases (code kind ``binary``, :mod:`onespike.codes.binary`), scale = 99.9th
+    percentile.
+``burst``
+    burst coding (:mod:`onespike.codes.burst`), scale = 99.9th percentile.
+``ttfs``
+    time-to-first-spike, one spike whose latency is the value, linearly
+    (:mod:`onespike.codes.ttfs`), scale = 99.9th percentile.
+
+Time. The rate, multi-phase and burst codes are *clocked*: every layer runs
+at every step, a spike reaches the next layers within the same step, and the
+output after ``t`` steps is the output layer's accumulated input divided by
+``t`` (by the number of periods for multi-phase). A run of 256 steps therefore
+gives the result of every shorter run (the dynamics do not depend on the
+length of the run), and its latency is ``t`` steps. onespike and TTFS are
+*windowed*: each layer listens for a window of ``T`` steps and fires in the
+next, so the latency is ``(L + 1) * T`` for ``L`` spiking layers in a chain.
+"Steps" below always means latency, the steps from the first input to the
+output.
+
+Input. Every code takes the input as an analog current into the first layer
+(onespike's default): the first layer's input current is computed once (one
+MAC per synapse, as in the ANN) and added to the membranes every step (every
+period for multi-phase, where the current and the biases are injected at
+phase 0 and the spikes of each period carry one value).
+
+Max-pooling of spikes. The single-spike codes pool exactly (earliest spike =
+largest value). The clocked codes pass, at each step, the spikes of the
+neuron with the largest value sent so far in the pool window (the gating of
+Rueckauer et al. 2017).
+
+Neuron updates (one membrane memory access each, as in onespike's model;
+compare = add):
+
+- rate: per neuron and step, one add (bias and analog current) and one
+  compare; one subtract per spike. Output neurons: one add per step.
+- burst: as rate, plus one multiply per spike (the burst factor ``g``).
+- multi-phase: per neuron and step, one multiply (the membrane is scaled by
+  the phase weight, as onespike's membrane by its base) and one compare;
+  per period one add (bias and analog current); one subtract per spike.
+  Output neurons: one multiply per step and one add per period.
+- TTFS: input window, one add per step (the membrane integrates the held
+  synaptic current); fire window, one add (the ramp) and one compare per step
+  until the neuron fires. Output neurons: one add per input-window step.
+- onespike: :func:`onespike.accounting.cost` (multiplies by the base in the
+  input window; multiply and compare per fire-window step).
+
+Energy: ACs x 0.9 + MACs x 4.6 + multiplies x 3.7 + adds x 0.9 pJ (compute
+only), plus 5 pJ per AC, MAC and neuron update with memory access; ANN: MACs x
+4.6 (+ 5 pJ each). The ratio is ANN / SNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from onespike.codes import binary as binary_code
+from onespike.codes import burst as burst_code
+from onespike.codes import rate as rate_code
+from onespike.codes import ttfs as ttfs_code
+from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
+from onespike.engine import (
+    E_ADD,
+    E_MAC,
+    E_MEM,
+    E_MUL,
+    ClockedNeurons,
+    FireWindow,
+    NeuronFn,
+    Ops,
+    SpikeGraph,
+    ann_counts,
+    ann_energy,
+    energy_ratio,
+    phase_window,
+)
+from onespike.errors import OnespikeError, OptionError, run_command
+from onespike.graph import Region, Runner
+from onespike.models import resolve_model
+from onespike.provenance import source_version
+from onespike.trace import TracedModel, trace
+
+Node = fx.Node
+Tensor = torch.Tensor
+
+KINDS = ("onespike", "rate", "binary", "burst", "ttfs")
+_OLD_KINDS = {"weighted": "binary"}  # old name -> name, for one release
+CLOCK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+WINDOW_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+TOLERANCES: tuple[float, ...] = (0.5, 0.1)
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+GRAPH_DATASETS = ("cora", "citeseer")
+
+
+# --------------------------------------------------------------------------------------
+# codes
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodeSpec:
+    """One code of the comparison and its parameters."""
+
+    name: str
+    kind: str  # one of KINDS (a kind of code; "weighted" is its old name for "binary")
+    scale: str | float = 99.9  # "max" or a percentile of the positive activations
+    period: int = 8  # binary (multi-phase): phases per period
+    beta: float = 2.0  # burst constant
+    max_burst: int = 5  # burst: spikes of growing weight at most
+    shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
+
+    def __post_init__(self) -> None:
+        if self.kind in _OLD_KINDS:
+            new = _OLD_KINDS[self.kind]
+            warnings.warn(
+                f"code kind {self.kind!r} is now {new!r}; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "kind", new)
+        if self.kind not in KINDS:
+            raise OptionError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
+
+    @property
+    def clocked(self) -> bool:
+        return self.kind in ("rate", "binary", "burst")
+
+    def describe(self) -> dict:
+        d: dict = {"kind": self.kind}
+        if self.kind != "onespike":
+            d["scale"] = self.scale
+        if self.kind == "binary":
+            d["period"] = self.period
+        if self.kind == "burst":
+            p = burst_code.BurstParams(self.beta, self.max_burst)
+            d.update(beta=self.beta, max_burst=self.max_burst, theta="scale / g_max", g_max=p.g_max)
+        if self.kind == "ttfs":
+            d["shift"] = self.shift
+        if self.kind == "onespike":
+            d["convert"] = "onespike.convert defaults (base and scale searched per layer)"
+        return d
+
+
+CODES: dict[str, CodeSpec] = {
+    c.name: c
+    for c in (
+        CodeSpec("onespike", "onespike"),
+        CodeSpec("rate-max", "rate", scale="max"),
+        CodeSpec("rate-p99.9", "rate", scale=99.9),
+        CodeSpec("multiphase-K4", "binary", period=4),
+        CodeSpec("multiphase-K8", "binary", period=8),
+        CodeSpec("burst", "burst"),
+        CodeSpec("ttfs", "ttfs"),
+    )
+}
+
+
+def parse_codes(spec: str | Sequence[str]) -> list[CodeSpec]:
+    """Code specs from names (``"all"`` or a comma list of :data:`CODES` keys)."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        return list(CODES.values())
+    out = []
+    for n in names:
+        n = n.strip()
+        if n not in CODES:
+            raise OptionError(f"unknown code {n!r}; choose from {', '.join(CODES)} or 'all'")
+        out.append(CODES[n])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# results (operations and energy: onespike.engine.Ops, the cost model's formula)
+# --------------------------------------------------------------------------------------
+@dataclass
+class Point:
+    """One code at one length: accuracy, spikes and energy per inference."""
+
+    steps: int  # latency in steps
+    window: int | None  # T of a windowed code (None for clocked codes)
+    accuracy: float  # percent
+    agreement: float  # percent of predictions equal to the ANN's
+    spikes_per_neuron: float
+    ops: dict
+    energy_compute_pj: float
+    energy_total_pj: float
+    energy_ratio_compute: float
+    energy_ratio_total: float
+
+
+@dataclass
+class CodeResult:
+    """All points of one code (increasing steps)."""
+
+    name: str
+    params: dict
+    points: list[Point] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# the network as seen by the simulators
+# --------------------------------------------------------------------------------------
+class Net(SpikeGraph):
+    """The folded ANN as the engine walks it (:class:`onespike.engine.SpikeGraph`: its
+    spiking layers, the spike sources derived from them, the output and their regions),
+    with what the comparison asks of it."""
+
+    def __init__(self, traced: TracedModel):
+        super().__init__(traced.module)
+        self.traced = traced
+        self.relus: list[Node] = self.layers
+        # the nodes a clocked or windowed run visits, in topological order
+        self.order: list[Node] = [n for _, n in self.walk("layer", "pool", "reshape", "output")]
+
+    def spiking(self, reg: Region) -> list[Node]:
+        return [s for s in reg.spike_sources if self.runner.is_spiking(s)]
+
+    def analog(self, reg: Region) -> list[Node]:
+        return [s for s in reg.spike_sources if not self.runner.is_spiking(s)]
+
+    def consts(self, env: dict[Node, object]) -> dict[Node, object]:
+        r = self.runner
+        return {n: v for n, v in env.items() if r.role(n) in ("const", "shape")}
+
+    def region_value(
+        self, reg: Region, values: dict[Node, Tensor], consts: dict, *, bias: bool
+    ) -> Tensor:
+        env = {**consts, **values}
+        self.runner.run(env, reg.nodes, bias=bias)
+        return env[reg.pre]  # type: ignore[return-value]
+
+    def neurons(self, env: dict[Node, object]) -> tuple[int, int]:
+        """(hidden spiking neurons, output neurons) per sample."""
+        hidden = sum(int(math.prod(env[n].shape[1:])) for n in self.relus)
+        out = env[self.regions[self.output].pre]
+        return hidden, int(math.prod(out.shape[1:]))
+
+    def ann_macs(self, env: dict[Node, object]) -> float:
+        """MACs of the ANN on the batch of ``env`` (summed over the batch)."""
+        return sum(ann_counts(self.runner, self.regions[t], env)[0] for t in self.targets)
+
+    def latency_windows(self) -> int:
+        """Windows from the input to the output of a windowed code (``L + 1`` for a chain)."""
+        from onespike.calibrate import fire_windows
+
+        _, out_window = fire_windows(self.runner, self.relus)
+        return out_window + 1
+
+    def count_synapses(self, counts: dict[Node, Tensor], env: dict[Node, object]) -> Ops:
+        """ACs and MACs of every region given cumulative spike counts of the spike sources
+        (the cost model's :meth:`~onespike.engine.SpikeGraph.synaptic_ops`)."""
+        tags: dict[Node, tuple[str, Tensor]] = {}
+        for t in self.targets:
+            for s in self.regions[t].spike_sources:
+                tags[s] = ("events", counts[s]) if self.is_spiking(s) else ("dense", env[s])  # type: ignore[assignment]
+        ops = Ops()
+        for acs, macs in self.synaptic_ops(tags, self.consts(env)).values():
+            ops.acs += acs
+            ops.macs += macs
+        return ops
+
+
+def layer_scales(net: Net, x: Tensor, method: str | float) -> dict[Node, float]:
+    """Scale of every spiking layer from the ANN's activations on the calibration data ``x``."""
+    with torch.no_grad():
+        env = net.runner.forward_all(x)
+    return {n: rate_code.activation_scale(env[n], method) for n in net.relus}
+
+
+def _maxpool_indices(runner: Runner, node: Node, value: Tensor) -> Tensor:
+    """Flat indices (per channel) of the maximum of each pool window of ``value``."""
+    if node.op == "call_module":
+        m = runner.modules[node.target]
+        fn = F.max_pool1d if isinstance(m, nn.MaxPool1d) else F.max_pool2d
+        _, idx = fn(
+            value,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            ceil_mode=m.ceil_mode,
+            return_indices=True,
+        )
+        return idx
+    args = (value, *node.args[1:])
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "return_indices"}
+    _, idx = node.target(*args, **kwargs, return_indices=True)
+    return idx
+
+
+def _gather(src: Tensor, idx: Tensor) -> Tensor:
+    return src.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+
+
+# --------------------------------------------------------------------------------------
+# clocked codes: rate, multi-phase, burst
+# --------------------------------------------------------------------------------------
+class RateNeurons:
+    """IF neurons with reset by subtraction, threshold ``lam``
+    (:class:`onespike.engine.ClockedNeurons`). Per neuron and step one add (bias and
+    analog current) and one compare, one subtract per spike; output neurons one add."""
+
+    period = 1
+    inject_every_step = True
+
+    def __init__(self, scales: dict[Node, float]):
+        self.scales = scales
+        self.u: dict[Node, Tensor] = {}
+
+    def start(self, shapes: dict[Node, Tensor]) -> None:
+        self.u = {n: torch.zeros_like(v) for n, v in shapes.items()}
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        lam = self.scales[node]
+        self.u[node], s = rate_code.if_step(self.u[node], current, lam)
+        return s, s * lam
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        return 0.0, 2 * hidden * n + outputs * n + spikes
+
+
+class BurstNeurons(RateNeurons):
+    """Burst neurons (:mod:`onespike.codes.burst`): as rate, plus one multiply per spike
+    (the burst factor ``g``)."""
+
+    def __init__(self, scales: dict[Node, float], params: burst_code.BurstParams):
+        super().__init__(scales)
+        self.params = params
+        self.g: dict[Node, Tensor] = {}
+
+    def start(self, shapes: dict[Node, Tensor]) -> None:
+        super().start(shapes)
+        self.g = {n: torch.ones_like(v) for n, v in shapes.items()}
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        bp = self.params
+        theta = self.scales[node] / bp.g_max
+        self.u[node], self.g[node], w = burst_code.burst_step(
+            self.u[node], self.g[node], current, theta, bp
+        )
+        return (w > 0).to(w.dtype), w * theta
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        return spikes, 2 * hidden * n + outputs * n + spikes
+
+
+class BinaryNeurons(RateNeurons):
+    """Binary multi-spike neurons, periods of ``K`` phases (:mod:`onespike.codes.binary`).
+    Per neuron and step one multiply (the phase weight) and one compare; per period one
+    add (bias and analog current, injected at phase 0); one subtract per spike. Output
+    neurons: one multiply per step and one add per period."""
+
+    inject_every_step = False
+
+    def __init__(self, scales: dict[Node, float], period: int):
+        super().__init__(scales)
+        self.period = period
+
+    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
+        lam = self.scales[node]
+        self.u[node], s = binary_code.neuron_step(self.u[node], current, lam, phase)
+        return s, s * (lam * binary_code.phase_weight(phase))
+
+    def neuron_ops(
+        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
+    ) -> tuple[float, float]:
+        every = (hidden + outputs) * n
+        return every, hidden * n + spikes + (every if phase == 0 else 0)
+
+
+def clocked_neurons(spec: CodeSpec, scales: dict[Node, float]) -> ClockedNeurons:
+    """The neurons of a clocked code (:class:`onespike.engine.ClockedNeurons`)."""
+    if spec.kind == "rate":
+        return RateNeurons(scales)
+    if spec.kind == "binary":
+        return BinaryNeurons(scales, spec.period)
+    if spec.kind == "burst":
+        return BurstNeurons(scales, burst_code.BurstParams(spec.beta, spec.max_burst))
+    raise OptionError(f"code {spec.name!r} ({spec.kind}) is not clocked")
+
+
+@dataclass
+class _Tally:
+    correct: int = 0
+    agree: int = 0
+    ops: Ops = field(default_factory=Ops)
+
+
+@torch.no_grad()
+def simulate_clocked(
+    net: Net,
+    spec: CodeSpec,
+    scales: dict[Node, float],
+    x: Tensor,
+    checkpoints: Sequence[int],
+) -> dict[int, tuple[Tensor, Ops]]:
+    """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
+
+    All layers update at every step (a spike reaches the next layers in the
+    same step), walking the engine's spike nodes in order; the neurons are
+    :func:`clocked_neurons`. At each checkpoint ``t`` the output estimate is the output
+    layer's accumulated input per step (per period for multi-phase) and the
+    ops are those of the first ``t`` steps (checkpoints that are not a whole
+    number of multi-phase periods are skipped).
+    """
+    r = net.runner
+    env0 = r.forward_all(x)
+    consts = net.consts(env0)
+    n = x.shape[0]
+    hidden, n_out = net.neurons(env0)
+    code = clocked_neurons(spec, scales)
+    K = code.period
+    parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
+    for t in net.targets:
+        reg = net.regions[t]
+        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
+        bias = net.region_value(reg, zeros, consts, bias=True)
+        an = net.analog(reg)
+        analog = (
+            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
+            if an
+            else None
+        )
+        const = bias if analog is None else bias + analog
+        parts[t] = (const, analog, net.spiking(reg), zeros)
+    code.start({n_: env0[n_] for n_ in net.relus})
+    sent = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
+    counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
+    out_acc = torch.zeros_like(env0[net.regions[net.output].pre])
+    muls = adds = 0.0
+    marks = sorted(set(checkpoints))
+    results: dict[int, tuple[Tensor, Ops]] = {}
+
+    def current(node: Node, vals: dict[Node, Tensor], inject: bool) -> Tensor:
+        """Input of ``node``'s region this step: its sources' spikes (+ bias and analog current)."""
+        const, _, spiking, zeros = parts[node]
+        cur = (
+            net.region_value(
+                net.regions[node], {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
+            )
+            if spiking
+            else torch.zeros_like(const)
+        )
+        return cur + const if inject else cur
+
+    for step in range(marks[-1]):
+        k = step % K
+        inject = code.inject_every_step or k == 0  # bias and analog current this step
+        vals: dict[Node, Tensor] = {}
+        spk: dict[Node, Tensor] = {}
+        for kind, node in net.walk("layer", "pool", "reshape", "output"):
+            if kind == "layer":
+                spk[node], vals[node] = code.step(node, current(node, vals, inject), k)
+            elif kind == "output":
+                out_acc += current(node, vals, inject)
+                continue
+            elif kind == "pool":  # gate: the neuron that sent the most so far
+                src = node.args[0]
+                idx = _maxpool_indices(r, node, sent[src])
+                vals[node] = _gather(vals[src], idx)
+                spk[node] = _gather(spk[src], idx)
+            else:  # a reshape of spikes
+                src = node.args[0]
+                vals[node] = net.reshape(node, vals[src], consts)
+                spk[node] = net.reshape(node, spk[src], consts)
+            sent[node] += vals[node]
+            counts[node] += spk[node]
+        spikes_now = sum(float(spk[n_].sum()) for n_ in net.relus)
+        step_muls, step_adds = code.neuron_ops(hidden, n_out, n, spikes_now, k)
+        muls += step_muls
+        adds += step_adds
+        t = step + 1
+        if t in marks and t % K == 0:
+            ops = net.count_synapses(counts, env0)
+            ops.muls, ops.adds = muls, adds
+            ops.updates = float(t * (hidden + n_out) * n)
+            ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
+            results[t] = (out_acc / (t // K), ops)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# windowed codes: TTFS (and onespike, for cross-checks)
+# --------------------------------------------------------------------------------------
+@torch.no_grad()
+def simulate_windowed(
+    net: Net, neurons: dict[Node, FireWindow], x: Tensor, phases: int
+) -> tuple[Tensor, Ops]:
+    """Run a windowed single-spike code on a batch: ``(output, ops summed over the batch)``.
+
+    Each spiking layer's input at the end of its input window is its region
+    evaluated on the decoded spikes of its sources (exact: the region is
+    linear and every input spike has arrived); ``neurons[relu]`` (a
+    :class:`onespike.engine.FireWindow`) runs the layer's fire window and returns the
+    decoded values, the 0/1 spikes and the number of fire-window updates of every
+    neuron. Max-pooling passes the earliest (largest) spike. Ops: ACs/MACs from the
+    spike counts (the cost model's), one add per neuron and input-window step (hidden
+    and output), one add and one compare per fire-window update.
+    """
+    rec: dict[Node, tuple[Tensor, Tensor]] = {}
+
+    def wrap(node: Node, fn: FireWindow) -> Callable[[Tensor], Tensor]:
+        def f(pre: Tensor) -> Tensor:
+            value, spikes, upd = fn(pre)
+            rec[node] = (spikes, upd)
+            return value
+
+        return f
+
+    runner = Runner(net.traced.module, {n: wrap(n, neurons[n]) for n in net.relus})
+    env = runner.forward_all(x)
+    consts = net.consts(env)
+    counts: dict[Node, Tensor] = {}
+    for kind, node in net.walk("layer", "pool", "reshape"):
+        if kind == "layer":
+            counts[node] = rec[node][0]
+        elif kind == "pool":
+            counts[node] = (env[node] > 0).to(x.dtype)  # type: ignore[operator]
+        else:
+            counts[node] = net.reshape(node, counts[node.args[0]], consts)
+    ops = net.count_synapses(counts, env)
+    hidden, n_out = net.neurons(env)
+    n = x.shape[0]
+    fire = sum(float(rec[n_][1].sum()) for n_ in net.relus)
+    ops.adds = float(phases * (hidden + n_out) * n) + 2 * fire
+    ops.updates = float(phases * (hidden + n_out) * n) + fire
+    ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
+    return env[net.output], ops  # type: ignore[return-value]
+
+
+def ttfs_neurons(
+    net: Net, scales: dict[Node, float], phases: int, shift: bool = True
+) -> dict[Node, NeuronFn]:
+    """TTFS fire windows (step by step, :func:`onespike.codes.ttfs.fire`) of every layer."""
+
+    def make(lam: float) -> NeuronFn:
+        def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            phase, upd = ttfs_code.fire(pre / lam, phases, shift=shift)
+            value = ttfs_code.decode(phase, phases, lam).to(pre.dtype)
+            return value, (phase >= 0).to(pre.dtype), upd.to(pre.dtype)
+
+        return f
+
+    return {n: make(scales[n]) for n in net.relus}
+
+
+def onespike_neurons(net: Net, snn: object) -> dict[Node, FireWindow]:
+    """onespike's layers (from a converted network's plan) as windowed neurons (analog input):
+    :func:`onespike.engine.phase_window`, the phase code of the library."""
+    plan = snn.plan  # type: ignore[attr-defined]
+    if plan.input_coding != "analog":
+        raise OptionError("only the analog input coding is supported here")
+    return {n: phase_window(lp) for n, lp in zip(net.relus, plan.layers)}
+
+
+# --------------------------------------------------------------------------------------
+# the comparison
+# --------------------------------------------------------------------------------------
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+@dataclass(frozen=True)
+class _Task:
+    """The rows every code runs on, how they are scored, and the ANN's figures to compare with.
+
+    ``mask`` marks the scored rows (every row is simulated and counted);
+    ``hidden`` and ``ann_macs`` are per row.
+    """
+
+    x: Tensor
+    y: Tensor
+    ann_pred: Tensor
+    mask: Tensor
+    max_steps: int
+    batch_size: int
+    hidden: int
+    ann_macs: float
+    progress: bool = True
+
+    def batches(self) -> list[slice]:
+        return _batches(self.x.shape[0], self.batch_size)
+
+    def window_grid(self, windows: int) -> list[int]:
+        """The windows ``T`` of :data:`WINDOW_PHASES` whose latency is at most ``max_steps``."""
+        return [T for T in WINDOW_PHASES if T * windows <= self.max_steps]
+
+    def score(self, tally: _Tally, sl: slice, out: Tensor, ops: Ops | None = None) -> None:
+        """Add the correct and ANN-agreeing predictions of scored rows in ``sl`` (and ``ops``)."""
+        pred = out.argmax(1)
+        mask = self.mask[sl]
+        tally.correct += int(((pred == self.y[sl]) & mask).sum())
+        tally.agree += int(((pred == self.ann_pred[sl]) & mask).sum())
+        if ops is not None:
+            tally.ops += ops
+
+    def point(self, steps: int, window: int | None, tally: _Tally) -> Point:
+        """A point from a tally: accuracy over the scored rows, ops per row."""
+        n_eval = int(self.mask.sum())
+        per = tally.ops.scaled(1.0 / self.x.shape[0])
+        ann_c, ann_t = ann_energy(self.ann_macs)
+        ec, et = per.energy_compute(), per.energy_total()
+        return Point(
+            steps=steps,
+            window=window,
+            accuracy=100.0 * tally.correct / n_eval,
+            agreement=100.0 * tally.agree / n_eval,
+            spikes_per_neuron=per.spikes / self.hidden if self.hidden else 0.0,
+            ops=asdict(per),
+            energy_compute_pj=ec,
+            energy_total_pj=et,
+            energy_ratio_compute=energy_ratio(ann_c, ec),
+            energy_ratio_total=energy_ratio(ann_t, et),
+        )
+
+
+def run_clocked(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+    """Points of a clocked code at every checkpoint up to ``task.max_steps``."""
+    K = spec.period if spec.kind == "binary" else 1
+    marks = [t for t in CLOCK_STEPS if t <= task.max_steps and t % K == 0]
+    tallies = {t: _Tally() for t in marks}
+    for sl in tqdm(task.batches(), desc=spec.name, disable=not task.progress):
+        for t, (out, ops) in simulate_clocked(net, spec, scales, task.x[sl], marks).items():
+            task.score(tallies[t], sl, out, ops)
+    return [task.point(t, None, tl) for t, tl in tallies.items()]
+
+
+def run_ttfs(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+    """Points of TTFS at every window whose latency is at most ``task.max_steps``."""
+    windows = net.latency_windows()
+    points = []
+    for T in tqdm(task.window_grid(windows), desc=spec.name, disable=not task.progress):
+        neurons = ttfs_neurons(net, scales, T, spec.shift)
+        tl = _Tally()
+        for sl in task.batches():
+            task.score(tl, sl, *simulate_windowed(net, neurons, task.x[sl], T))
+        points.append(task.point(T * windows, T, tl))
+    return points
+
+
+def onespike_ops(report: object) -> Ops:
+    """The per-inference figures of an :class:`onespike.accounting.CostReport` as :class:`Ops`."""
+    rows = report.layers  # type: ignore[attr-defined]
+    in_mul = sum(r.input_updates for r in rows)
+    in_add = sum(r.input_adds for r in rows)
+    fire = sum(r.fire_updates for r in rows)
+    return Ops(
+        acs=sum(r.snn_acs for r in rows),
+        macs=sum(r.snn_macs for r in rows),
+        muls=in_mul + fire,
+        adds=in_add + fire,
+        updates=in_mul + in_add + fire,
+        spikes=sum(r.spikes for r in rows if r.name != "output"),
+    )
+
+
+def run_onespike(
+    ann: nn.Module,
+    net: Net,
+    xc: Tensor,
+    task: _Task,
+    phases: Sequence[int] | None = None,
+    errors: list[str] | None = None,
+) -> list[Point]:
+    """Points of onespike: :func:`onespike.convert` at each window, evaluated and costed."""
+    from onespike.convert import convert
+    from onespike.evaluate import evaluate
+
+    grid = list(phases) if phases else task.window_grid(net.latency_windows())
+    points = []
+    for T in tqdm(grid, desc="onespike", disable=not task.progress):
+        try:
+            snn = convert(ann, xc, phases=T, progress=False)
+        except OnespikeError as e:  # a window too short for the search, say
+            if errors is not None:
+                errors.append(f"T={T}: {e}")
+            continue
+        res = evaluate(
+            ann, snn, task.x, task.y, batch_size=task.batch_size, step=False, progress=False
+        )
+        tl = _Tally(ops=onespike_ops(res.cost).scaled(task.x.shape[0]))
+        with torch.no_grad():
+            for sl in task.batches():
+                task.score(tl, sl, snn(task.x[sl]))
+        points.append(task.point(snn.plan.latency_steps, T, tl))
+    return points
+
+
+def first_within(points: Sequence[Point], target: float) -> Point | None:
+    """The first point (fewest steps) whose accuracy is at least ``target``."""
+    for p in sorted(points, key=lambda p: p.steps):
+        if p.accuracy >= target - 1e-9:
+            return p
+    return None
+
+
+def settled_within(points: Sequence[Point], target: float) -> Point | None:
+    """The first point from which every longer run has accuracy at least ``target``."""
+    found = None
+    for p in sorted(points, key=lambda p: p.steps, reverse=True):
+        if p.accuracy < target - 1e-9:
+            break
+        found = p
+    return found
+
+
+def _brief(p: Point | None) -> dict | None:
+    if p is None:
+        return None
+    return {
+        "steps": p.steps,
+        "window": p.window,
+        "accuracy": p.accuracy,
+        "spikes_per_neuron": p.spikes_per_neuron,
+        "energy_ratio_compute": p.energy_ratio_compute,
+        "energy_ratio_total": p.energy_ratio_total,
+    }
+
+
+def summarize(result: dict, tolerances: Sequence[float] = TOLERANCES) -> list[dict]:
+    """For each code and tolerance, where it comes within ``tol`` points of the ANN.
+
+    ``within_{tol}``: the first run (fewest steps) from which every longer run
+    is within ``tol`` (the steps the code *needs*); ``first_within_{tol}``: the
+    first run that is within, even if a longer one falls out again. Each gives
+    steps, spikes per neuron and energy ratio there; None: not within ``tol`` at
+    the longest run.
+    """
+    ann = result["ann_accuracy"]
+    rows = []
+    for name, c in result["codes"].items():
+        pts = [Point(**p) for p in c["points"]]
+        row: dict = {"code": name}
+        for tol in tolerances:
+            row[f"within_{tol:g}"] = _brief(settled_within(pts, ann - tol))
+            row[f"first_within_{tol:g}"] = _brief(first_within(pts, ann - tol))
+        best = max(pts, key=lambda p: (p.accuracy, -p.steps)) if pts else None
+        row["best"] = None if best is None else {"steps": best.steps, "accuracy": best.accuracy}
+        row["max_steps_run"] = max((p.steps for p in pts), default=0)
+        rows.append(row)
+    return rows
+
+
+def compare(
+    ann: nn.Module,
+    xc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    codes: Sequence[CodeSpec],
+    *,
+    max_steps: int = 256,
+    batch_size: int = 500,
+    onespike_phases: Sequence[int] | None = None,
+    eval_idx: Tensor | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run every code on ``(x, y)`` after calibrating on ``xc``; the JSON-ready result.
+
+    ``eval_idx``: score only these rows (the test nodes of a graph); every row
+    is still simulated and counted. A model whose rows interact (a fixed
+    matrix such as a GCN's adjacency mixes them) runs as one batch, and its
+    figures per inference are per row (per node), as in onespike's cost model.
+    """
+    from onespike.calibrate import batch_independent
+
+    ann = ann.eval()
+    traced = trace(ann)
+    net = Net(traced)
+    n = x.shape[0]
+    whole = not batch_independent(net.runner)
+    if whole:
+        batch_size = n
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[eval_idx if eval_idx is not None else slice(None)] = True
+    with torch.no_grad():
+        ann_pred = torch.cat([ann(x[sl]).argmax(1) for sl in _batches(n, batch_size)])
+        probe_x = x if whole else x[:2]
+        probe = net.runner.forward_all(probe_x)
+        hidden, n_out = net.neurons(probe)
+        ann_macs = net.ann_macs(probe) / probe_x.shape[0]
+    ann_acc = 100.0 * int(((ann_pred == y) & mask).sum()) / int(mask.sum())
+    out: dict = {
+        "samples": int(mask.sum()),
+        "rows_simulated": n,
+        "calibration_samples": int(xc.shape[0]),
+        "ann_accuracy": ann_acc,
+        "ann_macs": ann_macs,
+        "ann_energy_compute_pj": ann_energy(ann_macs)[0],
+        "ann_energy_total_pj": ann_energy(ann_macs)[1],
+        "hidden_neurons": hidden,
+        "output_neurons": n_out,
+        "spiking_layers": len(net.relus),
+        "latency_windows": net.latency_windows(),
+        "max_steps": max_steps,
+        "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
+        "codes": {},
+    }
+    task = _Task(x, y, ann_pred, mask, max_steps, batch_size, hidden, ann_macs, progress)
+    scale_cache: dict[str | float, dict[Node, float]] = {}
+    for spec in codes:
+        t0 = time.time()
+        cr = CodeResult(spec.name, spec.describe())
+        if spec.kind == "onespike":
+            cr.points = run_onespike(ann, net, xc, task, phases=onespike_phases, errors=cr.errors)
+        else:
+            if spec.scale not in scale_cache:
+                scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
+            scales = scale_cache[spec.scale]
+            cr.params["layer_scales"] = [scales[n] for n in net.relus]
+            run = run_clocked if spec.clocked else run_ttfs
+            cr.points = run(net, spec, scales, task)
+        cr.seconds = time.time() - t0
+        out["codes"][spec.name] = {
+            "params": cr.params,
+            "points": [asdict(p) for p in cr.points],
+            "seconds": cr.seconds,
+            "errors": cr.errors,
+        }
+    out["summary"] = summarize(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------
+def _fmt(p: dict | None, key: str, fmt: str) -> str:
+    return "never" if p is None else format(p[key], fmt)
+
+
+def markdown_table(result: dict) -> str:
+    """The summary as a Markdown table (one row per code).
+
+    For each tolerance: steps, spikes per neuron and energy ratio (ANN / SNN,
+    compute only) of the first run within it, and the steps from which every
+    longer run stays within it ("never": not within at the longest run).
+    """
+    head = (
+        "| code | 0.5: steps | spikes/neuron | energy ratio | stays from | "
+        "0.1: steps | spikes/neuron | energy ratio | stays from | best accuracy (steps) |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for row in result["summary"]:
+        cells = [row["code"]]
+        for tol in TOLERANCES:
+            first, settled = row[f"first_within_{tol:g}"], row[f"within_{tol:g}"]
+            cells += [
+                _fmt(first, "steps", "d"),
+                _fmt(first, "spikes_per_neuron", ".3f"),
+                _fmt(first, "energy_ratio_compute", ".2f"),
+                _fmt(settled, "steps", "d"),
+            ]
+        best = row["best"]
+        cells.append("-" if best is None else f"{best['accuracy']:.2f} ({best['steps']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget_table(result: dict, budgets: Sequence[int] = (8, 16, 32, 64, 128, 256)) -> str:
+    """Accuracy and spikes per neuron of each code within latency budgets (Markdown).
+
+    For each budget the longest run of the code that fits it (steps <= budget)
+    is shown, as ``accuracy / spikes per neuron``; ``-`` where none fits.
+    """
+    head = "| code | " + " | ".join(f"<= {b} steps" for b in budgets) + " |"
+    lines = [head, "|---|" + "---|" * len(budgets)]
+    ann = result["ann_accuracy"]
+    lines.append("| ANN | " + " | ".join(f"{ann:.2f}" for _ in budgets) + " |")
+    for name, c in result["codes"].items():
+        cells = []
+        for b in budgets:
+            fit = [p for p in c["points"] if p["steps"] <= b]
+            if not fit:
+                cells.append("-")
+                continue
+            p = max(fit, key=lambda q: q["steps"])
+            cells.append(f"{p['accuracy']:.2f} / {p['spikes_per_neuron']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def energy_table(result: dict, tol: float = 0.5) -> str:
+    """Where the energy goes (Markdown): each code's operations per inference, and their
+    energy in uJ (compute only), at its first run within ``tol`` points of the ANN."""
+    head = (
+        "| code | steps | ACs | MACs | multiplies | adds | neuron updates | "
+        "uJ: ACs | MACs | mult. | adds | total | ratio |"
+    )
+    lines = [head, "|---|" + "---|" * 12]
+    ann = result["ann_accuracy"]
+    for name, c in result["codes"].items():
+        p = first_within([Point(**q) for q in c["points"]], ann - tol)
+        if p is None:
+            lines.append(f"| {name} | never |" + " |" * 11)
+            continue
+        o = p.ops
+        uj = [o["acs"] * E_ADD, o["macs"] * E_MAC, o["muls"] * E_MUL, o["adds"] * E_ADD]
+        lines.append(
+            f"| {name} | {p.steps} | {o['acs']:,.0f} | {o['macs']:,.0f} | {o['muls']:,.0f} | "
+            f"{o['adds']:,.0f} | {o['updates']:,.0f} | "
+            + " | ".join(f"{v / 1e6:.3f}" for v in uj)
+            + f" | {sum(uj) / 1e6:.3f} | {p.energy_ratio_compute:.2f} |"
+        )
+    lines.append(
+        f"| ANN | - | - | {result['ann_macs']:,.0f} | - | - | - | - | "
+        f"{result['ann_energy_compute_pj'] / 1e6:.3f} | - | - | "
+        f"{result['ann_energy_compute_pj'] / 1e6:.3f} | 1 |"
+    )
+    return "\n".join(lines)
+
+
+def report(paths: Sequence[str | Path]) -> str:
+    """Markdown of saved comparison results: for each file, the summary and budget tables."""
+    parts = []
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        r["summary"] = summarize(r)  # from the points, with this version's definitions
+        parts += [
+            f"### {r.get('model', '?')} on {r.get('dataset', '?')} ({Path(path).name})",
+            "",
+            f"ANN accuracy {r['ann_accuracy']:.2f} % on {r['samples']} test samples; "
+            f"ANN {r['ann_macs']:,.0f} MACs, {r['ann_energy_compute_pj'] / 1e6:.4f} uJ per "
+            f"inference (compute only); {r['spiking_layers']} spiking layers, "
+            f"{r['hidden_neurons']:,} hidden neurons per sample (per node for a graph); "
+            f"latency of a windowed code = {r['latency_windows']} x T steps.",
+            "",
+            "Where each code comes within 0.5 / 0.1 points of the ANN: the first run within "
+            "(its latency in steps, spikes per hidden neuron, energy ratio ANN / SNN compute "
+            "only) and the steps from which every longer run stays within:",
+            "",
+            markdown_table(r),
+            "",
+            "Accuracy (%) / spikes per neuron of the longest run within each latency budget:",
+            "",
+            budget_table(r),
+            "",
+            "Operations per inference and their energy at each code's first run within 0.5 points:",
+            "",
+            energy_table(r),
+            "",
+        ]
+        errs = [f"{n}: {e}" for n, c in r["codes"].items() for e in c.get("errors", [])]
+        if errs:
+            parts += ["Skipped: " + "; ".join(errs), ""]
+    return "\n".join(parts)
+
+
+def text_table(result: dict) -> str:
+    """Every point of every code, for the terminal."""
+    lines = [
+        f"ANN accuracy {result['ann_accuracy']:.2f} % on {result['samples']} test samples; "
+        f"ANN energy {result['ann_energy_compute_pj'] / 1e6:.3f} uJ (compute only)",
+        f"{'code':16s} {'steps':>6s} {'T':>4s} {'acc %':>7s} {'agree %':>8s} "
+        f"{'spk/neuron':>10s} {'E ratio':>8s} {'E ratio mem':>11s}",
+    ]
+    for name, c in result["codes"].items():
+        for p in c["points"]:
+            w = "" if p["window"] is None else str(p["window"])
+            lines.append(
+                f"{name:16s} {p['steps']:6d} {w:>4s} {p['accuracy']:7.2f} {p['agreement']:8.2f} "
+                f"{p['spikes_per_neuron']:10.3f} {p['energy_ratio_compute']:8.2f} "
+                f"{p['energy_ratio_total']:11.2f}"
+            )
+        for e in c.get("errors", []):
+            lines.append(f"{name:16s} skipped: {e}")
+    lines += ["", markdown_table(result)]
+    return "\n".join(lines)
+
+
+def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") -> list[Path]:
+    """Three PNGs: accuracy vs steps, accuracy vs spikes per neuron, energy ratio vs steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ann = result["ann_accuracy"]
+    codes = result["codes"]
+    style = {name: (f"C{i}", "o^sDvP*X"[i % 8]) for i, name in enumerate(codes)}
+    paths = []
+
+    def lines(ax, xkey: str, ykey: str) -> None:
+        for name, c in codes.items():
+            pts = c["points"]
+            if not pts:
+                continue
+            col, mk = style[name]
+            xs = [p[xkey] for p in pts]
+            ys = [p[ykey] for p in pts]
+            lw = 2.2 if name == "onespike" else 1.2
+            ax.plot(xs, ys, marker=mk, ms=4, color=col, lw=lw, label=name)
+
+    def save(fig, name: str) -> None:
+        """Title, write ``{prefix}_{name}.png`` and close the figure."""
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_{name}.png"
+        fig.savefig(p, dpi=80)
+        plt.close(fig)
+        paths.append(p)
+
+    def positive(key: str) -> Callable[[dict], dict]:
+        def f(p: dict) -> dict:
+            return {**p, key: max(p[key], 1e-3)}
+
+        return f
+
+    for xkey, xlabel, fname in (
+        ("steps", "latency (total time steps)", "accuracy_vs_steps"),
+        ("spikes_per_neuron", "spikes per hidden neuron", "accuracy_vs_spikes"),
+    ):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, zoom in zip(axes, (False, True)):
+            if xkey == "spikes_per_neuron":
+                saved = {n: c["points"] for n, c in codes.items()}
+                for c in codes.values():
+                    c["points"] = [positive(xkey)(p) for p in c["points"]]
+                lines(ax, xkey, "accuracy")
+                for n, c in codes.items():
+                    c["points"] = saved[n]
+            else:
+                lines(ax, xkey, "accuracy")
+            ax.axhline(ann, color="k", ls="--", lw=1, label=f"ANN {ann:.2f} %")
+            ax.set_xscale("log", base=2 if xkey == "steps" else 10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            if zoom:
+                top = max(
+                    [ann + 0.6] + [p["accuracy"] + 0.2 for c in codes.values() for p in c["points"]]
+                )
+                top = min(top, 100.2)
+                ax.set_ylim(ann - 3.0, top)
+                ax.axhspan(ann - 0.5, top, color="0.9", zorder=0)
+                ax.set_title("zoom: shaded = within 0.5 points of the ANN", fontsize=9)
+            else:
+                ax.set_ylim(0, 100.5)
+                ax.legend(fontsize=7, loc="lower right")
+        save(fig, fname)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lines(ax, "steps", "energy_ratio_compute")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="ANN (ratio 1)")
+    for row in result["summary"]:
+        p = row["within_0.5"]
+        if p is not None:
+            ax.plot(p["steps"], p["energy_ratio_compute"], "o", ms=10, mfc="none", color="k")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("latency (total time steps)")
+    ax.set_ylabel("energy ratio ANN / SNN (compute only)")
+    ax.set_title("circles: from here on every longer run is within 0.5 points", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save(fig, "energy")
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# command line (``onespike compare``)
+# --------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``onespike compare``."""
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a shipped model name (e.g. mnist_cnn) or package.module:function",
+    )
+    p.add_argument("--dataset", choices=(*IMAGE_DATASETS, *GRAPH_DATASETS), required=True)
+    p.add_argument("--codes", default="all", help=f"all or a comma list of {', '.join(CODES)}")
+    p.add_argument("--max-steps", type=int, default=256, help="longest latency run (steps)")
+    p.add_argument("--onespike-phases", default=None, help="comma list of T (default: a grid)")
+    p.add_argument("--calibration", type=int, default=1000, help="calibration images")
+    p.add_argument("--test", type=int, default=None, help="only N test images (see --subset)")
+    p.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="first",
+        help="which test images --test takes: the first N, or a fixed random N (seed 0; "
+        "use it for CIFAR-10, stored sorted by class)",
+    )
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", default="compare_results", help="folder for the JSON and PNGs")
+    p.add_argument("--prefix", default=None, help="file name prefix (default: model_dataset)")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """A shipped GCN and its graph: ``(ann, features, labels, test node ids)``.
+
+    ``model`` is ``gcn`` or ``gcn_res``, with or without the ``_{dataset}`` suffix
+    of its weight file.
+    """
+    from onespike.models.gcn import load_pretrained_gcn
+
+    kind = model.removesuffix(f"_{dataset}")
+    ann, graph = load_pretrained_gcn(kind, dataset)
+    return ann, graph.features, graph.labels, graph.test_idx
+
+
+def main(args: argparse.Namespace) -> int:
+    """``onespike compare``: run, print the table, write JSON and PNGs."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    source = source_version()  # at the start: the code this run loads
+    codes = parse_codes(args.codes)
+    eval_idx = None
+    if args.dataset in GRAPH_DATASETS:  # transductive: the graph is its own calibration
+        ann, x, y, eval_idx = load_graph_task(args.model, args.dataset)
+        xc, where = x, "the graph's own node features (transductive, no labels)"
+    else:
+        ann, _ = resolve_model(args.model, args.dataset)
+        xc, where = calibration_set(args.dataset, args.calibration, args.seed)
+        x, y = load_dataset(args.dataset, "test")
+        if args.test is not None:
+            idx = subset_indices(x.shape[0], args.test, args.subset)
+            x, y = x[idx], y[idx]
+    print(f"calibration: {where}", flush=True)
+    phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
+    result = compare(
+        ann,
+        xc,
+        x,
+        y,
+        codes,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        onespike_phases=phases,
+        eval_idx=eval_idx,
+    )
+    result.update(
+        model=args.model,
+        dataset=args.dataset,
+        calibration=where,
+        test_subset=args.test,
+        subset=args.subset if args.test is not None else None,
+        seconds=time.time() - t0,
+        threads=torch.get_num_threads(),
+        source=source,
+        torch=torch.__version__,
+    )
+    print(text_table(result))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = args.prefix or f"{Path(args.model.split(':')[-1]).name}_{args.dataset}"
+    jpath = out / f"{prefix}.json"
+    jpath.write_text(json.dumps(result, indent=1))
+    print(f"wrote {jpath}")
+    if not args.no_plots:
+        title = f"{args.model} on {args.dataset} ({result['samples']} test samples)"
+        for p in plot(result, out, prefix, title):
+            print(f"wrote {p}")
+    return 0
+
+
+def _report_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m onespike.experiments.compare FILE.json ...``: print the Markdown tables
+    of saved results."""
+    p = argparse.ArgumentParser(description=_report_main.__doc__)
+    p.add_argument("json", nargs="+")
+    p.add_argument("--plots", default=None, help="also redraw the PNGs into this folder")
+    a = p.parse_args(argv)
+    print(report(a.json))
+    if a.plots:
+        for path in a.json:
+            r = json.loads(Path(path).read_text())
+            r["summary"] = summarize(r)
+            title = (
+                f"{r.get('model', '?')} on {r.get('dataset', '?')} ({r['samples']} test samples)"
+            )
+            for png in plot(r, Path(a.plots), Path(path).stem, title):
+                print(f"wrote {png}")
+    return 0
+
+
+__all__ = [
+    "CODES",
+    "CodeSpec",
+    "Net",
+    "Ops",
+    "Point",
+    "budget_table",
+    "compare",
+    "energy_table",
+    "layer_scales",
+    "markdown_table",
+    "onespike_neurons",
+    "parse_codes",
+    "plot",
+    "report",
+    "simulate_clocked",
+    "simulate_windowed",
+    "summarize",
+    "text_table",
+    "ttfs_neurons",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(run_command(_report_main))

@@ -1,0 +1,637 @@
+"""Train the ANNs that onespike converts (MNIST CNN, ResNet-20, VGG-11-BN) on CPU.
+
+Usage (from the repository root)::
+
+    python -m onespike.experiments.train --model mnist_cnn --epochs 6 --seed 0 --threads 1 \\
+        --out src/onespike/assets/weights
+    python -m onespike.experiments.train --model resnet20 --epochs 200 --seed 0 \\
+        --checkpoint runs/resnet20.ckpt --resume --out src/onespike/assets/weights
+
+Recipe: SGD (momentum 0.9, Nesterov), cosine learning-rate decay stepped per batch,
+weight decay 1e-4 (MNIST) / 5e-4 (CIFAR-10), optional label smoothing.  CIFAR-10 batches
+are augmented on tensors (random 32x32 crop from a 4-pixel zero-padded image, random
+horizontal flip).  Every random choice (initialisation, data order, augmentation,
+dropout) is driven by ``--seed``; with ``--checkpoint`` the full state (model,
+optimiser, scheduler, epoch, RNG states) is written after every epoch so ``--resume``
+continues an interrupted run and ends with the same weights as an uninterrupted one.
+
+With ``--out DIR`` the final weights go to ``DIR/{name}.pt`` (a ``state_dict``; fp32 for
+MNIST, fp16 for CIFAR-10 models) and a JSON sidecar ``DIR/{name}.json`` records the
+command, configuration and test accuracy measured on the saved (round-tripped) weights,
+read back by :func:`onespike.models.pretrained_info`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from onespike.data import fixed_subset, load_dataset
+from onespike.errors import OptionError, run_command
+from onespike.models import (
+    PretrainedWeightsNotFoundError,
+    get_model,
+    get_spec,
+    load_state_dict_file,
+)
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "build_parser",
+    "config_from_args",
+    "evaluate",
+    "fixed_subset",  # from onespike.data, kept here for old imports
+    "load_dataset",  # idem
+    "main",
+    "measure_weights",
+    "random_crop_flip",
+    "save_weights",
+    "time_batches",
+    "train",
+]
+
+#: Hyper-parameter defaults per dataset family (used when a field is left as ``None``).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"lr": 0.05, "weight_decay": 1e-4, "augment": False, "save_dtype": "float32"},
+    "fashion-mnist": {"lr": 0.05, "weight_decay": 1e-4, "augment": False, "save_dtype": "float32"},
+    "cifar10": {"lr": 0.1, "weight_decay": 5e-4, "augment": True, "save_dtype": "float16"},
+}
+
+#: Config fields that must match between a checkpoint and the run resuming it.
+_RESUME_KEYS = (
+    "model",
+    "dataset",
+    "epochs",
+    "seed",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "width",
+    "augment",
+    "train_limit",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; ``None`` fields take per-dataset defaults."""
+
+    model: str = "mnist_cnn"
+    dataset: str | None = None
+    epochs: int = 6
+    seed: int = 0
+    batch_size: int = 128
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    label_smoothing: float = 0.0
+    width: float = 1.0
+    augment: bool | None = None
+    name: str | None = None
+    out: str | None = None
+    checkpoint: str | None = None
+    resume: bool = False
+    threads: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    data_root: str | None = None
+    save_dtype: str | None = None
+    channels_last: bool = False
+    stop_after: int | None = None
+    progress: bool = True
+    eval_batch_size: int = 1000
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` default filled in from the model and dataset."""
+        cfg = TrainConfig(**asdict(self))
+        if cfg.dataset is None:
+            cfg.dataset = get_spec(cfg.model).dataset
+        if cfg.dataset not in DATASET_DEFAULTS:
+            raise OptionError(f"unknown dataset {cfg.dataset!r}; known: {sorted(DATASET_DEFAULTS)}")
+        for key, value in DATASET_DEFAULTS[cfg.dataset].items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        if cfg.name is None:
+            cfg.name = cfg.model
+            if cfg.width != 1.0:
+                cfg.name += f"_w{cfg.width:g}"
+            if cfg.dataset != get_spec(cfg.model).dataset:
+                cfg.name += f"_{cfg.dataset.replace('-', '_')}"
+        if cfg.save_dtype not in ("float32", "float16"):
+            raise OptionError(f"save_dtype must be float32 or float16, got {cfg.save_dtype!r}")
+        return cfg
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`onespike.models.get_model`."""
+        return {"width": self.width} if self.model.startswith("vgg") else {}
+
+    def to_argv(self) -> list[str]:
+        """Command-line arguments that reproduce this configuration."""
+        argv: list[str] = []
+        defaults = TrainConfig()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("model", "epochs", "seed") or value != getattr(defaults, f.name):
+                flag = "--" + f.name.replace("_", "-")
+                if isinstance(value, bool):
+                    if f.name == "progress":
+                        argv += [] if value else ["--no-progress"]
+                    elif f.name == "augment":
+                        argv += ["--augment" if value else "--no-augment"]
+                    elif value:
+                        argv.append(flag)
+                elif value is not None:
+                    argv += [flag, str(value)]
+        return argv
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: nn.Module
+    config: TrainConfig
+    epochs_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_acc: float | None = None
+    info: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Per-sample random crop (from a ``padding``-pixel zero-padded image) and horizontal flip.
+
+    ``x`` is ``[N, C, H, W]``; the output has the same shape.  All randomness comes from
+    ``generator`` so a run is reproducible and resumable.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [N,1,H,1]
+    cols = ox[:, None] + torch.arange(w)  # [N,W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # [N,1,1,W]
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(c)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+# --------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in percent of ``model`` (put in eval mode) on ``(x, y)``."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return 100.0 * correct / max(1, len(x))
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    assert cfg.lr is not None and cfg.weight_decay is not None
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _log(cfg: TrainConfig, msg: str) -> None:
+    if cfg.progress:
+        tqdm.write(msg, file=sys.stderr)
+
+
+def train(
+    config: TrainConfig,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Run (or resume) a training run described by ``config``.
+
+    ``data`` optionally supplies ``(x_train, y_train, x_test, y_test)`` already loaded
+    (``train_limit`` / ``test_limit`` still apply, via :func:`fixed_subset`); otherwise
+    it is read with :mod:`onespike.data`.  ``command`` is recorded in the JSON sidecar
+    (default: a command line rebuilt from ``config``).  If ``config.stop_after`` is set,
+    the run stops after that many epochs in total (simulating an interruption; nothing
+    is written to ``out``).  ``config.threads`` sets ``torch.set_num_threads`` for the
+    rest of the process.
+    """
+    cfg = config.resolved()
+    assert cfg.lr is not None and cfg.dataset is not None and cfg.name is not None
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if data is None:
+        x_tr, y_tr = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.train_limit)
+        x_te, y_te = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
+    else:
+        x_tr, y_tr, x_te, y_te = data
+        if cfg.train_limit is not None:
+            idx = fixed_subset(len(x_tr), cfg.train_limit)
+            x_tr, y_tr = x_tr[idx], y_tr[idx]
+        if cfg.test_limit is not None:
+            idx = fixed_subset(len(x_te), cfg.test_limit)
+            x_te, y_te = x_te[idx], y_te[idx]
+    n_train = len(x_tr)
+    batch_size = min(cfg.batch_size, n_train)
+    steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
+
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, **cfg.model_kwargs())
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.epochs * steps_per_epoch
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start_epoch, history, resumed = 0, [], False
+
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
+    if cfg.resume:
+        if ckpt_path is None:
+            raise OptionError("--resume needs --checkpoint PATH")
+        if ckpt_path.is_file():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            saved = ckpt["config"]
+            diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            if diff:
+                raise OptionError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, history, resumed = ckpt["epoch"], list(ckpt["history"]), True
+            _log(cfg, f"resumed from {ckpt_path} after epoch {start_epoch}/{cfg.epochs}")
+        else:
+            _log(cfg, f"no checkpoint at {ckpt_path}; starting from scratch")
+
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step in bar:
+            idx = perm[step * batch_size : (step + 1) * batch_size]
+            xb, yb = x_tr[idx], y_tr[idx]
+            if cfg.augment:
+                xb = random_crop_flip(xb, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            logits = model(xb)
+            loss = criterion(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            if step % 20 == 0 or step == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}")
+        bar.close()
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(1, seen),
+            "train_acc": 100.0 * correct / max(1, seen),
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(rec)
+        _log(
+            cfg,
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f} "
+            f"train acc {rec['train_acc']:.2f}% ({rec['seconds']:.0f} s)",
+        )
+        if ckpt_path is not None:
+            ckpt_cfg = asdict(cfg)
+            _atomic_save(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "config": ckpt_cfg,
+                },
+                ckpt_path,
+            )
+
+    model.eval()
+    result = TrainResult(model=model, config=cfg, epochs_done=last_epoch, history=history)
+    if last_epoch < cfg.epochs:
+        return result
+    result.test_acc = evaluate(model, x_te, y_te, cfg.eval_batch_size)
+    _log(cfg, f"test accuracy ({len(x_te)} images): {result.test_acc:.2f}%")
+    if cfg.out is not None:
+        cmd = command or "python -m onespike.experiments.train " + shlex.join(cfg.to_argv())
+        result.info = save_weights(model, cfg, x_te, y_te, cmd, history, n_train, resumed)
+        _log(cfg, f"wrote {Path(cfg.out) / cfg.name}.pt / .json")
+    return result
+
+
+def save_weights(
+    model: nn.Module,
+    cfg: TrainConfig,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    command: str,
+    history: list[dict[str, float]],
+    train_size: int,
+    resumed: bool = False,
+) -> dict[str, Any]:
+    """Write ``{out}/{name}.pt`` and its JSON sidecar; return the sidecar's content.
+
+    Accuracies in the sidecar are measured on the weights *as saved* (after the fp16
+    round trip for CIFAR models), in percent: ``test_acc`` on the whole evaluated test
+    set, ``acc_first1000`` on its first 1,000 images (a reproducibility check that tests
+    re-measure; for CIFAR-10 read from the JPEG zip these are all airplanes, so it is not
+    an accuracy estimate there), ``acc_subset1000`` on the fixed random 1,000 of
+    :func:`fixed_subset` (an estimate on every data set), ``test_acc_before_cast`` before
+    the dtype round trip.
+    """
+    assert cfg.out is not None and cfg.name is not None
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
+    sd = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).clone().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    pt = out / f"{cfg.name}.pt"
+    _atomic_save(sd, pt)
+
+    acc_fp32 = evaluate(model, x_test, y_test, cfg.eval_batch_size)
+    reloaded = get_model(cfg.model, **cfg.model_kwargs())
+    reloaded.load_state_dict(load_state_dict_file(pt))
+    test_acc = evaluate(reloaded, x_test, y_test, cfg.eval_batch_size)
+    acc_1000 = evaluate(reloaded, x_test[:1000], y_test[:1000], cfg.eval_batch_size)
+    sub = fixed_subset(len(x_test), 1000)
+    acc_sub = evaluate(reloaded, x_test[sub], y_test[sub], cfg.eval_batch_size)
+    info: dict[str, Any] = {
+        "name": cfg.name,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs(),
+        "dataset": cfg.dataset,
+        "command": command,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "nesterov": True,
+        "weight_decay": cfg.weight_decay,
+        "label_smoothing": cfg.label_smoothing,
+        "augment": cfg.augment,
+        "schedule": "cosine (per batch), no warm-up",
+        "train_size": train_size,
+        "test_size": len(x_test),
+        "acc_units": "percent",
+        "test_acc": test_acc,
+        "acc_first1000": acc_1000,
+        "acc_subset1000": acc_sub,
+        "test_acc_before_cast": acc_fp32,
+        "weights_dtype": cfg.save_dtype,
+        "weights_sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "resumed": resumed,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with (out / f"{cfg.name}.json").open("w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
+    return info
+
+
+def measure_weights(cfg: TrainConfig) -> dict[str, Any]:
+    """Re-measure the accuracies of the saved ``{out}/{name}.pt``; update and return its sidecar.
+
+    For weight files written before a field existed (``acc_subset1000``): the sidecar keeps
+    its training record and gets ``measured`` (when and with which torch).
+    """
+    cfg = cfg.resolved()
+    if cfg.out is None:
+        raise OptionError("--measure needs --out (the folder holding {name}.pt and .json)")
+    out = Path(cfg.out)
+    pt, js = out / f"{cfg.name}.pt", out / f"{cfg.name}.json"
+    if not pt.exists() or not js.exists():
+        raise PretrainedWeightsNotFoundError(
+            f"--measure: {pt} or {js} not found; train the model first"
+        )
+    info = json.loads(js.read_text())
+    x_test, y_test = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
+    model = get_model(info["model"], **info.get("model_kwargs", {}))
+    model.load_state_dict(load_state_dict_file(pt))
+    sub = fixed_subset(len(x_test), 1000)
+    info["test_acc"] = evaluate(model, x_test, y_test, cfg.eval_batch_size)
+    info["acc_first1000"] = evaluate(model, x_test[:1000], y_test[:1000], cfg.eval_batch_size)
+    info["acc_subset1000"] = evaluate(model, x_test[sub], y_test[sub], cfg.eval_batch_size)
+    info["measured"] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch_version": torch.__version__,
+    }
+    js.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def time_batches(
+    model_name: str,
+    n_batches: int = 5,
+    batch_size: int = 128,
+    width: float = 1.0,
+    threads: int | None = None,
+    n_train: int | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Time ``n_batches`` training steps on random data (after one warm-up step).
+
+    Returns seconds per batch and the implied seconds per epoch over ``n_train`` images
+    (default: 60,000 for MNIST models, 50,000 for CIFAR-10 models).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = get_spec(model_name)
+    cfg = TrainConfig(model=model_name, width=width, batch_size=batch_size).resolved()
+    torch.manual_seed(0)
+    model = get_model(model_name, **cfg.model_kwargs()).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = _make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, *spec.input_shape)
+    y = torch.randint(0, 10, (batch_size,))
+
+    def step() -> None:
+        xb = random_crop_flip(x, gen) if cfg.augment else x
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(xb), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        step()
+    per_batch = (time.perf_counter() - t0) / n_batches
+    n = n_train or (60000 if spec.dataset == "mnist" else 50000)
+    return {
+        "seconds_per_batch": per_batch,
+        "seconds_per_epoch": per_batch * (n // batch_size),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m onespike.experiments.train`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m onespike.experiments.train",
+        description="Train an onespike ANN (mnist_cnn on MNIST, resnet20 / vgg11_bn on CIFAR-10).",
+    )
+    p.add_argument("--model", required=True, help="mnist_cnn | resnet20 | vgg11_bn")
+    p.add_argument("--dataset", default=None, help="mnist | fashion-mnist | cifar10")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None, help="peak LR (0.05 MNIST, 0.1 CIFAR)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=None, help="1e-4 MNIST, 5e-4 CIFAR")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg11_bn)")
+    p.add_argument("--augment", dest="augment", action="store_true", default=None)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--name", default=None, help="output file stem (default: derived from model)")
+    p.add_argument("--out", default=None, help="directory for {name}.pt and {name}.json")
+    p.add_argument("--checkpoint", default=None, help="checkpoint path, rewritten every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if present")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--train-limit", type=int, default=None, help="use a fixed subset of N train images"
+    )
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="use a fixed subset of N test images"
+    )
+    p.add_argument("--data-root", default=None, help="data folder (default: onespike.data)")
+    p.add_argument("--save-dtype", default=None, choices=["float32", "float16"])
+    p.add_argument(
+        "--stop-after", type=int, default=None, help="stop after this many epochs (resume later)"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train in channels-last memory format (faster CPU convolutions)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--eval-batch-size", type=int, default=1000)
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="only re-measure the saved {out}/{name}.pt and update its JSON sidecar",
+    )
+    p.add_argument(
+        "--time-batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only time N training steps on random data and print seconds per epoch",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Turn parsed arguments into a :class:`TrainConfig`."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m onespike.experiments.train``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.time_batches is not None:
+        r = time_batches(
+            args.model,
+            args.time_batches,
+            args.batch_size,
+            args.width,
+            args.threads,
+            channels_last=args.channels_last,
+        )
+        fmt = " channels_last" if args.channels_last else ""
+        print(
+            f"{args.model} width={args.width:g} batch={args.batch_size}{fmt} "
+            f"threads={r['threads']}: "
+            f"{r['seconds_per_batch']:.3f} s/batch, ~{r['seconds_per_epoch']:.0f} s/epoch"
+        )
+        return 0
+    cfg = config_from_args(args)
+    if args.measure:
+        info = measure_weights(cfg)
+        print(
+            f"{info['name']}: test accuracy {info['test_acc']:.2f}%, "
+            f"fixed random 1,000 {info['acc_subset1000']:.2f}%"
+        )
+        return 0
+    result = train(cfg, command="python -m onespike.experiments.train " + shlex.join(argv))
+    if result.test_acc is not None:
+        print(f"{result.config.name}: test accuracy {result.test_acc:.2f}%")
+    else:
+        print(f"{result.config.name}: stopped after epoch {result.epochs_done}/{cfg.epochs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_command(main))
