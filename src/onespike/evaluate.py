@@ -24,7 +24,7 @@ class EvalResult:
     """Figures on a labelled test set (accuracies in percent)."""
 
     samples: int
-    ann_accuracy: float
+    ann_accuracy: float | None  # None: no ANN was given (a loaded network)
     snn_accuracy: float  # event-exact fast path
     step_accuracy: float | None = None
     step_event_same_predictions: int | None = None  # images with identical predictions
@@ -35,8 +35,11 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
     @property
-    def loss(self) -> float:
-        """Accuracy loss in points (ANN - SNN); negative means the SNN is better."""
+    def loss(self) -> float | None:
+        """Accuracy loss in points (ANN - SNN); negative means the SNN is better; None
+        without an ANN."""
+        if self.ann_accuracy is None:
+            return None
         return self.ann_accuracy - self.snn_accuracy
 
     def to_dict(self) -> dict:
@@ -86,7 +89,7 @@ def measure_costs(
 
 @torch.no_grad()
 def evaluate(
-    ann: nn.Module,
+    ann: nn.Module | None,
     snn: SpikingNetwork,
     x: Tensor,
     y: Tensor,
@@ -105,8 +108,10 @@ def evaluate(
     measured go into the cost report; without it the event path's spikes do.
     ``ann_accuracy``: the ANN's accuracy on these same images when already known
     (a sweep converts one ANN many times); the ANN is then not run again.
+    ``ann=None`` (a network loaded from a file): the ANN's accuracy is ``None``.
     """
-    ann = ann.eval()
+    if ann is not None:
+        ann = ann.eval()
     n = x.shape[0]
     ann_ok = snn_ok = step_ok = same = 0
     mism = total_neurons = 0
@@ -115,7 +120,7 @@ def evaluate(
     batches = range(0, n, batch_size)
     for i in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        if ann_accuracy is None:
+        if ann is not None and ann_accuracy is None:
             ann_ok += int((ann(xb).argmax(1) == yb).sum())
         if not (step or costs):  # only the output: the fast path (identical outputs)
             snn_ok += int((snn(xb).argmax(1) == yb).sum())
@@ -138,7 +143,9 @@ def evaluate(
             reports.append(cost(None, snn, xb, run=run))
     res = EvalResult(
         samples=n,
-        ann_accuracy=100.0 * ann_ok / n if ann_accuracy is None else ann_accuracy,
+        ann_accuracy=ann_accuracy
+        if ann_accuracy is not None or ann is None
+        else 100.0 * ann_ok / n,
         snn_accuracy=100.0 * snn_ok / n,
     )
     if step:

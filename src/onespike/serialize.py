@@ -391,9 +391,15 @@ def save(snn: SpikingNetwork, path: str | os.PathLike) -> None:
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    if not path.parent.is_dir():
+        raise SerializationError(f"cannot write '{path}': no folder '{path.parent}'")
+    if path.is_dir():
+        raise SerializationError(f"cannot write '{path}': it is a folder")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
+    except OSError as e:
+        raise SerializationError(f"cannot write '{path}' ({e.strerror or e})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
