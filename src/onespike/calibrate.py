@@ -24,6 +24,7 @@ base shared by every layer, scored by the error of the logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from onespike.codes import multiphase
 from onespike.codes import phase as pc
 from onespike.graph import Region, Runner
 from onespike.plan import LayerPlan, Plan
+from onespike.stream import Batches, as_batches
 from onespike.trace import TracedModel
 
 Node = fx.Node
@@ -91,28 +93,76 @@ def channel_scales(per_channel: bool | str, values: Tensor) -> bool:
     return bool(per_channel) and values.dim() >= 2
 
 
-def _percentiles(values: Tensor, qs: Sequence[float], per_channel: bool | str) -> list[Tensor]:
+@dataclass
+class Positives:
+    """The positive values of a layer's input, the statistics its scale candidates come
+    from: one flat tensor per channel (``channel``) or one for the whole layer, in the
+    order of ``values.transpose(0, 1)`` resp. ``values.reshape(-1)``. Built from one
+    tensor or, chunk by chunk, from a stream (:meth:`extend`): the same values in the
+    same order either way."""
+
+    channel: bool
+    parts: list[list[Tensor]]
+
+    @classmethod
+    def of(cls, values: Tensor, per_channel: bool | str) -> Positives:
+        out = cls(channel_scales(per_channel, values), [])
+        out.extend(values)
+        return out
+
+    def extend(self, values: Tensor) -> None:
+        if self.channel:
+            flat = values.transpose(0, 1).reshape(values.shape[1], -1)
+            rows = [ch[ch > 0] for ch in flat]
+        else:
+            flat = values.reshape(-1)
+            rows = [flat[flat > 0]]
+        if not self.parts:
+            self.parts = [[] for _ in rows]
+        for acc, r in zip(self.parts, rows):
+            acc.append(r)
+
+    def values(self) -> list[Tensor]:
+        return [p[0] if len(p) == 1 else torch.cat(p) for p in self.parts]
+
+
+def _percentile(sorted_vals: Tensor, q: float) -> float:
+    """``numpy.percentile(v, q)`` (linear method) of sorted float64 values, to the bit,
+    on the values' device."""
+    n = sorted_vals.numel()
+    v = (n - 1) * (q / 100)
+    if v >= n - 1:
+        return float(sorted_vals[-1])
+    lo = math.floor(v)
+    g = v - lo
+    a, b = sorted_vals[lo : lo + 2].tolist()
+    d = b - a
+    return b - d * (1 - g) if g >= 0.5 else a + d * g
+
+
+def _percentiles(
+    values: Tensor | Positives, qs: Sequence[float], per_channel: bool | str
+) -> list[Tensor]:
     """Percentiles of the positive values (per channel along dim 1 if asked)."""
-    gen = np.random.default_rng(0)
-    if channel_scales(per_channel, values):
-        c = values.shape[1]
-        flat = values.transpose(0, 1).reshape(c, -1).double().numpy()
+    pos = values if isinstance(values, Positives) else Positives.of(values, per_channel)
+    rows = pos.values()
+    dev = rows[0].device
+    if pos.channel:
+        srt = [r.double().sort().values for r in rows]
         out = []
         for q in qs:
-            row = []
-            for ch in flat:
-                pos = ch[ch > 0]
-                row.append(np.percentile(pos, q) if pos.size else 0.0)
-            out.append(torch.tensor(row, dtype=torch.float32))
+            row = [_percentile(r, q) if r.numel() else 0.0 for r in srt]
+            out.append(torch.tensor(row, dtype=torch.float32, device=dev))
         return [_safe_scale(s) for s in out]
-    flat = values.reshape(-1).double().numpy()
-    pos = flat[flat > 0]
-    if pos.size > 2_000_000:
-        keep = np.concatenate([gen.choice(pos, 2_000_000, replace=False), [pos.max()]])
-        pos = keep
-    if pos.size == 0:
-        return [torch.tensor(1.0)]
-    return [_safe_scale(torch.tensor(float(np.percentile(pos, q)))) for q in qs]
+    flat = rows[0].double()
+    if flat.numel() > 2_000_000:  # a fixed random sample, and the maximum
+        gen = np.random.default_rng(0)
+        idx = torch.from_numpy(gen.choice(flat.numel(), 2_000_000, replace=False)).to(dev)
+        flat = torch.cat([flat[idx], flat.max().reshape(1)])
+    if flat.numel() == 0:
+        return [torch.tensor(1.0, device=dev)]
+    srt = flat.sort().values
+    return [_safe_scale(torch.tensor(_percentile(srt, q), device=dev)) for q in qs]
 
 
 def _safe_scale(s: Tensor) -> Tensor:
@@ -121,13 +171,35 @@ def _safe_scale(s: Tensor) -> Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
+def _quantizer(scale: Tensor, base: float, cfg: SearchConfig) -> Callable[[Tensor], Tensor]:
+    """The code of one layer as a function of its pre-activation."""
+    phases, shift = cfg.phases, cfg.shift
+
+    def q(pre: Tensor) -> Tensor:
+        return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
+
+    return q
+
+
+def _encode_input(
+    x: Tensor, input_node: Node, chosen: dict[Node, tuple[Tensor, float]], cfg: SearchConfig
+) -> Tensor:
+    """The input as the converted network's first layers receive it."""
+    if cfg.input_coding == "phase":
+        return multiphase.decode(multiphase.encode(x, cfg.phases), cfg.phases)
+    if cfg.input_coding == "single" and input_node in chosen:
+        s, b = chosen[input_node]
+        return _quantizer(s, b, cfg)(x)
+    return x
+
+
 class _Search:
     def __init__(self, traced: TracedModel, x: Tensor, cfg: SearchConfig, progress: bool):
         self.traced = traced
         self.cfg = cfg
         self.x = x
         self.progress = progress
-        self.stats_source: _Search | None = None  # candidate scales from a larger set
+        self.stats_source: _StreamStats | None = None  # candidate scales from a larger set
         self.runner = Runner(traced.module)
         r = self.runner
         self.relus = traced.relus
@@ -159,12 +231,7 @@ class _Search:
 
     # --- the converted network so far -------------------------------------------------
     def quantizer(self, scale: Tensor, base: float) -> Callable[[Tensor], Tensor]:
-        phases, shift = self.cfg.phases, self.cfg.shift
-
-        def q(pre: Tensor) -> Tensor:
-            return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
-
-        return q
+        return _quantizer(scale, base, self.cfg)
 
     def env_with(
         self, chosen: dict[Node, tuple[Tensor, float]], upto: Node | None = None
@@ -208,12 +275,7 @@ class _Search:
         self._invalidate_from(self.runner.order[node] + 1)
 
     def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
-        if self.cfg.input_coding == "phase":
-            return multiphase.decode(multiphase.encode(self.x, self.cfg.phases), self.cfg.phases)
-        if self.cfg.input_coding == "single" and self.input in chosen:
-            s, b = chosen[self.input]
-            return self.quantizer(s, b)(self.x)
-        return self.x
+        return _encode_input(self.x, self.input, chosen, self.cfg)
 
     def score(self, node: Node, q: Tensor, env: dict[Node, object]) -> float:
         """Relative squared error at the consumers of ``node`` when it outputs ``q``."""
@@ -241,7 +303,9 @@ class _Search:
         return total
 
     # --- the search ------------------------------------------------------------------
-    def candidates_for(self, layer_index: int, values: Tensor) -> tuple[list[Tensor], list[float]]:
+    def candidates_for(
+        self, layer_index: int, values: Tensor | Positives
+    ) -> tuple[list[Tensor], list[float]]:
         cfg = self.cfg
         if isinstance(cfg.base, tuple):
             bases = [cfg.base[layer_index]]
@@ -270,7 +334,7 @@ class _Search:
         index: int,
         env: dict[Node, object],
         bases_override: list[float] | None,
-        stats: Tensor,
+        stats: Tensor | Positives,
     ) -> tuple[Tensor, float, float]:
         pre = self.layer_input(node, env)
         scales, bases = self.candidates_for(index, stats)
@@ -338,7 +402,7 @@ class _Search:
             stats = (
                 self.layer_input(node, env)
                 if full is None
-                else full.layer_input(node, full.env_with(chosen, upto))
+                else full.positives(node, chosen, self.cfg.per_channel)
             )
             s, b, e = self.search_layer(node, idx, env, bases_override, stats)
             chosen[node] = (s, b)
@@ -346,8 +410,7 @@ class _Search:
             if self.cfg.bias_correction and node is not self.input:
                 env = self.env_with(chosen, upto)
                 self.bias_correct(node, env)
-                for srch in {self, full or self}:
-                    srch.invalidate_after(node)
+                self.invalidate_after(node)
         return chosen, errors
 
     def output_error(self, chosen: dict[Node, tuple[Tensor, float]]) -> float:
@@ -388,20 +451,119 @@ def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int]
     return fire, out_window
 
 
-def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bool = True) -> Plan:
+#: Samples per chunk when the calibration statistics are read from the whole set.
+STATS_CHUNK = 512
+
+
+class _StreamStats:
+    """Statistics of the whole calibration set, read chunk by chunk (never all at once).
+
+    The search scores its candidates on the first ``search_samples`` inputs; the
+    candidate scales come from every input. This reads the calibration data once per
+    spiking layer, in chunks of :data:`STATS_CHUNK` samples, and runs the network
+    converted so far on each chunk (only up to the layer), keeping only the layer's
+    positive input values (:class:`Positives`). A tensor and a ``DataLoader`` holding
+    the same samples give the same chunks (:meth:`Batches.chunks`), hence the same plan.
+    """
+
+    def __init__(self, traced: TracedModel, data: Batches, cfg: SearchConfig):
+        self.traced = traced
+        self.data = data
+        self.cfg = cfg
+        self.runner = Runner(traced.module)
+        self.input = traced.input_node
+
+    def env(
+        self,
+        x: Tensor,
+        chosen: dict[Node, tuple[Tensor, float]],
+        stop: Node | None = None,
+        *,
+        raw: bool = False,
+    ) -> dict[Node, object]:
+        """Node values for a chunk ``x``, the chosen layers converted (up to ``stop``);
+        ``raw``: the input as given, not coded (the ANN's values)."""
+        repl = {
+            n: _quantizer(s, b, self.cfg) for n, (s, b) in chosen.items() if n is not self.input
+        }
+        runner = Runner(self.traced.module, repl)
+        env: dict[Node, object] = {}
+        last = len(runner.nodes) if stop is None else runner.order[stop] + 1
+        with torch.no_grad():
+            for n in runner.nodes[:last]:
+                env[n] = (
+                    (x if raw else _encode_input(x, self.input, chosen, self.cfg))
+                    if n.op == "placeholder"
+                    else runner.run_node(n, env)
+                )
+        return env
+
+    def positives(
+        self, node: Node, chosen: dict[Node, tuple[Tensor, float]], per_channel: bool | str
+    ) -> Positives:
+        """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
+        out: Positives | None = None
+        for x, _ in self.data.chunks(STATS_CHUNK):
+            if node is self.input:
+                v = x
+            else:
+                pre = node.args[0]
+                ann = self.cfg.objective == "activation"  # the ANN's value, not converted
+                v = self.env(x, {} if ann else chosen, pre, raw=ann)[pre]
+            if out is None:
+                out = Positives.of(v, per_channel)
+            else:
+                out.extend(v)
+        assert out is not None  # the data is not empty (checked by as_batches)
+        return out
+
+
+def _layer_figures(
+    env: dict[Node, object],
+    x: Tensor,
+    chosen: dict[Node, tuple[Tensor, float]],
+    relus: Sequence[Node],
+    input_node: Node,
+    cfg: SearchConfig,
+    sums: dict[Node, list[float]],
+) -> None:
+    """Add each layer's ``|q - a|^2``, ``|a|^2`` and neuron count on one chunk to ``sums``."""
+    items = [(n, env[n.args[0]], None) for n in relus]
+    if cfg.input_coding == "single":
+        items.append((input_node, x, x))
+    for n, pre, act in items:
+        s, b = chosen[n]
+        q = _quantizer(s, b, cfg)(pre)
+        a = torch.relu(pre) if act is None else act
+        acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
+        acc[0] += float(((q.double() - a.double()) ** 2).sum())
+        acc[1] += float((a.double() ** 2).sum())
+
+
+def calibrate(
+    traced: TracedModel, x: Tensor | Batches, cfg: SearchConfig, *, progress: bool = True
+) -> Plan:
     """Search every spiking layer's code on calibration inputs ``x`` ``[N, ...]``.
+
+    ``x``: a tensor, or a :class:`~onespike.stream.Batches` (a DataLoader, a Dataset, a
+    list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
+    the first ``cfg.search_samples`` inputs in memory; the statistics over the whole set
+    (candidate scales, the plan's errors) are read chunk by chunk (:class:`_StreamStats`),
+    so a set larger than memory is never materialised. Unless ``search_samples`` is
+    None or the model mixes samples (a GCN): then the search needs the whole set at once.
 
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
-    x_search = x
+    data = as_batches(x)
     n_search = cfg.search_samples
-    if n_search is not None and x.shape[0] > n_search and batch_independent(Runner(traced.module)):
-        x_search = x[: cfg.search_samples]
+    whole = (
+        n_search is None or data.count <= n_search or not batch_independent(Runner(traced.module))
+    )
+    x_search = data.head(None if whole else n_search)
     search = _Search(traced, x_search, cfg, progress)
-    full = _Search(traced, x, cfg, progress=False) if x_search is not x else search
-    if full is not search:
-        search.stats_source = full
+    stream = None if whole else _StreamStats(traced, data, cfg)
+    search.stats_source = stream
     if cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
         # of the grid, then the grid's neighbours (two each side) of the best one
@@ -423,33 +585,35 @@ def calibrate(traced: TracedModel, x: Tensor, cfg: SearchConfig, *, progress: bo
         _, chosen, errors = min(tried.values(), key=lambda t: t[0])
     else:
         chosen, errors = search.run_sequential()
-    search = full  # the plan's figures on the whole calibration set
-    env = search.env_with(chosen)
+    # the plan's figures on the whole calibration set
+    sums: dict[Node, list[float]] = {}
+    if stream is None:
+        env = search.env_with(chosen)
+        _layer_figures(env, x_search, chosen, search.relus, search.input, cfg, sums)
+    else:
+        for xc, _ in data.chunks(STATS_CHUNK):
+            env = stream.env(xc, chosen)
+            _layer_figures(env, xc, chosen, search.relus, search.input, cfg, sums)
     fire, out_window = fire_windows(search.runner, search.relus)
 
-    def lp_for(node: Node, name: str, act: Tensor, pre: Tensor, window: int) -> LayerPlan:
+    def lp_for(node: Node, name: str, window: int) -> LayerPlan:
         s, b = chosen[node]
-        q = search.quantizer(s, b)(pre)
+        num, den, neurons = sums[node]
         scale = tuple(float(v) for v in s) if s.dim() > 0 else float(s)
         return LayerPlan(
             name=name,
-            neurons=int(act[0].numel()),
+            neurons=int(neurons),
             scale=scale,
             base=float(b),
             phases=cfg.phases,
             shift=cfg.shift,
-            act_error=_rel_err(q, act),
+            act_error=num / den if den > 0 else num,
             out_error=float(errors[node]),
             fire_window=window,
         )
 
-    layers = []
-    for n in search.relus:
-        pre = env[n.args[0]]
-        layers.append(lp_for(n, traced.names[n], torch.relu(pre), pre, fire[n]))
-    inp = None
-    if cfg.input_coding == "single":
-        inp = lp_for(search.input, "input", x, x, 0)
+    layers = [lp_for(n, traced.names[n], fire[n]) for n in search.relus]
+    inp = lp_for(search.input, "input", 0) if cfg.input_coding == "single" else None
     search_info = cfg.describe()
     return Plan(
         phases=cfg.phases,

@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from onespike.accounting import CostReport, LayerCost, _totals, cost
+from onespike.errors import InputError
 from onespike.network import SpikingNetwork
+from onespike.stream import as_batches
 
 Tensor = torch.Tensor
 
@@ -74,25 +77,31 @@ def merge_reports(reports: list[CostReport]) -> CostReport:
 
 @torch.no_grad()
 def measure_costs(
-    snn: SpikingNetwork, x: Tensor, *, batch_size: int = 500, progress: bool = False
+    snn: SpikingNetwork, x: Tensor | Iterable, *, batch_size: int = 500, progress: bool = False
 ) -> CostReport:
     """Per-inference costs (operations, spikes, energy) of ``snn`` on inputs ``x``, measured
-    with the event path's spikes, averaged over ``x``."""
+    with the event path's spikes, averaged over ``x`` (a tensor or a stream of batches,
+    as for :func:`evaluate`)."""
+    data = as_batches(x, what="input data", device=_device_of(snn))
     reports = [
-        cost(
-            None, snn, x[i : i + batch_size], run=snn.simulate(x[i : i + batch_size], mode="event")
-        )
-        for i in tqdm(range(0, x.shape[0], batch_size), desc="costs", disable=not progress)
+        cost(None, snn, xb, run=snn.simulate(xb, mode="event"))
+        for xb, _ in tqdm(data.chunks(batch_size), desc="costs", disable=not progress)
     ]
     return merge_reports(reports)
+
+
+def _device_of(m: nn.Module) -> torch.device | None:
+    for t in (*m.parameters(), *m.buffers()):
+        return t.device
+    return None
 
 
 @torch.no_grad()
 def evaluate(
     ann: nn.Module | None,
     snn: SpikingNetwork,
-    x: Tensor,
-    y: Tensor,
+    x: Tensor | Iterable,
+    y: Tensor | None = None,
     *,
     batch_size: int = 500,
     step: bool = True,
@@ -109,17 +118,30 @@ def evaluate(
     ``ann_accuracy``: the ANN's accuracy on these same images when already known
     (a sweep converts one ANN many times); the ANN is then not run again.
     ``ann=None`` (a network loaded from a file): the ANN's accuracy is ``None``.
+
+    ``x`` is a tensor of inputs with its labels ``y``, or (``y`` None) a stream of
+    labelled samples: a ``Dataset`` of ``(x, y)``, or an iterable of ``(x, y)`` batches
+    (a ``DataLoader``). A stream is read once to check it, then ``batch_size`` samples
+    at a time: no more than one batch of inputs and activations is held, and the
+    figures are those of the tensor path on the same samples. Batches are moved to the
+    network's device.
     """
     if ann is not None:
         ann = ann.eval()
-    n = x.shape[0]
+    data = as_batches(x, y, what="test data", chunk=batch_size, device=_device_of(snn))
+    if not data.labelled:
+        raise InputError(
+            "evaluate needs labels: pass x and y tensors, (x, y) batches or a Dataset "
+            "of (x, y) samples"
+        )
+    n = data.count
     ann_ok = snn_ok = step_ok = same = 0
     mism = total_neurons = 0
     max_spk = 0
     reports: list[CostReport] = []
-    batches = range(0, n, batch_size)
-    for i in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+    batches = data.chunks(batch_size)
+    total = -(-n // batch_size)
+    for xb, yb in tqdm(batches, desc=desc, disable=not progress, unit="batch", total=total):
         if ann is not None and ann_accuracy is None:
             ann_ok += int((ann(xb).argmax(1) == yb).sum())
         if not (step or costs):  # only the output: the fast path (identical outputs)
