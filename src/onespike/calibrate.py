@@ -338,6 +338,9 @@ class _Search:
     ) -> tuple[Tensor, float, float]:
         pre = self.layer_input(node, env)
         scales, bases = self.candidates_for(index, stats)
+        cap = self.traced.caps.get(node)
+        if cap is not None:  # a clipped ReLU: its activations never exceed the cap
+            scales = [s.clamp(max=cap) for s in scales]
         if bases_override is not None:
             bases = bases_override
         best = (float("inf"), scales[0], bases[0])
@@ -526,6 +529,7 @@ def _layer_figures(
     input_node: Node,
     cfg: SearchConfig,
     sums: dict[Node, list[float]],
+    caps: dict[Node, float],
 ) -> None:
     """Add each layer's ``|q - a|^2``, ``|a|^2`` and neuron count on one chunk to ``sums``."""
     items = [(n, env[n.args[0]], None) for n in relus]
@@ -534,7 +538,7 @@ def _layer_figures(
     for n, pre, act in items:
         s, b = chosen[n]
         q = _quantizer(s, b, cfg)(pre)
-        a = torch.relu(pre) if act is None else act
+        a = act if act is not None else pre.clamp(min=0, max=caps.get(n))
         acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
         acc[0] += float(((q.double() - a.double()) ** 2).sum())
         acc[1] += float((a.double() ** 2).sum())
@@ -589,11 +593,11 @@ def calibrate(
     sums: dict[Node, list[float]] = {}
     if stream is None:
         env = search.env_with(chosen)
-        _layer_figures(env, x_search, chosen, search.relus, search.input, cfg, sums)
+        _layer_figures(env, x_search, chosen, search.relus, search.input, cfg, sums, traced.caps)
     else:
         for xc, _ in data.chunks(STATS_CHUNK):
             env = stream.env(xc, chosen)
-            _layer_figures(env, xc, chosen, search.relus, search.input, cfg, sums)
+            _layer_figures(env, xc, chosen, search.relus, search.input, cfg, sums, traced.caps)
     fire, out_window = fire_windows(search.runner, search.relus)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:

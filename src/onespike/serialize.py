@@ -145,6 +145,8 @@ _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",), False),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim"), False),
     "ReLU": (nn.ReLU, ("inplace",), False),
+    "ReLU6": (nn.ReLU6, ("inplace",), False),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val", "inplace"), False),
     "Identity": (nn.Identity, (), False),
 }
 
