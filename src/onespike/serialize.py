@@ -343,7 +343,7 @@ def _store(
             tensors[f"{name}/values"] = t._values().contiguous().cpu()
         elif t.layout == torch.strided:
             entry.update(layout="strided", data=name)
-            tensors[name] = t.contiguous().cpu()
+            tensors[name] = t.contiguous().cpu()  # the file is written from host memory
         else:
             raise NotSerializableError(
                 f"tensor '{key}' has layout {t.layout}, which cannot be saved"
@@ -568,12 +568,13 @@ def _check_version(path: Path, meta: dict[str, str]) -> None:
         raise CorruptFileError(f"'{path}' has an invalid format version {version}")
 
 
-def load(path: str | os.PathLike) -> SpikingNetwork:
+def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> SpikingNetwork:
     """Rebuild the :class:`SpikingNetwork` saved at ``path`` by :func:`save`.
 
     Raises :class:`NetworkFileNotFoundError`, :class:`NotANetworkFileError`,
     :class:`CorruptFileError` or :class:`UnsupportedFormatVersionError` (all
     :class:`SerializationError`, a ``ValueError``) with a one-sentence message.
+    ``device``: where the network goes (default: the CPU, where the file is read).
     """
     path = Path(path)
     meta, tensors = _read(path)
@@ -608,7 +609,7 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorruptFileError(f"'{path}' is damaged: {msg}") from None
-    return net
+    return net if device is None else net.to(device)
 
 
 SpikingNetwork.file_format = sys.modules[__name__]  # snn.save(path), SpikingNetwork.load(path)

@@ -138,6 +138,11 @@ class Batches:
 
     def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         """The samples in order, re-cut into batches of exactly ``size`` (the last: fewer)."""
+        if isinstance(self._source, Tensor):  # cut on the host, move chunk by chunk
+            x, y = next(self._raw())
+            for i in range(0, x.shape[0], size):
+                yield self._to(x[i : i + size]), (None if y is None else self._to(y[i : i + size]))
+            return
         xs: list[Tensor] = []
         ys: list[Tensor | None] = []
         held = 0
@@ -155,6 +160,8 @@ class Batches:
 
     def head(self, n: int | None) -> Tensor:
         """The first ``n`` samples (all with ``None``) as one tensor."""
+        if isinstance(self._source, Tensor):
+            return self._to(next(self._raw())[0][:n])
         parts: list[Tensor] = []
         got = 0
         for x, _ in self:
