@@ -67,6 +67,8 @@ def test_streamed_calibration_gives_the_tensor_plan(model, monkeypatch, per_chan
 
 
 def test_streamed_options_give_the_tensor_plan(model, monkeypatch):
+    """A tensor keeps each chunk's frontier (the network runs once), a loader runs the
+    network again for every layer: the same operations, the same plan."""
     monkeypatch.setattr(calibrate_mod, "STATS_CHUNK", 64)
     loader = DataLoader(TensorDataset(X), batch_size=50)
     for kw in (
@@ -74,6 +76,8 @@ def test_streamed_options_give_the_tensor_plan(model, monkeypatch):
         {"input_coding": "single"},
         {"bias_correction": True},
         {"max_calibration": 200},
+        {"objective": "activation", "bias_correction": True},
+        {"base": "global", "per_channel": False},
     ):
         ref, got = _plan(model, X, **kw), _plan(model, loader, **kw)
         assert got.plan.to_dict() == ref.plan.to_dict(), kw

@@ -24,8 +24,9 @@ base shared by every layer, scored by the error of the logits.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -459,14 +460,20 @@ STATS_CHUNK = 512
 
 
 class _StreamStats:
-    """Statistics of the whole calibration set, read chunk by chunk (never all at once).
+    """Statistics of the whole calibration set, read chunk by chunk.
 
     The search scores its candidates on the first ``search_samples`` inputs; the
-    candidate scales come from every input. This reads the calibration data once per
-    spiking layer, in chunks of :data:`STATS_CHUNK` samples, and runs the network
-    converted so far on each chunk (only up to the layer), keeping only the layer's
-    positive input values (:class:`Positives`). A tensor and a ``DataLoader`` holding
-    the same samples give the same chunks (:meth:`Batches.chunks`), hence the same plan.
+    candidate scales come from every input. For each spiking layer this runs the
+    network converted so far on every chunk of :data:`STATS_CHUNK` samples, up to the
+    layer's input, and keeps only the layer's positive input values
+    (:class:`Positives`).
+
+    A stream (a DataLoader, a Dataset, a list) is read once per layer and nothing of a
+    chunk is kept but those values. A tensor is already in memory: each chunk's
+    *frontier* (the values later nodes still need) is kept, so the network runs once
+    in all instead of once per layer. Both do the same operations on the same chunks
+    (:meth:`Batches.chunks`), so a tensor and a loader of the same samples give the
+    same plan bit for bit.
     """
 
     def __init__(self, traced: TracedModel, data: Batches, cfg: SearchConfig):
@@ -475,44 +482,96 @@ class _StreamStats:
         self.cfg = cfg
         self.runner = Runner(traced.module)
         self.input = traced.input_node
+        self.keep_frontier = data.in_memory
+        # the ANN's values (objective "activation") come from the ANN as it was before
+        # any bias correction, as in the search
+        fixed = cfg.objective == "activation" and cfg.bias_correction
+        self.ann_module = copy.deepcopy(traced.module) if fixed else traced.module
+        self._ann_nodes = {n.name: n for n in self.ann_module.graph.nodes}
+        self._frontier: dict[bool, list[list]] = {}  # per chunk: [next node index, values]
+        self._chosen_seen: dict[Node, object] = {}
 
     def env(
         self,
         x: Tensor,
         chosen: dict[Node, tuple[Tensor, float]],
         stop: Node | None = None,
-        *,
-        raw: bool = False,
     ) -> dict[Node, object]:
-        """Node values for a chunk ``x``, the chosen layers converted (up to ``stop``);
-        ``raw``: the input as given, not coded (the ANN's values)."""
-        repl = {
-            n: _quantizer(s, b, self.cfg) for n, (s, b) in chosen.items() if n is not self.input
-        }
-        runner = Runner(self.traced.module, repl)
+        """Node values for a chunk ``x``, the chosen layers converted (up to ``stop``)."""
+        runner = self._runner(chosen, ann=False)
         env: dict[Node, object] = {}
         last = len(runner.nodes) if stop is None else runner.order[stop] + 1
         with torch.no_grad():
             for n in runner.nodes[:last]:
                 env[n] = (
-                    (x if raw else _encode_input(x, self.input, chosen, self.cfg))
+                    self._placeholder(x, chosen)
                     if n.op == "placeholder"
                     else runner.run_node(n, env)
                 )
         return env
 
+    def _runner(self, chosen: dict[Node, tuple[Tensor, float]], ann: bool) -> Runner:
+        if ann:
+            return Runner(self.ann_module)
+        repl = {
+            n: _quantizer(s, b, self.cfg) for n, (s, b) in chosen.items() if n is not self.input
+        }
+        return Runner(self.traced.module, repl)
+
+    def _placeholder(self, x: Tensor, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
+        return _encode_input(x, self.input, chosen, self.cfg)
+
+    def _values_of(
+        self, pre: Node, chosen: dict[Node, tuple[Tensor, float]], ann: bool
+    ) -> Iterator[Tensor]:
+        """The value of node ``pre`` on every chunk, in order."""
+        if any(chosen.get(n) is not v for n, v in self._chosen_seen.items()):
+            self._frontier = {}  # a new search (base="global" runs one per base)
+        self._chosen_seen = dict(chosen)
+        runner = self._runner(chosen, ann)
+        if ann:  # the same node of the ANN's graph (a copy when biases get corrected)
+            pre = self._ann_nodes[pre.name]
+        stop = runner.order[pre]
+        chunks = self.data.chunks(STATS_CHUNK)
+        if not self.keep_frontier:
+            for x, _ in chunks:
+                env: dict[Node, object] = {}
+                with torch.no_grad():
+                    for n in runner.nodes[: stop + 1]:
+                        is_input = n.op == "placeholder"
+                        value = (x if ann else self._placeholder(x, chosen)) if is_input else None
+                        env[n] = value if is_input else runner.run_node(n, env)
+                yield env[pre]
+            return
+        states = self._frontier.setdefault(ann, [])
+        for i, (x, _) in enumerate(chunks):
+            if i == len(states):
+                states.append([0, {}])
+            pos, env = states[i]
+            with torch.no_grad():
+                for n in runner.nodes[pos : stop + 1]:
+                    is_input = n.op == "placeholder"
+                    value = (x if ann else self._placeholder(x, chosen)) if is_input else None
+                    env[n] = value if is_input else runner.run_node(n, env)
+            done = max(pos, stop + 1)
+            yield env[pre]
+            order = runner.order  # keep what a node not yet computed needs
+            states[i] = [
+                done,
+                {n: v for n, v in env.items() if any(order[u] >= done for u in n.users)},
+            ]
+
     def positives(
         self, node: Node, chosen: dict[Node, tuple[Tensor, float]], per_channel: bool | str
     ) -> Positives:
         """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
+        if node is self.input:
+            values: Iterable[Tensor] = (x for x, _ in self.data.chunks(STATS_CHUNK))
+        else:
+            ann = self.cfg.objective == "activation"  # the ANN's value, not converted
+            values = self._values_of(node.args[0], chosen, ann)
         out: Positives | None = None
-        for x, _ in self.data.chunks(STATS_CHUNK):
-            if node is self.input:
-                v = x
-            else:
-                pre = node.args[0]
-                ann = self.cfg.objective == "activation"  # the ANN's value, not converted
-                v = self.env(x, {} if ann else chosen, pre, raw=ann)[pre]
+        for v in values:
             if out is None:
                 out = Positives.of(v, per_channel)
             else:
@@ -553,7 +612,7 @@ def calibrate(
     list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
     the first ``cfg.search_samples`` inputs in memory; the statistics over the whole set
     (candidate scales, the plan's errors) are read chunk by chunk (:class:`_StreamStats`),
-    so a set larger than memory is never materialised. Unless ``search_samples`` is
+    so a stream larger than memory is never materialised. Unless ``search_samples`` is
     None or the model mixes samples (a GCN): then the search needs the whole set at once.
 
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its

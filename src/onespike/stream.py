@@ -172,6 +172,11 @@ class Batches:
             got += x.shape[0]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    @property
+    def in_memory(self) -> bool:
+        """True when the source is one tensor (already in memory)."""
+        return isinstance(self._source, Tensor)
+
     def first_batch(self) -> Tensor:
         return next(iter(self))[0]
 
