@@ -216,3 +216,45 @@ def test_python_m_onespike_runs_the_cli():
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: argument --phases")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_convert_out_then_evaluate_the_file(tmp_path, capsys):
+    """``convert --out`` saves the network; ``evaluate FILE`` needs no ANN and reports the
+    same figures under the same JSON keys (the ANN's left as None)."""
+    net, jc, je = tmp_path / "net.safetensors", tmp_path / "c.json", tmp_path / "e.json"
+    argv = ["convert", "--model", "mnist_cnn", "--test", "200", "--calibration", "200"]
+    assert main([*argv, "--phases", "5", "--out", str(net), "--json", str(jc)]) == 0
+    assert net.is_file()
+    capsys.readouterr()
+    argv = ["evaluate", str(net), "--dataset", "mnist", "--images", "200", "--json", str(je)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "SNN accuracy (step path)" in text and "ANN accuracy" not in text
+    c, e = json.loads(jc.read_text()), json.loads(je.read_text())
+    assert set(c) == set(e)
+    assert e["ann_accuracy"] is None and e["loss_points"] is None
+    assert e["model"] == str(net) and e["dataset"] == "mnist"
+    for k in ("samples", "snn_accuracy", "step_accuracy", "phase_mismatches", "plan", "cost"):
+        assert e[k] == c[k], k
+
+
+def test_evaluate_file_mistakes_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    cases = [
+        (["evaluate", str(tmp_path / "none.safetensors"), "--dataset", "mnist"], "no such file"),
+        (["evaluate", str(bad), "--dataset", "mnist"], "damaged or truncated"),
+        (["evaluate", str(other), "--dataset", "mnist"], "not a network saved by onespike"),
+        (["evaluate", str(bad)], "required: --dataset"),
+        (
+            ["convert", "--model", "mnist_cnn", "--out", str(tmp_path / "no" / "net.st")],
+            "does not exist",
+        ),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err, (argv, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err

@@ -95,9 +95,19 @@ def test_maxpool_before_relu_rejected():
         trace(M())
 
 
-def test_standalone_batchnorm_rejected():
+def test_standalone_batchnorm_folds_forward_or_is_rejected():
+    """A BatchNorm not after a Conv/Linear folds into the layer after it where exact (an
+    unpadded convolution); before a padded one it is refused, with the reason."""
     m = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.ReLU())
-    with pytest.raises(UnsupportedModelError, match="BatchNorm must directly follow"):
+    m[0].running_mean.fill_(0.3)
+    m[0].running_var.fill_(2.0)
+    m.eval()
+    x = torch.rand(4, 1, 6, 6)
+    t = trace(m)
+    assert not any(isinstance(k, nn.BatchNorm2d) for k in t.module.modules())
+    assert torch.allclose(t.module(x), m(x), atol=1e-6)
+    m = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+    with pytest.raises(UnsupportedModelError, match=r"BatchNorm folds into .*pads its input"):
         trace(m)
 
 

@@ -24,8 +24,10 @@ base shared by every layer, scored by the error of the logits.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,7 @@ from onespike.codes import phase as pc
 from onespike.errors import OptionError
 from onespike.graph import Region, Runner
 from onespike.plan import LayerPlan, Plan
+from onespike.stream import Batches, as_batches
 from onespike.trace import TracedModel
 
 Node = fx.Node
@@ -193,34 +196,113 @@ def channel_scales(per_channel: bool | str, values: Tensor) -> bool:
     return bool(per_channel) and values.dim() >= 2
 
 
-def _percentiles(values: Tensor, qs: Sequence[float], per_channel: bool | str) -> list[Tensor]:
+@dataclass
+class Positives:
+    """The positive values of a layer's input, the statistics its scale candidates come
+    from: one flat tensor per channel (``channel``) or one for the whole layer, in the
+    order of ``values.transpose(0, 1)`` resp. ``values.reshape(-1)``. Built from one
+    tensor or, chunk by chunk, from a stream (:meth:`extend`): the same values in the
+    same order either way."""
+
+    channel: bool
+    parts: list[list[Tensor]]
+
+    @classmethod
+    def of(cls, values: Tensor, per_channel: bool | str) -> Positives:
+        out = cls(channel_scales(per_channel, values), [])
+        out.extend(values)
+        return out
+
+    def extend(self, values: Tensor) -> None:
+        if self.channel:
+            flat = values.transpose(0, 1).reshape(values.shape[1], -1)
+            rows = [ch[ch > 0] for ch in flat]
+        else:
+            flat = values.reshape(-1)
+            rows = [flat[flat > 0]]
+        if not self.parts:
+            self.parts = [[] for _ in rows]
+        for acc, r in zip(self.parts, rows):
+            acc.append(r)
+
+    def values(self) -> list[Tensor]:
+        return [p[0] if len(p) == 1 else torch.cat(p) for p in self.parts]
+
+
+def _percentile(sorted_vals: Tensor, q: float) -> float:
+    """``numpy.percentile(v, q)`` (linear method) of sorted float64 values, to the bit,
+    on the values' device."""
+    n = sorted_vals.numel()
+    v = (n - 1) * (q / 100)
+    if v >= n - 1:
+        return float(sorted_vals[-1])
+    lo = math.floor(v)
+    g = v - lo
+    a, b = sorted_vals[lo : lo + 2].tolist()
+    d = b - a
+    return b - d * (1 - g) if g >= 0.5 else a + d * g
+
+
+def _percentiles(
+    values: Tensor | Positives, qs: Sequence[float], per_channel: bool | str
+) -> list[Tensor]:
     """Percentiles of the positive values (per channel along dim 1 if asked)."""
-    gen = np.random.default_rng(0)
-    if channel_scales(per_channel, values):
-        c = values.shape[1]
-        flat = values.transpose(0, 1).reshape(c, -1).double().numpy()
+    pos = values if isinstance(values, Positives) else Positives.of(values, per_channel)
+    rows = pos.values()
+    dev = rows[0].device
+    if pos.channel:
+        srt = [r.double().sort().values for r in rows]
         out = []
         for q in qs:
-            row = []
-            for ch in flat:
-                pos = ch[ch > 0]
-                row.append(np.percentile(pos, q) if pos.size else 0.0)
-            out.append(torch.tensor(row, dtype=torch.float32))
+            row = [_percentile(r, q) if r.numel() else 0.0 for r in srt]
+            out.append(torch.tensor(row, dtype=torch.float32, device=dev))
         return [_safe_scale(s) for s in out]
-    flat = values.reshape(-1).double().numpy()
-    pos = flat[flat > 0]
-    if pos.size > 2_000_000:
-        keep = np.concatenate([gen.choice(pos, 2_000_000, replace=False), [pos.max()]])
-        pos = keep
-    if pos.size == 0:
-        return [torch.tensor(1.0)]
-    return [_safe_scale(torch.tensor(float(np.percentile(pos, q)))) for q in qs]
+    flat = rows[0].double()
+    if flat.numel() > 2_000_000:  # a fixed random sample, and the maximum
+        gen = np.random.default_rng(0)
+        idx = torch.from_numpy(gen.choice(flat.numel(), 2_000_000, replace=False)).to(dev)
+        flat = torch.cat([flat[idx], flat.max().reshape(1)])
+    if flat.numel() == 0:
+        return [torch.tensor(1.0, device=dev)]
+    srt = flat.sort().values
+    return [_safe_scale(torch.tensor(_percentile(srt, q), device=dev)) for q in qs]
 
 
 def _safe_scale(s: Tensor) -> Tensor:
     """Scales must be > 0: a dead channel gets scale 1 (it never fires anyway)."""
     s = s.to(torch.float32)
     return torch.where(s > 0, s, torch.ones_like(s))
+
+
+@dataclass(frozen=True)
+class _Code:
+    """What a search codes with: the window, the threshold rule, the input coding."""
+
+    phases: int
+    shift: bool
+    input_coding: str
+
+
+def _quantizer(scale: Tensor, base: float, code: _Code) -> Callable[[Tensor], Tensor]:
+    """The code of one layer as a function of its pre-activation."""
+    phases, shift = code.phases, code.shift
+
+    def q(pre: Tensor) -> Tensor:
+        return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
+
+    return q
+
+
+def _encode_input(
+    x: Tensor, input_node: Node, chosen: dict[Node, tuple[Tensor, float]], code: _Code
+) -> Tensor:
+    """The input as the converted network's first layers receive it."""
+    if code.input_coding == "binary":
+        return binary.decode(binary.encode(x, code.phases), code.phases)
+    if code.input_coding == "single" and input_node in chosen:
+        s, b = chosen[input_node]
+        return _quantizer(s, b, code)(x)
+    return x
 
 
 class _Search:
@@ -238,9 +320,10 @@ class _Search:
         self.cfg = cfg
         self.phases = phases
         self.input_coding = input_coding
+        self.code = _Code(phases, cfg.threshold_shift, input_coding)
         self.x = x
         self.progress = progress
-        self.stats_source: _Search | None = None  # candidate scales from a larger set
+        self.stats_source: _StreamStats | None = None  # candidate scales from a larger set
         self.runner = Runner(traced.module)
         r = self.runner
         self.relus = traced.relus
@@ -272,12 +355,7 @@ class _Search:
 
     # --- the converted network so far -------------------------------------------------
     def quantizer(self, scale: Tensor, base: float) -> Callable[[Tensor], Tensor]:
-        phases, shift = self.phases, self.cfg.threshold_shift
-
-        def q(pre: Tensor) -> Tensor:
-            return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
-
-        return q
+        return _quantizer(scale, base, self.code)
 
     def env_with(
         self, chosen: dict[Node, tuple[Tensor, float]], upto: Node | None = None
@@ -321,12 +399,7 @@ class _Search:
         self._invalidate_from(self.runner.order[node] + 1)
 
     def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
-        if self.input_coding == "binary":
-            return binary.decode(binary.encode(self.x, self.phases), self.phases)
-        if self.input_coding == "single" and self.input in chosen:
-            s, b = chosen[self.input]
-            return self.quantizer(s, b)(self.x)
-        return self.x
+        return _encode_input(self.x, self.input, chosen, self.code)
 
     def score(self, node: Node, q: Tensor, env: dict[Node, object]) -> float:
         """Relative squared error at the consumers of ``node`` when it outputs ``q``."""
@@ -354,7 +427,9 @@ class _Search:
         return total
 
     # --- the search ------------------------------------------------------------------
-    def candidates_for(self, layer_index: int, values: Tensor) -> tuple[list[Tensor], list[float]]:
+    def candidates_for(
+        self, layer_index: int, values: Tensor | Positives
+    ) -> tuple[list[Tensor], list[float]]:
         cfg = self.cfg
         if isinstance(cfg.base, tuple):
             bases = [cfg.base[layer_index]]
@@ -383,10 +458,13 @@ class _Search:
         index: int,
         env: dict[Node, object],
         bases_override: list[float] | None,
-        stats: Tensor,
+        stats: Tensor | Positives,
     ) -> tuple[Tensor, float, float]:
         pre = self.layer_input(node, env)
         scales, bases = self.candidates_for(index, stats)
+        cap = self.traced.caps.get(node)
+        if cap is not None:  # a clipped ReLU: its activations never exceed the cap
+            scales = [s.clamp(max=cap) for s in scales]
         if bases_override is not None:
             bases = bases_override
         best = (float("inf"), scales[0], bases[0])
@@ -451,7 +529,7 @@ class _Search:
             stats = (
                 self.layer_input(node, env)
                 if full is None
-                else full.layer_input(node, full.env_with(chosen, upto))
+                else full.positives(node, chosen, self.cfg.per_channel)
             )
             s, b, e = self.search_layer(node, idx, env, bases_override, stats)
             chosen[node] = (s, b)
@@ -459,8 +537,7 @@ class _Search:
             if self.cfg.bias_correction and node is not self.input:
                 env = self.env_with(chosen, upto)
                 self.bias_correct(node, env)
-                for srch in {self, full or self}:
-                    srch.invalidate_after(node)
+                self.invalidate_after(node)
         return chosen, errors
 
     def output_error(self, chosen: dict[Node, tuple[Tensor, float]]) -> float:
@@ -501,9 +578,158 @@ def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int]
     return fire, out_window
 
 
+#: Samples per chunk when the calibration statistics are read from the whole set.
+STATS_CHUNK = 512
+
+
+class _StreamStats:
+    """Statistics of the whole calibration set, read chunk by chunk.
+
+    The search scores its candidates on the first ``search_samples`` inputs; the
+    candidate scales come from every input. For each spiking layer this runs the
+    network converted so far on every chunk of :data:`STATS_CHUNK` samples, up to the
+    layer's input, and keeps only the layer's positive input values
+    (:class:`Positives`).
+
+    A stream (a DataLoader, a Dataset, a list) is read once per layer and nothing of a
+    chunk is kept but those values. A tensor is already in memory: each chunk's
+    *frontier* (the values later nodes still need) is kept, so the network runs once
+    in all instead of once per layer. Both do the same operations on the same chunks
+    (:meth:`Batches.chunks`), so a tensor and a loader of the same samples give the
+    same plan bit for bit.
+    """
+
+    def __init__(self, traced: TracedModel, data: Batches, cfg: SearchConfig, code: _Code):
+        self.traced = traced
+        self.data = data
+        self.cfg = cfg
+        self.code = code
+        self.runner = Runner(traced.module)
+        self.input = traced.input_node
+        self.keep_frontier = data.in_memory
+        # the ANN's values (objective "activation") come from the ANN as it was before
+        # any bias correction, as in the search
+        fixed = cfg.objective == "activation" and cfg.bias_correction
+        self.ann_module = copy.deepcopy(traced.module) if fixed else traced.module
+        self._ann_nodes = {n.name: n for n in self.ann_module.graph.nodes}
+        self._frontier: dict[bool, list[list]] = {}  # per chunk: [next node index, values]
+        self._chosen_seen: dict[Node, object] = {}
+
+    def env(
+        self,
+        x: Tensor,
+        chosen: dict[Node, tuple[Tensor, float]],
+        stop: Node | None = None,
+    ) -> dict[Node, object]:
+        """Node values for a chunk ``x``, the chosen layers converted (up to ``stop``)."""
+        runner = self._runner(chosen, ann=False)
+        env: dict[Node, object] = {}
+        last = len(runner.nodes) if stop is None else runner.order[stop] + 1
+        with torch.no_grad():
+            for n in runner.nodes[:last]:
+                env[n] = (
+                    self._placeholder(x, chosen)
+                    if n.op == "placeholder"
+                    else runner.run_node(n, env)
+                )
+        return env
+
+    def _runner(self, chosen: dict[Node, tuple[Tensor, float]], ann: bool) -> Runner:
+        if ann:
+            return Runner(self.ann_module)
+        repl = {
+            n: _quantizer(s, b, self.code) for n, (s, b) in chosen.items() if n is not self.input
+        }
+        return Runner(self.traced.module, repl)
+
+    def _placeholder(self, x: Tensor, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
+        return _encode_input(x, self.input, chosen, self.code)
+
+    def _values_of(
+        self, pre: Node, chosen: dict[Node, tuple[Tensor, float]], ann: bool
+    ) -> Iterator[Tensor]:
+        """The value of node ``pre`` on every chunk, in order."""
+        if any(chosen.get(n) is not v for n, v in self._chosen_seen.items()):
+            self._frontier = {}  # a new search (base="global" runs one per base)
+        self._chosen_seen = dict(chosen)
+        runner = self._runner(chosen, ann)
+        if ann:  # the same node of the ANN's graph (a copy when biases get corrected)
+            pre = self._ann_nodes[pre.name]
+        stop = runner.order[pre]
+        chunks = self.data.chunks(STATS_CHUNK)
+        if not self.keep_frontier:
+            for x, _ in chunks:
+                env: dict[Node, object] = {}
+                with torch.no_grad():
+                    for n in runner.nodes[: stop + 1]:
+                        is_input = n.op == "placeholder"
+                        value = (x if ann else self._placeholder(x, chosen)) if is_input else None
+                        env[n] = value if is_input else runner.run_node(n, env)
+                yield env[pre]
+            return
+        states = self._frontier.setdefault(ann, [])
+        for i, (x, _) in enumerate(chunks):
+            if i == len(states):
+                states.append([0, {}])
+            pos, env = states[i]
+            with torch.no_grad():
+                for n in runner.nodes[pos : stop + 1]:
+                    is_input = n.op == "placeholder"
+                    value = (x if ann else self._placeholder(x, chosen)) if is_input else None
+                    env[n] = value if is_input else runner.run_node(n, env)
+            done = max(pos, stop + 1)
+            yield env[pre]
+            order = runner.order  # keep what a node not yet computed needs
+            states[i] = [
+                done,
+                {n: v for n, v in env.items() if any(order[u] >= done for u in n.users)},
+            ]
+
+    def positives(
+        self, node: Node, chosen: dict[Node, tuple[Tensor, float]], per_channel: bool | str
+    ) -> Positives:
+        """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
+        if node is self.input:
+            values: Iterable[Tensor] = (x for x, _ in self.data.chunks(STATS_CHUNK))
+        else:
+            ann = self.cfg.objective == "activation"  # the ANN's value, not converted
+            values = self._values_of(node.args[0], chosen, ann)
+        out: Positives | None = None
+        for v in values:
+            if out is None:
+                out = Positives.of(v, per_channel)
+            else:
+                out.extend(v)
+        assert out is not None  # the data is not empty (checked by as_batches)
+        return out
+
+
+def _layer_figures(
+    env: dict[Node, object],
+    x: Tensor,
+    chosen: dict[Node, tuple[Tensor, float]],
+    relus: Sequence[Node],
+    input_node: Node,
+    code: _Code,
+    sums: dict[Node, list[float]],
+    caps: dict[Node, float],
+) -> None:
+    """Add each layer's ``|q - a|^2``, ``|a|^2`` and neuron count on one chunk to ``sums``."""
+    items = [(n, env[n.args[0]], None) for n in relus]
+    if code.input_coding == "single":
+        items.append((input_node, x, x))
+    for n, pre, act in items:
+        s, b = chosen[n]
+        q = _quantizer(s, b, code)(pre)
+        a = act if act is not None else pre.clamp(min=0, max=caps.get(n))
+        acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
+        acc[0] += float(((q.double() - a.double()) ** 2).sum())
+        acc[1] += float((a.double() ** 2).sum())
+
+
 def calibrate(
     traced: TracedModel,
-    x: Tensor,
+    x: Tensor | Batches,
     cfg: SearchConfig,
     *,
     phases: int,
@@ -515,18 +741,26 @@ def calibrate(
     ``phases`` is the window ``T``; ``input_coding`` one of
     :data:`onespike.plan.INPUT_CODINGS` (``"single"`` searches the input's code too).
 
+    ``x``: a tensor, or a :class:`~onespike.stream.Batches` (a DataLoader, a Dataset, a
+    list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
+    the first ``cfg.search_samples`` inputs in memory; the statistics over the whole set
+    (candidate scales, the plan's errors) are read chunk by chunk (:class:`_StreamStats`),
+    so a stream larger than memory is never materialised. Unless ``search_samples`` is
+    None or the model mixes samples (a GCN): then the search needs the whole set at once.
+
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
-    x_search = x
+    data = as_batches(x)
     n_search = cfg.search_samples
-    if n_search is not None and x.shape[0] > n_search and batch_independent(Runner(traced.module)):
-        x_search = x[: cfg.search_samples]
-    job = {"phases": phases, "input_coding": input_coding}
-    search = _Search(traced, x_search, cfg, progress, **job)
-    full = _Search(traced, x, cfg, progress=False, **job) if x_search is not x else search
-    if full is not search:
-        search.stats_source = full
+    whole = (
+        n_search is None or data.count <= n_search or not batch_independent(Runner(traced.module))
+    )
+    x_search = data.head(None if whole else n_search)
+    code = _Code(phases, cfg.threshold_shift, input_coding)
+    search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
+    stream = None if whole else _StreamStats(traced, data, cfg, code)
+    search.stats_source = stream
     if cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
         # of the grid, then the grid's neighbours (two each side) of the best one
@@ -548,33 +782,35 @@ def calibrate(
         _, chosen, errors = min(tried.values(), key=lambda t: t[0])
     else:
         chosen, errors = search.run_sequential()
-    search = full  # the plan's figures on the whole calibration set
-    env = search.env_with(chosen)
+    # the plan's figures on the whole calibration set
+    sums: dict[Node, list[float]] = {}
+    if stream is None:
+        env = search.env_with(chosen)
+        _layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
+    else:
+        for xc, _ in data.chunks(STATS_CHUNK):
+            env = stream.env(xc, chosen)
+            _layer_figures(env, xc, chosen, search.relus, search.input, code, sums, traced.caps)
     fire, out_window = fire_windows(search.runner, search.relus)
 
-    def lp_for(node: Node, name: str, act: Tensor, pre: Tensor, window: int) -> LayerPlan:
+    def lp_for(node: Node, name: str, window: int) -> LayerPlan:
         s, b = chosen[node]
-        q = search.quantizer(s, b)(pre)
+        num, den, neurons = sums[node]
         scale = tuple(float(v) for v in s) if s.dim() > 0 else float(s)
         return LayerPlan(
             name=name,
-            neurons=int(act[0].numel()),
+            neurons=int(neurons),
             scale=scale,
             base=float(b),
             phases=phases,
             shift=cfg.threshold_shift,
-            act_error=_rel_err(q, act),
+            act_error=num / den if den > 0 else num,
             out_error=float(errors[node]),
             fire_window=window,
         )
 
-    layers = []
-    for n in search.relus:
-        pre = env[n.args[0]]
-        layers.append(lp_for(n, traced.names[n], torch.relu(pre), pre, fire[n]))
-    inp = None
-    if input_coding == "single":
-        inp = lp_for(search.input, "input", x, x, 0)
+    layers = [lp_for(n, traced.names[n], fire[n]) for n in search.relus]
+    inp = lp_for(search.input, "input", 0) if input_coding == "single" else None
     search_info = cfg.describe()
     return Plan(
         phases=phases,

@@ -1,4 +1,4 @@
-"""Command line: ``onespike demo``, ``convert``, ``sweep``, ``ablation``, ``compare``.
+"""Command line: ``onespike demo``, ``convert``, ``evaluate``, ``sweep``, ``ablation``, ``compare``.
 
 Thin: it parses options and calls the library (and, for sweep, ablation and compare,
 :mod:`onespike.experiments`). A user's mistake (a missing data file, an unsupported
@@ -27,6 +27,7 @@ from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
 from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
+from onespike.serialize import load, save
 
 #: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
 UserError = OptionError
@@ -107,11 +108,10 @@ def _parse_scale(s: str) -> str | float:
 def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> str:
     """The one table the demo and convert print."""
     c = res.cost.totals if res.cost is not None else {}
-    lines = [
-        f"== onespike: {name}, {res.samples} test images ==",
-        f"ANN accuracy              {res.ann_accuracy:8.2f} %",
-        f"SNN accuracy (event path) {res.snn_accuracy:8.2f} %",
-    ]
+    lines = [f"== onespike: {name}, {res.samples} test images =="]
+    if res.ann_accuracy is not None:
+        lines.append(f"ANN accuracy              {res.ann_accuracy:8.2f} %")
+    lines.append(f"SNN accuracy (event path) {res.snn_accuracy:8.2f} %")
     if res.step_accuracy is not None:
         lines += [
             f"SNN accuracy (step path)  {res.step_accuracy:8.2f} %",
@@ -119,8 +119,9 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
             f"spike-phase agreement     {100 * res.phase_agreement:10.4f} % "
             f"({res.phase_mismatches} neuron(s) differ: float ties at a threshold)",
         ]
+    if res.loss is not None:
+        lines.append(f"loss                      {res.loss:+8.2f} points")
     lines += [
-        f"loss                      {res.loss:+8.2f} points",
         f"phases T                  {snn.phases:8d}",
         f"latency                   {snn.plan.latency_steps:8d} steps",
     ]
@@ -128,7 +129,7 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
         lines += [
             f"spikes per neuron         {c['spikes_per_neuron_mean']:8.3f} mean, "
             f"{c['spikes_per_neuron_max']} max",
-            f"ANN MACs / inference      {c['ann_macs']:12,.0f}",
+            f"ANN MACs / inference      {c['ann_macs']:12,.0f} (the folded ANN's graph)",
             f"SNN ACs / MACs            {c['snn_acs']:12,.0f} / {c['snn_macs']:,.0f}",
             f"energy ratio ANN/SNN      {c['energy_ratio_compute']:8.2f}x compute only, "
             f"{c['energy_ratio_total']:.2f}x with memory access",
@@ -140,8 +141,19 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
     return "\n".join(lines)
 
 
+def _check_out(path: str | None) -> None:
+    """Refuse an ``--out`` file that cannot be written, before converting anything."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        where = "is a folder" if p.is_dir() else f"its folder '{p.parent}' does not exist"
+        raise OptionError(f"--out {path}: {where}")
+
+
 def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int:
     t0 = time.time()
+    _check_out(getattr(args, "out", None))
     xc, where = calibration_set(args.dataset, args.calibration, args.seed)
     print(f"calibration: {where}", flush=True)
     snn = convert(
@@ -151,10 +163,25 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         input_coding=args.input_coding,
         **_search_kwargs(args),
     )
+    if getattr(args, "out", None):
+        save(snn, args.out)
+        print(f"saved the network to {args.out} (onespike evaluate {args.out} --dataset ...)")
+    return _evaluate_and_report(args, model, snn, name, t0)
+
+
+def _evaluate_and_report(
+    args: argparse.Namespace, model: nn.Module | None, snn: SpikingNetwork, name: str, t0: float
+) -> int:
+    """Evaluate on the test set, print the summary, write ``--json``."""
     x, y = load_dataset(args.dataset, "test")
     if args.test is not None:
         idx = subset_indices(x.shape[0], args.test, args.subset)
         x, y = x[idx], y[idx]
+    if tuple(x.shape[1:]) != snn.input_shape:
+        raise OptionError(
+            f"{args.dataset} images have shape {tuple(x.shape[1:])}, the network takes "
+            f"{snn.input_shape}: choose the data set it was converted for"
+        )
     res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
     print(summary(name, snn, res, time.time() - t0))
     if args.json:
@@ -162,6 +189,13 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``onespike evaluate FILE --dataset D``: a saved network, no ANN."""
+    t0 = time.time()
+    snn = load(args.file)
+    return _evaluate_and_report(args, None, snn, str(args.file), t0)
 
 
 SUBSET_KW: dict = {
@@ -389,6 +423,24 @@ def build_parser() -> argparse.ArgumentParser:
         "package.module:function returning the ANN",
     )
     _add_common(c, dataset=True)
+    c.add_argument(
+        "--out", default=None, help="save the converted network to this file (onespike.save)"
+    )
+    e = sub.add_parser("evaluate", help="evaluate a network saved by convert --out (no ANN needed)")
+    e.add_argument("file", help="a network file written by onespike.save / convert --out")
+    e.add_argument("--dataset", choices=DATASETS, required=True, help="the test set")
+    e.add_argument(
+        "--images",
+        "--test",
+        dest="test",
+        type=_count,
+        default=None,
+        help="only N test images (see --subset)",
+    )
+    e.add_argument("--subset", **SUBSET_KW)
+    e.add_argument("--batch-size", type=_count, default=500)
+    e.add_argument("--no-step", action="store_true", help="skip the step simulator")
+    e.add_argument("--json", default=None, help="write the figures to this JSON file")
     s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
     s.add_argument(
         "--model",
@@ -449,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args)
         if args.cmd == "ablation":
             return run_ablation(args)
+        if args.cmd == "evaluate":
+            return run_evaluate(args)
         # a shipped name takes its data set from its sidecar; a user's model needs --dataset
         user = ":" in args.model
         model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))

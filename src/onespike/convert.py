@@ -10,11 +10,12 @@ from torch import nn
 
 from onespike.calibrate import SearchConfig, calibrate
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, OptionError, collect_calibration
+from onespike.errors import CalibrationError, OptionError
 from onespike.network import SpikingNetwork
 from onespike.plan import check_input_coding
 from onespike.refine import RefineConfig, as_config
 from onespike.refine import refine as refine_network
+from onespike.stream import as_batches
 from onespike.trace import trace
 
 
@@ -50,8 +51,12 @@ def convert(
 
     Args:
         model: the trained ANN (left untouched; a folded copy is converted).
-        calibration: a tensor ``[N, ...]`` or an iterable of tensors or of
-            ``(x, y)`` batches (a DataLoader works): a few hundred inputs.
+        calibration: a few hundred inputs or more: a tensor ``[N, ...]``, a
+            ``Dataset`` of ``x`` or ``(x, y)`` samples, or an iterable of ``x`` or
+            ``(x, y)`` batches (a ``DataLoader``, a list). A Dataset or a DataLoader
+            is streamed: read once to check every batch, then chunk by chunk, never
+            all in memory (:mod:`onespike.stream`); the plan is the same as from a
+            tensor of the same samples.
         phases: ``T``, the window length in steps (>= 1).
         search: how the search chooses each layer's code: a
             :class:`~onespike.calibrate.SearchConfig`, or the name of a preset
@@ -102,14 +107,15 @@ def convert(
         raise OptionError(
             f"base has {len(cfg.base)} values but the model has {len(traced.relus)} spiking layers"
         )
-    x = collect_calibration(calibration, max_calibration)
-    if input_coding != "analog" and (x.min() < 0 or x.max() > 1):
+    data = as_batches(calibration, limit=max_calibration, device=_device_of(model))
+    if input_coding != "analog" and (data.low < 0 or data.high > 1):
         raise CalibrationError(
             f"input coding {input_coding!r} needs inputs in [0, 1]; calibration data spans "
-            f"[{x.min().item():.3g}, {x.max().item():.3g}] (use input_coding='analog')"
+            f"[{data.low:.3g}, {data.high:.3g}] (use input_coding='analog')"
         )
+    first = data.first_batch()
     msg = None
-    for probe in (x[:1], x):  # the whole set for models that mix samples (GCN adjacency)
+    for probe in (first[:1], first):  # the whole batch for models that mix samples (GCN)
         try:
             with torch.no_grad():
                 traced.module.forward(probe)  # .forward: fx prints no traceback
@@ -119,10 +125,17 @@ def convert(
             msg = msg or str(e).splitlines()[0]
     if msg is not None:
         raise CalibrationError(
-            f"calibration samples of shape {tuple(x.shape[1:])} do not fit the model: {msg}"
+            f"calibration samples of shape {data.sample_shape} do not fit the model: {msg}"
         ) from None
-    plan = calibrate(traced, x, cfg, phases=phases, input_coding=input_coding, progress=progress)
-    snn = SpikingNetwork(traced.module, plan, tuple(x.shape[1:]))
-    if refine_cfg is not None:
-        snn = refine_network(snn, model, x, refine_cfg, progress=progress)
+    plan = calibrate(traced, data, cfg, phases=phases, input_coding=input_coding, progress=progress)
+    snn = SpikingNetwork(traced.module, plan, data.sample_shape)
+    if refine_cfg is not None:  # refinement takes the calibration set in memory
+        snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)
     return snn
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (None: it has none)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return None

@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from onespike.accounting import CostReport, LayerCost, _totals, cost
+from onespike.errors import InputError
 from onespike.network import SpikingNetwork
+from onespike.stream import as_batches
 
 Tensor = torch.Tensor
 
@@ -24,7 +27,7 @@ class EvalResult:
     """Figures on a labelled test set (accuracies in percent)."""
 
     samples: int
-    ann_accuracy: float
+    ann_accuracy: float | None  # None: no ANN was given (a loaded network)
     snn_accuracy: float  # event-exact fast path
     step_accuracy: float | None = None
     step_event_same_predictions: int | None = None  # images with identical predictions
@@ -35,8 +38,11 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
     @property
-    def loss(self) -> float:
-        """Accuracy loss in points (ANN - SNN); negative means the SNN is better."""
+    def loss(self) -> float | None:
+        """Accuracy loss in points (ANN - SNN); negative means the SNN is better; None
+        without an ANN."""
+        if self.ann_accuracy is None:
+            return None
         return self.ann_accuracy - self.snn_accuracy
 
     def to_dict(self) -> dict:
@@ -71,25 +77,31 @@ def merge_reports(reports: list[CostReport]) -> CostReport:
 
 @torch.no_grad()
 def measure_costs(
-    snn: SpikingNetwork, x: Tensor, *, batch_size: int = 500, progress: bool = False
+    snn: SpikingNetwork, x: Tensor | Iterable, *, batch_size: int = 500, progress: bool = False
 ) -> CostReport:
     """Per-inference costs (operations, spikes, energy) of ``snn`` on inputs ``x``, measured
-    with the event path's spikes, averaged over ``x``."""
+    with the event path's spikes, averaged over ``x`` (a tensor or a stream of batches,
+    as for :func:`evaluate`)."""
+    data = as_batches(x, what="input data", device=_device_of(snn))
     reports = [
-        cost(
-            None, snn, x[i : i + batch_size], run=snn.simulate(x[i : i + batch_size], mode="event")
-        )
-        for i in tqdm(range(0, x.shape[0], batch_size), desc="costs", disable=not progress)
+        cost(None, snn, xb, run=snn.simulate(xb, mode="event"))
+        for xb, _ in tqdm(data.chunks(batch_size), desc="costs", disable=not progress)
     ]
     return merge_reports(reports)
 
 
+def _device_of(m: nn.Module) -> torch.device | None:
+    for t in (*m.parameters(), *m.buffers()):
+        return t.device
+    return None
+
+
 @torch.no_grad()
 def evaluate(
-    ann: nn.Module,
+    ann: nn.Module | None,
     snn: SpikingNetwork,
-    x: Tensor,
-    y: Tensor,
+    x: Tensor | Iterable,
+    y: Tensor | None = None,
     *,
     batch_size: int = 500,
     step: bool = True,
@@ -105,17 +117,32 @@ def evaluate(
     measured go into the cost report; without it the event path's spikes do.
     ``ann_accuracy``: the ANN's accuracy on these same images when already known
     (a sweep converts one ANN many times); the ANN is then not run again.
+    ``ann=None`` (a network loaded from a file): the ANN's accuracy is ``None``.
+
+    ``x`` is a tensor of inputs with its labels ``y``, or (``y`` None) a stream of
+    labelled samples: a ``Dataset`` of ``(x, y)``, or an iterable of ``(x, y)`` batches
+    (a ``DataLoader``). A stream is read once to check it, then ``batch_size`` samples
+    at a time: no more than one batch of inputs and activations is held, and the
+    figures are those of the tensor path on the same samples. Batches are moved to the
+    network's device.
     """
-    ann = ann.eval()
-    n = x.shape[0]
+    if ann is not None:
+        ann = ann.eval()
+    data = as_batches(x, y, what="test data", chunk=batch_size, device=_device_of(snn))
+    if not data.labelled:
+        raise InputError(
+            "evaluate needs labels: pass x and y tensors, (x, y) batches or a Dataset "
+            "of (x, y) samples"
+        )
+    n = data.count
     ann_ok = snn_ok = step_ok = same = 0
     mism = total_neurons = 0
     max_spk = 0
     reports: list[CostReport] = []
-    batches = range(0, n, batch_size)
-    for i in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        if ann_accuracy is None:
+    batches = data.chunks(batch_size)
+    total = -(-n // batch_size)
+    for xb, yb in tqdm(batches, desc=desc, disable=not progress, unit="batch", total=total):
+        if ann is not None and ann_accuracy is None:
             ann_ok += int((ann(xb).argmax(1) == yb).sum())
         if not (step or costs):  # only the output: the fast path (identical outputs)
             snn_ok += int((snn(xb).argmax(1) == yb).sum())
@@ -138,7 +165,9 @@ def evaluate(
             reports.append(cost(None, snn, xb, run=run))
     res = EvalResult(
         samples=n,
-        ann_accuracy=100.0 * ann_ok / n if ann_accuracy is None else ann_accuracy,
+        ann_accuracy=ann_accuracy
+        if ann_accuracy is not None or ann is None
+        else 100.0 * ann_ok / n,
         snn_accuracy=100.0 * snn_ok / n,
     )
     if step:

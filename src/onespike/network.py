@@ -46,20 +46,21 @@ class SpikeLayer(nn.Module):
 
     _onespike_role = "relu"
 
-    def __init__(self, lp: LayerPlan):
+    def __init__(self, lp: LayerPlan, device: torch.device | str | None = None):
         super().__init__()
+        device = torch.device("cpu") if device is None else device
         self.name = lp.name
         self.base = float(lp.base)
         self.phases = int(lp.phases)
         self.shift = bool(lp.shift)
         scale = lp.scale if isinstance(lp.scale, tuple) else float(lp.scale)
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32, device=device))
         # cached in float64, cast to the input's dtype per call
         f64 = torch.float64
         th = pc.ascending_thresholds(self.base, self.phases, shift=self.shift, dtype=f64)
-        self.register_buffer("th_ascending", th, persistent=False)
+        self.register_buffer("th_ascending", th.to(device), persistent=False)
         table = pc.value_table(self.base, self.phases, dtype=f64)
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", table.to(device), persistent=False)
         self.record = False
         self.last_phase: Tensor | None = None
 
@@ -70,7 +71,7 @@ class SpikeLayer(nn.Module):
         """Thresholds and values in activation units (one scale per layer only)."""
         if self.scale.dim() > 0:
             return None
-        key = (dtype, float(self.scale))
+        key = (dtype, self.scale.device, float(self.scale))
         if getattr(self, "_tables_key", None) != key:
             s = self.scale.double()
             self._tables = ((self.th_ascending * s).to(dtype), (self.table * s).to(dtype))
@@ -112,14 +113,20 @@ class InputEncoder(nn.Module):
 
     _onespike_role = "input"
 
-    def __init__(self, coding: str, phases: int, lp: LayerPlan | None = None):
+    def __init__(
+        self,
+        coding: str,
+        phases: int,
+        lp: LayerPlan | None = None,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         coding = check_input_coding(coding)
         self.coding = coding
         self.phases = phases
         self.record = False
         self.last_code: Tensor | None = None
-        self.layer = SpikeLayer(lp) if coding == "single" else None
+        self.layer = SpikeLayer(lp, device) if coding == "single" else None
         if coding == "single" and lp is None:
             raise OptionError("single-spike input coding needs a layer plan")
 
@@ -187,15 +194,18 @@ class SpikingNetwork(nn.Module):
             raise OptionError(
                 f"the plan has {len(plan.layers)} spiking layers, the model {len(relus)} ReLUs"
             )
+        # the spiking layers' scales live where the weights are
+        tensors = (*traced_module.parameters(), *traced_module.buffers())
+        device = next((t.device for t in tensors), None)
         for i, (node, lp) in enumerate(zip(relus, plan.layers)):
             key = f"s{i}"
-            self.spikes[key] = SpikeLayer(lp)
+            self.spikes[key] = SpikeLayer(lp, device)
             gm.add_submodule(f"spikes_{key}", self.spikes[key])
             with gm.graph.inserting_after(node):
                 new = gm.graph.call_module(f"spikes_{key}", (node.args[0],))
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
-        self.input_encoder = InputEncoder(plan.input_coding, plan.phases, plan.input)
+        self.input_encoder = InputEncoder(plan.input_coding, plan.phases, plan.input, device)
         if plan.input_coding != "analog":
             gm.add_submodule("input_encoder", self.input_encoder)
             ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
@@ -285,9 +295,9 @@ class SpikingNetwork(nn.Module):
         self.file_format.save(self, path)
 
     @classmethod
-    def load(cls, path) -> SpikingNetwork:
+    def load(cls, path, *, device=None) -> SpikingNetwork:
         """Read a network written by :meth:`save` (:func:`onespike.serialize.load`)."""
-        return cls.file_format.load(path)
+        return cls.file_format.load(path, device=device)
 
     def extra_repr(self) -> str:
         return f"phases={self.phases}, input_coding={self.plan.input_coding!r}"

@@ -355,7 +355,7 @@ class _Exporter:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             if m.padding_mode != "zeros":
                 raise NIRExportError(f"{where}: padding_mode {m.padding_mode!r} has no NIR form")
-            bias = m.bias if m.bias is not None else torch.zeros(m.out_channels)
+            bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_channels)
             if isinstance(m, nn.Conv2d):
                 node = nir.Conv2d(
                     input_shape=tuple(int(s) for s in in_shape[1:]),
@@ -554,7 +554,9 @@ def _tuple(a) -> tuple[int, ...]:
     return tuple(int(v) for v in np.atleast_1d(a))
 
 
-def import_nir(path: str | os.PathLike) -> SpikingNetwork:
+def import_nir(
+    path: str | os.PathLike, *, device: str | torch.device | None = None
+) -> SpikingNetwork:
     """Rebuild the :class:`SpikingNetwork` of a NIR file written by :func:`export_nir`.
 
     The network is built from the file alone (weights, plan from the metadata) through
@@ -668,7 +670,8 @@ def import_nir(path: str | os.PathLike) -> SpikingNetwork:
         latency_steps=int(meta["latency_steps"]),
         search=_dec(json.loads(_meta_str(meta["plan_search"]))),
     )
-    return SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
+    net = SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
+    return net if device is None else net.to(device)
 
 
 __all__ = ["NIRExportError", "export_nir", "import_nir", "read_graph"]

@@ -210,7 +210,7 @@ class _Reference:
 
     def scale(self, name: str, ndim: int) -> Tensor:
         s = torch.tensor(np.asarray(self.md(name)["scale"], dtype=np.float64).tolist(),
-                         dtype=torch.float32).to(self.device, self.dtype)  # fmt: skip
+                         dtype=torch.float32, device=self.device).to(self.dtype)  # fmt: skip
         return s if s.dim() == 0 else s.reshape((-1,) + (1,) * (ndim - 2))
 
     def start_fire(self, name: str, z: Tensor) -> None:

@@ -145,6 +145,8 @@ _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",), False),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim"), False),
     "ReLU": (nn.ReLU, ("inplace",), False),
+    "ReLU6": (nn.ReLU6, ("inplace",), False),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val", "inplace"), False),
     "Identity": (nn.Identity, (), False),
 }
 
@@ -341,7 +343,7 @@ def _store(
             tensors[f"{name}/values"] = t._values().contiguous().cpu()
         elif t.layout == torch.strided:
             entry.update(layout="strided", data=name)
-            tensors[name] = t.contiguous().cpu()
+            tensors[name] = t.contiguous().cpu()  # the file is written from host memory
         else:
             raise NotSerializableError(
                 f"tensor '{key}' has layout {t.layout}, which cannot be saved"
@@ -391,9 +393,15 @@ def save(snn: SpikingNetwork, path: str | os.PathLike) -> None:
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    if not path.parent.is_dir():
+        raise SerializationError(f"cannot write '{path}': no folder '{path.parent}'")
+    if path.is_dir():
+        raise SerializationError(f"cannot write '{path}': it is a folder")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
+    except OSError as e:
+        raise SerializationError(f"cannot write '{path}' ({e.strerror or e})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -560,12 +568,13 @@ def _check_version(path: Path, meta: dict[str, str]) -> None:
         raise CorruptFileError(f"'{path}' has an invalid format version {version}")
 
 
-def load(path: str | os.PathLike) -> SpikingNetwork:
+def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> SpikingNetwork:
     """Rebuild the :class:`SpikingNetwork` saved at ``path`` by :func:`save`.
 
     Raises :class:`NetworkFileNotFoundError`, :class:`NotANetworkFileError`,
     :class:`CorruptFileError` or :class:`UnsupportedFormatVersionError` (all
     :class:`SerializationError`, a ``ValueError``) with a one-sentence message.
+    ``device``: where the network goes (default: the CPU, where the file is read).
     """
     path = Path(path)
     meta, tensors = _read(path)
@@ -600,7 +609,7 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorruptFileError(f"'{path}' is damaged: {msg}") from None
-    return net
+    return net if device is None else net.to(device)
 
 
 SpikingNetwork.file_format = sys.modules[__name__]  # snn.save(path), SpikingNetwork.load(path)

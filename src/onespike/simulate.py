@@ -87,7 +87,7 @@ class _Source:
         raise ValueError("analog input has no spikes")
 
     def zeros(self, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(self.code.shape, dtype=dtype)
+        return torch.zeros(self.code.shape, dtype=dtype, device=self.code.device)
 
 
 def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_const, T, dtype):
@@ -144,9 +144,11 @@ def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Ten
     """
     mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
     narrow = torch.uint8 if phases < 255 else torch.int32
-    count = torch.zeros(z.shape, dtype=narrow)  # spikes fired, counted as they happen
-    waited = torch.zeros(z.shape, dtype=narrow)  # steps spent silent
-    silent = torch.ones(z.shape, dtype=torch.bool)
+    count = torch.zeros(
+        z.shape, dtype=narrow, device=z.device
+    )  # spikes fired, counted as they happen
+    waited = torch.zeros(z.shape, dtype=narrow, device=z.device)  # steps spent silent
+    silent = torch.ones(z.shape, dtype=torch.bool, device=z.device)
     v = z.clone()
     for k in range(phases):
         fire = (v >= mth[k]).logical_and_(silent)
@@ -183,7 +185,7 @@ def _with_args(node: Node, env: dict[Node, object]) -> dict[Node, object]:
 
 def _scale(lp: LayerPlan, like: Tensor) -> Tensor:
     """A layer's scale in ``like``'s dtype, shaped to broadcast over it (per channel or one)."""
-    scale = torch.tensor(lp.scale, dtype=torch.float32).to(like.dtype)
+    scale = torch.tensor(lp.scale, dtype=torch.float32, device=like.device).to(like.dtype)
     return pc.channel_shape(scale, like.dim())
 
 
@@ -214,7 +216,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
         elif kind == "encoder":
             if plan.input_coding == "binary":
                 code = binary.encode(x, T)
-                unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype)
+                unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype, device=x.device)
                 sources[node] = _Source("multi", binary.BASE, code, unit)
                 input_spikes = binary.spike_count(code)
             else:

@@ -11,7 +11,18 @@ Node roles used by the rest of the package (see :func:`role`):
 
 - ``"input"``: the single placeholder.
 - ``"relu"``: a hidden ReLU (module, ``F.relu``, ``torch.relu``, ``x.relu()``)
-  that becomes a layer of single-spike neurons.
+  that becomes a layer of single-spike neurons; or a clipped ReLU ``min(max(x, 0), c)``
+  (``nn.ReLU6``, ``nn.Hardtanh(0, c)``, ``F.relu6``, ``F.hardtanh(x, 0, c)``,
+  ``torch.clamp(x, 0, c)``, ``x.clamp(min=0, max=c)``, ``torch.clip``), whose known
+  upper bound ``c`` caps the layer's scale (:attr:`TracedModel.caps`). :func:`trace`
+  rewrites every clipped ReLU as an ``nn.Hardtanh(0, c)`` module (``nn.ReLU6`` stays)
+  and ``clamp(x, min=0)`` as an ``nn.ReLU``.
+
+BatchNorm is folded into the Conv/Linear before it; a BatchNorm that follows a ReLU
+(or anything but a Conv/Linear) is folded into the Conv/Linear after it instead,
+where that is exact: that layer is its only user, called once, and is a Linear or a
+convolution without padding (zero padding after the BatchNorm would be padding with
+its shift). Any other BatchNorm is reported.
 - ``"maxpool"``: a max-pooling whose input is spikes (exact: earliest spike wins).
 - ``"weighted"``: Conv1d/Conv2d/Linear (bias allowed) and multiplication by a
   constant matrix (``torch.sparse.mm``/``torch.mm``/``@`` with a buffer), the
@@ -27,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +47,7 @@ from torch import fx, nn
 from onespike.errors import UnsupportedModelError as UnsupportedModelError  # its old home
 
 Node = fx.Node
+Tensor = torch.Tensor
 
 
 _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -62,6 +74,8 @@ _ACTIVATION_MODULES = (
     nn.LogSoftmax,
 )
 _RELU_FUNCTIONS = (F.relu, torch.relu)
+_CLIP_FUNCTIONS = (F.relu6, F.hardtanh, torch.clamp, torch.clip)
+_CLIP_METHODS = ("clamp", "clip")
 _MATMUL_FUNCTIONS = (torch.sparse.mm, torch.mm, torch.matmul, operator.matmul, torch.spmm)
 _LINEAR_FUNCTIONS = (
     operator.add,
@@ -90,6 +104,7 @@ class TracedModel:
     input_node: Node
     relus: list[Node]  # topological order
     names: dict[Node, str]  # readable name of every spiking layer
+    caps: dict[Node, float] = field(default_factory=dict)  # clipped ReLUs: the bound c
 
     def modules(self) -> dict[str, nn.Module]:
         return dict(self.module.named_modules())
@@ -106,6 +121,49 @@ def _place(node: Node, modules: dict[str, nn.Module]) -> str:
     return f"node '{node.name}' ({node.op} {node.target})"
 
 
+def clip_bounds(node: Node, modules: dict[str, nn.Module]) -> tuple[object, object] | None:
+    """``(low, high)`` of a clamp-like node (``None`` = unbounded), or ``None`` if the
+    node is not one (Hardtanh/ReLU6 modules, relu6/hardtanh/clamp/clip calls)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.Hardtanh):  # nn.ReLU6 too
+            return float(m.min_val), float(m.max_val)
+        return None
+    args, kw = node.args[1:], node.kwargs
+    if node.op == "call_function" and node.target is F.relu6:
+        return 0.0, 6.0
+    if node.op == "call_function" and node.target is F.hardtanh:
+        low = args[0] if args else kw.get("min_val", -1.0)
+        return low, args[1] if len(args) > 1 else kw.get("max_val", 1.0)
+    is_fn = node.op == "call_function" and node.target in (torch.clamp, torch.clip)
+    if is_fn or (node.op == "call_method" and node.target in _CLIP_METHODS):
+        low = args[0] if args else kw.get("min")
+        return low, args[1] if len(args) > 1 else kw.get("max")
+    return None
+
+
+def _clip_problem(node: Node, modules: dict[str, nn.Module]) -> str | None:
+    """Why a clamp-like node is not a (clipped) ReLU, or None if it is one."""
+    low, high = clip_bounds(node, modules) or (None, None)
+    num = (int, float)
+    if any(isinstance(v, bool) or not (v is None or isinstance(v, num)) for v in (low, high)):
+        return "the bounds of a clipped activation must be numbers (not tensors)"
+    if low != 0:
+        return (
+            f"a clipped activation converts only as a ReLU capped at c, i.e. with lower bound "
+            f"0 (here {low}, upper {high})"
+        )
+    if high is not None and not high > 0:
+        return f"a clipped ReLU needs an upper bound c > 0 (here {high})"
+    return None
+
+
+def relu_cap(node: Node, modules: dict[str, nn.Module]) -> float | None:
+    """The upper bound ``c`` of a clipped ReLU node; None for a plain ReLU."""
+    b = clip_bounds(node, modules)
+    return None if b is None or b[1] is None else float(b[1])
+
+
 def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
     """Role of a node in the conversion (module docstring), or ``None`` if unsupported."""
     op = node.op
@@ -119,6 +177,8 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         m = modules[node.target]
         if isinstance(m, nn.ReLU):
             return "relu"
+        if isinstance(m, nn.Hardtanh):  # nn.ReLU6 too: a ReLU capped at max_val
+            return "relu" if _clip_problem(node, modules) is None else None
         if isinstance(m, _WEIGHTED_MODULES):
             return "weighted"
         if isinstance(m, _MAXPOOL_MODULES):
@@ -134,6 +194,8 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         t = node.target
         if t in _RELU_FUNCTIONS:
             return "relu"
+        if t in _CLIP_FUNCTIONS:
+            return "relu" if _clip_problem(node, modules) is None else None
         if t in _MATMUL_FUNCTIONS:
             return "weighted"
         if t in _MAXPOOL_FUNCTIONS:
@@ -150,6 +212,8 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
     if op == "call_method":
         if node.target == "relu":
             return "relu"
+        if node.target in _CLIP_METHODS:
+            return "relu" if _clip_problem(node, modules) is None else None
         if node.target in _SHAPE_METHODS:
             return "shape"
         if node.target in _LINEAR_METHODS:
@@ -169,7 +233,9 @@ def _problems(gm: fx.GraphModule) -> list[str]:
         r = role(node, modules)
         where = _place(node, modules)
         if r is None:
-            if node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
+            if clip_bounds(node, modules) is not None:
+                out.append(f"{where}: {_clip_problem(node, modules)}")
+            elif node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
                 out.append(f"{where}: non-ReLU activation; only ReLU can become spiking neurons")
             else:
                 out.append(f"{where}: unsupported operator")
@@ -177,10 +243,12 @@ def _problems(gm: fx.GraphModule) -> list[str]:
         if r == "drop" and node.op == "call_module":
             m = modules[node.target]
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not _foldable(node, modules):
-                out.append(
-                    f"{where}: BatchNorm must directly follow a Conv/Linear "
-                    "(used nowhere else) to be folded"
-                )
+                why = _forward_fold_problem(node, modules, gm)
+                if why is not None:
+                    out.append(
+                        f"{where}: BatchNorm folds into the Conv/Linear before it (used "
+                        f"nowhere else) or, after a ReLU, into the next one; {why}"
+                    )
         if r == "weighted" and node.op == "call_function":
             mat = node.args[0] if node.args else None
             if not (isinstance(mat, Node) and mat.op == "get_attr"):
@@ -243,21 +311,92 @@ def _foldable(bn_node: Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
+def _padding_free(m: nn.Module) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    p = m.padding
+    return p == "valid" or (not isinstance(p, str) and all(int(v) == 0 for v in p))
+
+
+def _forward_fold_problem(bn_node: Node, modules: dict[str, nn.Module], gm: fx.GraphModule):
+    """Why ``bn_node`` cannot be folded into the layer after it (None: it can)."""
+    users = list(bn_node.users)
+    if len(users) != 1:
+        return f"here it has {len(users)} users"
+    nxt = users[0]
+    m = modules.get(nxt.target) if nxt.op == "call_module" else None
+    if not isinstance(m, _WEIGHTED_MODULES) or nxt.args[0] is not bn_node:
+        return f"here its output goes to {_place(nxt, modules)}, not a Conv/Linear"
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == nxt.target]
+    if len(calls) != 1:
+        return f"here {_place(nxt, modules)} is called {len(calls)} times"
+    if not _padding_free(m):
+        return (
+            f"here {_place(nxt, modules)} pads its input (padding {m.padding}), which would "
+            "pad with the BatchNorm's shift: use padding=0 there or move the BatchNorm "
+            "before the ReLU"
+        )
+    bn = modules[bn_node.target]
+    size = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+    if bn.num_features != size:
+        return f"here its {bn.num_features} channels do not match {_place(nxt, modules)}"
+    return None
+
+
+@torch.no_grad()
+def fold_batchnorm_forward(bn: nn.BatchNorm1d | nn.BatchNorm2d, layer: nn.Module) -> None:
+    """Fold ``bn`` (running statistics) into the Conv/Linear ``layer`` it feeds, in place.
+
+    ``bn(s) = a * s + t`` per channel, so ``layer(bn(s)) = layer'(s)`` with the weights
+    of input channel ``j`` multiplied by ``a[j]`` and ``t`` pushed through the weights
+    into the bias (exact for a Linear and for a convolution without padding).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedModelError(
+            f"{type(bn).__name__} without running statistics (track_running_stats=False) "
+            "cannot be folded"
+        )
+    w = layer.weight
+    dtype = w.dtype
+    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    a = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    t = beta.double() - bn.running_mean.double() * a
+    groups = getattr(layer, "groups", 1)
+    out_ch, in_per_group = w.shape[0], w.shape[1]
+    per_w = (1, 1) + (1,) * (w.dim() - 2)
+
+    def arrange(v: Tensor) -> Tensor:  # input channel j of output o's group, as [O, I/g, 1..]
+        v = v.reshape(groups, in_per_group).repeat_interleave(out_ch // groups, dim=0)
+        return v.reshape(v.shape + per_w[2:])
+
+    wd = w.double()
+    shift = (wd * arrange(t)).sum(dim=tuple(range(1, w.dim())))
+    b = layer.bias.double() if layer.bias is not None else torch.zeros_like(shift)
+    layer.weight = nn.Parameter((wd * arrange(a)).to(dtype))
+    layer.bias = nn.Parameter((b + shift).to(dtype))
+
+
 def _fold_bn(gm: fx.GraphModule) -> None:
-    """Fold eval-mode BatchNorm into the Conv/Linear that feeds it (in place on the copy)."""
+    """Fold eval-mode BatchNorm into the Conv/Linear that feeds it, or else into the one
+    it feeds (in place on the copy)."""
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(
             modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)
         ):
             continue
-        if not _foldable(node, modules):
-            continue  # reported by _problems
-        prev = node.args[0]
         bn = modules[node.target]
-        layer = modules[prev.target]
-        fold_batchnorm(layer, bn)
-        node.replace_all_uses_with(prev)
+        if _foldable(node, modules):
+            prev = node.args[0]
+            fold_batchnorm(modules[prev.target], bn)
+            node.replace_all_uses_with(prev)
+        elif _forward_fold_problem(node, modules, gm) is None:
+            nxt = next(iter(node.users))
+            fold_batchnorm_forward(bn, modules[nxt.target])
+            node.replace_all_uses_with(node.args[0])
+        else:
+            continue  # reported by _problems
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
@@ -328,12 +467,34 @@ def trace(model: nn.Module) -> TracedModel:
         )
     _fold_bn(gm)
     _drop_passthrough(gm)
+    _canonical_clips(gm)
     gm.delete_all_unused_submodules()
     modules = dict(gm.named_modules())
     relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
+    caps = {n: c for n in relus if (c := relu_cap(n, modules)) is not None}
     if not relus:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no ReLU: there is nothing to turn into spiking neurons"
         )
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    return TracedModel(gm, placeholder, relus, {n: layer_name(n) for n in relus})
+    return TracedModel(gm, placeholder, relus, {n: layer_name(n) for n in relus}, caps)
+
+
+def _canonical_clips(gm: fx.GraphModule) -> None:
+    """Every clamp-like ReLU as a module: ``nn.Hardtanh(0, c)``, or ``nn.ReLU`` without a
+    bound (``nn.ReLU6`` and ``nn.Hardtanh`` modules stay). The layer keeps its name."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" or clip_bounds(node, modules) is None:
+            continue
+        cap = relu_cap(node, modules)
+        name = node.name
+        while hasattr(gm, name):
+            name = f"{name}_"
+        gm.add_submodule(name, nn.ReLU() if cap is None else nn.Hardtanh(0.0, cap))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()

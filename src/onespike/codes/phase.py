@@ -52,8 +52,11 @@ def check_params(base: float, phases: int) -> None:
 
 
 def levels(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Representable normalised values ``B^-k`` for ``k = 0 .. T-1`` (shape ``[T]``)."""
-    k = torch.arange(phases, dtype=torch.float64)
+    """Representable normalised values ``B^-k`` for ``k = 0 .. T-1`` (shape ``[T]``).
+
+    The code's tables are small host constants; the functions that use them move them
+    to the data's device."""
+    k = torch.arange(phases, dtype=torch.float64, device="cpu")
     return (float(base) ** -k).to(dtype)
 
 
@@ -86,7 +89,7 @@ def membrane_thresholds(
     (a constant ``(1 + 1/B) / 2`` with the shift, except the last step).
     """
     th = thresholds(base, phases, shift=shift, dtype=torch.float64)
-    k = torch.arange(phases, dtype=torch.float64)
+    k = torch.arange(phases, dtype=torch.float64, device="cpu")
     return (th * float(base) ** k).to(dtype)
 
 
@@ -132,7 +135,9 @@ def reached_from_phase(phase: Tensor, phases: int) -> Tensor:
 
 def value_table(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value for each count of :func:`reached`: ``[0, B^-(T-1), ..., B^-1, 1]``."""
-    return torch.cat([torch.zeros(1, dtype=dtype), levels(base, phases, dtype=dtype).flip(0)])
+    return torch.cat(
+        [levels(base, phases, dtype=dtype).new_zeros(1), levels(base, phases, dtype=dtype).flip(0)]
+    )
 
 
 def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
@@ -163,7 +168,8 @@ def decode(
     dtype = scale.dtype if isinstance(scale, Tensor) else torch.get_default_dtype()
     if phases is None:
         phases = int(phase.max()) + 1 if phase.numel() else 1
-    table = torch.cat([levels(base, max(phases, 1), dtype=dtype), torch.zeros(1, dtype=dtype)])
+    lv = levels(base, max(phases, 1), dtype=dtype)
+    table = torch.cat([lv, lv.new_zeros(1)])
     # index -1 (no spike) picks the trailing 0
     return table.to(phase.device)[phase] * scale
 
@@ -184,7 +190,7 @@ def quantize(
 ) -> Tensor:
     """ReLU then the code: ``decode(encode(x / scale))``. Same shape and dtype as ``x``."""
     if not isinstance(scale, Tensor):
-        scale = torch.tensor(float(scale), dtype=x.dtype)
+        scale = torch.tensor(float(scale), dtype=x.dtype, device=x.device)
     scale = scale.to(dtype=x.dtype, device=x.device)
     th = ascending_thresholds(base, phases, shift=shift, dtype=x.dtype)
     return quantize_normalised(x / scale, th, value_table(base, phases, dtype=x.dtype)) * scale

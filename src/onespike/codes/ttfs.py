@@ -87,7 +87,11 @@ def decode(phase: Tensor, phases: int, scale: Tensor | float = 1.0) -> Tensor:
 
 def quantize(x: Tensor, scale: Tensor | float, phases: int, *, shift: bool = True) -> Tensor:
     """ReLU then the code: ``decode(encode(x / scale))``, same shape and dtype as ``x``."""
-    s = scale if isinstance(scale, Tensor) else torch.tensor(float(scale), dtype=x.dtype)
+    s = (
+        scale
+        if isinstance(scale, Tensor)
+        else torch.tensor(float(scale), dtype=x.dtype, device=x.device)
+    )
     return decode(encode(x / s, phases, shift=shift), phases, s.to(x.dtype))
 
 
