@@ -212,3 +212,20 @@ def test_feature_term_and_producers_of_a_residual_block():
     )
     assert r.plan.search["refine"]["features"] == 1.0
     assert all(int(c.max()) <= 1 for c in r.simulate(x, mode="step").spike_counts.values())
+
+
+def test_reconstruction_targets_a_clipped_relu_where_the_ann_clips():
+    """With ReLU6 the ANN's activation is min(relu(x), 6): the layer-by-layer targets
+    follow it, so a layer whose currents reach 20 can still match the ANN closely."""
+    torch.manual_seed(0)
+    ann = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU6(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
+    with torch.no_grad():
+        ann[0].weight.mul_(20.0)
+    x = torch.rand(96, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    assert float(ann[0](x).max()) > 12
+    snn = onespike.convert(ann, x, phases=6, progress=False)
+    r = onespike.refine(snn, ann, x, reconstruct=20, iterations=0, augment="none", progress=False)
+    (first, last) = r.plan.search["refine"]["reconstruction"]["layer_losses"][0]
+    assert last < 0.02, (first, last)  # about 0.004; 0.08 with plain ReLU targets

@@ -47,6 +47,7 @@ from onespike.errors import CalibrationError, OptionError, check_batch, collect_
 from onespike.graph import Runner
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
 from onespike.plan import Plan
+from onespike.trace import relu_cap, role
 
 Tensor = torch.Tensor
 
@@ -188,8 +189,16 @@ def as_config(refine: object) -> RefineConfig | None:
 class _LearnedCode(nn.Module):
     """A spiking layer made trainable: the exact code forward, straight-through backward."""
 
-    def __init__(self, layer: SpikeLayer, learn_scale: bool, drop: float, gen: torch.Generator):
+    def __init__(
+        self,
+        layer: SpikeLayer,
+        learn_scale: bool,
+        drop: float,
+        gen: torch.Generator,
+        cap: float | None = None,
+    ):
         super().__init__()
+        self.cap = cap  # the ANN's activation there: ReLU, or a ReLU clipped at cap
         self.base, self.phases, self.shift = layer.base, layer.phases, layer.shift
         log_s = layer.scale.detach().clone().log()
         self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
@@ -212,7 +221,7 @@ class _LearnedCode(nn.Module):
         out = s * (zc + (q - zc).detach())
         if self.training and self.drop > 0:
             keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
-            out = torch.where(keep, torch.relu(pre), out)
+            out = torch.where(keep, pre.clamp(0.0, self.cap), out)
         if self.tap is not None:
             self.tap.append(out)
         if self.stop:
@@ -260,15 +269,17 @@ def _producers(gm: fx.GraphModule, target: str) -> list[str]:
 
 
 class _Tap(nn.Module):
-    """The ANN's ReLU in place of a spiking layer, recording its output."""
+    """The ANN's activation (a ReLU, clipped at ``cap`` if given) in place of a spiking
+    layer, recording its output."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: float | None = None) -> None:
         super().__init__()
+        self.cap = cap
         self.tap: list[Tensor] | None = None
         self.stop = False
 
     def forward(self, pre: Tensor) -> Tensor:
-        out = torch.relu(pre)
+        out = pre.clamp(0.0, self.cap)
         if self.tap is not None:
             self.tap.append(out)
         if self.stop:
@@ -478,9 +489,11 @@ def refine(
 
     # the trainable copy: the SNN's graph with each spiking layer made differentiable
     gm = copy.deepcopy(snn.graph_module)
+    modules = dict(snn.ann_graph.named_modules())
+    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
     codes: list[_LearnedCode] = []
     for key, layer in snn.spikes.items():
-        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev)
+        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev, caps[len(codes)])
         setattr(gm, f"spikes_{key}", code)
         codes.append(code)
     gm.train(False)  # the new codes too: drop masks only inside the training steps
@@ -546,7 +559,7 @@ def refine(
         # the folded ANN (the SNN's graph with ReLUs for codes, no input coding), tapped
         ref = copy.deepcopy(snn.graph_module)
         for key in snn.spikes:
-            t = _Tap()
+            t = _Tap(caps[len(ref_taps)])
             setattr(ref, f"spikes_{key}", t)
             ref_taps.append(t)
         if hasattr(ref, "input_encoder"):
