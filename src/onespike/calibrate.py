@@ -35,6 +35,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from onespike import distributed
 from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.errors import OptionError
@@ -597,16 +598,22 @@ class _StreamStats:
     in all instead of once per layer. Both do the same operations on the same chunks
     (:meth:`Batches.chunks`), so a tensor and a loader of the same samples give the
     same plan bit for bit.
+
+    Under a process group (:mod:`onespike.distributed`) ``data`` is this rank's shard
+    (``None``: an empty one), cut at multiples of :data:`STATS_CHUNK`: each rank runs
+    its own chunks and :meth:`positives` gathers every rank's values, in rank order,
+    which is the order of the chunks in one process. The percentiles are those of the
+    whole set, bit for bit.
     """
 
-    def __init__(self, traced: TracedModel, data: Batches, cfg: SearchConfig, code: _Code):
+    def __init__(self, traced: TracedModel, data: Batches | None, cfg: SearchConfig, code: _Code):
         self.traced = traced
         self.data = data
         self.cfg = cfg
         self.code = code
         self.runner = Runner(traced.module)
         self.input = traced.input_node
-        self.keep_frontier = data.in_memory
+        self.keep_frontier = data is not None and data.in_memory
         # the ANN's values (objective "activation") come from the ANN as it was before
         # any bias correction, as in the search
         fixed = cfg.objective == "activation" and cfg.bias_correction
@@ -656,7 +663,7 @@ class _StreamStats:
         if ann:  # the same node of the ANN's graph (a copy when biases get corrected)
             pre = self._ann_nodes[pre.name]
         stop = runner.order[pre]
-        chunks = self.data.chunks(STATS_CHUNK)
+        chunks = distributed.chunks(self.data, STATS_CHUNK)
         if not self.keep_frontier:
             for x, _ in chunks:
                 env: dict[Node, object] = {}
@@ -690,7 +697,7 @@ class _StreamStats:
     ) -> Positives:
         """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
         if node is self.input:
-            values: Iterable[Tensor] = (x for x, _ in self.data.chunks(STATS_CHUNK))
+            values: Iterable[Tensor] = (x for x, _ in distributed.chunks(self.data, STATS_CHUNK))
         else:
             ann = self.cfg.objective == "activation"  # the ANN's value, not converted
             values = self._values_of(node.args[0], chosen, ann)
@@ -700,6 +707,11 @@ class _StreamStats:
                 out = Positives.of(v, per_channel)
             else:
                 out.extend(v)
+        if distributed.active():  # every rank's values, in the order of the chunks
+            mine = None if out is None else out.channel
+            channel = next(c for c in distributed.gather_objects(mine) if c is not None)
+            rows = distributed.all_gather_rows(None if out is None else out.values())
+            return Positives(channel, [[r] for r in rows])
         assert out is not None  # the data is not empty (checked by as_batches)
         return out
 
@@ -748,6 +760,16 @@ def calibrate(
     so a stream larger than memory is never materialised. Unless ``search_samples`` is
     None or the model mixes samples (a GCN): then the search needs the whole set at once.
 
+    Under a process group (:mod:`onespike.distributed`; every rank given the same
+    ``x``): every rank runs the search on the same first ``search_samples`` inputs (the
+    same work, no communication: it is small), and the statistics over the whole set
+    are shared out: each rank reads its contiguous shard of :data:`STATS_CHUNK`-sample
+    chunks, the candidate scales are percentiles of every rank's values gathered
+    (exact), the plan's error figures are sums replayed in the chunks' order. Every
+    rank ends with the plan one process makes, bit for bit. When the whole set is
+    searched (``search_samples`` None or >= the set, or a graph model) every rank does
+    all the work, and the plan is again the same.
+
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
@@ -759,7 +781,8 @@ def calibrate(
     x_search = data.head(None if whole else n_search)
     code = _Code(phases, cfg.threshold_shift, input_coding)
     search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
-    stream = None if whole else _StreamStats(traced, data, cfg, code)
+    shard = None if whole else distributed.shard(data, STATS_CHUNK)
+    stream = None if whole else _StreamStats(traced, shard, cfg, code)
     search.stats_source = stream
     if cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
@@ -787,10 +810,20 @@ def calibrate(
     if stream is None:
         env = search.env_with(chosen)
         _layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
-    else:
-        for xc, _ in data.chunks(STATS_CHUNK):
+    else:  # chunk by chunk (on this rank's shard), then added up in the chunks' order
+        per_chunk = []
+        for xc, _ in distributed.chunks(shard, STATS_CHUNK):
             env = stream.env(xc, chosen)
-            _layer_figures(env, xc, chosen, search.relus, search.input, code, sums, traced.caps)
+            one: dict[Node, list[float]] = {}
+            _layer_figures(env, xc, chosen, search.relus, search.input, code, one, traced.caps)
+            per_chunk.append({n.name: v for n, v in one.items()})
+        by_name = {n.name: n for n in [search.input, *search.relus]}
+        for part in distributed.gather_objects(per_chunk):
+            for one_chunk in part:
+                for name, (num, den, neurons) in one_chunk.items():
+                    acc = sums.setdefault(by_name[name], [0.0, 0.0, neurons])
+                    acc[0] += num
+                    acc[1] += den
     fire, out_window = fire_windows(search.runner, search.relus)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:
