@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
 import socket
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -155,6 +157,29 @@ def test_a_dead_rank_makes_the_other_fail_instead_of_hanging(tmp_path):
     res = torch.load(tmp_path / "rank0.pt", weights_only=False)
     assert "crash" not in res, res.get("crash")
     assert res["error"] is not None
+
+
+def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one_process):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("no torchrun beside this Python")
+    src = str(Path(distributed.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        "-m", "onespike", "convert", "--model", "mnist_cnn", "--calibration", str(CALIB),
+        "--test", str(TEST), "--no-step", "--out", "net.onespike", "--json", "figures.json",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("== onespike: mnist_cnn") == 1  # rank 1 is quiet
+    assert run.stdout.count("calibration:") == 1
+    assert (tmp_path / "net.onespike").is_file()
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    plan = [(lp["name"], lp["base"], lp["scale"]) for lp in figures["plan"]["layers"]]
+    scale = [(n, b, list(s) if isinstance(s, tuple) else s) for n, b, s, *_ in one_process["plan"]]
+    assert plan == scale
+    assert figures["snn_accuracy"] == one_process["eval"]["snn"]
 
 
 # --- no process group: helpers are no-ops; shards --------------------------------------
