@@ -21,7 +21,9 @@ import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from onespike import convert, distributed
+from onespike.cli import main
 from onespike.data import calibration_set, load_dataset
+from onespike.errors import OptionError
 from onespike.evaluate import evaluate
 from onespike.models import load_pretrained
 from onespike.stream import as_batches
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distri
 CALIB = 600  # > search_samples (256) and > STATS_CHUNK (512): rank 0 gets 512, rank 1 88
 TEST = 300
 BATCH = 128  # 3 chunks: rank 0 takes 1, rank 1 takes 2
+#: another search: each layer's own error, per-layer scales, bias correction, T = 6
+PAPER = {"phases": 6, "search": "paper", "bias_correction": True, "progress": False}
 
 
 def _data():
@@ -90,6 +94,7 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
         # a Dataset source streams: each rank reads only its shard (a Subset)
         snn_ds = convert(model, TensorDataset(xc), phases=8, progress=False)
         result["plan_dataset"] = _plan_of(snn_ds)
+        result["plan_paper"] = _plan_of(convert(model, xc, **PAPER))
         result["eval"] = _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False))
         if rank == 1:  # a different model on rank 1
             with torch.no_grad():
@@ -125,6 +130,7 @@ def one_process() -> dict:
     snn = convert(model, xc, phases=8, progress=False)
     return {
         "plan": _plan_of(snn),
+        "plan_paper": _plan_of(convert(model, xc, **PAPER)),
         "eval": _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False)),
     }
 
@@ -135,6 +141,7 @@ def test_two_ranks_make_the_single_process_plan_bit_for_bit(two_ranks, one_proce
     for res in two_ranks:
         assert res["plan"] == plan
         assert res["plan_dataset"] == plan
+        assert res["plan_paper"] == one_process["plan_paper"]
 
 
 def test_two_ranks_evaluate_like_one_process(two_ranks, one_process):
@@ -190,6 +197,33 @@ def test_without_a_group_everything_is_one_rank():
     assert distributed.shard(data, 4) is data
     assert distributed.all_reduce([1, 2], integer=True) == [1, 2]
     distributed.check_same({"model": torch.ones(2)})  # nothing to compare with
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"ONESPIKE_DIST_BACKEND": "mpi"}, "ONESPIKE_DIST_BACKEND must be gloo or nccl"),
+        ({"ONESPIKE_DIST_TIMEOUT": "soon"}, "ONESPIKE_DIST_TIMEOUT must be seconds"),
+        ({"ONESPIKE_DIST_TIMEOUT": "0"}, "timeout must be > 0 seconds"),
+    ],
+)
+def test_bad_group_settings_are_one_clear_error(monkeypatch, env, needle):
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", **env}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(OptionError, match=needle):
+        distributed.init_from_env()
+    assert not distributed.active()
+
+
+def test_commands_without_shards_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["ablation", "--model", "mnist_cnn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: onespike ablation runs in one process: launch it without torchrun "
+        "(convert, evaluate and demo run on several)"
+    ]
 
 
 @pytest.mark.parametrize("n,align,world", [(600, 512, 2), (10, 3, 3), (5, 4, 3), (1000, 1, 7)])

@@ -471,14 +471,26 @@ class _Search:
         best = (float("inf"), scales[0], bases[0])
         cache: dict[tuple[int, float], float] = {}
 
-        def evaluate(i: int, b: float) -> None:
+        def score_of(i: int, b: float) -> float:
+            return self.score(node, self.quantizer(scales[i], b)(pre), env)
+
+        def evaluate_all(pairs: Iterable[tuple[int, float]]) -> None:
+            """Score the candidates not yet scored, then take the best in ``pairs``' order
+            (the order one at a time would take). Under a process group the ranks share
+            the candidates out and gather the scores: each score is computed exactly as
+            one process computes it, so the choice is the same."""
             nonlocal best
-            if (i, b) in cache:
-                return
-            q = self.quantizer(scales[i], b)(pre)
-            e = cache[(i, b)] = self.score(node, q, env)
-            if e < best[0]:
-                best = (e, scales[i], b)
+            todo = list(dict.fromkeys(p for p in pairs if p not in cache))
+            world = distributed.world_size()
+            if world > 1 and len(todo) > 1:
+                mine = {p: score_of(*p) for p in todo[distributed.rank() :: world]}
+                got = {p: e for part in distributed.gather_objects(mine) for p, e in part.items()}
+            else:
+                got = {p: score_of(*p) for p in todo}
+            for p in todo:
+                e = cache[p] = got[p]
+                if e < best[0]:
+                    best = (e, scales[p[0]], p[1])
 
         # coordinate descent: the coarse base grid (every other base) at a middle
         # scale, every scale at the best base, the base's fine neighbours at the
@@ -487,16 +499,13 @@ class _Search:
             return next((i, b) for (i, b), e in cache.items() if e == best[0])
 
         i0 = min(2, len(scales) - 1)
-        for b in bases[1::2] if len(bases) > 2 else bases:
-            evaluate(i0, b)
+        evaluate_all((i0, b) for b in (bases[1::2] if len(bases) > 2 else bases))
         for _ in range(2):
             _, b = best_index()
-            for i in range(len(scales)):
-                evaluate(i, b)
+            evaluate_all((i, b) for i in range(len(scales)))
             i, b = best_index()
             j = bases.index(b)
-            for bb in bases[max(j - 2, 0) : j + 3]:
-                evaluate(i, bb)
+            evaluate_all((i, bb) for bb in bases[max(j - 2, 0) : j + 3])
         return best[1], best[2], best[0]
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:

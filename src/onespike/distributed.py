@@ -253,7 +253,8 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     """Initialise the default process group from torchrun's environment (``RANK``,
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) when this process
     is one of several ranks and no group exists yet. Backend: NCCL when CUDA is
-    available (each rank on GPU ``LOCAL_RANK``), else gloo. ``timeout_s`` (default
+    available (each rank on GPU ``LOCAL_RANK``), else gloo; the environment variable
+    ``ONESPIKE_DIST_BACKEND`` (``gloo`` or ``nccl``) chooses instead. ``timeout_s`` (default
     ``ONESPIKE_DIST_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`): how long a collective
     waits for the other ranks before failing. Returns True if it made the group."""
     if not launched() or active():
@@ -268,10 +269,20 @@ def init_from_env(timeout_s: float | None = None) -> bool:
             raise OptionError(f"ONESPIKE_DIST_TIMEOUT must be seconds, got {raw!r}") from None
     if timeout_s <= 0:
         raise OptionError(f"the process group's timeout must be > 0 seconds, got {timeout_s}")
-    backend = "gloo"
-    if torch.cuda.is_available():
-        backend = "nccl"
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = os.environ.get("ONESPIKE_DIST_BACKEND") or (
+        "nccl" if torch.cuda.is_available() else "gloo"
+    )
+    if backend not in ("gloo", "nccl"):
+        raise OptionError(f"ONESPIKE_DIST_BACKEND must be gloo or nccl, got {backend!r}")
+    if backend == "nccl":
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:
+            raise OptionError(
+                f"local rank {local} has no GPU: this node has {gpus}; start at most {gpus} "
+                "processes per node (--nproc-per-node), or set ONESPIKE_DIST_BACKEND=gloo "
+                "to run on the CPU"
+            )
+        torch.cuda.set_device(local)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
