@@ -35,6 +35,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from onespike import distributed
 from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.errors import OptionError
@@ -470,14 +471,26 @@ class _Search:
         best = (float("inf"), scales[0], bases[0])
         cache: dict[tuple[int, float], float] = {}
 
-        def evaluate(i: int, b: float) -> None:
+        def score_of(i: int, b: float) -> float:
+            return self.score(node, self.quantizer(scales[i], b)(pre), env)
+
+        def evaluate_all(pairs: Iterable[tuple[int, float]]) -> None:
+            """Score the candidates not yet scored, then take the best in ``pairs``' order
+            (the order one at a time would take). Under a process group the ranks share
+            the candidates out and gather the scores: each score is computed exactly as
+            one process computes it, so the choice is the same."""
             nonlocal best
-            if (i, b) in cache:
-                return
-            q = self.quantizer(scales[i], b)(pre)
-            e = cache[(i, b)] = self.score(node, q, env)
-            if e < best[0]:
-                best = (e, scales[i], b)
+            todo = list(dict.fromkeys(p for p in pairs if p not in cache))
+            world = distributed.world_size()
+            if world > 1 and len(todo) > 1:
+                mine = {p: score_of(*p) for p in todo[distributed.rank() :: world]}
+                got = {p: e for part in distributed.gather_objects(mine) for p, e in part.items()}
+            else:
+                got = {p: score_of(*p) for p in todo}
+            for p in todo:
+                e = cache[p] = got[p]
+                if e < best[0]:
+                    best = (e, scales[p[0]], p[1])
 
         # coordinate descent: the coarse base grid (every other base) at a middle
         # scale, every scale at the best base, the base's fine neighbours at the
@@ -486,16 +499,13 @@ class _Search:
             return next((i, b) for (i, b), e in cache.items() if e == best[0])
 
         i0 = min(2, len(scales) - 1)
-        for b in bases[1::2] if len(bases) > 2 else bases:
-            evaluate(i0, b)
+        evaluate_all((i0, b) for b in (bases[1::2] if len(bases) > 2 else bases))
         for _ in range(2):
             _, b = best_index()
-            for i in range(len(scales)):
-                evaluate(i, b)
+            evaluate_all((i, b) for i in range(len(scales)))
             i, b = best_index()
             j = bases.index(b)
-            for bb in bases[max(j - 2, 0) : j + 3]:
-                evaluate(i, bb)
+            evaluate_all((i, bb) for bb in bases[max(j - 2, 0) : j + 3])
         return best[1], best[2], best[0]
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:
@@ -597,16 +607,22 @@ class _StreamStats:
     in all instead of once per layer. Both do the same operations on the same chunks
     (:meth:`Batches.chunks`), so a tensor and a loader of the same samples give the
     same plan bit for bit.
+
+    Under a process group (:mod:`onespike.distributed`) ``data`` is this rank's shard
+    (``None``: an empty one), cut at multiples of :data:`STATS_CHUNK`: each rank runs
+    its own chunks and :meth:`positives` gathers every rank's values, in rank order,
+    which is the order of the chunks in one process. The percentiles are those of the
+    whole set, bit for bit.
     """
 
-    def __init__(self, traced: TracedModel, data: Batches, cfg: SearchConfig, code: _Code):
+    def __init__(self, traced: TracedModel, data: Batches | None, cfg: SearchConfig, code: _Code):
         self.traced = traced
         self.data = data
         self.cfg = cfg
         self.code = code
         self.runner = Runner(traced.module)
         self.input = traced.input_node
-        self.keep_frontier = data.in_memory
+        self.keep_frontier = data is not None and data.in_memory
         # the ANN's values (objective "activation") come from the ANN as it was before
         # any bias correction, as in the search
         fixed = cfg.objective == "activation" and cfg.bias_correction
@@ -656,7 +672,7 @@ class _StreamStats:
         if ann:  # the same node of the ANN's graph (a copy when biases get corrected)
             pre = self._ann_nodes[pre.name]
         stop = runner.order[pre]
-        chunks = self.data.chunks(STATS_CHUNK)
+        chunks = distributed.chunks(self.data, STATS_CHUNK)
         if not self.keep_frontier:
             for x, _ in chunks:
                 env: dict[Node, object] = {}
@@ -690,7 +706,7 @@ class _StreamStats:
     ) -> Positives:
         """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
         if node is self.input:
-            values: Iterable[Tensor] = (x for x, _ in self.data.chunks(STATS_CHUNK))
+            values: Iterable[Tensor] = (x for x, _ in distributed.chunks(self.data, STATS_CHUNK))
         else:
             ann = self.cfg.objective == "activation"  # the ANN's value, not converted
             values = self._values_of(node.args[0], chosen, ann)
@@ -700,6 +716,11 @@ class _StreamStats:
                 out = Positives.of(v, per_channel)
             else:
                 out.extend(v)
+        if distributed.active():  # every rank's values, in the order of the chunks
+            mine = None if out is None else out.channel
+            channel = next(c for c in distributed.gather_objects(mine) if c is not None)
+            rows = distributed.all_gather_rows(None if out is None else out.values())
+            return Positives(channel, [[r] for r in rows])
         assert out is not None  # the data is not empty (checked by as_batches)
         return out
 
@@ -748,6 +769,16 @@ def calibrate(
     so a stream larger than memory is never materialised. Unless ``search_samples`` is
     None or the model mixes samples (a GCN): then the search needs the whole set at once.
 
+    Under a process group (:mod:`onespike.distributed`; every rank given the same
+    ``x``): every rank runs the search on the same first ``search_samples`` inputs (the
+    same work, no communication: it is small), and the statistics over the whole set
+    are shared out: each rank reads its contiguous shard of :data:`STATS_CHUNK`-sample
+    chunks, the candidate scales are percentiles of every rank's values gathered
+    (exact), the plan's error figures are sums replayed in the chunks' order. Every
+    rank ends with the plan one process makes, bit for bit. When the whole set is
+    searched (``search_samples`` None or >= the set, or a graph model) every rank does
+    all the work, and the plan is again the same.
+
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
@@ -759,7 +790,8 @@ def calibrate(
     x_search = data.head(None if whole else n_search)
     code = _Code(phases, cfg.threshold_shift, input_coding)
     search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
-    stream = None if whole else _StreamStats(traced, data, cfg, code)
+    shard = None if whole else distributed.shard(data, STATS_CHUNK)
+    stream = None if whole else _StreamStats(traced, shard, cfg, code)
     search.stats_source = stream
     if cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
@@ -787,10 +819,20 @@ def calibrate(
     if stream is None:
         env = search.env_with(chosen)
         _layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
-    else:
-        for xc, _ in data.chunks(STATS_CHUNK):
+    else:  # chunk by chunk (on this rank's shard), then added up in the chunks' order
+        per_chunk = []
+        for xc, _ in distributed.chunks(shard, STATS_CHUNK):
             env = stream.env(xc, chosen)
-            _layer_figures(env, xc, chosen, search.relus, search.input, code, sums, traced.caps)
+            one: dict[Node, list[float]] = {}
+            _layer_figures(env, xc, chosen, search.relus, search.input, code, one, traced.caps)
+            per_chunk.append({n.name: v for n, v in one.items()})
+        by_name = {n.name: n for n in [search.input, *search.relus]}
+        for part in distributed.gather_objects(per_chunk):
+            for one_chunk in part:
+                for name, (num, den, neurons) in one_chunk.items():
+                    acc = sums.setdefault(by_name[name], [0.0, 0.0, neurons])
+                    acc[0] += num
+                    acc[1] += den
     fire, out_window = fire_windows(search.runner, search.relus)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:

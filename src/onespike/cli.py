@@ -5,6 +5,12 @@ Thin: it parses options and calls the library (and, for sweep, ablation and comp
 layer, a bad option: any :class:`~onespike.errors.OnespikeError`) prints one line
 starting with ``error:`` and exits with status 2; any other exception is a bug and
 shows its traceback.
+
+Under ``torchrun --nproc-per-node N -m onespike convert|evaluate|demo ...`` the process
+group is made from torchrun's environment (:func:`onespike.distributed.init_from_env`:
+gloo on CPU, NCCL with each rank on its GPU, a timeout so a dead rank makes the others
+fail); every rank loads the same model and data and takes its shard; rank 0 prints and
+writes the files, the others stay quiet (errors print on every rank that has one).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from onespike import distributed
 from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
@@ -155,7 +162,10 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
     t0 = time.time()
     _check_out(getattr(args, "out", None))
     xc, where = calibration_set(args.dataset, args.calibration, args.seed)
-    print(f"calibration: {where}", flush=True)
+    distributed.print0(f"calibration: {where}", flush=True)
+    device = distributed.local_device()
+    if device is not None:  # NCCL: each rank converts on its own GPU
+        model = model.to(device)
     snn = convert(
         model,
         xc,
@@ -163,7 +173,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         input_coding=args.input_coding,
         **_search_kwargs(args),
     )
-    if getattr(args, "out", None):
+    if getattr(args, "out", None) and distributed.is_main():
         save(snn, args.out)
         print(f"saved the network to {args.out} (onespike evaluate {args.out} --dataset ...)")
     return _evaluate_and_report(args, model, snn, name, t0)
@@ -183,8 +193,8 @@ def _evaluate_and_report(
             f"{snn.input_shape}: choose the data set it was converted for"
         )
     res = evaluate(model, snn, x, y, batch_size=args.batch_size, step=not args.no_step)
-    print(summary(name, snn, res, time.time() - t0))
-    if args.json:
+    distributed.print0(summary(name, snn, res, time.time() - t0))
+    if args.json and distributed.is_main():
         out = {"model": name, "dataset": args.dataset, "plan": snn.plan.to_dict(), **res.to_dict()}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
@@ -194,7 +204,7 @@ def _evaluate_and_report(
 def run_evaluate(args: argparse.Namespace) -> int:
     """``onespike evaluate FILE --dataset D``: a saved network, no ANN."""
     t0 = time.time()
-    snn = load(args.file)
+    snn = load(args.file, device=distributed.local_device())
     return _evaluate_and_report(args, None, snn, str(args.file), t0)
 
 
@@ -486,8 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    made_group = False
     try:
         args = build_parser().parse_args(argv)
+        if args.cmd in ("demo", "convert", "evaluate"):
+            made_group = distributed.init_from_env()
+        elif distributed.launched():
+            raise OptionError(
+                f"onespike {args.cmd} runs in one process: launch it without torchrun "
+                "(convert, evaluate and demo run on several)"
+            )
         if args.cmd == "demo":
             from onespike.models import load_pretrained
 
@@ -509,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_conversion(args, model, args.model)
     except OnespikeError as e:  # a user's mistake; anything else is a bug: its traceback shows
         return report_error(e)
+    finally:
+        if made_group:
+            distributed.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from onespike import distributed
 from onespike.calibrate import SearchConfig, calibrate
 from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, OptionError
@@ -80,7 +81,14 @@ def convert(
             the calibration inputs (:func:`onespike.refine`): ``True`` for the
             defaults, a :class:`~onespike.refine.RefineConfig`, or a dict of its
             fields; ``False`` (default) keeps the searched network as it is.
-        progress: show progress bars.
+        progress: show progress bars (on rank 0 only under a process group).
+
+    Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
+    model, options and whole calibration set; the ranks check that they agree
+    (:func:`onespike.distributed.check_same`, one error naming what differs), share
+    out the statistics over the whole set and each end with the plan one process
+    makes, bit for bit (:func:`onespike.calibrate.calibrate`). ``refine`` runs in one
+    process only for now (an :class:`OptionError` under a group of several ranks).
 
     Returns:
         A :class:`SpikingNetwork` (an ``nn.Module``): ``snn(x)`` is the
@@ -102,6 +110,12 @@ def convert(
     )
     input_coding = check_input_coding(input_coding)
     refine_cfg = as_config(refine)
+    if refine_cfg is not None and distributed.world_size() > 1:
+        raise OptionError(
+            "refine runs in one process for now: convert without refine under torchrun "
+            "(the plan is the same), or convert with refine in a single process"
+        )
+    progress = progress and distributed.is_main()
     traced = trace(model)  # fails here, before any data, on unsupported layers
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
         raise OptionError(
@@ -114,6 +128,13 @@ def convert(
             f"[{data.low:.3g}, {data.high:.3g}] (use input_coding='analog')"
         )
     first = data.first_batch()
+    distributed.check_same(
+        {
+            "model": model.state_dict(),
+            "options": (phases, cfg, input_coding, max_calibration),
+            "calibration data": (data.count, data.sample_shape, first),
+        }
+    )
     msg = None
     for probe in (first[:1], first):  # the whole batch for models that mix samples (GCN)
         try:

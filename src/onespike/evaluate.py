@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from onespike import distributed
 from onespike.accounting import CostReport, LayerCost, _totals, cost
 from onespike.errors import InputError
 from onespike.network import SpikingNetwork
@@ -125,6 +126,14 @@ def evaluate(
     at a time: no more than one batch of inputs and activations is held, and the
     figures are those of the tensor path on the same samples. Batches are moved to the
     network's device.
+
+    Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
+    networks, options and whole data. The ranks check that they agree
+    (:func:`onespike.distributed.check_same`), each evaluates its contiguous shard of
+    ``batch_size`` chunks, and the counts are all-reduced (sums; the maximum spike count
+    by a max) and the per-chunk cost reports gathered in the chunks' order: every rank
+    returns the figures of one process on the whole data, counts exactly, accuracies as
+    ``correct / total``, the cost report bit for bit. Progress shows on rank 0 only.
     """
     if ann is not None:
         ann = ann.eval()
@@ -135,13 +144,23 @@ def evaluate(
             "of (x, y) samples"
         )
     n = data.count
+    distributed.check_same(
+        {
+            "ANN": None if ann is None else ann.state_dict(),
+            "network": (snn.state_dict(), snn.plan),
+            "options": (batch_size, step, costs, ann_accuracy),
+            "test data": (n, data.sample_shape, data.first_batch()),
+        }
+    )
+    mine = distributed.shard(data, batch_size)
     ann_ok = snn_ok = step_ok = same = 0
     mism = total_neurons = 0
     max_spk = 0
     reports: list[CostReport] = []
-    batches = data.chunks(batch_size)
-    total = -(-n // batch_size)
-    for xb, yb in tqdm(batches, desc=desc, disable=not progress, unit="batch", total=total):
+    batches = distributed.chunks(mine, batch_size)
+    total = 0 if mine is None else -(-mine.count // batch_size)
+    show = progress and distributed.is_main()
+    for xb, yb in tqdm(batches, desc=desc, disable=not show, unit="batch", total=total):
         if ann is not None and ann_accuracy is None:
             ann_ok += int((ann(xb).argmax(1) == yb).sum())
         if not (step or costs):  # only the output: the fast path (identical outputs)
@@ -163,6 +182,12 @@ def evaluate(
             run = st
         if costs:
             reports.append(cost(None, snn, xb, run=run))
+    if distributed.active():  # the whole data's figures on every rank
+        ann_ok, snn_ok, step_ok, same, mism, total_neurons = distributed.all_reduce(
+            [ann_ok, snn_ok, step_ok, same, mism, total_neurons], integer=True
+        )
+        (max_spk,) = distributed.all_reduce([max_spk], "max", integer=True)
+        reports = [r for part in distributed.gather_objects(reports) for r in part]
     res = EvalResult(
         samples=n,
         ann_accuracy=ann_accuracy

@@ -28,7 +28,14 @@ import os
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    Subset,
+    default_collate,
+)
 
 from onespike.errors import CalibrationError, InputError, OnespikeError
 
@@ -172,6 +179,29 @@ class Batches:
             got += x.shape[0]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def window(self, lo: int, hi: int) -> Batches:
+        """Samples ``lo`` to ``hi`` (``0 <= lo < hi <= count``) as a new checked
+        :class:`Batches` with the same device and error type (one rank's shard,
+        :mod:`onespike.distributed`). A tensor is sliced; a ``Dataset`` read through a
+        plain ``DataLoader`` (as :func:`as_batches` makes one) reads only those samples
+        (a ``Subset``); any other stream is read in full and the other samples skipped.
+        """
+        if not 0 <= lo < hi <= self.count:
+            raise ValueError(f"window [{lo}, {hi}) outside the {self.count} samples")
+        src = self._source
+        if isinstance(src, Tensor):
+            x, y = next(self._raw())
+            source: Iterable = x[lo:hi]
+            labels = None if y is None else y[lo:hi]
+            err, dev = self._error, self.device
+            return Batches(source, what=self.what, error=err, limit=None, labels=labels, device=dev)
+        if _plain_loader(src):
+            ds = Subset(src.dataset, range(lo, hi))  # type: ignore[union-attr]
+            source = DataLoader(ds, batch_size=src.batch_size, shuffle=False)  # type: ignore[union-attr]
+        else:
+            source = _Window(self, lo, hi)
+        return Batches(source, what=self.what, error=self._error, limit=None, device=self.device)
+
     @property
     def in_memory(self) -> bool:
         """True when the source is one tensor (already in memory)."""
@@ -179,6 +209,37 @@ class Batches:
 
     def first_batch(self) -> Tensor:
         return next(iter(self))[0]
+
+
+def _plain_loader(src: object) -> bool:
+    """A DataLoader reading a map-style Dataset in order (no sampler, no collate tricks)."""
+    return (
+        isinstance(src, DataLoader)
+        and not isinstance(src.dataset, IterableDataset)
+        and isinstance(src.sampler, SequentialSampler)
+        and src.batch_size is not None
+        and not src.drop_last
+        and src.collate_fn is default_collate
+    )
+
+
+class _Window:
+    """The samples ``lo`` to ``hi`` of a :class:`Batches`, re-iterable, in the source's
+    own batches (cut at the window's ends)."""
+
+    def __init__(self, data: Batches, lo: int, hi: int):
+        self.data, self.lo, self.hi = data, lo, hi
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        seen = 0
+        for x, y in self.data._raw():
+            n = x.shape[0]
+            a, b = max(self.lo - seen, 0), min(self.hi - seen, n)
+            seen += n
+            if a < b:
+                yield x[a:b], (None if y is None else y[a:b])
+            if seen >= self.hi:
+                return
 
 
 def _split(b: object) -> tuple[object, object]:

@@ -1,0 +1,263 @@
+"""Two ranks on loopback (gloo) give what one process gives: the plan bit for bit, the
+evaluation's counts and cost report; ranks given different models fail on every rank
+with one error naming the model; a dead rank makes the other fail instead of hanging."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import TensorDataset
+
+from onespike import convert, distributed
+from onespike.cli import main
+from onespike.data import calibration_set, load_dataset
+from onespike.errors import OptionError
+from onespike.evaluate import evaluate
+from onespike.models import load_pretrained
+from onespike.stream import as_batches
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
+
+CALIB = 600  # > search_samples (256) and > STATS_CHUNK (512): rank 0 gets 512, rank 1 88
+TEST = 300
+BATCH = 128  # 3 chunks: rank 0 takes 1, rank 1 takes 2
+#: another search: each layer's own error, per-layer scales, bias correction, T = 6
+PAPER = {"phases": 6, "search": "paper", "bias_correction": True, "progress": False}
+
+
+def _data():
+    xc, _ = calibration_set("mnist", CALIB, 0)
+    x, y = load_dataset("mnist", "test")
+    return xc, x[:TEST], y[:TEST]
+
+
+def _plan_of(snn) -> list[tuple]:
+    return [(lp.name, lp.base, lp.scale, lp.act_error, lp.out_error) for lp in snn.plan.layers]
+
+
+def _eval_of(res) -> dict:
+    return {
+        "samples": res.samples,
+        "ann": res.ann_accuracy,
+        "snn": res.snn_accuracy,
+        "step": res.step_accuracy,
+        "same": res.step_event_same_predictions,
+        "mism": res.phase_mismatches,
+        "max_spk": res.max_spikes_per_neuron,
+        "cost": res.cost.to_dict(),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
+    torch.set_num_threads(1)
+    result: dict = {}
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=20),
+        )
+        if job == "dead":
+            if rank == 1:
+                os._exit(0)  # dies without a word
+            try:
+                distributed.all_reduce([1.0])
+                result["error"] = None
+            except Exception as e:
+                result["error"] = type(e).__name__
+            torch.save(result, Path(out) / f"rank{rank}.pt")
+            os._exit(0)  # the group cannot be torn down cleanly without the peer
+        model = load_pretrained("mnist_cnn")
+        xc, x, y = _data()
+        snn = convert(model, xc, phases=8, progress=False)
+        result["plan"] = _plan_of(snn)
+        # a Dataset source streams: each rank reads only its shard (a Subset)
+        snn_ds = convert(model, TensorDataset(xc), phases=8, progress=False)
+        result["plan_dataset"] = _plan_of(snn_ds)
+        result["plan_paper"] = _plan_of(convert(model, xc, **PAPER))
+        result["eval"] = _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False))
+        if rank == 1:  # a different model on rank 1
+            with torch.no_grad():
+                next(model.parameters())[0].add_(1.0)
+        try:
+            convert(model, xc, phases=8, progress=False)
+            result["mismatch"] = None
+        except distributed.RankMismatchError as e:
+            result["mismatch"] = str(e)
+        dist.destroy_process_group()
+    except Exception:
+        result["crash"] = traceback.format_exc()
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+
+
+def _spawn(tmp_path: Path, job: str, world: int = 2) -> list[dict]:
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), job), nprocs=world, join=True)
+    out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    for r, res in enumerate(out):
+        assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    return _spawn(tmp_path_factory.mktemp("dist"), "main")
+
+
+@pytest.fixture(scope="module")
+def one_process() -> dict:
+    model = load_pretrained("mnist_cnn")
+    xc, x, y = _data()
+    snn = convert(model, xc, phases=8, progress=False)
+    return {
+        "plan": _plan_of(snn),
+        "plan_paper": _plan_of(convert(model, xc, **PAPER)),
+        "eval": _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False)),
+    }
+
+
+def test_two_ranks_make_the_single_process_plan_bit_for_bit(two_ranks, one_process):
+    plan = one_process["plan"]
+    assert any(isinstance(p[2], tuple) for p in plan)  # per-channel scales are compared too
+    for res in two_ranks:
+        assert res["plan"] == plan
+        assert res["plan_dataset"] == plan
+        assert res["plan_paper"] == one_process["plan_paper"]
+
+
+def test_two_ranks_evaluate_like_one_process(two_ranks, one_process):
+    ref = one_process["eval"]
+    assert ref["samples"] == TEST
+    for res in two_ranks:
+        assert res["eval"] == ref  # counts, accuracies and the cost report, exactly
+        assert res["eval"]["cost"]["totals"]["spikes"] == ref["cost"]["totals"]["spikes"]
+
+
+def test_a_rank_with_another_model_fails_on_every_rank_naming_the_model(two_ranks):
+    msgs = [res["mismatch"] for res in two_ranks]
+    assert msgs[0] is not None and msgs[0] == msgs[1]
+    assert "the model of rank(s) 1 differ(s) from rank 0's" in msgs[0]
+    assert "options" not in msgs[0].split("(give")[0]
+
+
+def test_a_dead_rank_makes_the_other_fail_instead_of_hanging(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "dead"), nprocs=2, join=True)
+    res = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert "crash" not in res, res.get("crash")
+    assert res["error"] is not None
+
+
+def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one_process):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("no torchrun beside this Python")
+    src = str(Path(distributed.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        "-m", "onespike", "convert", "--model", "mnist_cnn", "--calibration", str(CALIB),
+        "--test", str(TEST), "--no-step", "--out", "net.onespike", "--json", "figures.json",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("== onespike: mnist_cnn") == 1  # rank 1 is quiet
+    assert run.stdout.count("calibration:") == 1
+    assert (tmp_path / "net.onespike").is_file()
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    plan = [(lp["name"], lp["base"], lp["scale"]) for lp in figures["plan"]["layers"]]
+    scale = [(n, b, list(s) if isinstance(s, tuple) else s) for n, b, s, *_ in one_process["plan"]]
+    assert plan == scale
+    assert figures["snn_accuracy"] == one_process["eval"]["snn"]
+
+
+# --- no process group: helpers are no-ops; shards --------------------------------------
+def test_without_a_group_everything_is_one_rank():
+    assert not distributed.active()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    data = as_batches(torch.rand(10, 3))
+    assert distributed.shard(data, 4) is data
+    assert distributed.all_reduce([1, 2], integer=True) == [1, 2]
+    distributed.check_same({"model": torch.ones(2)})  # nothing to compare with
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"ONESPIKE_DIST_BACKEND": "mpi"}, "ONESPIKE_DIST_BACKEND must be gloo or nccl"),
+        ({"ONESPIKE_DIST_TIMEOUT": "soon"}, "ONESPIKE_DIST_TIMEOUT must be seconds"),
+        ({"ONESPIKE_DIST_TIMEOUT": "0"}, "timeout must be > 0 seconds"),
+    ],
+)
+def test_bad_group_settings_are_one_clear_error(monkeypatch, env, needle):
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", **env}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(OptionError, match=needle):
+        distributed.init_from_env()
+    assert not distributed.active()
+
+
+def test_commands_without_shards_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["ablation", "--model", "mnist_cnn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: onespike ablation runs in one process: launch it without torchrun "
+        "(convert, evaluate and demo run on several)"
+    ]
+
+
+@pytest.mark.parametrize("n,align,world", [(600, 512, 2), (10, 3, 3), (5, 4, 3), (1000, 1, 7)])
+def test_shards_are_contiguous_aligned_and_cover_the_data(n, align, world):
+    ranges = [distributed.shard_range(n, r, world, align) for r in range(world)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    for (_, hi), (lo, _) in itertools.pairwise(ranges):
+        assert hi == lo
+    assert all(lo % align == 0 for lo, hi in ranges if lo < hi)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataset", "list"])
+def test_a_window_holds_exactly_its_samples(kind):
+    x, y = torch.rand(23, 2), torch.arange(23)
+    src = {
+        "tensor": (x, y),
+        "dataset": (TensorDataset(x, y), None),
+        "list": ([(x[i : i + 5], y[i : i + 5]) for i in range(0, 23, 5)], None),
+    }[kind]
+    data = as_batches(*src, what="test data", chunk=4)
+    win = data.window(7, 19)
+    xs, ys = zip(*win)
+    assert win.count == 12 and torch.equal(torch.cat(xs), x[7:19])
+    assert torch.equal(torch.cat(ys), y[7:19])
+
+
+def test_digests_tell_models_apart():
+    a = load_pretrained("mnist_cnn")
+    b = load_pretrained("mnist_cnn")
+    assert distributed.digest(a.state_dict()) == distributed.digest(b.state_dict())
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert distributed.digest(a.state_dict()) != distributed.digest(b.state_dict())
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
