@@ -171,7 +171,16 @@ def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one
     if not torchrun.exists():
         pytest.skip("no torchrun beside this Python")
     src = str(Path(distributed.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    # the same data as this process: the CLI runs in tmp_path, where the relative
+    # default folders (./data, ../shared/data) do not exist
+    from onespike.data import data_root
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": src,
+        "OMP_NUM_THREADS": "1",
+        "ONESPIKE_DATA": str(data_root()),
+    }
     cmd = [
         str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()),
         "-m", "onespike", "convert", "--model", "mnist_cnn", "--calibration", str(CALIB),
