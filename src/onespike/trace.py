@@ -343,6 +343,20 @@ def _forward_fold_problem(bn_node: Node, modules: dict[str, nn.Module], gm: fx.G
     return None
 
 
+def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor, Tensor]:
+    """``(gamma / sqrt(var + eps), beta, running_mean)`` of an eval-mode BN, in float64;
+    ``UnsupportedModelError`` without running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedModelError(
+            f"{type(bn).__name__} without running statistics (track_running_stats=False) "
+            "cannot be folded"
+        )
+    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    a = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return a, beta.double(), bn.running_mean.double()
+
+
 @torch.no_grad()
 def fold_batchnorm_forward(bn: nn.BatchNorm1d | nn.BatchNorm2d, layer: nn.Module) -> None:
     """Fold ``bn`` (running statistics) into the Conv/Linear ``layer`` it feeds, in place.
@@ -351,17 +365,10 @@ def fold_batchnorm_forward(bn: nn.BatchNorm1d | nn.BatchNorm2d, layer: nn.Module
     of input channel ``j`` multiplied by ``a[j]`` and ``t`` pushed through the weights
     into the bias (exact for a Linear and for a convolution without padding).
     """
-    if bn.running_mean is None or bn.running_var is None:
-        raise UnsupportedModelError(
-            f"{type(bn).__name__} without running statistics (track_running_stats=False) "
-            "cannot be folded"
-        )
+    a, beta, mean = _bn_affine(bn)
+    t = beta - mean * a
     w = layer.weight
     dtype = w.dtype
-    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    a = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    t = beta.double() - bn.running_mean.double() * a
     groups = getattr(layer, "groups", 1)
     out_ch, in_per_group = w.shape[0], w.shape[1]
     per_w = (1, 1) + (1,) * (w.dim() - 2)
@@ -405,20 +412,13 @@ def _fold_bn(gm: fx.GraphModule) -> None:
 @torch.no_grad()
 def fold_batchnorm(layer: nn.Module, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
     """Fold ``bn`` (running statistics) into ``layer``'s weight and bias, in place."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise UnsupportedModelError(
-            f"{type(bn).__name__} without running statistics (track_running_stats=False) "
-            "cannot be folded"
-        )
+    inv, beta, mean = _bn_affine(bn)
     w = layer.weight
     dtype = w.dtype
-    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    inv = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     shape = (-1,) + (1,) * (w.dim() - 1)
     new_w = w.double() * inv.reshape(shape)
     b = layer.bias.double() if layer.bias is not None else torch.zeros_like(inv)
-    new_b = (b - bn.running_mean.double()) * inv + beta.double()
+    new_b = (b - mean) * inv + beta
     layer.weight = nn.Parameter(new_w.to(dtype))
     layer.bias = nn.Parameter(new_b.to(dtype))
 
