@@ -52,6 +52,38 @@ class SweepResult:
         }
 
 
+def _convert_evaluate(
+    ann: nn.Module,
+    calibration: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    phases: int,
+    convert_kwargs: dict,
+    *,
+    batch_size: int,
+    progress: bool,
+    convert_progress: bool,
+    desc: str,
+    ann_accuracy: float | None,
+):
+    """Convert ``ann`` at ``phases`` and score the event path on ``(x, y)`` (no step
+    simulator, no costs): the one loop body of the sweep and the ablation."""
+    snn = convert(ann, calibration, phases=phases, progress=convert_progress, **convert_kwargs)
+    ev = evaluate(
+        ann,
+        snn,
+        x,
+        y,
+        batch_size=batch_size,
+        step=False,
+        costs=False,
+        progress=progress,
+        desc=desc,
+        ann_accuracy=ann_accuracy,
+    )
+    return snn, ev
+
+
 def sweep_model(
     name: str,
     ann: nn.Module,
@@ -79,16 +111,16 @@ def sweep_model(
     kw = convert_kwargs or {}
     res: SweepResult | None = None
     for T in phases:
-        snn = convert(ann, calibration, phases=T, progress=progress, **kw)
-        ev = evaluate(
+        snn, ev = _convert_evaluate(
             ann,
-            snn,
+            calibration,
             x,
             y,
+            T,
+            kw,
             batch_size=batch_size,
-            step=False,
-            costs=False,
             progress=progress,
+            convert_progress=progress,
             desc=f"{name} T={T}",
             ann_accuracy=None if res is None else res.ann_accuracy,
         )
@@ -279,16 +311,16 @@ def ablate(
         row = {"variant": label, "settings": kw, "loss": {}, "snn_accuracy": {}}
         search, rest = variant_config(kw)
         for T in phases:
-            snn = convert(ann, calibration, phases=T, search=search, progress=False, **rest)
-            ev = evaluate(
+            _, ev = _convert_evaluate(
                 ann,
-                snn,
+                calibration,
                 x,
                 y,
+                T,
+                {"search": search, **rest},
                 batch_size=batch_size,
-                step=False,
-                costs=False,
                 progress=progress,
+                convert_progress=False,
                 desc=f"{label[:12]} T={T}",
                 ann_accuracy=out.get("ann_accuracy"),
             )
