@@ -4,19 +4,7 @@
 ``import onespike.sweep`` gives that module itself.
 """
 
-import sys
-import warnings
-
-from onespike.errors import run_command
+from onespike._moved import forward
 from onespike.experiments import sweep as _moved
 
-warnings.warn(
-    "onespike.sweep moved to onespike.experiments.sweep; the old path goes in the next release",
-    DeprecationWarning,
-    stacklevel=1 if __name__ == "__main__" else 2,  # the command, or the importer
-)
-
-if __name__ == "__main__":
-    sys.exit(run_command(_moved.main))
-else:  # importers get the moved module itself, private names included
-    sys.modules[__name__] = _moved
+forward("onespike.sweep", _moved, as_main=__name__ == "__main__")
