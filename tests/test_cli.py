@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from onespike.cli import main
+from onespike.data import load_dataset
 
 
 def test_demo_small(capsys, tmp_path):
@@ -236,6 +238,37 @@ def test_convert_out_then_evaluate_the_file(tmp_path, capsys):
     assert e["model"] == str(net) and e["dataset"] == "mnist"
     for k in ("samples", "snn_accuracy", "step_accuracy", "phase_mismatches", "plan", "cost"):
         assert e[k] == c[k], k
+
+
+def test_convert_nir_and_export_write_the_same_graph(tmp_path, capsys):
+    """``convert --nir`` and ``export FILE --nir`` (from the saved network, no ANN) write
+    NIR graphs that simulate like the network itself; mistakes are one line, before work."""
+    pytest.importorskip("nir")  # installed by .ci/run (the dev extra)
+    import onespike
+    from onespike import nir_reference
+
+    net, a, b = tmp_path / "net.onespike", tmp_path / "a.nir", tmp_path / "b.nir"
+    argv = ["convert", "--model", "mnist_cnn", "--test", "50", "--calibration", "200"]
+    assert main([*argv, "--phases", "4", "--no-step", "--out", str(net), "--nir", str(a)]) == 0
+    assert main(["export", str(net), "--nir", str(b)]) == 0
+    assert "wrote the NIR graph" in capsys.readouterr().out
+    snn = onespike.load(net)
+    x, _ = load_dataset("mnist", "test")
+    x = x[:20]
+    want = snn.simulate(x, mode="step").output
+    for f in (a, b):
+        assert torch.equal(nir_reference.simulate(f, x).output, want), f
+    cases = [
+        (["export", str(net), "--nir", str(tmp_path / "no" / "x.nir")], "does not exist"),
+        (["export", str(tmp_path / "none.onespike"), "--nir", str(b)], "no such file"),
+        (["export", str(net)], "required: --nir"),
+        ([*argv, "--nir", str(tmp_path)], "is a folder"),
+    ]
+    for bad, needle in cases:
+        assert main(bad) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err, (bad, err)
+        assert len(err.splitlines()) == 1
 
 
 def test_evaluate_file_mistakes_are_one_line(tmp_path, capsys):

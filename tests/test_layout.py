@@ -177,32 +177,3 @@ def test_the_readme_layout_lists_every_module():
     ]
     assert not missing, missing
 
-
-def test_old_experiment_paths_forward_with_a_warning(tmp_path):
-    """``import onespike.X`` gives ``onespike.experiments.X`` itself and ``python -m
-    onespike.X`` runs its command; both warn that the path moved."""
-    code = (
-        "import warnings, importlib\n"
-        "for m in ('train', 'sweep', 'compare', 'gcn'):\n"
-        "    with warnings.catch_warnings(record=True) as w:\n"
-        "        warnings.simplefilter('always')\n"
-        "        old = importlib.import_module('onespike.' + m)\n"
-        "    assert old is importlib.import_module('onespike.experiments.' + m), m\n"
-        "    assert any(issubclass(x.category, DeprecationWarning) and 'moved to' in\n"
-        "               str(x.message) for x in w), (m, [str(x.message) for x in w])\n"
-        "print('forwarded')\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert run.returncode == 0 and "forwarded" in run.stdout, run.stderr
-    run = subprocess.run(
-        [sys.executable, "-W", "always", "-m", "onespike.sweep", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "usage: python -m onespike.experiments.sweep" in run.stdout
-    assert "onespike.sweep moved to onespike.experiments.sweep" in run.stderr

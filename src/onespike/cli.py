@@ -1,4 +1,5 @@
-"""Command line: ``onespike demo``, ``convert``, ``evaluate``, ``sweep``, ``ablation``, ``compare``.
+"""Command line: ``onespike demo``, ``convert``, ``evaluate``, ``export``, ``sweep``,
+``ablation``, ``compare``.
 
 Thin: it parses options and calls the library (and, for sweep, ablation and compare,
 :mod:`onespike.experiments`). A user's mistake (a missing data file, an unsupported
@@ -25,6 +26,7 @@ from pathlib import Path
 from torch import nn
 
 from onespike import distributed
+from onespike._version import __version__
 from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
@@ -32,6 +34,7 @@ from onespike.errors import OnespikeError, OptionError, report_error
 from onespike.evaluate import EvalResult, evaluate
 from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
+from onespike.nir_export import export_nir, require_nir
 from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
 from onespike.serialize import load, save
@@ -148,19 +151,38 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
     return "\n".join(lines)
 
 
-def _check_out(path: str | None) -> None:
-    """Refuse an ``--out`` file that cannot be written, before converting anything."""
+def _check_out(path: str | None, flag: str = "--out") -> None:
+    """Refuse an output file that cannot be written, before converting anything."""
     if path is None:
         return
     p = Path(path)
     if p.is_dir() or not p.parent.is_dir():
         where = "is a folder" if p.is_dir() else f"its folder '{p.parent}' does not exist"
-        raise OptionError(f"--out {path}: {where}")
+        raise OptionError(f"{flag} {path}: {where}")
+
+
+def _check_nir(path: str | None) -> None:
+    """Refuse ``--nir`` before any work when the file cannot be written or the optional
+    ``nir`` package is missing."""
+    if path is None:
+        return
+    _check_out(path, "--nir")
+    try:
+        require_nir()
+    except ImportError as e:
+        raise OptionError(f"--nir {path}: {e}") from None
+
+
+def _write_nir(snn: SpikingNetwork, path: str | None) -> None:
+    if path and distributed.is_main():
+        export_nir(snn, path)
+        print(f"wrote the NIR graph to {path} (onespike.import_nir, onespike.nir_reference)")
 
 
 def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int:
     t0 = time.time()
     _check_out(getattr(args, "out", None))
+    _check_nir(getattr(args, "nir", None))
     xc, where = calibration_set(args.dataset, args.calibration, args.seed)
     distributed.print0(f"calibration: {where}", flush=True)
     device = distributed.local_device()
@@ -176,6 +198,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
     if getattr(args, "out", None) and distributed.is_main():
         save(snn, args.out)
         print(f"saved the network to {args.out} (onespike evaluate {args.out} --dataset ...)")
+    _write_nir(snn, getattr(args, "nir", None))
     return _evaluate_and_report(args, model, snn, name, t0)
 
 
@@ -206,6 +229,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     t0 = time.time()
     snn = load(args.file, device=distributed.local_device())
     return _evaluate_and_report(args, None, snn, str(args.file), t0)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``onespike export FILE --nir OUT``: a saved network as a NIR graph, no ANN or data."""
+    _check_nir(args.nir)
+    snn = load(args.file)
+    _write_nir(snn, args.nir)
+    return 0
 
 
 SUBSET_KW: dict = {
@@ -416,7 +447,8 @@ def run_ablation(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onespike", description=__doc__.splitlines()[0])
+    p = _Parser(prog="onespike", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--version", action="version", version=f"onespike {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="convert the shipped MNIST CNN and print its figures")
     _add_common(d, dataset=False)
@@ -436,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--out", default=None, help="save the converted network to this file (onespike.save)"
     )
+    c.add_argument(
+        "--nir",
+        default=None,
+        help="also write it as a NIR graph (onespike.export_nir; needs onespike[nir])",
+    )
     e = sub.add_parser("evaluate", help="evaluate a network saved by convert --out (no ANN needed)")
     e.add_argument("file", help="a network file written by onespike.save / convert --out")
     e.add_argument("--dataset", choices=DATASETS, required=True, help="the test set")
@@ -451,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_count, default=500)
     e.add_argument("--no-step", action="store_true", help="skip the step simulator")
     e.add_argument("--json", default=None, help="write the figures to this JSON file")
+    x = sub.add_parser("export", help="write a network saved by convert --out as a NIR graph")
+    x.add_argument("file", help="a network file written by onespike.save / convert --out")
+    x.add_argument("--nir", required=True, help="the NIR file to write (HDF5; needs onespike[nir])")
     s = sub.add_parser("sweep", help="accuracy, spikes and energy over phases; JSON + PNG")
     s.add_argument(
         "--model",
@@ -521,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_ablation(args)
         if args.cmd == "evaluate":
             return run_evaluate(args)
+        if args.cmd == "export":
+            return run_export(args)
         # a shipped name takes its data set from its sidecar; a user's model needs --dataset
         user = ":" in args.model
         model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
