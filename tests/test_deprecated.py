@@ -2,8 +2,9 @@
 
 ``input_coding="phase"`` -> ``"binary"``; ``onespike.codes.multiphase`` and
 ``onespike.codes.weighted`` -> ``onespike.codes.binary``; the comparison's code kind
-``"weighted"`` -> ``"binary"``; ``--input-coding phase`` -> ``--input-coding binary``; the experiments' old module paths
-``onespike.train|sweep|compare|gcn`` -> ``onespike.experiments.*``.
+``"weighted"`` -> ``"binary"``; ``--input-coding phase`` -> ``--input-coding binary``;
+the experiments' old module paths ``onespike.train|sweep|compare|gcn`` ->
+``onespike.experiments.*``.
 """
 
 import importlib

@@ -176,4 +176,3 @@ def test_the_readme_layout_lists_every_module():
         if str(p.relative_to(SRC)) not in listed
     ]
     assert not missing, missing
-
