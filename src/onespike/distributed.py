@@ -4,7 +4,9 @@ When a default process group is initialised (by ``torchrun`` through the command
 line, or by the user's own ``torch.distributed.init_process_group``),
 :func:`onespike.convert` and :func:`onespike.evaluate` give each rank a shard of the
 data and reduce what the ranks observe, so that every rank ends with what one process
-would compute on the whole data. Without a process group every helper here is a
+would compute on the whole data; :func:`onespike.refine` shares out every mini-batch
+and sums the gradients (:func:`sum_tensors`), and checks that the ranks end alike
+(:func:`check_identical`). Without a process group every helper here is a
 no-op: one rank, the whole data, no communication.
 
 The contract: **every rank is given the same model, the same options and the same
