@@ -1,10 +1,14 @@
 """Two ranks on loopback (gloo) give what one process gives: the plan bit for bit, the
-evaluation's counts and cost report; ranks given different models fail on every rank
-with one error naming the model; a dead rank makes the other fail instead of hanging."""
+evaluation's counts and cost report, the refined network (bit-equal between the ranks,
+equal to one process's within the rounding of the gradients' sums); ranks given
+different models fail on every rank with one error naming the model; a dead rank makes
+the other fail instead of hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import itertools
 import json
 import os
@@ -20,12 +24,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
-from onespike import convert, distributed
+from onespike import RefineConfig, convert, distributed, refine
 from onespike.cli import main
-from onespike.data import calibration_set, load_dataset
+from onespike.data import calibration_set, load_dataset, normalized_adjacency
 from onespike.errors import OptionError
 from onespike.evaluate import evaluate
-from onespike.models import load_pretrained
+from onespike.models import GCN, load_pretrained
 from onespike.stream import as_batches
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
@@ -35,6 +39,60 @@ TEST = 300
 BATCH = 128  # 3 chunks: rank 0 takes 1, rank 1 takes 2
 #: another search: each layer's own error, per-layer scales, bias correction, T = 6
 PAPER = {"phases": 6, "search": "paper", "bias_correction": True, "progress": False}
+#: refinement on the first 128 calibration images of the T = 4 network: short runs
+REFINE_CAL = 128
+REFINE = {
+    "shift-flip, held out": RefineConfig(
+        iterations=20, batch_size=16, holdout=0.25, checks=4, augment="shift-flip"
+    ),
+    # 15 = 7 + 8 rows: a global batch that does not divide by the 2 ranks
+    "odd batch, mix, drop": RefineConfig(
+        iterations=20, batch_size=15, holdout=0.0, augment="mix", drop=0.3
+    ),
+    "reconstruct, features, mse": RefineConfig(
+        iterations=10, batch_size=15, holdout=0.25, checks=4, reconstruct=5, features=0.5,
+        loss="mse", lr=1e-3,
+    ),
+}  # fmt: skip
+#: 1 vs 2 ranks: the sums of the gradients are rounded in another order, and each rank
+#: runs 7 or 8 rows where one process runs 15 (other kernel blockings): measured at most
+#: 1e-6 on any weight, bias or log-scale over these runs (and over 100 steps); refinement
+#: moves them by about 1e-3. The ranks among themselves are bit-equal.
+REFINE_ATOL = 5e-6
+
+
+def _refined(snn, x) -> dict:
+    """What a refined network is compared by: weights, scales, the refine record, and
+    its predictions on ``x``."""
+    info = dict(snn.plan.search["refine"])
+    info.pop("seconds")
+    if info["reconstruction"]:
+        info["reconstruction"] = {**info["reconstruction"], "seconds": None}
+    with torch.no_grad():
+        pred = snn(x).argmax(1)
+    state = {k: v.clone() for k, v in snn.state_dict().items() if v.layout == torch.strided}
+    return {"state": state, "scales": [lp.scale for lp in snn.plan.layers], "info": info,
+            "pred": pred, "digest": distributed.digest(snn.state_dict())}  # fmt: skip
+
+
+def _tiny_gcn():
+    """A 24-node path graph: a graph model (its samples interact), refined whole."""
+    torch.manual_seed(1)
+    n = 24
+    ei = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    ann = GCN(normalized_adjacency(torch.cat([ei, ei.flip(0)], 1), n), 5, 3, hidden=8).eval()
+    return ann, torch.rand(n, 5, generator=torch.Generator().manual_seed(2))
+
+
+def _refine_all(model, base, xr, x) -> dict:
+    """Every refinement the tests compare, run alike on 1 process and on each rank."""
+    out = {k: _refined(refine(base, model, xr, c, progress=False), x) for k, c in REFINE.items()}
+    out["unrefined"] = {k: v.clone() for k, v in base.state_dict().items()}
+    gcn, xg = _tiny_gcn()
+    sg = convert(gcn, xg, phases=4, progress=False)
+    cfg = RefineConfig(iterations=10, holdout=0.25, checks=2, lr=1e-2)
+    out["gcn"] = _refined(refine(sg, gcn, xg, cfg, progress=False), xg)
+    return out
 
 
 def _data():
@@ -96,6 +154,25 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
         result["plan_dataset"] = _plan_of(snn_ds)
         result["plan_paper"] = _plan_of(convert(model, xc, **PAPER))
         result["eval"] = _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False))
+        xr = xc[:REFINE_CAL]
+        base = convert(model, xr, phases=4, progress=False)
+        result["refine"] = _refine_all(model, base, xr, x)
+        try:  # 2 ranks cannot share a mini-batch of 1
+            refine(base, model, xr, iterations=2, batch_size=1, progress=False)
+            result["small_batch"] = None
+        except OptionError as e:
+            result["small_batch"] = str(e)
+        # a time budget stops every rank after the same step; rank 0 alone shows the bar
+        bar = io.StringIO()
+        with contextlib.redirect_stderr(bar):
+            r = refine(base, model, xr, iterations=100_000, time_budget=0.5, progress=True)
+        result["budget"] = (r.plan.search["refine"]["steps"], distributed.digest(r.state_dict()))
+        result["bar"] = bar.getvalue()
+        try:  # the final check of refine: ranks holding different values fail together
+            distributed.check_identical("the test's tensor", {"w": torch.tensor([0.5, rank])})
+            result["diverged"] = None
+        except distributed.RankDivergenceError as e:
+            result["diverged"] = str(e)
         if rank == 1:  # a different model on rank 1
             with torch.no_grad():
                 next(model.parameters())[0].add_(1.0)
@@ -132,6 +209,9 @@ def one_process() -> dict:
         "plan": _plan_of(snn),
         "plan_paper": _plan_of(convert(model, xc, **PAPER)),
         "eval": _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False)),
+        "refine": _refine_all(
+            model, convert(model, xc[:REFINE_CAL], phases=4, progress=False), xc[:REFINE_CAL], x
+        ),
     }
 
 
@@ -152,6 +232,61 @@ def test_two_ranks_evaluate_like_one_process(two_ranks, one_process):
         assert res["eval"]["cost"]["totals"]["spikes"] == ref["cost"]["totals"]["spikes"]
 
 
+def test_two_ranks_refine_like_one_process(two_ranks, one_process):
+    ref = one_process["refine"]
+    r0, r1 = (res["refine"] for res in two_ranks)
+    for case in [*REFINE, "gcn"]:
+        one, a, b = ref[case], r0[case], r1[case]
+        # the ranks end with the same network, bit for bit (refine checks it too)
+        assert a["digest"] == b["digest"], case
+        assert a["scales"] == b["scales"] and a["info"] == b["info"], case
+        # and with one process's, within the rounding of the gradients' sums
+        assert a["state"].keys() == one["state"].keys()
+        for k, v in one["state"].items():
+            torch.testing.assert_close(a["state"][k], v, rtol=0, atol=REFINE_ATOL, msg=case + k)
+        for s1, s2 in zip(one["scales"], a["scales"]):
+            torch.testing.assert_close(torch.tensor(s2), torch.tensor(s1), rtol=1e-5, atol=0)
+        assert torch.equal(a["pred"], one["pred"]), case
+        # the same steps run and kept; the same losses but for their last bits
+        for k in ("steps", "kept_step", "kept", "samples", "fit_samples", "held_out_samples"):
+            assert a["info"][k] == one["info"][k], (case, k)
+        assert a["info"]["ranks"] == 2 and "ranks" not in one["info"]
+        # the losses of the unrefined network: one process's figures, bit for bit (the
+        # chunks' losses are summed in its order); after refinement, but for the last bits
+        for k in ("loss_before", "held_out_loss_before"):
+            assert a["info"][k] == one["info"][k], (case, k)
+        for k in ("loss_after", "held_out_loss_after"):
+            if one["info"][k] is not None:
+                assert a["info"][k] == pytest.approx(one["info"][k], rel=1e-5), (case, k)
+    # the gcn runs whole on every rank: one process's network exactly
+    assert r0["gcn"]["digest"] == ref["gcn"]["digest"]
+    # each run moved the weights far beyond the tolerance (the comparison means something)
+    for case in REFINE:
+        moved = max(
+            float((one_w - ref["unrefined"][k]).abs().max())
+            for k, one_w in ref[case]["state"].items()
+            if k in ref["unrefined"] and k.endswith("weight")
+        )
+        assert moved > 50 * REFINE_ATOL, (case, moved)
+        assert ref[case]["info"]["kept_step"] > 0 or ref[case]["info"]["kept"] == "reconstructed"
+
+
+def test_refine_on_two_ranks_refuses_a_batch_it_cannot_share_and_stops_together(two_ranks):
+    msgs = [res["small_batch"] for res in two_ranks]
+    assert msgs[0] is not None and msgs[0] == msgs[1]
+    assert "a mini-batch of 1 sample(s) cannot be shared among 2 ranks" in msgs[0]
+    (steps0, d0), (steps1, d1) = (res["budget"] for res in two_ranks)
+    assert 0 < steps0 < 100_000 and steps0 == steps1 and d0 == d1
+    assert "refine" in two_ranks[0]["bar"] and two_ranks[1]["bar"] == ""
+
+
+def test_ranks_that_diverge_fail_together_naming_the_difference(two_ranks):
+    msgs = [res["diverged"] for res in two_ranks]
+    assert msgs[0] is not None and msgs[0] == msgs[1]
+    assert "the test's tensor of rank(s) 1 differ(s) from rank 0's" in msgs[0]
+    assert "largest difference 1 in w" in msgs[0]
+
+
 def test_a_rank_with_another_model_fails_on_every_rank_naming_the_model(two_ranks):
     msgs = [res["mismatch"] for res in two_ranks]
     assert msgs[0] is not None and msgs[0] == msgs[1]
@@ -166,7 +301,8 @@ def test_a_dead_rank_makes_the_other_fail_instead_of_hanging(tmp_path):
     assert res["error"] is not None
 
 
-def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one_process):
+def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m onespike ARGS`` in ``tmp_path``."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("no torchrun beside this Python")
@@ -181,13 +317,18 @@ def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one
         "OMP_NUM_THREADS": "1",
         "ONESPIKE_DATA": str(data_root()),
     }
-    cmd = [
-        str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()),
-        "-m", "onespike", "convert", "--model", "mnist_cnn", "--calibration", str(CALIB),
-        "--test", str(TEST), "--no-step", "--out", "net.onespike", "--json", "figures.json",
-    ]  # fmt: skip
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    cmd += ["-m", "onespike", *args]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one_process):
+    run = _torchrun(
+        tmp_path, "convert", "--model", "mnist_cnn", "--calibration", str(CALIB),
+        "--test", str(TEST), "--no-step", "--out", "net.onespike", "--json", "figures.json",
+    )  # fmt: skip
     assert run.stdout.count("== onespike: mnist_cnn") == 1  # rank 1 is quiet
     assert run.stdout.count("calibration:") == 1
     assert (tmp_path / "net.onespike").is_file()
@@ -196,6 +337,31 @@ def test_torchrun_cli_converts_on_two_ranks_and_only_rank_0_speaks(tmp_path, one
     scale = [(n, b, list(s) if isinstance(s, tuple) else s) for n, b, s, *_ in one_process["plan"]]
     assert plan == scale
     assert figures["snn_accuracy"] == one_process["eval"]["snn"]
+
+
+def test_torchrun_cli_refines_on_two_ranks_like_one_process(tmp_path):
+    run = _torchrun(
+        tmp_path, "convert", "--model", "mnist_cnn", "--calibration", str(REFINE_CAL),
+        "--test", "100", "--phases", "2", "--no-step", "--refine", "--refine-iterations", "5",
+        "--json", "figures.json",
+    )  # fmt: skip
+    assert run.stdout.count("== onespike: mnist_cnn") == 1
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    info = figures["plan"]["search"]["refine"]
+    assert info["steps"] == 5 and info["ranks"] == 2
+    model = load_pretrained("mnist_cnn")
+    xc, _ = calibration_set("mnist", REFINE_CAL, 0)
+    one = convert(model, xc, phases=2, refine={"iterations": 5}, progress=False)
+    one_info = one.plan.search["refine"]
+    assert info["kept_step"] == one_info["kept_step"] > 0
+    assert info["loss_before"] == one_info["loss_before"]
+    for lp, mine in zip(one.plan.layers, figures["plan"]["layers"]):
+        torch.testing.assert_close(
+            torch.tensor(mine["scale"]), torch.tensor(lp.scale), rtol=1e-5, atol=0
+        )
+    x, y = load_dataset("mnist", "test")
+    res = evaluate(model, one, x[:100], y[:100], progress=False)
+    assert figures["snn_accuracy"] == res.snn_accuracy
 
 
 # --- no process group: helpers are no-ops; shards --------------------------------------
@@ -257,6 +423,15 @@ def test_a_window_holds_exactly_its_samples(kind):
     xs, ys = zip(*win)
     assert win.count == 12 and torch.equal(torch.cat(xs), x[7:19])
     assert torch.equal(torch.cat(ys), y[7:19])
+
+
+def test_digests_read_sparse_tensors():
+    i = torch.tensor([[0, 1], [1, 0]])
+    a = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0]), (2, 2), check_invariants=True)
+    b = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.5]), (2, 2), check_invariants=True)
+    assert distributed.digest(a) == distributed.digest(a.clone())
+    assert distributed.digest(a) != distributed.digest(b)
+    assert distributed.digest(a) != distributed.digest(a.to_dense())
 
 
 def test_digests_tell_models_apart():

@@ -87,8 +87,10 @@ def convert(
     model, options and whole calibration set; the ranks check that they agree
     (:func:`onespike.distributed.check_same`, one error naming what differs), share
     out the statistics over the whole set and each end with the plan one process
-    makes, bit for bit (:func:`onespike.calibrate.calibrate`). ``refine`` runs in one
-    process only for now (an :class:`OptionError` under a group of several ranks).
+    makes, bit for bit (:func:`onespike.calibrate.calibrate`). ``refine`` then runs
+    data-parallel too: the ranks share out every mini-batch and sum the gradients, and
+    each ends with the same refined network, one process's up to the rounding of those
+    sums (:func:`onespike.refine`).
 
     Returns:
         A :class:`SpikingNetwork` (an ``nn.Module``): ``snn(x)`` is the
@@ -110,11 +112,6 @@ def convert(
     )
     input_coding = check_input_coding(input_coding)
     refine_cfg = as_config(refine)
-    if refine_cfg is not None and distributed.world_size() > 1:
-        raise OptionError(
-            "refine runs in one process for now: convert without refine under torchrun "
-            "(the plan is the same), or convert with refine in a single process"
-        )
     progress = progress and distributed.is_main()
     traced = trace(model)  # fails here, before any data, on unsupported layers
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):

@@ -4,7 +4,9 @@ When a default process group is initialised (by ``torchrun`` through the command
 line, or by the user's own ``torch.distributed.init_process_group``),
 :func:`onespike.convert` and :func:`onespike.evaluate` give each rank a shard of the
 data and reduce what the ranks observe, so that every rank ends with what one process
-would compute on the whole data. Without a process group every helper here is a
+would compute on the whole data; :func:`onespike.refine` shares out every mini-batch
+and sums the gradients (:func:`sum_tensors`), and checks that the ranks end alike
+(:func:`check_identical`). Without a process group every helper here is a
 no-op: one rank, the whole data, no communication.
 
 The contract: **every rank is given the same model, the same options and the same
@@ -47,10 +49,12 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "RankDivergenceError",
     "RankMismatchError",
     "active",
     "all_gather_rows",
     "all_reduce",
+    "check_identical",
     "check_same",
     "gather_objects",
     "init_from_env",
@@ -59,12 +63,18 @@ __all__ = [
     "rank",
     "shard",
     "shard_range",
+    "sum_tensors",
     "world_size",
 ]
 
 
 class RankMismatchError(OnespikeError, ValueError):
     """The ranks of a process group were given different models, options or data."""
+
+
+class RankDivergenceError(OnespikeError, RuntimeError):
+    """Ranks that computed the same thing from the same inputs ended with different
+    results (ranks on different kinds of device or CPU, whose kernels round differently)."""
 
 
 # --- who am I ---------------------------------------------------------------------------
@@ -142,6 +152,23 @@ def all_reduce(values: Sequence[float], op: str = "sum", *, integer: bool = Fals
     return t.tolist()
 
 
+def sum_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Element-wise sums over the ranks of ``tensors`` (any shapes, dtypes, devices), in
+    one all-reduce of a flat float64 bucket; each sum comes back in its tensor's shape,
+    dtype and device (a sum of two float32 values is exact in float64, so on 2 ranks each
+    element is the correctly rounded sum). Every rank must pass tensors of the same
+    shapes, in the same order. Without a process group, the tensors themselves."""
+    if not active():
+        return list(tensors)
+    flat = torch.cat([t.detach().reshape(-1).to(_device(), torch.float64) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at : at + t.numel()].view(t.shape).to(t.device, t.dtype))
+        at += t.numel()
+    return out
+
+
 def gather_objects(obj: object) -> list:
     """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` without a group."""
     if not active():
@@ -200,8 +227,14 @@ def digest(value: object) -> str:
 def _feed(h: hashlib._Hash, value: object) -> None:
     if isinstance(value, torch.nn.Module):
         value = value.state_dict()
-    if isinstance(value, Tensor):
-        t = value.detach().to("cpu").contiguous()
+    if isinstance(value, Tensor) and value.layout == torch.sparse_coo:  # a GCN's adjacency
+        t = value.detach().to("cpu").coalesce()
+        h.update(f"sparse {t.dtype} {tuple(t.shape)};".encode())
+        _feed(h, t.indices())
+        _feed(h, t.values())
+    elif isinstance(value, Tensor):
+        t = value.detach().to("cpu")
+        t = (t if t.layout == torch.strided else t.to_dense()).contiguous()
         h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(value, dict):
@@ -241,6 +274,35 @@ def check_same(parts: dict[str, object]) -> None:
             f"the {world_size()} ranks were not given the same inputs: {what} (give every "
             "rank the same model, options and whole data; each takes its own shard)"
         )
+
+
+def check_identical(what: str, state: dict[str, Tensor]) -> None:
+    """Fail on every rank, with one :class:`RankDivergenceError` naming the largest
+    difference, unless every rank holds bit-equal ``state`` (tensors of the same names
+    and shapes on every rank, e.g. a ``state_dict`` all ranks computed alike): one
+    all-gather of a digest per rank. No-op without a process group."""
+    if not active():
+        return
+    every = gather_objects(digest(state))
+    if len(set(every)) == 1:
+        return
+    worst, where = 0.0, ""
+    for name in sorted(state):  # every rank takes this branch: each saw all the digests
+        t = state[name].detach()
+        t = (t if t.layout == torch.strided else t.to_dense()).reshape(-1)
+        t = t.to(_device(), torch.float64)
+        hi, lo = t.clone(), t.clone()
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        d = float((hi - lo).max()) if t.numel() else 0.0
+        if d > worst or not where:
+            worst, where = d, name
+    ranks = ", ".join(str(r) for r, d in enumerate(every) if d != every[0])
+    raise RankDivergenceError(
+        f"{what} of rank(s) {ranks} differ(s) from rank 0's (largest difference {worst:.3g} "
+        f"in {where}): the ranks computed it from the same inputs, so their devices round "
+        "differently; run every rank on the same kind of device and CPU, or in one process"
+    )
 
 
 # --- starting the group -----------------------------------------------------------------

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from onespike import distributed
 from onespike.calibrate import batch_independent
 from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, OptionError, check_batch, collect_calibration
@@ -61,7 +62,8 @@ class RefineConfig:
 
     Attributes:
         iterations: optimiser steps (mini-batches).
-        batch_size: calibration samples per step (graph models use all of them).
+        batch_size: calibration samples per step (graph models use all of them); under
+            several ranks the global batch, its rows shared out among them.
         lr: Adam learning rate of the weights and biases.
         scale_lr: Adam learning rate of the log of every scale.
         loss: ``"kl"`` (KL divergence of the SNN's softmax from the ANN's) or
@@ -209,6 +211,9 @@ class _LearnedCode(nn.Module):
         self.gen = gen
         self.tap: list[Tensor] | None = None
         self.stop = False
+        # under several ranks: rows [lo, hi) of a global batch of n (the masks are drawn
+        # for the whole batch, as one process draws them, and this rank's rows kept)
+        self.rows: tuple[int, int, int] | None = None
 
     def scale(self) -> Tensor:
         return self.log_scale.exp()
@@ -220,7 +225,12 @@ class _LearnedCode(nn.Module):
         zc = z.clamp(0.0, 1.0)
         out = s * (zc + (q - zc).detach())
         if self.training and self.drop > 0:
-            keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
+            if self.rows is None:
+                keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
+            else:
+                lo, hi, n = self.rows
+                whole = torch.rand((n, *pre.shape[1:]), generator=self.gen, device=pre.device)
+                keep = whole[lo:hi] < self.drop
             out = torch.where(keep, pre.clamp(0.0, self.cap), out)
         if self.tap is not None:
             self.tap.append(out)
@@ -346,6 +356,74 @@ def _distance(out: Tensor, target: Tensor, loss: str, temperature: float = 1.0) 
     return F.mse_loss(out, target)
 
 
+# --- several ranks (onespike.distributed): each takes its rows of every mini-batch --------
+def _distance_sum(out: Tensor, target: Tensor, loss: str, temperature: float = 1.0) -> Tensor:
+    """:func:`_distance` times the number of samples (the sum of the per-sample losses):
+    divided by the global batch's size, the ranks' terms add up to the batch's loss."""
+    if loss == "kl":
+        t = temperature
+        lp, lq = F.log_softmax(out / t, dim=-1), F.log_softmax(target / t, dim=-1)
+        return t * t * F.kl_div(lp, lq, log_target=True, reduction="sum")
+    return F.mse_loss(out, target, reduction="sum") / math.prod(out.shape[1:])
+
+
+def _feature_distance_rows(fs: list[Tensor], fa: list[Tensor], n: int) -> Tensor:
+    """This rank's part of :func:`_feature_distance` on a global batch of ``n``: each
+    layer's squared error over the ANN's square summed over all ranks (one all-reduce),
+    so that the ranks' parts add up to the whole batch's term."""
+    dens = distributed.all_reduce([float(a.detach().pow(2).sum()) for a in fa])
+    terms = [
+        (q - a).pow(2).sum() / max(d, 1e-12 * n * a[0].numel()) for q, a, d in zip(fs, fa, dens)
+    ]
+    return torch.stack(terms).mean()
+
+
+class _Rows:
+    """Rows ``[lo, hi)`` of a global batch of ``n``: the spiking layers draw their drop
+    masks for all ``n`` rows (as one process does) and keep these."""
+
+    def __init__(self, codes: list[_LearnedCode], n: int):
+        self.codes = codes
+        self.n = n
+        self.lo, self.hi = distributed.shard_range(n, distributed.rank(), distributed.world_size())
+
+    def __enter__(self) -> _Rows:
+        for c in self.codes:
+            c.rows = (self.lo, self.hi, self.n)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for c in self.codes:
+            c.rows = None
+
+
+def _reduce_step(params: list[Tensor], loss: Tensor) -> float:
+    """Replace every parameter's gradient by its sum over the ranks and return the summed
+    loss (one all-reduce): each rank's loss is its rows' share of the global batch's, so
+    the sums are the whole batch's mean loss and its gradient, the same on every rank."""
+    have = [p for p in params if p.grad is not None]
+    sums = distributed.sum_tensors([*(p.grad for p in have), loss.detach().reshape(1)])
+    for p, g in zip(have, sums):
+        p.grad.copy_(g)
+    return float(sums[-1])
+
+
+def _late(start: float, budget: float | None) -> bool:
+    """The time budget is spent; under several ranks, on any of them (one all-reduce), so
+    that every rank stops after the same step."""
+    if budget is None:
+        return False
+    late = time.perf_counter() - start > budget
+    if distributed.world_size() > 1:
+        late = distributed.all_reduce([float(late)], "max")[0] > 0
+    return late
+
+
+def _slowest(seconds: float) -> float:
+    """The longest of the ranks' wall times (the same figure on every rank)."""
+    return distributed.all_reduce([seconds], "max")[0] if distributed.world_size() > 1 else seconds
+
+
 def _reconstruct(
     gm: fx.GraphModule,
     ref: fx.GraphModule,
@@ -357,8 +435,11 @@ def _reconstruct(
     gen: torch.Generator,
     augment: bool,
     whole: bool,
+    split: bool = False,
 ) -> dict:
-    """Layer-by-layer reconstruction (see :class:`RefineConfig`), in place on ``gm``."""
+    """Layer-by-layer reconstruction (see :class:`RefineConfig`), in place on ``gm``.
+    ``split``: several ranks share out the rows of every mini-batch (as in
+    :func:`refine`)."""
     start = time.perf_counter()
     params = dict(gm.named_parameters())
     losses = []
@@ -384,11 +465,18 @@ def _reconstruct(
         first = last = None
         try:
             for it in range(n):
-                if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+                if _late(start, cfg.time_budget):
                     break
                 for g, lr in zip(opt.param_groups, lrs):
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / n))
                 idx = next(batches)
+                if split:
+                    lv = _reconstruct_rows(gm, ref, codes, x, idx, opt, cfg, gen, augment)
+                    if not math.isfinite(lv):
+                        raise RuntimeError(f"reconstruction of layer {i} diverged (loss {lv})")
+                    first = lv if first is None else first
+                    last = lv if last is None else 0.9 * last + 0.1 * lv
+                    continue
                 xb = x if whole else x[idx.to(x.device)]
                 if augment:
                     xb = _shift_flip(xb, gen, mix=cfg.augment == "mix")
@@ -414,9 +502,44 @@ def _reconstruct(
         losses.append((first, last))
     return {
         "iterations_per_layer": n,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(_slowest(time.perf_counter() - start), 2),
         "layer_losses": losses,
     }
+
+
+def _reconstruct_rows(
+    gm: fx.GraphModule,
+    ref: fx.GraphModule,
+    codes: list[_LearnedCode],
+    x: Tensor,
+    idx: Tensor,
+    opt: torch.optim.Optimizer,
+    cfg: RefineConfig,
+    gen: torch.Generator,
+    augment: bool,
+) -> float:
+    """One reconstruction step on this rank's rows of the global batch ``idx``: the
+    gradients summed over the ranks, the step taken; the batch's loss returned."""
+    with _Rows(codes, len(idx)) as r:
+        if augment:  # the whole batch's draw, as one process makes it; this rank's rows
+            xb = _shift_flip(x[idx.to(x.device)], gen, mix=cfg.augment == "mix")[r.lo : r.hi]
+        else:
+            xb = x[idx[r.lo : r.hi].to(x.device)]
+        with torch.no_grad():
+            a = _run_to(ref, xb)
+        gm.train(True)
+        try:
+            q = _run_to(gm, xb)
+        finally:
+            gm.train(False)
+    den = distributed.all_reduce([float(a.pow(2).sum())])[0]
+    loss = (q - a).pow(2).sum() / max(den, 1e-12 * len(idx) * a[0].numel())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    lv = _reduce_step([p for g in opt.param_groups for p in g["params"]], loss)
+    if math.isfinite(lv):
+        opt.step()
+    return lv
 
 
 def _check_network(snn: object, ann: object) -> None:
@@ -457,7 +580,20 @@ def refine(
             about 1,000 images.
         config: a :class:`RefineConfig`; keyword ``overrides`` replace its fields
             (``refine(snn, ann, x, iterations=200)``).
-        progress: show a progress bar with the running loss.
+        progress: show a progress bar with the running loss (on rank 0 only under a
+            process group).
+
+    Under a ``torch.distributed`` process group of several ranks (``torchrun``), give
+    every rank the same networks, configuration and whole calibration set (checked:
+    :func:`onespike.distributed.check_same`). Every rank draws the same mini-batches,
+    augmentations and drop masks (for the whole batch, as one process draws them),
+    runs its contiguous share of each mini-batch's rows, and the gradients (scaled so
+    that they add up to the whole batch's mean) are summed over the ranks before every
+    rank takes the same Adam step; the held-out checks are shared out by chunk. Every
+    rank ends with the same network (checked bit for bit:
+    :class:`~onespike.distributed.RankDivergenceError` otherwise), equal to one
+    process's up to the rounding of the gradients' sums (docs/SCALE.md). Graph models,
+    whose samples interact, run whole on every rank.
 
     Returns:
         A new :class:`SpikingNetwork` with the same plan type, bases, phases and
@@ -479,6 +615,17 @@ def refine(
         check_batch(x, snn.input_shape, what="calibration data")
     except ValueError as e:
         raise CalibrationError(str(e)) from None
+    world = distributed.world_size()
+    split = world > 1 and not whole  # several ranks share out every mini-batch's rows
+    progress = progress and distributed.is_main()
+    distributed.check_same(
+        {
+            "model": ann.state_dict(),
+            "network": (snn.state_dict(), snn.plan),
+            "options": cfg,
+            "calibration data": x,
+        }
+    )
     params = list(snn.graph_module.parameters()) + list(snn.graph_module.buffers())
     device = params[0].device if params else torch.device("cpu")
     x = x.to(device)
@@ -526,6 +673,12 @@ def refine(
             f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
             f"{cfg.holdout:.0%}; pass more samples"
         )
+    if split and min(cfg.batch_size, len(fit_idx)) < world:
+        raise OptionError(
+            f"refine: a mini-batch of {min(cfg.batch_size, len(fit_idx))} sample(s) cannot be "
+            f"shared among {world} ranks (each needs at least one); use batch_size >= {world} "
+            "with at least as many calibration samples to fit, or fewer ranks"
+        )
 
     def outputs(idx: Tensor) -> Tensor:
         if whole:  # samples interact (graph models): run them all, score the chosen rows
@@ -533,16 +686,27 @@ def refine(
         return gm(x[idx.to(device)])
 
     def loss_on(idx: Tensor) -> float:
-        """The loss on the samples ``idx`` with the exact code (no gradient)."""
+        """The loss on the samples ``idx`` with the exact code (no gradient). Several
+        ranks share out the chunks and sum their losses in chunk order: the figure one
+        process computes on the same weights, bit for bit, on every rank."""
         if len(idx) == 0:
             return float("nan")
         with torch.no_grad():
             if whole:
                 return float(dist(outputs(idx), targets[idx.to(device)]))
+            parts = _chunks(len(idx), False)
+            lo, hi = (0, len(parts))
+            if split:
+                lo, hi = distributed.shard_range(len(parts), distributed.rank(), world)
+            vals = [0.0] * len(parts)
+            for j in range(lo, hi):
+                i = idx[parts[j]]
+                vals[j] = float(dist(outputs(i), targets[i.to(device)]))
+            if split:  # each chunk's value from its rank (+ 0.0 from the others: exact)
+                vals = distributed.all_reduce(vals)
             tot = 0.0
-            for c in _chunks(len(idx), False):
-                i = idx[c]
-                tot += float(dist(outputs(i), targets[i.to(device)])) * len(i)
+            for c, v in zip(parts, vals):
+                tot += v * len(idx[c])
             return tot / len(idx)
 
     def snapshot() -> dict[str, Tensor]:
@@ -588,7 +752,7 @@ def refine(
     recon: dict | None = None
     if cfg.reconstruct:
         assert ref is not None
-        recon = _reconstruct(gm, ref, codes, ref_taps, x, batches, cfg, gen, augment, whole)
+        recon = _reconstruct(gm, ref, codes, ref_taps, x, batches, cfg, gen, augment, whole, split)
         recon["held_out_loss"] = h = loss_on(hold_idx)
         if n_hold and h < best[0]:
             best, kept = (h, 0, snapshot()), "reconstructed"
@@ -599,8 +763,30 @@ def refine(
     bar = tqdm(range(cfg.iterations), desc="refine", disable=not progress, leave=False)
     steps = 0
     running = None
+    learned = [p for g in opt.param_groups for p in g["params"]]
+
+    def rows_loss(idx: Tensor) -> Tensor:
+        """This rank's share of the global batch ``idx``'s loss (its rows' sum over
+        the batch's size): the ranks' shares add up to the batch's loss."""
+        with _Rows(codes, len(idx)) as r:
+            if augment:  # the whole batch's draw, as one process makes it; this rank's rows
+                xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
+                xb = xb[r.lo : r.hi]
+                with torch.no_grad():
+                    tb = ann(xb)
+            else:
+                xb = x[idx[r.lo : r.hi].to(device)]
+                tb = targets[idx[r.lo : r.hi].to(device)]
+            if feats is not None:
+                with torch.no_grad():
+                    ref(xb)
+            loss = _distance_sum(gm(xb), tb, cfg.loss, cfg.temperature) / len(idx)
+        if feats is not None:
+            loss = loss + cfg.features * _feature_distance_rows(*feats, len(idx))
+        return loss
+
     for it in bar:
-        if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+        if _late(start, cfg.time_budget):
             break
         for g, lr in zip(opt.param_groups, lrs):  # cosine decay to 0
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
@@ -608,33 +794,45 @@ def refine(
         gm.train(True)
         if feats is not None:
             taps(feats)
-        if augment:
-            xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
-            with torch.no_grad():
-                tb = ann(xb)
-                if feats is not None:
-                    ref(xb)
-            loss = dist(gm(xb), tb)
+        if split:
+            try:
+                loss = rows_loss(idx)
+            finally:
+                taps(None)
+                gm.train(False)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lv = _reduce_step(learned, loss)
+            if not math.isfinite(lv):
+                raise RuntimeError(f"refinement diverged at step {it} (loss {lv})")
         else:
-            if feats is not None:
+            if augment:
+                xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
                 with torch.no_grad():
-                    ref(x if whole else x[idx.to(device)])
-            loss = dist(outputs(idx), targets[idx.to(device)])
-        if feats is not None:
-            fs, fa = feats
-            if whole:
-                rows = idx.to(device)
-                fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
-            loss = loss + cfg.features * _feature_distance(fs, fa)
-            taps(None)
-        gm.train(False)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+                    tb = ann(xb)
+                    if feats is not None:
+                        ref(xb)
+                loss = dist(gm(xb), tb)
+            else:
+                if feats is not None:
+                    with torch.no_grad():
+                        ref(x if whole else x[idx.to(device)])
+                loss = dist(outputs(idx), targets[idx.to(device)])
+            if feats is not None:
+                fs, fa = feats
+                if whole:
+                    rows = idx.to(device)
+                    fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
+                loss = loss + cfg.features * _feature_distance(fs, fa)
+                taps(None)
+            gm.train(False)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lv = float(loss.detach())
         opt.step()
         steps += 1
-        lv = float(loss.detach())
         running = lv if running is None else 0.95 * running + 0.05 * lv
         if it % 10 == 0:
             bar.set_postfix(loss=f"{running:.4g}")
@@ -649,8 +847,9 @@ def refine(
             if h < best[0]:
                 best, kept = (h, steps, snapshot()), "end-to-end"
         gm.load_state_dict(best[2])
-    seconds = time.perf_counter() - start
+    seconds = _slowest(time.perf_counter() - start)
     fit_after, hold_after = loss_on(fit_idx), loss_on(hold_idx)
+    distributed.check_identical("the refined network", gm.state_dict())
 
     # write the refined weights into a copy of the folded ANN graph, scales into the plan
     traced = copy.deepcopy(snn.ann_graph)
@@ -676,6 +875,7 @@ def refine(
         "loss_after": fit_after,
         "held_out_loss_before": hold_before if n_hold else None,
         "held_out_loss_after": hold_after if n_hold else None,
+        **({"ranks": world} if world > 1 else {}),
     }
     plan = Plan(
         phases=snn.plan.phases,
