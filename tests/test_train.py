@@ -101,6 +101,28 @@ def test_resume_rejects_other_settings(tmp_path: Path, mnist_train_256, mnist_te
         train(cfg, data=data)
 
 
+def test_standard_recipe_defaults_and_old_checkpoints(
+    tmp_path: Path, mnist_train_256, mnist_test
+) -> None:
+    # the standard recipe (every shipped model's) keeps its defaults ...
+    for model, lr, wd in (("mnist_cnn", 0.05, 1e-4), ("vgg11_bn", 0.1, 5e-4)):
+        cfg = TrainConfig(model=model).resolved()
+        assert cfg.recipe == "standard"
+        assert (cfg.batch_size, cfg.momentum, cfg.label_smoothing) == (128, 0.9, 0.0)
+        assert (cfg.lr, cfg.weight_decay) == (lr, wd)
+    # ... and a checkpoint written before --recipe/--widths existed still resumes
+    data = (*mnist_train_256, *mnist_test)
+    full = train(_tiny_cfg(tmp_path, "full"), data=data)
+    train(_tiny_cfg(tmp_path, "old", stop_after=1), data=data)
+    ckpt = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    for key in ("recipe", "widths"):
+        del ckpt["config"][key]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    resumed = train(_tiny_cfg(tmp_path, "old", resume=True), data=data)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cifar_model_saves_fp16_and_loads_fp32(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 32, 32, generator=g)
@@ -149,7 +171,7 @@ def test_random_crop_flip() -> None:
 
 def test_time_batches_gives_seconds_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
     r = time_batches("mnist_cnn", 1, 8)
-    assert r["seconds_per_batch"] > 0
+    assert r["seconds_per_batch"] > 0 and r["cpu_seconds_per_batch"] > 0
     assert r["seconds_per_epoch"] == pytest.approx(r["seconds_per_batch"] * (60000 // 8))
     assert main(["--model", "mnist_cnn", "--time-batches", "1", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Train the ANNs that onespike converts (MNIST CNN, ResNet-20, VGG-11-BN) on CPU.
+"""Train the ANNs that onespike converts (MNIST CNN, ResNet-20, VGG-11-BN, fast VGG) on CPU.
 
 Usage (from the repository root)::
 
@@ -7,12 +7,23 @@ Usage (from the repository root)::
     python -m onespike.experiments.train --model resnet20 --epochs 200 --seed 0 \\
         --checkpoint runs/resnet20.ckpt --resume --out src/onespike/assets/weights
 
-Recipe: SGD (momentum 0.9, Nesterov), cosine learning-rate decay stepped per batch,
-weight decay 1e-4 (MNIST) / 5e-4 (CIFAR-10), optional label smoothing.  CIFAR-10 batches
-are augmented on tensors (random 32x32 crop from a 4-pixel zero-padded image, random
-horizontal flip).  Every random choice (initialisation, data order, augmentation,
-dropout) is driven by ``--seed``; with ``--checkpoint`` the full state (model,
-optimiser, scheduler, epoch, RNG states) is written after every epoch so ``--resume``
+Recipe ``--recipe standard`` (the default): SGD (momentum 0.9, Nesterov), batch 128,
+cosine learning-rate decay stepped per batch, weight decay 1e-4 (MNIST) / 5e-4
+(CIFAR-10), optional label smoothing.  CIFAR-10 batches are augmented on tensors (random
+32x32 crop from a 4-pixel zero-padded image, random horizontal flip).
+
+Recipe ``--recipe airbench`` (for ``fast_vgg``): the training of Keller Jordan's
+airbench94 (https://github.com/KellerJordan/cifar10-airbench, ``legacy/airbench94.py``);
+see :data:`AIRBENCH` and docs/MODELS.md.  The whitening layer is initialised from the
+training set, batches of 1024 with a summed label-smoothed (0.2) loss, SGD Nesterov
+with momentum 0.85 and airbench's decoupled learning rate and weight decay, BatchNorm
+shifts at 64x the learning rate, a linear warm-up (23 % of the steps) then a linear decay,
+lookahead towards an exponential moving average of the weights every 5 steps, and
+"alternating flip" plus 2-pixel reflect-padded translation as augmentation.
+
+Every random choice (initialisation, data order, augmentation, dropout) is driven by
+``--seed``; with ``--checkpoint`` the full state (model, optimiser, scheduler, epoch,
+RNG states, the lookahead weights) is written after every epoch so ``--resume``
 continues an interrupted run and ends with the same weights as an uninterrupted one.
 
 With ``--out DIR`` the final weights go to ``DIR/{name}.pt`` (a ``state_dict``; fp32 for
@@ -47,12 +58,19 @@ from onespike.models import (
     PretrainedWeightsNotFoundError,
     get_model,
     get_spec,
+    init_whitening,
     load_state_dict_file,
 )
+from onespike.models.fastvgg import FAST_VGG_WIDTHS
 
 __all__ = [
+    "AIRBENCH",
+    "RECIPES",
+    "Lookahead",
     "TrainConfig",
     "TrainResult",
+    "airbench_lr_factor",
+    "alternating_flip",
     "build_parser",
     "config_from_args",
     "evaluate",
@@ -64,6 +82,7 @@ __all__ = [
     "save_weights",
     "time_batches",
     "train",
+    "translate_flip",
 ]
 
 #: Hyper-parameter defaults per dataset family (used when a field is left as ``None``).
@@ -73,8 +92,42 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": {"lr": 0.1, "weight_decay": 5e-4, "augment": True, "save_dtype": "float16"},
 }
 
+#: The training recipes (``--recipe``) and the defaults each gives to ``None`` fields.
+RECIPES: dict[str, dict[str, Any]] = {
+    "standard": {"batch_size": 128, "momentum": 0.9, "label_smoothing": 0.0},
+    "airbench": {
+        "batch_size": 1024,
+        "lr": 11.5,
+        "momentum": 0.85,
+        "weight_decay": 0.0153,
+        "label_smoothing": 0.2,
+        "augment": True,
+    },
+}
+
+#: The fixed settings of ``--recipe airbench``, from airbench94 (KellerJordan/cifar10-airbench,
+#: ``legacy/airbench94.py``; the same in ``airbench/lib_airbench94.py``).  ``lr`` and
+#: ``weight_decay`` (in :data:`RECIPES`) are airbench's decoupled values: per 1024
+#: examples, divided by ``1024 * (1 + 1 / (1 - momentum))`` for PyTorch's SGD with a loss
+#: summed over the batch; weight decay is scaled by the batch size and is independent of
+#: the learning rate.
+AIRBENCH: dict[str, Any] = {
+    "bias_scaler": 64.0,  # BatchNorm shifts: learning rate x 64 (same absolute weight decay)
+    "whiten_bias_epochs": 3,  # the whitening bias trains for these epochs, then is frozen
+    "whiten_samples": 5000,  # training images (a seeded random draw) for the whitening init
+    "whiten_eps": 5e-4,
+    "warmup": 0.23,  # fraction of the steps with a linear warm-up ...
+    "lr_start": 0.2,  # ... from 0.2 x the peak; then a linear decay ...
+    "lr_end": 0.07,  # ... to 0.07 x the peak at the last step
+    "lookahead_every": 5,  # steps between lookahead updates
+    "lookahead_decay": 0.95**5,  # EMA decay at the end; (step / total)^3 x this before
+    "translate": 2,  # pixels, reflect padding
+}
+
 #: Config fields that must match between a checkpoint and the run resuming it.
 _RESUME_KEYS = (
+    "recipe",
+    "widths",
     "model",
     "dataset",
     "epochs",
@@ -88,22 +141,31 @@ _RESUME_KEYS = (
     "augment",
     "train_limit",
 )
+#: What a checkpoint written before a field existed implies for it.
+_RESUME_MISSING: dict[str, Any] = {"recipe": "standard", "widths": None}
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; ``None`` fields take per-dataset defaults."""
+    """Everything that defines a training run; ``None`` fields take the defaults of the
+    recipe (:data:`RECIPES`), then of the dataset (:data:`DATASET_DEFAULTS`).
+
+    ``widths`` (``fast_vgg`` only) is a comma-separated string of the three block widths,
+    e.g. ``"64,256,256"``; ``width`` is the channel multiplier of ``vgg11_bn``.
+    """
 
     model: str = "mnist_cnn"
     dataset: str | None = None
     epochs: int = 6
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = None
     lr: float | None = None
-    momentum: float = 0.9
+    momentum: float | None = None
     weight_decay: float | None = None
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None
     width: float = 1.0
+    widths: str | None = None
+    recipe: str = "standard"
     augment: bool | None = None
     name: str | None = None
     out: str | None = None
@@ -122,17 +184,24 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in from the model and dataset."""
         cfg = TrainConfig(**asdict(self))
+        if cfg.recipe not in RECIPES:
+            raise OptionError(f"unknown recipe {cfg.recipe!r}; known: {sorted(RECIPES)}")
         if cfg.dataset is None:
             cfg.dataset = get_spec(cfg.model).dataset
         if cfg.dataset not in DATASET_DEFAULTS:
             raise OptionError(f"unknown dataset {cfg.dataset!r}; known: {sorted(DATASET_DEFAULTS)}")
-        for key, value in DATASET_DEFAULTS[cfg.dataset].items():
-            if getattr(cfg, key) is None:
-                setattr(cfg, key, value)
+        for defaults in (RECIPES[cfg.recipe], DATASET_DEFAULTS[cfg.dataset]):
+            for key, value in defaults.items():
+                if getattr(cfg, key) is None:
+                    setattr(cfg, key, value)
+        if cfg.widths is not None:
+            cfg.widths = ",".join(str(w) for w in _parse_widths(cfg.widths))
         if cfg.name is None:
             cfg.name = cfg.model
             if cfg.width != 1.0:
                 cfg.name += f"_w{cfg.width:g}"
+            if cfg.widths is not None and _parse_widths(cfg.widths) != FAST_VGG_WIDTHS:
+                cfg.name += "_w" + cfg.widths.replace(",", "-")
             if cfg.dataset != get_spec(cfg.model).dataset:
                 cfg.name += f"_{cfg.dataset.replace('-', '_')}"
         if cfg.save_dtype not in ("float32", "float16"):
@@ -141,7 +210,12 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for :func:`onespike.models.get_model`."""
-        return {"width": self.width} if self.model.startswith("vgg") else {}
+        if self.model.startswith("vgg"):
+            return {"width": self.width}
+        if self.widths is not None or self.model == "fast_vgg":
+            widths = FAST_VGG_WIDTHS if self.widths is None else _parse_widths(self.widths)
+            return {"widths": list(widths)}
+        return {}
 
     def to_argv(self) -> list[str]:
         """Command-line arguments that reproduce this configuration."""
@@ -161,6 +235,16 @@ class TrainConfig:
                 elif value is not None:
                     argv += [flag, str(value)]
         return argv
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise OptionError(f"widths must be comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise OptionError(f"widths must be positive, got {text!r}")
+    return widths
 
 
 @dataclass
@@ -184,11 +268,47 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     ``x`` is ``[N, C, H, W]``; the output has the same shape.  All randomness comes from
     ``generator`` so a run is reproducible and resumable.
     """
-    n, c, h, w = x.shape
+    n = x.shape[0]
     padded = F.pad(x, (padding, padding, padding, padding))
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
+    return _crop(padded, oy, ox, flip, x.shape[-2:])
+
+
+def translate_flip(
+    x: torch.Tensor, flip: torch.Tensor, generator: torch.Generator, translate: int = 2
+) -> torch.Tensor:
+    """Per-sample random translation by up to ``translate`` pixels each way (a crop of the
+    image reflect-padded by ``translate``, as in airbench) and a horizontal flip of the
+    samples where the bool tensor ``flip`` is true.  Randomness from ``generator``."""
+    n = x.shape[0]
+    r = translate
+    padded = F.pad(x, (r, r, r, r), mode="reflect") if r > 0 else x
+    oy = torch.randint(0, 2 * r + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * r + 1, (n,), generator=generator)
+    return _crop(padded, oy, ox, flip, x.shape[-2:])
+
+
+def alternating_flip(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """airbench's derandomised flip: which of ``n`` training images to mirror in ``epoch``
+    (0-based).  A random half drawn once from ``seed`` in even epochs, the other half in
+    odd ones, so every image is seen both ways in every two consecutive epochs."""
+    base = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return base ^ bool(epoch % 2)
+
+
+def _crop(
+    padded: torch.Tensor,
+    oy: torch.Tensor,
+    ox: torch.Tensor,
+    flip: torch.Tensor,
+    size: tuple[int, ...] | torch.Size,
+) -> torch.Tensor:
+    """Crop ``size`` from ``padded`` at per-sample offsets ``(oy, ox)``, flipping where
+    ``flip`` is true."""
+    n, c = padded.shape[:2]
+    h, w = size
     rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [N,1,H,1]
     cols = ox[:, None] + torch.arange(w)  # [N,W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # [N,1,1,W]
@@ -211,7 +331,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    assert cfg.lr is not None and cfg.weight_decay is not None
+    assert cfg.lr is not None and cfg.weight_decay is not None and cfg.momentum is not None
+    if cfg.recipe == "airbench":
+        return _airbench_optimizer(model, cfg)
     return torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -219,6 +341,75 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
         nesterov=True,
         weight_decay=cfg.weight_decay,
     )
+
+
+def _airbench_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """airbench's SGD: decoupled learning rate and weight decay (see :data:`AIRBENCH`);
+    BatchNorm shifts in their own group at ``bias_scaler`` x the learning rate.  Frozen
+    parameters (BatchNorm scales, the whitening filters) are left out."""
+    assert cfg.lr is not None and cfg.weight_decay is not None and cfg.momentum is not None
+    assert cfg.batch_size is not None
+    kilostep = 1024 * (1 + 1 / (1 - cfg.momentum))
+    lr = cfg.lr / kilostep
+    wd = cfg.weight_decay * cfg.batch_size / kilostep
+    lr_bias = lr * AIRBENCH["bias_scaler"]
+    bn_bias = {
+        id(m.bias)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    biases = [p for p in params if id(p) in bn_bias]
+    others = [p for p in params if id(p) not in bn_bias]
+    groups = [
+        {"params": biases, "lr": lr_bias, "weight_decay": wd / lr_bias},
+        {"params": others, "lr": lr, "weight_decay": wd / lr},
+    ]
+    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
+
+
+def airbench_lr_factor(step: int, total: int) -> float:
+    """airbench's learning-rate multiplier at ``step`` of ``total``: linear from
+    ``lr_start`` to 1 over the first ``warmup`` fraction, then linear to ``lr_end``."""
+    warm = int(total * AIRBENCH["warmup"])
+    if step < warm:
+        frac = step / warm
+        return AIRBENCH["lr_start"] * (1 - frac) + frac
+    frac = (step - warm) / max(1, total - warm)
+    return (1 - frac) + AIRBENCH["lr_end"] * frac
+
+
+class Lookahead:
+    """airbench's lookahead: every few steps the weights move to an exponential moving
+    average of themselves, ``ema = decay * ema + (1 - decay) * w; w = ema`` (floating
+    entries of the ``state_dict``, BatchNorm statistics included)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v, 1 - decay)
+                v.copy_(self.ema[k])
+
+    @staticmethod
+    def decay(step: int, total: int) -> float:
+        """The EMA decay after ``step`` of ``total`` steps: ``0.95**5 * (step/total)**3``."""
+        return AIRBENCH["lookahead_decay"] * (step / total) ** 3
+
+
+def _whiten_init(model: nn.Module, x_train: torch.Tensor, seed: int) -> None:
+    """Initialise ``model.whiten`` (if it has one: ``fast_vgg``) from a seeded random draw
+    of ``AIRBENCH["whiten_samples"]`` training images; other models are left alone."""
+    conv = getattr(model, "whiten", None)
+    if not isinstance(conv, nn.Conv2d):
+        return
+    g = torch.Generator().manual_seed(seed)
+    k = min(len(x_train), AIRBENCH["whiten_samples"])
+    idx = torch.randperm(len(x_train), generator=g)[:k].sort().values
+    init_whitening(conv, x_train[idx], eps=AIRBENCH["whiten_eps"])
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -250,6 +441,8 @@ def train(
     """
     cfg = config.resolved()
     assert cfg.lr is not None and cfg.dataset is not None and cfg.name is not None
+    assert cfg.batch_size is not None
+    airbench = cfg.recipe == "airbench"
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if data is None:
@@ -267,16 +460,26 @@ def train(
     batch_size = min(cfg.batch_size, n_train)
     steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
 
+    total_steps = cfg.epochs * steps_per_epoch
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, **cfg.model_kwargs())
+    _whiten_init(model, x_tr, cfg.seed)  # fast_vgg's patch whitening (any recipe)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.epochs * steps_per_epoch
-    )
+    if airbench:
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: airbench_lr_factor(step, total_steps)
+        )
+        lookahead: Lookahead | None = Lookahead(model)
+        whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        lookahead, whiten_bias = None, None
     gen = torch.Generator().manual_seed(cfg.seed)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(
+        label_smoothing=cfg.label_smoothing, reduction="sum" if airbench else "mean"
+    )
     start_epoch, history, resumed = 0, [], False
 
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
@@ -286,7 +489,9 @@ def train(
         if ckpt_path.is_file():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             saved = ckpt["config"]
-            diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS}
+            diff = {
+                k: (saved.get(k, _RESUME_MISSING.get(k)), getattr(cfg, k)) for k in _RESUME_KEYS
+            }
             diff = {k: v for k, v in diff.items() if v[0] != v[1]}
             if diff:
                 raise OptionError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
@@ -295,6 +500,8 @@ def train(
             scheduler.load_state_dict(ckpt["scheduler"])
             gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
+            if lookahead is not None:
+                lookahead.ema = ckpt["lookahead"]
             start_epoch, history, resumed = ckpt["epoch"], list(ckpt["history"]), True
             _log(cfg, f"resumed from {ckpt_path} after epoch {start_epoch}/{cfg.epochs}")
         else:
@@ -304,6 +511,9 @@ def train(
     for epoch in range(start_epoch, last_epoch):
         model.train()
         t0 = time.perf_counter()
+        if whiten_bias is not None:
+            whiten_bias.requires_grad_(epoch < AIRBENCH["whiten_bias_epochs"])
+        flip = alternating_flip(n_train, epoch, cfg.seed) if airbench and cfg.augment else None
         perm = torch.randperm(n_train, generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(
@@ -316,7 +526,9 @@ def train(
         for step in bar:
             idx = perm[step * batch_size : (step + 1) * batch_size]
             xb, yb = x_tr[idx], y_tr[idx]
-            if cfg.augment:
+            if flip is not None:
+                xb = translate_flip(xb, flip[idx], gen, AIRBENCH["translate"])
+            elif cfg.augment:
                 xb = random_crop_flip(xb, gen)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -326,7 +538,13 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(yb)
+            if lookahead is not None:
+                done = epoch * steps_per_epoch + step + 1
+                if done % AIRBENCH["lookahead_every"] == 0:
+                    lookahead.update(model, Lookahead.decay(done, total_steps))
+                if done == total_steps:
+                    lookahead.update(model, 1.0)  # end on the averaged weights
+            loss_sum += loss.item() * (1 if airbench else len(yb))
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             if step % 20 == 0 or step == steps_per_epoch - 1:
@@ -336,7 +554,7 @@ def train(
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(1, seen),
             "train_acc": 100.0 * correct / max(1, seen),
-            "lr_end": optimizer.param_groups[0]["lr"],
+            "lr_end": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t0,
         }
         history.append(rec)
@@ -357,6 +575,7 @@ def train(
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "config": ckpt_cfg,
+                    **({"lookahead": lookahead.ema} if lookahead is not None else {}),
                 },
                 ckpt_path,
             )
@@ -412,6 +631,22 @@ def save_weights(
     acc_1000 = evaluate(reloaded, x_test[:1000], y_test[:1000], cfg.eval_batch_size)
     sub = fixed_subset(len(x_test), 1000)
     acc_sub = evaluate(reloaded, x_test[sub], y_test[sub], cfg.eval_batch_size)
+    extra: dict[str, Any] = {}
+    if cfg.recipe == "airbench":
+        extra = {
+            "recipe": "airbench",
+            "airbench": dict(AIRBENCH),
+            "loss_reduction": "sum",
+            "augmentation": (
+                f"alternating flip, translate {AIRBENCH['translate']} px (reflect padding)"
+                if cfg.augment
+                else "none"
+            ),
+            "schedule": (
+                f"linear warm-up {AIRBENCH['lr_start']}->1 over {AIRBENCH['warmup']:.0%} of "
+                f"the steps, then linear to {AIRBENCH['lr_end']} (per batch); lookahead EMA"
+            ),
+        }
     info: dict[str, Any] = {
         "name": cfg.name,
         "model": cfg.model,
@@ -446,6 +681,7 @@ def save_weights(
         "python_version": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    info.update(extra)
     with (out / f"{cfg.name}.json").open("w") as f:
         json.dump(info, f, indent=2)
         f.write("\n")
@@ -486,49 +722,78 @@ def measure_weights(cfg: TrainConfig) -> dict[str, Any]:
 def time_batches(
     model_name: str,
     n_batches: int = 5,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     width: float = 1.0,
     threads: int | None = None,
     n_train: int | None = None,
     channels_last: bool = False,
+    recipe: str = "standard",
+    widths: str | None = None,
 ) -> dict[str, float]:
     """Time ``n_batches`` training steps on random data (after one warm-up step).
 
-    Returns seconds per batch and the implied seconds per epoch over ``n_train`` images
-    (default: 60,000 for MNIST models, 50,000 for CIFAR-10 models).
+    ``batch_size`` defaults to the recipe's (128 standard, 1024 airbench); the airbench
+    step includes its augmentation, summed loss, parameter groups and (every 5th step)
+    the lookahead update.  Returns seconds per batch and the implied seconds per epoch
+    over ``n_train`` images (default: 60,000 for MNIST models, 50,000 for CIFAR-10 models),
+    and the CPU seconds per batch the process used (all threads together; below the
+    wall-clock time when other processes share the cores: with one thread, roughly what a
+    quiet core would take).
     """
     if threads is not None:
         torch.set_num_threads(threads)
     spec = get_spec(model_name)
-    cfg = TrainConfig(model=model_name, width=width, batch_size=batch_size).resolved()
+    cfg = TrainConfig(
+        model=model_name, width=width, widths=widths, batch_size=batch_size, recipe=recipe
+    ).resolved()
+    assert cfg.batch_size is not None
+    batch_size = cfg.batch_size
+    airbench = cfg.recipe == "airbench"
     torch.manual_seed(0)
     model = get_model(model_name, **cfg.model_kwargs()).train()
+    x = torch.rand(batch_size, *spec.input_shape)
+    y = torch.randint(0, 10, (batch_size,))
+    _whiten_init(model, x, 0)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(model, cfg)
+    lookahead = Lookahead(model) if airbench else None
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, *spec.input_shape)
-    y = torch.randint(0, 10, (batch_size,))
+    flip = alternating_flip(batch_size, 0, 0)
+    reduction = "sum" if airbench else "mean"
+    steps = 0
 
     def step() -> None:
-        xb = random_crop_flip(x, gen) if cfg.augment else x
+        nonlocal steps
+        if airbench and cfg.augment:
+            xb = translate_flip(x, flip, gen, AIRBENCH["translate"])
+        else:
+            xb = random_crop_flip(x, gen) if cfg.augment else x
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(xb), y)
+        loss = F.cross_entropy(
+            model(xb), y, label_smoothing=cfg.label_smoothing or 0.0, reduction=reduction
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        steps += 1
+        if lookahead is not None and steps % AIRBENCH["lookahead_every"] == 0:
+            lookahead.update(model, 0.5)
 
     step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_batches):
         step()
     per_batch = (time.perf_counter() - t0) / n_batches
+    cpu_per_batch = (time.process_time() - c0) / n_batches
     n = n_train or (60000 if spec.dataset == "mnist" else 50000)
     return {
         "seconds_per_batch": per_batch,
         "seconds_per_epoch": per_batch * (n // batch_size),
+        "cpu_seconds_per_batch": cpu_per_batch,
         "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
     }
 
 
@@ -539,18 +804,42 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m onespike.experiments.train`` argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m onespike.experiments.train",
-        description="Train an onespike ANN (mnist_cnn on MNIST, resnet20 / vgg11_bn on CIFAR-10).",
+        description=(
+            "Train an onespike ANN (mnist_cnn on MNIST, resnet20 / vgg11_bn / fast_vgg on "
+            "CIFAR-10)."
+        ),
     )
-    p.add_argument("--model", required=True, help="mnist_cnn | resnet20 | vgg11_bn")
+    p.add_argument("--model", required=True, help="mnist_cnn | resnet20 | vgg11_bn | fast_vgg")
     p.add_argument("--dataset", default=None, help="mnist | fashion-mnist | cifar10")
+    p.add_argument(
+        "--recipe",
+        default="standard",
+        choices=sorted(RECIPES),
+        help="standard (SGD, cosine; the default) or airbench (fast_vgg's: see docs/MODELS.md)",
+    )
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=None, help="peak LR (0.05 MNIST, 0.1 CIFAR)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=None, help="1e-4 MNIST, 5e-4 CIFAR")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=None, help="128 (standard), 1024 (airbench)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak LR (0.05 MNIST, 0.1 CIFAR; airbench: 11.5 per 1024 examples, decoupled)",
+    )
+    p.add_argument("--momentum", type=float, default=None, help="0.9 (standard), 0.85 (airbench)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="1e-4 MNIST, 5e-4 CIFAR (airbench: 0.0153 per 1024 examples, decoupled)",
+    )
+    p.add_argument(
+        "--label-smoothing", type=float, default=None, help="0 (standard), 0.2 (airbench)"
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg11_bn)")
+    p.add_argument(
+        "--widths", default=None, help="block widths of fast_vgg, e.g. 64,256,256 (the default)"
+    )
     p.add_argument("--augment", dest="augment", action="store_true", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--name", default=None, help="output file stem (default: derived from model)")
@@ -609,12 +898,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.width,
             args.threads,
             channels_last=args.channels_last,
+            recipe=args.recipe,
+            widths=args.widths,
         )
         fmt = " channels_last" if args.channels_last else ""
+        fmt += f" recipe={args.recipe}" if args.recipe != "standard" else ""
         print(
-            f"{args.model} width={args.width:g} batch={args.batch_size}{fmt} "
+            f"{args.model} width={args.width:g} batch={r['batch_size']}{fmt} "
             f"threads={r['threads']}: "
-            f"{r['seconds_per_batch']:.3f} s/batch, ~{r['seconds_per_epoch']:.0f} s/epoch"
+            f"{r['seconds_per_batch']:.3f} s/batch, ~{r['seconds_per_epoch']:.0f} s/epoch "
+            f"(CPU time {r['cpu_seconds_per_batch']:.3f} s/batch)"
         )
         return 0
     cfg = config_from_args(args)

@@ -10,6 +10,7 @@ with :func:`torch.fx.symbolic_trace`.  See ``docs/MODELS.md``.
 ``package.module:function``) into a model.
 """
 
+from onespike.models.fastvgg import FastVGG, fast_vgg, init_whitening
 from onespike.models.gcn import GCN, DeepGCN, gcn, gcn_res, load_pretrained_gcn
 from onespike.models.mnist import MNISTCNN, mnist_cnn
 from onespike.models.registry import (
@@ -38,14 +39,17 @@ __all__ = [
     "BasicBlock",
     "CIFARResNet",
     "DeepGCN",
+    "FastVGG",
     "ModelSpec",
     "PretrainedWeightsNotFoundError",
     "available_models",
     "available_pretrained",
+    "fast_vgg",
     "gcn",
     "gcn_res",
     "get_model",
     "get_spec",
+    "init_whitening",
     "load_pretrained",
     "load_pretrained_gcn",
     "load_state_dict_file",

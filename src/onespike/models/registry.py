@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from onespike.errors import UnknownNameError
+from onespike.models.fastvgg import fast_vgg
 from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
@@ -84,6 +85,15 @@ MODELS: dict[str, ModelSpec] = {
         "--batch-size 128 --lr 0.1 --threads 1 --channels-last "
         "--checkpoint checkpoints/vgg11_bn_w0.5_e12.ckpt --resume "
         "--out src/onespike/assets/weights",
+    ),
+    "fast_vgg": ModelSpec(
+        "fast_vgg",
+        fast_vgg,
+        "cifar10",
+        (3, 32, 32),
+        "python -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 16 "
+        "--seed 0 --threads 1 --channels-last --checkpoint checkpoints/fast_vgg.ckpt --resume "
+        "--no-progress --out src/onespike/assets/weights",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
