@@ -4,6 +4,7 @@ model, and the ``onespike compare`` command on a few images."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -258,7 +259,8 @@ def small_all():
 
 
 def _figures(res: dict) -> dict:
-    """The result without its timings."""
+    """A copy of the result without its timings."""
+    res = copy.deepcopy(res)
     out = {k: v for k, v in res.items() if k != "codes"}
     out["codes"] = {
         n: {k: v for k, v in c.items() if k != "seconds"} for n, c in res["codes"].items()
@@ -339,3 +341,11 @@ def test_refined_grid_and_option():
     assert C.refine_windows(20, 256) == [4, 6, 8, 12]  # ResNet-20: 20 windows
     assert C.refine_windows(20, 200) == [4, 6, 8]
     assert C.refine_windows(4, 256, [3, 5]) == [3, 5]
+    # no default window fits 16 steps of a 5-window network: no rows, said so, no refinement
+    model, xc, x, y = _small_task()
+    res = C.compare(
+        model, xc, x, y, C.parse_codes("onespike-refined"), max_steps=16, progress=False
+    )
+    c = res["codes"]["onespike-refined"]
+    assert c["points"] == [] and c["params"]["refined"] == {}
+    assert "fits 16 steps" in c["errors"][0]

@@ -767,7 +767,7 @@ def run_onespike(
     from onespike.refine import refine as refine_network
 
     conversions = conversions if conversions is not None else Conversions(ann, xc)
-    grid = list(phases) if phases else task.window_grid(net.latency_windows())
+    grid = list(phases) if phases is not None else task.window_grid(net.latency_windows())
     points = []
     desc = "onespike-refined" if refine else "onespike"
     for T in tqdm(grid, desc=desc, disable=not task.progress):
@@ -923,7 +923,7 @@ def compare(
                 net,
                 xc,
                 task,
-                phases=refine_grid if spec.refine else onespike_phases,
+                phases=refine_grid if spec.refine else (onespike_phases or None),
                 errors=cr.errors,
                 refine=spec.refine,
                 conversions=conversions,
@@ -931,6 +931,11 @@ def compare(
             )
             if spec.refine:
                 cr.params["refined"] = {str(T): r for T, r in refined.items()}
+                if not refine_grid:
+                    cr.errors.append(
+                        f"no window of {REFINE_PHASES} fits {max_steps} steps "
+                        f"({windows} windows per run); pass refine_phases"
+                    )
         else:
             if spec.scale not in scale_cache:
                 scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
@@ -1110,7 +1115,7 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
     plain = [name for name in codes if name != "onespike-refined"]
     first = 1 if "onespike-refined" in codes and "onespike" not in codes else 0  # C0: refined
     style = {name: (f"C{i}", "o^sDvP*X"[i % 8], "-") for i, name in enumerate(plain, first)}
-    style["onespike-refined"] = ("C0", "*", "--")
+    style["onespike-refined"] = ("C0", "h", "--")  # "h": no other code's marker
     paths = []
 
     def lines(ax, xkey: str, ykey: str) -> None:
@@ -1121,9 +1126,10 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
             col, mk, ls = style[name]
             xs = [p[xkey] for p in pts]
             ys = [p[ykey] for p in pts]
-            lw = 2.2 if name in ("onespike", "onespike-refined") else 1.2
-            ms = 7 if mk == "*" else 4
-            ax.plot(xs, ys, marker=mk, ms=ms, color=col, lw=lw, ls=ls, label=name)
+            lw = {"onespike": 2.2, "onespike-refined": 1.6}.get(name, 1.2)  # refined: over it
+            ax.plot(
+                xs, ys, marker=mk, ms=5 if mk == "h" else 4, color=col, lw=lw, ls=ls, label=name
+            )
 
     def save(fig, name: str) -> None:
         """Title, write ``{prefix}_{name}.png`` and close the figure."""
