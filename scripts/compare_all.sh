@@ -5,8 +5,10 @@
 #   scripts/compare_all.sh            # MNIST CNN (2000 test images), GCNs, peer benchmark
 #   SJ_PATH=/tmp/sj scripts/compare_all.sh   # where SpikingJelly was installed (see
 #                                            # benchmarks/peer_spikingjelly.py)
-#   WITH_RESNET=1 scripts/compare_all.sh     # also ResNet-20 on CIFAR-10 (200 test
-#                                            # images, about 40 minutes more)
+#   WITH_RESNET=1 scripts/compare_all.sh     # also ResNet-20 on CIFAR-10 (a fixed random
+#                                            # 1,000 test images, every code and the
+#                                            # refined phase code at T = 4, 6, 8, 12: about
+#                                            # 1.5 hours more on a free core, see COMPARE.md)
 #
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
 # docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
@@ -19,7 +21,7 @@ ERR="${TMPDIR:-/tmp}/compare_all.err"  # progress bars and warnings
 mkdir -p "$OUT"
 : > "$ERR"
 
-# MNIST CNN: the first 2000 test images (all seven codes up to 256 steps take about
+# MNIST CNN: the first 2000 test images (all codes up to 256 steps took about
 # 40 minutes on one loaded core; the full 10k set would take over three hours).
 "$PY" -m onespike.cli compare --model mnist_cnn --dataset mnist --test 2000 --threads 1 \
     --out "$OUT" --prefix mnist_cnn_mnist 2>>"$ERR" | tee "$OUT/mnist_cnn_mnist.txt"
@@ -32,11 +34,13 @@ for m in gcn gcn_res; do
     done
 done
 
-# CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a fixed random 200 test
-# images (the test set is stored sorted by class; about 16x the MNIST CNN's MACs per image).
+# CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a fixed random 1,000 test
+# images (seed 0; the test set is stored sorted by class; about 16x the MNIST CNN's MACs
+# per image), every code including onespike-refined (refined at T = 4, 6, 8, 12, the
+# default --refine-phases; each reuses the onespike row's conversion at that T).
 if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
-    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 200 --subset random \
-        --threads 1 \
+    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 1000 --subset random \
+        --codes all --threads 1 \
         --out "$OUT" --prefix resnet20_cifar10 2>>"$ERR" | tee "$OUT/resnet20_cifar10.txt"
 fi
 

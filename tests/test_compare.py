@@ -4,6 +4,7 @@ model, and the ``onespike compare`` command on a few images."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -222,3 +223,129 @@ def test_cli_compare_on_a_few_mnist_images(tmp_path, capsys):
         "m_energy.png",
     ]
     assert "rate-p99.9" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# the refined single-spike code, and the fast paths against the reference
+# --------------------------------------------------------------------------------------
+def _small_task():
+    model = make(0)  # max-pool (the clocked codes' gate) and an add
+    g = torch.Generator().manual_seed(0)
+    xc = torch.rand(64, 2, 8, 8, generator=g)
+    x = torch.rand(40, 2, 8, 8, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)  # not the ANN's answers: agreement differs
+    return model, xc, x, y
+
+
+def _run_all(model, xc, x, y) -> dict:
+    return C.compare(
+        model,
+        xc,
+        x,
+        y,
+        C.parse_codes("all"),
+        max_steps=24,
+        batch_size=16,  # three batches, the last one short
+        onespike_phases=[2, 4],
+        refine_phases=[4],
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_all():
+    model, xc, x, y = _small_task()
+    return model, xc, x, y, _run_all(model, xc, x, y)
+
+
+def _figures(res: dict) -> dict:
+    """A copy of the result without its timings."""
+    res = copy.deepcopy(res)
+    out = {k: v for k, v in res.items() if k != "codes"}
+    out["codes"] = {
+        n: {k: v for k, v in c.items() if k != "seconds"} for n, c in res["codes"].items()
+    }
+    for c in out["codes"].values():  # refinement's own wall time
+        for r in c["params"].get("refined", {}).values():
+            r.pop("seconds")
+    return out
+
+
+def test_fast_paths_give_the_reference_figures(small_all, monkeypatch):
+    """Every figure of every code, bit for bit, from the simulators as they were
+    (tests/compare_reference.py): one conversion per window shared by the onespike and
+    onespike-refined rows (the reference converts with ``refine=True`` afresh), the ANN
+    not rerun by evaluate, the clocked simulator's pool-only ``sent``, burst's scalars."""
+    from tests import compare_reference as ref
+
+    model, xc, x, y, fast = small_all
+    monkeypatch.setattr(C, "simulate_clocked", ref.simulate_clocked)
+    monkeypatch.setattr(C, "run_onespike", ref.run_onespike)
+    slow = _run_all(model, xc, x, y)
+    assert set(fast["codes"]) == set(C.CODES)
+    for name in C.CODES:
+        assert fast["codes"][name]["points"], name
+        assert fast["codes"][name]["points"] == slow["codes"][name]["points"], name
+    fast_figs, slow_figs = _figures(fast), _figures(slow)
+    assert slow_figs["codes"]["onespike-refined"]["params"].pop("refined") == {}  # no record
+    assert fast_figs["codes"]["onespike-refined"]["params"].pop("refined").keys() == {"4"}
+    assert fast_figs == slow_figs
+
+
+def test_refined_rows_are_measured_on_the_refined_network(small_all, tmp_path):
+    model, xc, x, y, res = small_all
+    rows = res["codes"]["onespike-refined"]
+    assert [p["window"] for p in rows["points"]] == [4] and not rows["errors"]
+    assert rows["params"]["refine"]["iterations"] == onespike.RefineConfig().iterations
+    info = rows["params"]["refined"]["4"]
+    assert (
+        info["kept"] == "end-to-end" and info["held_out_loss_after"] < info["held_out_loss_before"]
+    )
+    p = rows["points"][0]
+    plain = next(q for q in res["codes"]["onespike"]["points"] if q["window"] == 4)
+    assert p["steps"] == plain["steps"] == 4 * res["latency_windows"]
+    # the same network as convert(..., refine=True), costed on its own spikes
+    snn = onespike.convert(model, xc, phases=4, refine=True, progress=False)
+    report = onespike.cost(model, snn, x)
+    assert p["ops"]["acs"] == pytest.approx(report.totals["snn_acs"], rel=1e-6)
+    assert p["ops"]["spikes"] == pytest.approx(report.totals["spikes"], rel=1e-6)
+    assert p["energy_compute_pj"] == pytest.approx(report.totals["snn_energy_compute_pj"], rel=1e-6)
+    assert p["ops"]["acs"] != plain["ops"]["acs"]  # not the unrefined network's counts
+    # one spike per neuron at most, in the step simulator
+    st = snn.simulate(x, mode="step")
+    assert max(int(c.max()) for c in st.spike_counts.values()) <= 1
+    assert 0 < p["spikes_per_neuron"] <= 1
+    with torch.no_grad():
+        acc = 100.0 * float((snn(x).argmax(1) == y).float().mean())
+    assert p["accuracy"] == pytest.approx(acc)
+    # tables and plots carry the row
+    assert "| onespike-refined |" in C.markdown_table(res)
+    assert "onespike-refined" in C.budget_table(res) and "onespike-refined" in C.text_table(res)
+    paths = C.plot(res, tmp_path, "r")
+    assert len(paths) == 3 and all(q.stat().st_size > 1000 for q in paths)
+
+
+def test_refined_grid_and_option():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    a = p.parse_args(["--model", "m", "--dataset", "mnist", "--refine-phases", "6,8"])
+    assert (
+        a.refine_phases == "6,8"
+        and p.parse_args(["--model", "m", "--dataset", "mnist"]).codes == "all"
+    )
+    assert C.CODES["onespike-refined"].refine and C.CODES["onespike-refined"].kind == "onespike"
+    assert "onespike-refined" in [c.name for c in C.parse_codes("all")]
+    assert C.REFINE_PHASES == (4, 6, 8, 12)
+    assert C.refine_windows(20, 256) == [4, 6, 8, 12]  # ResNet-20: 20 windows
+    assert C.refine_windows(20, 200) == [4, 6, 8]
+    assert C.refine_windows(4, 256, [3, 5]) == [3, 5]
+    # no default window fits 16 steps of a 5-window network: no rows, said so, no refinement
+    model, xc, x, y = _small_task()
+    res = C.compare(
+        model, xc, x, y, C.parse_codes("onespike-refined"), max_steps=16, progress=False
+    )
+    c = res["codes"]["onespike-refined"]
+    assert c["points"] == [] and c["params"]["refined"] == {}
+    assert "fits 16 steps" in c["errors"][0]

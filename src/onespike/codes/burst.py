@@ -78,9 +78,9 @@ def burst_step(
     """
     u = u + current
     fire = u >= g * theta
-    weight = torch.where(fire, g, torch.zeros_like(g))
+    weight = torch.where(fire, g, 0.0)  # python scalars: no tensors of zeros and ones to fill
     u = u - weight * theta
-    g_next = torch.where(fire, (g * params.beta).clamp(max=params.g_max), torch.ones_like(g))
+    g_next = torch.where(fire, (g * params.beta).clamp_(max=params.g_max), 1.0)
     return u, g_next, weight
 
 

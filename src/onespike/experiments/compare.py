@@ -14,6 +14,14 @@ the one energy formula (:class:`~onespike.engine.Ops`). The codes:
     the package's own single-spike phase code: :func:`onespike.convert` at
     every window ``T``, evaluated by :func:`onespike.evaluate.evaluate` and
     counted by :func:`onespike.accounting.cost`.
+``onespike-refined``
+    the same code after learned refinement: the ``onespike`` network of the same
+    window (one conversion serves both rows), refined by :func:`onespike.refine`
+    with its defaults on the same calibration data (what ``onespike.convert(...,
+    refine=True)`` makes), then evaluated and counted the same way, on the refined
+    network's own spikes. Refinement costs minutes per window on a deep network, so
+    these rows run at the windows of :data:`REFINE_PHASES` that fit ``max_steps``
+    unless told otherwise.
 ``rate-max``, ``rate-p99.9``
     rate coding, IF neurons with reset by subtraction
     (:mod:`onespike.codes.rate`), threshold = the layer's maximum activation
@@ -120,6 +128,7 @@ KINDS = ("onespike", "rate", "binary", "burst", "ttfs")
 _OLD_KINDS = {"weighted": "binary"}  # old name -> name, for one release
 CLOCK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 WINDOW_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+REFINE_PHASES: tuple[int, ...] = (4, 6, 8, 12)  # windows of the onespike-refined rows
 TOLERANCES: tuple[float, ...] = (0.5, 0.1)
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
 GRAPH_DATASETS = ("cora", "citeseer")
@@ -139,6 +148,7 @@ class CodeSpec:
     beta: float = 2.0  # burst constant
     max_burst: int = 5  # burst: spikes of growing weight at most
     shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
+    refine: bool = False  # onespike: refine the converted network (onespike.refine defaults)
 
     def __post_init__(self) -> None:
         if self.kind in _OLD_KINDS:
@@ -169,6 +179,10 @@ class CodeSpec:
             d["shift"] = self.shift
         if self.kind == "onespike":
             d["convert"] = "onespike.convert defaults (base and scale searched per layer)"
+            if self.refine:
+                from onespike.refine import RefineConfig
+
+                d["refine"] = RefineConfig().describe()  # onespike.refine's defaults
         return d
 
 
@@ -176,6 +190,7 @@ CODES: dict[str, CodeSpec] = {
     c.name: c
     for c in (
         CodeSpec("onespike", "onespike"),
+        CodeSpec("onespike-refined", "onespike", refine=True),
         CodeSpec("rate-max", "rate", scale="max"),
         CodeSpec("rate-p99.9", "rate", scale=99.9),
         CodeSpec("multiphase-K4", "binary", period=4),
@@ -461,7 +476,8 @@ def simulate_clocked(
         const = bias if analog is None else bias + analog
         parts[t] = (const, analog, net.spiking(reg), zeros)
     code.start({n_: env0[n_] for n_ in net.relus})
-    sent = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
+    # what each neuron has sent so far, kept only where a max-pool gates by it
+    sent = {node.args[0]: torch.zeros_like(env0[node.args[0]]) for _, node in net.walk("pool")}
     counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
     out_acc = torch.zeros_like(env0[net.regions[net.output].pre])
     muls = adds = 0.0
@@ -500,7 +516,8 @@ def simulate_clocked(
                 src = node.args[0]
                 vals[node] = net.reshape(node, vals[src], consts)
                 spk[node] = net.reshape(node, spk[src], consts)
-            sent[node] += vals[node]
+            if node in sent:
+                sent[node] += vals[node]
             counts[node] += spk[node]
         spikes_now = sum(float(spk[n_].sum()) for n_ in net.relus)
         step_muls, step_adds = code.neuron_ops(hidden, n_out, n, spikes_now, k)
@@ -691,6 +708,45 @@ def onespike_ops(report: object) -> Ops:
     )
 
 
+def refine_windows(windows: int, max_steps: int, phases: Sequence[int] | None = None) -> list[int]:
+    """The windows ``T`` of the ``onespike-refined`` rows: ``phases`` if given, else those
+    of :data:`REFINE_PHASES` whose latency (``windows * T`` steps) is at most ``max_steps``."""
+    if phases:
+        return list(phases)
+    return [T for T in REFINE_PHASES if T * windows <= max_steps]
+
+
+class Conversions:
+    """onespike's networks by window ``T``, each converted once (:func:`onespike.convert`
+    with its defaults) and shared by the ``onespike`` and ``onespike-refined`` rows; a
+    failed conversion is remembered and raised again."""
+
+    def __init__(self, ann: nn.Module, xc: Tensor):
+        self.ann, self.xc = ann, xc
+        self._made: dict[int, object] = {}
+
+    def get(self, T: int) -> object:
+        from onespike.convert import convert
+
+        if T not in self._made:
+            try:
+                self._made[T] = convert(self.ann, self.xc, phases=T, progress=False)
+            except OnespikeError as e:  # a window too short for the search, say
+                self._made[T] = e
+        made = self._made[T]
+        if isinstance(made, OnespikeError):
+            raise made
+        return made
+
+
+def _refine_brief(snn: object) -> dict:
+    """What :func:`onespike.refine` recorded in the plan, without its configuration."""
+    from onespike.refine import RefineConfig
+
+    info = snn.plan.search["refine"]  # type: ignore[attr-defined]
+    return {k: v for k, v in info.items() if k not in RefineConfig.__dataclass_fields__}
+
+
 def run_onespike(
     ann: nn.Module,
     net: Net,
@@ -698,28 +754,42 @@ def run_onespike(
     task: _Task,
     phases: Sequence[int] | None = None,
     errors: list[str] | None = None,
+    *,
+    refine: bool = False,
+    conversions: Conversions | None = None,
+    refined: dict[int, dict] | None = None,
 ) -> list[Point]:
-    """Points of onespike: :func:`onespike.convert` at each window, evaluated and costed."""
-    from onespike.convert import convert
+    """Points of onespike: :func:`onespike.convert` at each window (``conversions``: the
+    networks already made), with ``refine`` refined by :func:`onespike.refine` (its
+    defaults, on ``xc``), evaluated and costed on the network itself. ``refined``
+    receives what each refinement recorded, by window."""
     from onespike.evaluate import evaluate
+    from onespike.refine import refine as refine_network
 
-    grid = list(phases) if phases else task.window_grid(net.latency_windows())
+    conversions = conversions if conversions is not None else Conversions(ann, xc)
+    grid = list(phases) if phases is not None else task.window_grid(net.latency_windows())
     points = []
-    for T in tqdm(grid, desc="onespike", disable=not task.progress):
+    desc = "onespike-refined" if refine else "onespike"
+    for T in tqdm(grid, desc=desc, disable=not task.progress):
         try:
-            snn = convert(ann, xc, phases=T, progress=False)
+            snn = conversions.get(T)
+            if refine:
+                snn = refine_network(snn, ann, xc, progress=False)  # type: ignore[arg-type]
         except OnespikeError as e:  # a window too short for the search, say
             if errors is not None:
                 errors.append(f"T={T}: {e}")
             continue
+        if refine and refined is not None:
+            refined[T] = _refine_brief(snn)
+        # the ANN's predictions are known: evaluate runs the network and its cost only
         res = evaluate(
-            ann, snn, task.x, task.y, batch_size=task.batch_size, step=False, progress=False
+            None, snn, task.x, task.y, batch_size=task.batch_size, step=False, progress=False
         )
         tl = _Tally(ops=onespike_ops(res.cost).scaled(task.x.shape[0]))
         with torch.no_grad():
             for sl in task.batches():
                 task.score(tl, sl, snn(task.x[sl]))
-        points.append(task.point(snn.plan.latency_steps, T, tl))
+        points.append(task.point(snn.plan.latency_steps, T, tl))  # type: ignore[attr-defined]
     return points
 
 
@@ -788,10 +858,16 @@ def compare(
     max_steps: int = 256,
     batch_size: int = 500,
     onespike_phases: Sequence[int] | None = None,
+    refine_phases: Sequence[int] | None = None,
     eval_idx: Tensor | None = None,
     progress: bool = True,
 ) -> dict:
     """Run every code on ``(x, y)`` after calibrating on ``xc``; the JSON-ready result.
+
+    ``onespike_phases``: the windows ``T`` of the ``onespike`` rows (default: every
+    window of :data:`WINDOW_PHASES` whose latency fits ``max_steps``);
+    ``refine_phases``: those of the ``onespike-refined`` rows (default: the windows of
+    :data:`REFINE_PHASES` that fit ``max_steps``).
 
     ``eval_idx``: score only these rows (the test nodes of a graph); every row
     is still simulated and counted. A model whose rows interact (a fixed
@@ -834,11 +910,32 @@ def compare(
     }
     task = _Task(x, y, ann_pred, mask, max_steps, batch_size, hidden, ann_macs, progress)
     scale_cache: dict[str | float, dict[Node, float]] = {}
+    conversions = Conversions(ann, xc)
+    windows = net.latency_windows()
+    refine_grid = refine_windows(windows, max_steps, refine_phases)
     for spec in codes:
         t0 = time.time()
         cr = CodeResult(spec.name, spec.describe())
         if spec.kind == "onespike":
-            cr.points = run_onespike(ann, net, xc, task, phases=onespike_phases, errors=cr.errors)
+            refined: dict[int, dict] = {}
+            cr.points = run_onespike(
+                ann,
+                net,
+                xc,
+                task,
+                phases=refine_grid if spec.refine else (onespike_phases or None),
+                errors=cr.errors,
+                refine=spec.refine,
+                conversions=conversions,
+                refined=refined,
+            )
+            if spec.refine:
+                cr.params["refined"] = {str(T): r for T, r in refined.items()}
+                if not refine_grid:
+                    cr.errors.append(
+                        f"no window of {REFINE_PHASES} fits {max_steps} steps "
+                        f"({windows} windows per run); pass refine_phases"
+                    )
         else:
             if spec.scale not in scale_cache:
                 scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
@@ -1013,7 +1110,12 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
     out_dir.mkdir(parents=True, exist_ok=True)
     ann = result["ann_accuracy"]
     codes = result["codes"]
-    style = {name: (f"C{i}", "o^sDvP*X"[i % 8]) for i, name in enumerate(codes)}
+    # the refined phase code: onespike's colour, dashed, its own marker (the others keep
+    # the colours and markers they have without it)
+    plain = [name for name in codes if name != "onespike-refined"]
+    first = 1 if "onespike-refined" in codes and "onespike" not in codes else 0  # C0: refined
+    style = {name: (f"C{i}", "o^sDvP*X"[i % 8], "-") for i, name in enumerate(plain, first)}
+    style["onespike-refined"] = ("C0", "h", "--")  # "h": no other code's marker
     paths = []
 
     def lines(ax, xkey: str, ykey: str) -> None:
@@ -1021,11 +1123,13 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
             pts = c["points"]
             if not pts:
                 continue
-            col, mk = style[name]
+            col, mk, ls = style[name]
             xs = [p[xkey] for p in pts]
             ys = [p[ykey] for p in pts]
-            lw = 2.2 if name == "onespike" else 1.2
-            ax.plot(xs, ys, marker=mk, ms=4, color=col, lw=lw, label=name)
+            lw = {"onespike": 2.2, "onespike-refined": 1.6}.get(name, 1.2)  # refined: over it
+            ax.plot(
+                xs, ys, marker=mk, ms=5 if mk == "h" else 4, color=col, lw=lw, ls=ls, label=name
+            )
 
     def save(fig, name: str) -> None:
         """Title, write ``{prefix}_{name}.png`` and close the figure."""
@@ -1108,6 +1212,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codes", default="all", help=f"all or a comma list of {', '.join(CODES)}")
     p.add_argument("--max-steps", type=int, default=256, help="longest latency run (steps)")
     p.add_argument("--onespike-phases", default=None, help="comma list of T (default: a grid)")
+    p.add_argument(
+        "--refine-phases",
+        default=None,
+        help="comma list of T of the onespike-refined rows (default: "
+        f"{','.join(map(str, REFINE_PHASES))}, those that fit --max-steps; refinement costs "
+        "about 3-4 minutes per T on ResNet-20 on one core, so not every T of the grid); "
+        "each reuses the onespike row's conversion at that T",
+    )
     p.add_argument("--calibration", type=int, default=1000, help="calibration images")
     p.add_argument("--test", type=int, default=None, help="only N test images (see --subset)")
     p.add_argument(
@@ -1158,6 +1270,7 @@ def main(args: argparse.Namespace) -> int:
             x, y = x[idx], y[idx]
     print(f"calibration: {where}", flush=True)
     phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
+    refine_phases = [int(t) for t in args.refine_phases.split(",")] if args.refine_phases else None
     result = compare(
         ann,
         xc,
@@ -1167,6 +1280,7 @@ def main(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         onespike_phases=phases,
+        refine_phases=refine_phases,
         eval_idx=eval_idx,
     )
     result.update(
@@ -1216,7 +1330,9 @@ def _report_main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "CODES",
+    "REFINE_PHASES",
     "CodeSpec",
+    "Conversions",
     "Net",
     "Ops",
     "Point",
@@ -1228,6 +1344,7 @@ __all__ = [
     "onespike_neurons",
     "parse_codes",
     "plot",
+    "refine_windows",
     "report",
     "simulate_clocked",
     "simulate_windowed",
