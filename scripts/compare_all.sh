@@ -37,10 +37,11 @@ done
 # CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a fixed random 1,000 test
 # images (seed 0; the test set is stored sorted by class; about 16x the MNIST CNN's MACs
 # per image), every code including onespike-refined (refined at T = 4, 6, 8, 12, the
-# default --refine-phases; each reuses the onespike row's conversion at that T).
+# default --refine-phases; each reuses the onespike row's conversion at that T). Hours:
+# --resume keeps the codes a stopped run finished (its JSON is rewritten after each code).
 if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
     "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 1000 --subset random \
-        --codes all --threads 1 \
+        --codes all --threads 1 --resume \
         --out "$OUT" --prefix resnet20_cifar10 2>>"$ERR" | tee "$OUT/resnet20_cifar10.txt"
 fi
 

@@ -225,6 +225,48 @@ def test_cli_compare_on_a_few_mnist_images(tmp_path, capsys):
     assert "rate-p99.9" in capsys.readouterr().out
 
 
+def test_cli_compare_resumes_a_stopped_run(tmp_path, capsys):
+    """The JSON is written after every code; ``--resume`` takes the codes a stopped run
+    finished from it (not run again) and runs the rest; other settings are refused."""
+    from onespike.cli import main
+
+    argv = ["compare", "--model", "mnist_cnn", "--dataset", "mnist", "--calibration", "100"]
+    argv += ["--test", "20", "--max-steps", "16", "--out", str(tmp_path), "--prefix", "m"]
+    argv += ["--no-plots"]
+    assert main([*argv, "--codes", "rate-max,ttfs"]) == 0
+    full = json.loads((tmp_path / "m.json").read_text())
+    assert full["complete"] is True
+    stopped = {**full, "complete": False, "codes": {"rate-max": full["codes"]["rate-max"]}}
+    stopped["codes"]["rate-max"]["seconds"] = 12345.0  # a mark: kept, not recomputed
+    (tmp_path / "m.json").write_text(json.dumps(stopped))
+    capsys.readouterr()
+    assert main([*argv, "--codes", "rate-max,ttfs", "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["complete"] is True and list(again["codes"]) == ["rate-max", "ttfs"]
+    assert again["codes"]["rate-max"]["seconds"] == 12345.0
+    assert again["codes"]["ttfs"]["points"] == full["codes"]["ttfs"]["points"]
+    assert main([*argv, "--codes", "ttfs", "--test", "10", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (test)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_reports_each_finished_code():
+    model, xc, x, y = _small_task()
+    seen = []
+    C.compare(
+        model,
+        xc,
+        x[:8],
+        y[:8],
+        C.parse_codes("rate-max,ttfs"),
+        max_steps=8,
+        progress=False,
+        on_code=lambda r: seen.append(list(r["codes"])),
+    )
+    assert seen == [["rate-max"], ["rate-max", "ttfs"]]
+
+
 # --------------------------------------------------------------------------------------
 # the refined single-spike code, and the fast paths against the reference
 # --------------------------------------------------------------------------------------

@@ -861,8 +861,15 @@ def compare(
     refine_phases: Sequence[int] | None = None,
     eval_idx: Tensor | None = None,
     progress: bool = True,
+    done: dict[str, dict] | None = None,
+    on_code: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every code on ``(x, y)`` after calibrating on ``xc``; the JSON-ready result.
+
+    ``done``: results of codes already run (the ``"codes"`` of an earlier, stopped run
+    with the same settings), taken as they are instead of running those codes again;
+    ``on_code(result_so_far)`` is called after each code (the CLI saves it, so that a
+    stopped run resumes with ``--resume``).
 
     ``onespike_phases``: the windows ``T`` of the ``onespike`` rows (default: every
     window of :data:`WINDOW_PHASES` whose latency fits ``max_steps``);
@@ -914,6 +921,9 @@ def compare(
     windows = net.latency_windows()
     refine_grid = refine_windows(windows, max_steps, refine_phases)
     for spec in codes:
+        if done and spec.name in done:
+            out["codes"][spec.name] = done[spec.name]
+            continue
         t0 = time.time()
         cr = CodeResult(spec.name, spec.describe())
         if spec.kind == "onespike":
@@ -950,6 +960,8 @@ def compare(
             "seconds": cr.seconds,
             "errors": cr.errors,
         }
+        if on_code is not None:
+            on_code(out)
     out["summary"] = summarize(out)
     return out
 
@@ -1235,6 +1247,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="compare_results", help="folder for the JSON and PNGs")
     p.add_argument("--prefix", default=None, help="file name prefix (default: model_dataset)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="the JSON is rewritten after every code; with --resume, a stopped run's JSON "
+        "(same settings) is read and the codes it finished are not run again",
+    )
 
 
 def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
@@ -1271,6 +1289,44 @@ def main(args: argparse.Namespace) -> int:
     print(f"calibration: {where}", flush=True)
     phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
     refine_phases = [int(t) for t in args.refine_phases.split(",")] if args.refine_phases else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = args.prefix or f"{Path(args.model.split(':')[-1]).name}_{args.dataset}"
+    jpath = out / f"{prefix}.json"
+    # what must match for a stopped run's finished codes to be reused
+    settings = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "calibration": args.calibration,
+        "seed": args.seed,
+        "test": args.test,
+        "subset": args.subset,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "onespike_phases": phases,
+        "refine_phases": refine_phases,
+    }
+    done, spent = _resumable(jpath, settings) if getattr(args, "resume", False) else ({}, 0.0)
+
+    def finish(result: dict, complete: bool) -> dict:
+        result.update(
+            model=args.model,
+            dataset=args.dataset,
+            calibration=where,
+            test_subset=args.test,
+            subset=args.subset if args.test is not None else None,
+            seconds=time.time() - t0 + spent,
+            threads=torch.get_num_threads(),
+            source=source,
+            torch=torch.__version__,
+            settings=settings,
+            complete=complete,
+        )
+        return result
+
+    def save_partial(partial: dict) -> None:
+        jpath.write_text(json.dumps(finish(dict(partial), False), indent=1))
+
     result = compare(
         ann,
         xc,
@@ -1282,23 +1338,11 @@ def main(args: argparse.Namespace) -> int:
         onespike_phases=phases,
         refine_phases=refine_phases,
         eval_idx=eval_idx,
+        done=done,
+        on_code=save_partial,
     )
-    result.update(
-        model=args.model,
-        dataset=args.dataset,
-        calibration=where,
-        test_subset=args.test,
-        subset=args.subset if args.test is not None else None,
-        seconds=time.time() - t0,
-        threads=torch.get_num_threads(),
-        source=source,
-        torch=torch.__version__,
-    )
+    finish(result, True)
     print(text_table(result))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = args.prefix or f"{Path(args.model.split(':')[-1]).name}_{args.dataset}"
-    jpath = out / f"{prefix}.json"
     jpath.write_text(json.dumps(result, indent=1))
     print(f"wrote {jpath}")
     if not args.no_plots:
@@ -1306,6 +1350,28 @@ def main(args: argparse.Namespace) -> int:
         for p in plot(result, out, prefix, title):
             print(f"wrote {p}")
     return 0
+
+
+def _resumable(path: Path, settings: dict) -> tuple[dict[str, dict], float]:
+    """The finished codes of a stopped run's JSON at ``path`` and the seconds it had
+    spent (none and 0 if there is no file); an :class:`OptionError` when that run had
+    other settings."""
+    if not path.is_file():
+        return {}, 0.0
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OptionError(f"--resume: cannot read {path} ({e}); remove it to start again") from None
+    theirs = prev.get("settings") if isinstance(prev, dict) else None
+    if theirs != settings:
+        diff = sorted(k for k in settings if (theirs or {}).get(k, "?") != settings[k])
+        raise OptionError(
+            f"--resume: {path} was made with other settings ({', '.join(diff) or 'unknown'}); "
+            "rerun with its settings, or remove it to start again"
+        )
+    codes = dict(prev.get("codes", {}))
+    print(f"resuming {path}: {len(codes)} code(s) done ({', '.join(codes)})", flush=True)
+    return codes, float(prev.get("seconds", 0.0))
 
 
 def _report_main(argv: Sequence[str] | None = None) -> int:
