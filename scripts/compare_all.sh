@@ -42,7 +42,7 @@ done
 if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
     "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 1000 --subset random \
         --codes all --threads 1 --resume \
-        --out "$OUT" --prefix resnet20_cifar10 2>>"$ERR" | tee "$OUT/resnet20_cifar10.txt"
+        --out "$OUT" --prefix resnet20_cifar10_1000 2>>"$ERR" | tee "$OUT/resnet20_cifar10_1000.txt"
 fi
 
 # The peer: SpikingJelly's ann2snn (exits 0 with a message when it is not importable).
