@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=base.ann_accuracy
         )
         i = ref.plan.search["refine"]
+        held = "none held out"  # holdout=0 fits on everything
+        if i.get("held_out_loss_before") is not None:
+            held = f"{i['held_out_loss_before']:.4g} -> {i['held_out_loss_after']:.4g}"
         print(
             f"{json.dumps(kw)}: {r.snn_accuracy:.2f} % (loss {r.loss:+.2f}), "
             f"{i['seconds']:.0f} s, kept {i.get('kept')} (step {i['kept_step']} of {i['steps']}), "
-            f"fit loss {i['loss_before']:.4g} -> {i['loss_after']:.4g}, held-out "
-            f"{i['held_out_loss_before']:.4g} -> {i['held_out_loss_after']:.4g}",
+            f"fit loss {i['loss_before']:.4g} -> {i['loss_after']:.4g}, held-out {held}",
             flush=True,
         )
     return 0
