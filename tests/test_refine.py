@@ -103,6 +103,38 @@ def test_refine_residual_net_and_convert_keyword():
     assert r.plan.search["refine"]["loss"] == "mse"
 
 
+def test_learned_bases_keep_the_code_exact(mnist, tmp_path):
+    """``bases=True`` learns every layer's base: the plan records it, the network's
+    thresholds and levels follow it (step == event, one spike at most) and it saves."""
+    ann, snn, x_cal, x_held = mnist
+    r = onespike.refine(
+        snn, ann, x_cal, iterations=40, weights=False, scales=False, bases=True,
+        base_lr=0.05, holdout=0, progress=False,
+    )  # fmt: skip
+    before = [lp.base for lp in snn.plan.layers]
+    after = [lp.base for lp in r.plan.layers]
+    assert after != before and all(1.0 < b < 2.0 for b in after)
+    for a, b in zip(r.plan.layers, snn.plan.layers):  # not learned (exp of log: ~1 ulp)
+        assert torch.allclose(torch.tensor(a.scale), torch.tensor(b.scale), rtol=1e-6)
+    assert [layer.base for layer in r.spikes.values()] == after
+    xb = x_held[:200]
+    ev, st = r.simulate(xb, mode="event"), r.simulate(xb, mode="step")
+    assert torch.equal(ev.output.argmax(1), st.output.argmax(1))
+    assert all(int(c.max()) <= 1 for c in st.spike_counts.values())
+    r.save(tmp_path / "r.safetensors")
+    back = onespike.load(tmp_path / "r.safetensors")
+    assert [lp.base for lp in back.plan.layers] == after
+    assert torch.equal(back(xb), r(xb))
+
+
+def test_value_table_of_a_tensor_base_is_the_float_table():
+    from onespike.codes import phase as pc
+
+    for base, phases in ((1.37, 8), (2.0, 3), (1.05, 16)):
+        t = pc.value_table_of(torch.tensor(base, dtype=torch.float64), phases)
+        assert torch.equal(t, pc.value_table(base, phases, dtype=torch.float64))
+
+
 def test_time_budget_stops_early(mnist):
     ann, snn, x_cal, _ = mnist
     r = onespike.refine(snn, ann, x_cal, iterations=10_000, time_budget=0.5, progress=False)
@@ -133,6 +165,9 @@ def test_bad_arguments_are_refused(mnist):
         RefineConfig(iterations=0)
     with pytest.raises(ValueError, match="nothing to learn"):
         RefineConfig(weights=False, scales=False)
+    assert RefineConfig(weights=False, scales=False, bases=True).bases
+    with pytest.raises(ValueError, match="base_lr"):
+        RefineConfig(bases=True, base_lr=-1.0)
     with pytest.raises(ValueError, match="refine must be"):
         onespike.convert(ann, x_cal, phases=2, refine="yes", progress=False)
     with pytest.raises(ValueError, match="unexpected keyword"):

@@ -99,6 +99,11 @@ class RefineConfig:
             (squared error relative to the ANN's mean square), on the inputs the
             already-reconstructed SNN gives it (as SNN Calibration and BRECQ do).
         reconstruct_lr: Adam learning rate of the weights in the reconstruction.
+        bases: also learn every spiking layer's base (one per layer, kept in (1, 2)
+            as ``1 + sigmoid(u)``) in the end-to-end fit: the levels ``B^-k`` take its
+            gradient, the thresholds follow it at every step; the plan records the
+            learned base.
+        base_lr: Adam learning rate of ``u``.
     """
 
     iterations: int = 600
@@ -119,6 +124,8 @@ class RefineConfig:
     features: float = 0.0
     reconstruct: int = 0
     reconstruct_lr: float = 5e-4
+    bases: bool = False
+    base_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         def positive_int(name: str, v: object, allow_none: bool = False) -> None:
@@ -146,7 +153,7 @@ class RefineConfig:
         positive_int("checks", self.checks)
         if not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1):
             raise OptionError(f"refine: holdout must be in [0, 1), got {self.holdout!r}")
-        for name in ("lr", "scale_lr", "reconstruct_lr"):
+        for name in ("lr", "scale_lr", "reconstruct_lr", "base_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise OptionError(f"refine: {name} must be a number >= 0, got {v!r}")
@@ -162,8 +169,10 @@ class RefineConfig:
             raise OptionError(f"refine: time_budget must be > 0 seconds, got {self.time_budget!r}")
         if not (isinstance(self.features, (int, float)) and self.features >= 0):
             raise OptionError(f"refine: features must be a number >= 0, got {self.features!r}")
-        if not (self.weights or self.scales):
-            raise OptionError("refine: nothing to learn (weights=False and scales=False)")
+        if not (self.weights or self.scales or self.bases):
+            raise OptionError(
+                "refine: nothing to learn (weights=False, scales=False and bases=False)"
+            )
 
     def describe(self) -> dict:
         return dataclasses.asdict(self)
@@ -198,6 +207,7 @@ class _LearnedCode(nn.Module):
         drop: float,
         gen: torch.Generator,
         cap: float | None = None,
+        learn_base: bool = False,
     ):
         super().__init__()
         self.cap = cap  # the ANN's activation there: ReLU, or a ReLU clipped at cap
@@ -207,6 +217,12 @@ class _LearnedCode(nn.Module):
         # the spiking layer's own cached thresholds and levels (codes/phase.py, float64)
         self.register_buffer("th", layer.th_ascending.clone())
         self.register_buffer("table", layer.table.clone())
+        # a learned base: B = 1 + sigmoid(u), u in float64 (the plan's base is a float)
+        self.base_logit: nn.Parameter | None = None
+        if learn_base:
+            b1 = min(max(float(layer.base) - 1.0, 1e-6), 1.0 - 1e-6)
+            u = torch.tensor(math.log(b1 / (1.0 - b1)), dtype=torch.float64)
+            self.base_logit = nn.Parameter(u.to(layer.scale.device))
         self.drop = drop
         self.gen = gen
         self.tap: list[Tensor] | None = None
@@ -218,12 +234,25 @@ class _LearnedCode(nn.Module):
     def scale(self) -> Tensor:
         return self.log_scale.exp()
 
+    def base_value(self) -> Tensor | None:
+        """The learned base (float64 scalar tensor), or None when the base is fixed."""
+        return None if self.base_logit is None else 1.0 + torch.sigmoid(self.base_logit)
+
     def forward(self, pre: Tensor) -> Tensor:
         s = channel_shape(self.scale().to(pre.dtype), pre.dim())
         z = pre / s
-        q = pc.quantize_normalised(z.detach(), self.th, self.table)  # cast to z's dtype there
         zc = z.clamp(0.0, 1.0)
-        out = s * (zc + (q - zc).detach())
+        b = self.base_value()
+        if b is None:
+            q = pc.quantize_normalised(z.detach(), self.th, self.table)  # in z's dtype
+            out = s * (zc + (q - zc).detach())
+        else:  # the exact code of the current base; the levels carry the base's gradient
+            th = pc.ascending_thresholds(
+                float(b.detach()), self.phases, shift=self.shift, dtype=b.dtype
+            )
+            table = pc.value_table_of(b, self.phases).to(pre.dtype)
+            q = table.index_select(0, pc.reached(z.detach(), th).reshape(-1)).view_as(z)
+            out = s * (zc - zc.detach() + q)
         if self.training and self.drop > 0:
             if self.rows is None:
                 keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
@@ -640,11 +669,15 @@ def refine(
     caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
     codes: list[_LearnedCode] = []
     for key, layer in snn.spikes.items():
-        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen_dev, caps[len(codes)])
+        code = _LearnedCode(
+            layer, cfg.scales, cfg.drop, gen_dev, caps[len(codes)], learn_base=cfg.bases
+        )
         setattr(gm, f"spikes_{key}", code)
         codes.append(code)
     gm.train(False)  # the new codes too: drop masks only inside the training steps
-    weight_params = [p for n, p in gm.named_parameters() if not n.endswith("log_scale")]
+    weight_params = [
+        p for n, p in gm.named_parameters() if not n.endswith(("log_scale", "base_logit"))
+    ]
     for p in weight_params:
         p.requires_grad_(cfg.weights)
     groups = []
@@ -652,6 +685,8 @@ def refine(
         groups.append({"params": weight_params, "lr": cfg.lr})
     if cfg.scales:
         groups.append({"params": [c.log_scale for c in codes], "lr": cfg.scale_lr})
+    if cfg.bases:
+        groups.append({"params": [c.base_logit for c in codes], "lr": cfg.base_lr})
     opt = torch.optim.Adam(groups)
     lrs = [g["lr"] for g in groups]
 
@@ -760,6 +795,8 @@ def refine(
             p.requires_grad_(cfg.weights)
         for c in codes:
             c.log_scale.requires_grad_(cfg.scales)
+            if c.base_logit is not None:
+                c.base_logit.requires_grad_(True)
     bar = tqdm(range(cfg.iterations), desc="refine", disable=not progress, leave=False)
     steps = 0
     running = None
@@ -858,7 +895,11 @@ def refine(
         for name, p in traced.named_parameters():
             p.copy_(trained[name].detach())
     layers = tuple(
-        dataclasses.replace(lp, scale=_scale_value(code.log_scale))
+        dataclasses.replace(
+            lp,
+            scale=_scale_value(code.log_scale),
+            base=lp.base if code.base_logit is None else float(code.base_value().detach()),
+        )
         for lp, code in zip(snn.plan.layers, codes)
     )
     info = {

@@ -174,6 +174,14 @@ def decode(
     return table.to(phase.device)[phase] * scale
 
 
+def value_table_of(base: Tensor, phases: int) -> Tensor:
+    """:func:`value_table` as a differentiable function of a tensor ``base`` (a scalar):
+    ``[0, B^-(T-1), ..., B^-1, 1]`` in ``base``'s dtype and device (for refinement,
+    which learns the base; the network itself uses :func:`value_table` of the float)."""
+    k = torch.arange(phases - 1, -1, -1, dtype=base.dtype, device=base.device)
+    return torch.cat([base.new_zeros(1), base.reshape(()) ** -k])
+
+
 def quantize_normalised(z: Tensor, th_ascending: Tensor, table: Tensor) -> Tensor:
     """Decoded value of currents ``z`` (the code without the phases).
 
