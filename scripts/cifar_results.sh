@@ -5,12 +5,24 @@
 #   scripts/cifar_results.sh per-layer resnet20    # the same with one scale per layer
 #   scripts/cifar_results.sh ablation resnet20     # the search ablation at T = 6, 8, 12
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
-# (model: resnet20 | vgg11_bn_w0.5)
+#   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
+#   scripts/cifar_results.sh refine resnet20_e100  # refinement at T = 8 and 12, three draws
+#   scripts/cifar_results.sh all resnet20_e100     # every step above whose JSON is missing
+#                                                  # (hours; rerun to resume a stopped job)
+# (model: resnet20 | vgg11_bn_w0.5 | resnet20_e100 | fast_vgg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 OUT=docs/results
 PHASES=4,6,8,12,16,24,32
+if [ "$1" = all ]; then
+    # one step at a time, cheapest and most asked-for first; refine resumes per run
+    [ -f "$OUT/sweep_$2.json" ] || "$0" sweep "$2"
+    "$0" refine "$2"
+    [ -f "$OUT/ablation_$2.json" ] || "$0" ablation "$2"
+    [ -f "$OUT/sweep_$2_per_layer.json" ] || "$0" per-layer "$2"
+    exit 0
+fi
 case "$1" in
 sweep)
     "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --subset random \
@@ -25,13 +37,25 @@ ablation)
     "$PY" -m onespike.cli ablation --model "$2" --phases 6,8,12 --json "$OUT/ablation_$2.json"
     ;;
 merge)
+    name="${2:-cifar}"
+    if [ $# -gt 2 ]; then models=("${@:3}"); else models=(resnet20 vgg11_bn_w0.5); fi
     for v in "" _per_layer; do
-        "$PY" -m onespike.experiments.sweep "$OUT/sweep_resnet20$v.json" "$OUT/sweep_vgg11_bn_w0.5$v.json" \
-            --layers 8 --json "$OUT/sweep_cifar$v.json" --plot "$OUT/sweep_cifar$v.png"
+        files=()
+        for m in "${models[@]}"; do
+            if [ -f "$OUT/sweep_$m$v.json" ]; then files+=("$OUT/sweep_$m$v.json"); fi
+        done
+        if [ ${#files[@]} -gt 0 ]; then
+            "$PY" -m onespike.experiments.sweep "${files[@]}" \
+                --layers 8 --json "$OUT/sweep_$name$v.json" --plot "$OUT/sweep_$name$v.png"
+        fi
     done
     ;;
+refine)
+    "$PY" scripts/refine_results.py --model "$2" --phases 8,12 --seeds 0,7,11 --threads 1 \
+        --json "$OUT/refine_$2.json"
+    ;;
 *)
-    echo "usage: $0 sweep|per-layer|ablation MODEL | merge" >&2
+    echo "usage: $0 sweep|per-layer|ablation|refine MODEL | merge [NAME MODEL...]" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="calibration draw")
     p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument(
+        "--refine-calibration",
+        type=int,
+        default=None,
+        help="refine on this many training images of the same draw (the search keeps "
+        "--calibration); default: the search's images",
+    )
     p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("variants", nargs="+", help="JSON dicts of RefineConfig fields")
@@ -53,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         f"(loss {base.loss:+.2f}; convert {time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
+    xr = xc
+    if args.refine_calibration is not None:
+        xr, where_r = calibration_set(dataset, args.refine_calibration, args.seed)
+        print(f"refining on {where_r}", flush=True)
     for kw in variants:
-        ref = onespike.refine(snn, ann, xc, progress=False, **kw)
+        ref = onespike.refine(snn, ann, xr, progress=False, **kw)
         r = evaluate(
             ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=base.ann_accuracy
         )
