@@ -11,19 +11,20 @@
 #                                                  # (hours; rerun to resume a stopped job)
 # (model: resnet20 | vgg11_bn_w0.5 | resnet20_e100 | fast_vgg)
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 OUT=docs/results
 PHASES=4,6,8,12,16,24,32
-if [ "$1" = all ]; then
+if [ "${1:-}" = all ]; then
     # one step at a time, cheapest and most asked-for first; refine resumes per run
-    [ -f "$OUT/sweep_$2.json" ] || "$0" sweep "$2"
-    "$0" refine "$2"
-    [ -f "$OUT/ablation_$2.json" ] || "$0" ablation "$2"
-    [ -f "$OUT/sweep_$2_per_layer.json" ] || "$0" per-layer "$2"
+    [ -f "$OUT/sweep_$2.json" ] || "$SELF" sweep "$2"
+    "$SELF" refine "$2"
+    [ -f "$OUT/ablation_$2.json" ] || "$SELF" ablation "$2"
+    [ -f "$OUT/sweep_$2_per_layer.json" ] || "$SELF" per-layer "$2"
     exit 0
 fi
-case "$1" in
+case "${1:-}" in
 sweep)
     "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --subset random \
         --step-phases 8 --step-images 1000 --cost-images 1000 --json "$OUT/sweep_$2.json" --plot "$OUT/sweep_$2.png"
@@ -55,7 +56,7 @@ refine)
         --json "$OUT/refine_$2.json"
     ;;
 *)
-    echo "usage: $0 sweep|per-layer|ablation|refine MODEL | merge [NAME MODEL...]" >&2
+    echo "usage: $0 sweep|per-layer|ablation|refine|all MODEL | merge [NAME MODEL...]" >&2
     exit 2
     ;;
 esac
