@@ -135,9 +135,8 @@ def reached_from_phase(phase: Tensor, phases: int) -> Tensor:
 
 def value_table(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value for each count of :func:`reached`: ``[0, B^-(T-1), ..., B^-1, 1]``."""
-    return torch.cat(
-        [levels(base, phases, dtype=dtype).new_zeros(1), levels(base, phases, dtype=dtype).flip(0)]
-    )
+    lv = levels(base, phases, dtype=dtype)
+    return torch.cat([lv.new_zeros(1), lv.flip(0)])
 
 
 def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
