@@ -176,3 +176,78 @@ def test_time_batches_gives_seconds_per_epoch(capsys: pytest.CaptureFixture[str]
     assert main(["--model", "mnist_cnn", "--time-batches", "1", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("mnist_cnn width=1 batch=8 threads=") and " s/batch, ~" in out
+
+
+def test_device_option_is_checked_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    from onespike.errors import OptionError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="CUDA is not available"):
+        train(_tiny_cfg(tmp_path, "gpu", device="cuda", data_root=str(tmp_path / "no-data")))
+    with pytest.raises(OptionError, match="not a device name"):
+        train(_tiny_cfg(tmp_path, "bad", device="gpu0", data_root=str(tmp_path / "no-data")))
+
+
+def _tiny_cifar_runs(tmp_path: Path, device: str, amp: bool) -> dict[str, dict]:
+    """A tiny standard run (ResNet-20) and a tiny airbench run (fast_vgg) on ``device``;
+    return their sidecars."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    infos = {}
+    for model, kw in (("resnet20", {}), ("fast_vgg", {"recipe": "airbench", "widths": "8,16,16"})):
+        cfg = TrainConfig(
+            model=model,
+            epochs=2,
+            batch_size=32,
+            out=str(tmp_path / device),
+            checkpoint=str(tmp_path / f"{device}_{model}.ckpt"),
+            progress=False,
+            channels_last=True,
+            device=device,
+            amp=amp,
+            **kw,
+        )
+        res = train(cfg, data=(x, y, x, y))
+        assert next(res.model.parameters()).device.type == torch.device(device).type
+        info = pretrained_info(res.config.name, root=tmp_path / device)
+        sd = torch.load(tmp_path / device / f"{res.config.name}.pt", weights_only=True)
+        assert all(v.device.type == "cpu" for v in sd.values())  # saved for any machine
+        assert all(h["train_loss"] == h["train_loss"] for h in info["history"])  # not NaN
+        assert info["amp"] == ("bfloat16 autocast" if amp else None)
+        assert info["device"].startswith(torch.device(device).type)
+        assert f"--device {device}" in " ".join(cfg.to_argv()) or device == "cpu"
+        infos[model] = info
+    return infos
+
+
+def test_bfloat16_autocast_run_on_cpu(tmp_path: Path) -> None:
+    infos = _tiny_cifar_runs(tmp_path, "cpu", amp=True)
+    assert infos["resnet20"]["history"][-1]["epoch"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_training_on_cuda(tmp_path: Path) -> None:
+    infos = _tiny_cifar_runs(tmp_path, "cuda", amp=True)
+    assert infos["fast_vgg"]["device"].startswith("cuda (")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_cuda_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    kw = dict(
+        model="fast_vgg",
+        recipe="airbench",
+        widths="8,16,16",
+        epochs=3,
+        batch_size=32,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        progress=False,
+        device="cuda",
+    )
+    part = train(TrainConfig(**kw, stop_after=1), data=(x, y, x, y))
+    assert part.epochs_done == 1
+    done = train(TrainConfig(**kw, resume=True, out=str(tmp_path)), data=(x, y, x, y))
+    assert done.epochs_done == 3 and len(done.history) == 3 and done.test_acc is not None

@@ -177,6 +177,8 @@ class TrainConfig:
     data_root: str | None = None
     save_dtype: str | None = None
     channels_last: bool = False
+    device: str = "cpu"
+    amp: bool = False
     stop_after: int | None = None
     progress: bool = True
     eval_batch_size: int = 1000
@@ -273,7 +275,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    return _crop(padded, oy, ox, flip, x.shape[-2:])
+    return _crop(padded, oy, ox, flip.to(x.device), x.shape[-2:])
 
 
 def translate_flip(
@@ -309,11 +311,13 @@ def _crop(
     ``flip`` is true."""
     n, c = padded.shape[:2]
     h, w = size
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [N,1,H,1]
-    cols = ox[:, None] + torch.arange(w)  # [N,W]
+    dev = padded.device
+    oy, ox, flip = oy.to(dev), ox.to(dev), flip.to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [N,1,H,1]
+    cols = ox[:, None] + torch.arange(w, device=dev)  # [N,W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # [N,1,1,W]
-    batch = torch.arange(n)[:, None, None, None]
-    chan = torch.arange(c)[None, :, None, None]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
     return padded[batch, chan, rows, cols]
 
 
@@ -324,9 +328,11 @@ def _crop(
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy in percent of ``model`` (put in eval mode) on ``(x, y)``."""
     model.eval()
+    dev = next(iter(model.parameters())).device
     correct = 0
     for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+        correct += int((model(xb).argmax(1) == yb).sum())
     return 100.0 * correct / max(1, len(x))
 
 
@@ -412,6 +418,32 @@ def _whiten_init(model: nn.Module, x_train: torch.Tensor, seed: int) -> None:
     init_whitening(conv, x_train[idx], eps=AIRBENCH["whiten_eps"])
 
 
+def _device(name: str) -> torch.device:
+    """The training device named by ``--device``, with a clear error when it is absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OptionError(f"--device {name!r} is not a device name; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(
+            f"--device {name}: CUDA is not available on this machine; train with --device cpu"
+        )
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(name: str) -> str:
+    """What the sidecar records as the training device: the GPU's name for CUDA."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -443,6 +475,9 @@ def train(
     assert cfg.lr is not None and cfg.dataset is not None and cfg.name is not None
     assert cfg.batch_size is not None
     airbench = cfg.recipe == "airbench"
+    device = _device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if data is None:
@@ -464,6 +499,8 @@ def train(
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, **cfg.model_kwargs())
     _whiten_init(model, x_tr, cfg.seed)  # fast_vgg's patch whitening (any recipe)
+    model = model.to(device)
+    x_tr, y_tr = x_tr.to(device), y_tr.to(device)  # the test set stays where it is
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, cfg)
@@ -501,7 +538,7 @@ def train(
             gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
             if lookahead is not None:
-                lookahead.ema = ckpt["lookahead"]
+                lookahead.ema = {k: v.to(device) for k, v in ckpt["lookahead"].items()}
             start_epoch, history, resumed = ckpt["epoch"], list(ckpt["history"]), True
             _log(cfg, f"resumed from {ckpt_path} after epoch {start_epoch}/{cfg.epochs}")
         else:
@@ -515,7 +552,10 @@ def train(
             whiten_bias.requires_grad_(epoch < AIRBENCH["whiten_bias_epochs"])
         flip = alternating_flip(n_train, epoch, cfg.seed) if airbench and cfg.augment else None
         perm = torch.randperm(n_train, generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # running sums stay on the device: no synchronisation per step on a GPU
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -525,15 +565,16 @@ def train(
         )
         for step in bar:
             idx = perm[step * batch_size : (step + 1) * batch_size]
-            xb, yb = x_tr[idx], y_tr[idx]
+            xb, yb = x_tr[idx.to(device)], y_tr[idx.to(device)]
             if flip is not None:
                 xb = translate_flip(xb, flip[idx], gen, AIRBENCH["translate"])
             elif cfg.augment:
                 xb = random_crop_flip(xb, gen)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(xb)
-            loss = criterion(logits, yb)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = model(xb)
+                loss = criterion(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -544,16 +585,18 @@ def train(
                     lookahead.update(model, Lookahead.decay(done, total_steps))
                 if done == total_steps:
                     lookahead.update(model, 1.0)  # end on the averaged weights
-            loss_sum += loss.item() * (1 if airbench else len(yb))
-            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += loss.detach() * (1 if airbench else len(yb))
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if step % 20 == 0 or step == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}")
+            if cfg.progress and (step % 20 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix(
+                    loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * int(correct) / seen:.2f}"
+                )
         bar.close()
         rec = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(1, seen),
-            "train_acc": 100.0 * correct / max(1, seen),
+            "train_loss": float(loss_sum) / max(1, seen),
+            "train_acc": 100.0 * int(correct) / max(1, seen),
             "lr_end": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t0,
         }
@@ -618,7 +661,9 @@ def save_weights(
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
     sd = {
-        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).clone().contiguous()
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
+        .clone()
+        .contiguous()
         for k, v in model.state_dict().items()
     }
     pt = out / f"{cfg.name}.pt"
@@ -677,6 +722,8 @@ def save_weights(
         "train_seconds": sum(h["seconds"] for h in history),
         "resumed": resumed,
         "threads": torch.get_num_threads(),
+        "device": _device_name(cfg.device),
+        "amp": "bfloat16 autocast" if cfg.amp else None,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -729,6 +776,8 @@ def time_batches(
     channels_last: bool = False,
     recipe: str = "standard",
     widths: str | None = None,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> dict[str, float]:
     """Time ``n_batches`` training steps on random data (after one warm-up step).
 
@@ -754,6 +803,8 @@ def time_batches(
     x = torch.rand(batch_size, *spec.input_shape)
     y = torch.randint(0, 10, (batch_size,))
     _whiten_init(model, x, 0)
+    dev = _device(device)
+    model, x, y = model.to(dev), x.to(dev), y.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(model, cfg)
@@ -771,8 +822,10 @@ def time_batches(
             xb = random_crop_flip(x, gen) if cfg.augment else x
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb)
         loss = F.cross_entropy(
-            model(xb), y, label_smoothing=cfg.label_smoothing or 0.0, reduction=reduction
+            logits.float(), y, label_smoothing=cfg.label_smoothing or 0.0, reduction=reduction
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -782,9 +835,11 @@ def time_batches(
             lookahead.update(model, 0.5)
 
     step()
+    _sync(dev)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_batches):
         step()
+    _sync(dev)
     per_batch = (time.perf_counter() - t0) / n_batches
     cpu_per_batch = (time.process_time() - c0) / n_batches
     n = n_train or (60000 if spec.dataset == "mnist" else 50000)
@@ -863,6 +918,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train in channels-last memory format (faster CPU convolutions)",
     )
+    p.add_argument(
+        "--device", default="cpu", help="cpu (the default) or cuda; the data moves there too"
+    )
+    p.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast in the training steps (GPU runs)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--eval-batch-size", type=int, default=1000)
     p.add_argument(
@@ -900,6 +961,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             channels_last=args.channels_last,
             recipe=args.recipe,
             widths=args.widths,
+            device=args.device,
+            amp=args.amp,
         )
         fmt = " channels_last" if args.channels_last else ""
         fmt += f" recipe={args.recipe}" if args.recipe != "standard" else ""
