@@ -251,3 +251,16 @@ def test_cuda_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert part.epochs_done == 1
     done = train(TrainConfig(**kw, resume=True, out=str(tmp_path)), data=(x, y, x, y))
     assert done.epochs_done == 3 and len(done.history) == 3 and done.test_acc is not None
+
+
+def test_sidecar_says_which_epochs_ran_on_which_device() -> None:
+    from onespike.experiments.train import _devices_used
+
+    gpu, cpu = "cuda (NVIDIA H200)", "cpu"
+    hist = [{"epoch": e, "device": gpu} for e in (1, 2, 3)] + [{"epoch": 4, "device": cpu}]
+    assert _devices_used(hist, "cpu") == f"{gpu} (epochs 1-3), cpu (epoch 4)"
+    assert _devices_used(hist[:3], "cpu") == gpu
+    assert _devices_used([{"epoch": 1}, {"epoch": 2, "device": cpu}], "cpu") == (
+        "unknown (epoch 1), cpu (epoch 2)"
+    )
+    assert _devices_used([], "cpu") == "cpu"

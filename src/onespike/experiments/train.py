@@ -436,6 +436,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _devices_used(history: list[dict[str, Any]], current: str) -> str:
+    """The sidecar's ``device``: the one device of the run, or which epochs ran where when a
+    run was resumed on another device (epochs recorded without a device count as unknown)."""
+    spans: list[list[Any]] = []  # [device, first epoch, last epoch]
+    for h in history:
+        dev = h.get("device", "unknown")
+        if spans and spans[-1][0] == dev:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([dev, h["epoch"], h["epoch"]])
+    if not spans:
+        return _device_name(current)
+    if len(spans) == 1:
+        return str(spans[0][0])
+    return ", ".join(f"{d} (epochs {a}-{b})" if a != b else f"{d} (epoch {a})" for d, a, b in spans)
+
+
 def _device_name(name: str) -> str:
     """What the sidecar records as the training device: the GPU's name for CUDA."""
     device = torch.device(name)
@@ -599,6 +616,7 @@ def train(
             "train_acc": 100.0 * int(correct) / max(1, seen),
             "lr_end": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t0,
+            "device": _device_name(cfg.device),
         }
         history.append(rec)
         _log(
@@ -722,7 +740,7 @@ def save_weights(
         "train_seconds": sum(h["seconds"] for h in history),
         "resumed": resumed,
         "threads": torch.get_num_threads(),
-        "device": _device_name(cfg.device),
+        "device": _devices_used(history, cfg.device),
         "amp": "bfloat16 autocast" if cfg.amp else None,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
