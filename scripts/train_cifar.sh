@@ -14,6 +14,8 @@
 # resnet20_e200 (the standard recipe over 200 epochs) is sized for a GPU: about 4 s an epoch
 # on an H200, 3-9 minutes on one CPU thread.  DEVICE=cpu (the default is cuda) resumes
 # or runs it on the CPU; the shipped weights ran 175 epochs on an H200 and 25 on a CPU.
+#   scripts/train_cifar.sh vgg_gpu    the four fast_vgg GPU runs of docs/MODELS.md (about
+#                                      2 minutes in all on an H200), into checkpoints/gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -39,6 +41,17 @@ if [[ "$what" == resnet20_e200 ]]; then
         --channels-last --device "${DEVICE:-cuda}" --threads 1 --name resnet20_e200 \
         --checkpoint checkpoints/resnet20_e200.ckpt --resume --no-progress \
         --out src/onespike/assets/weights
+fi
+if [[ "$what" == vgg_gpu ]]; then  # the four GPU runs of docs/MODELS.md (not shipped)
+    for spec in "fast_vgg_w128_e40 --widths 128,256,256 --epochs 40" "fast_vgg_e40 --epochs 40" \
+        "fast_vgg_gpu_e16 --epochs 16" "fast_vgg_w128_e80 --widths 128,256,256 --epochs 80"; do
+        set -- $spec
+        name=$1
+        shift
+        "$PY" -m onespike.experiments.train --model fast_vgg --recipe airbench "$@" --seed 0 \
+            --channels-last --device "${DEVICE:-cuda}" --amp --name "$name" --no-progress \
+            --out checkpoints/gpu
+    done
 fi
 if [[ "$what" == resnet20_e100 ]]; then
     "$PY" -m onespike.experiments.train --model resnet20 --epochs 100 --seed 0 --batch-size 128 --lr 0.1 \
