@@ -9,6 +9,10 @@
 #                                            # 1,000 test images, every code and the
 #                                            # refined phase code at T = 4, 6, 8, 12: about
 #                                            # 1.5 hours more on a free core, see COMPARE.md)
+#   CIFAR_MODELS="resnet20_e100 fast_vgg" scripts/compare_all.sh   # these CIFAR-10 models
+#                                            # instead (same settings; each about as long)
+#   ONLY=cifar CIFAR_MODELS=fast_vgg scripts/compare_all.sh  # only the CIFAR-10 models,
+#                                            # then the tables of every JSON there
 #
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
 # docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
@@ -21,6 +25,7 @@ ERR="${TMPDIR:-/tmp}/compare_all.err"  # progress bars and warnings
 mkdir -p "$OUT"
 : > "$ERR"
 
+if [ "${ONLY:-}" != cifar ]; then
 # MNIST CNN: the first 2000 test images (all codes up to 256 steps took about
 # 40 minutes on one loaded core; the full 10k set would take over three hours).
 "$PY" -m onespike.cli compare --model mnist_cnn --dataset mnist --test 2000 --threads 1 \
@@ -34,21 +39,27 @@ for m in gcn gcn_res; do
     done
 done
 
-# CIFAR-10 ResNet-20 when its weights exist and WITH_RESNET=1: a fixed random 1,000 test
+fi
+
+# CIFAR-10 models (ResNet-20 when WITH_RESNET=1, or those named in CIFAR_MODELS): a fixed random 1,000 test
 # images (seed 0; the test set is stored sorted by class; about 16x the MNIST CNN's MACs
 # per image), every code including onespike-refined (refined at T = 4, 6, 8, 12, the
 # default --refine-phases; each reuses the onespike row's conversion at that T). Hours:
 # --resume keeps the codes a stopped run finished (its JSON is rewritten after each code).
-if [ -f src/onespike/assets/weights/resnet20.pt ] && [ "${WITH_RESNET:-0}" = 1 ]; then
-    "$PY" -m onespike.cli compare --model resnet20 --dataset cifar10 --test 1000 --subset random \
+cifar_models="${CIFAR_MODELS:-}"
+if [ -z "$cifar_models" ] && [ "${WITH_RESNET:-0}" = 1 ]; then cifar_models=resnet20; fi
+for m in $cifar_models; do
+    "$PY" -m onespike.cli compare --model "$m" --dataset cifar10 --test 1000 --subset random \
         --codes all --threads 1 --resume \
-        --out "$OUT" --prefix resnet20_cifar10_1000 2>>"$ERR" | tee "$OUT/resnet20_cifar10_1000.txt"
-fi
+        --out "$OUT" --prefix "${m}_cifar10_1000" 2>>"$ERR" | tee "$OUT/${m}_cifar10_1000.txt"
+done
 
+if [ "${ONLY:-}" != cifar ]; then
 # The peer: SpikingJelly's ann2snn (exits 0 with a message when it is not importable).
 PYTHONPATH="${SJ_PATH:-}" "$PY" benchmarks/peer_spikingjelly.py --images 2000 \
     --json "$OUT/peer_spikingjelly.json" 2>>"$ERR" | tee "$OUT/peer_spikingjelly.txt"
+fi
 
 shopt -s nullglob
-"$PY" -m onespike.experiments.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/resnet20_*.json \
+"$PY" -m onespike.experiments.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/*_cifar10*.json \
     | tee "$OUT/tables.md"
