@@ -275,7 +275,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    return _crop(padded, oy, ox, flip.to(x.device), x.shape[-2:])
+    return _crop(padded, oy, ox, flip, x.shape[-2:])
 
 
 def translate_flip(
@@ -562,6 +562,7 @@ def train(
             _log(cfg, f"no checkpoint at {ckpt_path}; starting from scratch")
 
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    device_name = _device_name(cfg.device)  # recorded with every epoch
     for epoch in range(start_epoch, last_epoch):
         model.train()
         t0 = time.perf_counter()
@@ -582,7 +583,8 @@ def train(
         )
         for step in bar:
             idx = perm[step * batch_size : (step + 1) * batch_size]
-            xb, yb = x_tr[idx.to(device)], y_tr[idx.to(device)]
+            on_device = idx.to(device)
+            xb, yb = x_tr[on_device], y_tr[on_device]
             if flip is not None:
                 xb = translate_flip(xb, flip[idx], gen, AIRBENCH["translate"])
             elif cfg.augment:
@@ -616,7 +618,7 @@ def train(
             "train_acc": 100.0 * int(correct) / max(1, seen),
             "lr_end": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t0,
-            "device": _device_name(cfg.device),
+            "device": device_name,
         }
         history.append(rec)
         _log(
