@@ -181,7 +181,8 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
             result["mismatch"] = None
         except distributed.RankMismatchError as e:
             result["mismatch"] = str(e)
-        dist.destroy_process_group()
+        distributed.close(synchronize=True)  # the ranks meet at a barrier, then tear down
+        result["closed"] = not distributed.active()
     except Exception:
         result["crash"] = traceback.format_exc()
     torch.save(result, Path(out) / f"rank{rank}.pt")
@@ -292,6 +293,10 @@ def test_a_rank_with_another_model_fails_on_every_rank_naming_the_model(two_rank
     assert msgs[0] is not None and msgs[0] == msgs[1]
     assert "the model of rank(s) 1 differ(s) from rank 0's" in msgs[0]
     assert "options" not in msgs[0].split("(give")[0]
+
+
+def test_close_meets_at_a_barrier_then_leaves_no_group(two_ranks):
+    assert [res["closed"] for res in two_ranks] == [True, True]
 
 
 def test_a_dead_rank_makes_the_other_fail_instead_of_hanging(tmp_path):

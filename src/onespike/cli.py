@@ -535,8 +535,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit code."""
+    if args.cmd == "demo":
+        from onespike.models import load_pretrained
+
+        args.dataset = "mnist"
+        return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
+    if args.cmd == "compare":
+        from onespike.experiments.compare import main as compare_main
+
+        return compare_main(args)
+    if args.cmd == "sweep":
+        return run_sweep(args)
+    if args.cmd == "ablation":
+        return run_ablation(args)
+    if args.cmd == "evaluate":
+        return run_evaluate(args)
+    if args.cmd == "export":
+        return run_export(args)
+    # a shipped name takes its data set from its sidecar; a user's model needs --dataset
+    user = ":" in args.model
+    model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
+    return run_conversion(args, model, args.model)
+
+
 def main(argv: list[str] | None = None) -> int:
-    made_group = False
+    made_group = finished = False
     try:
         args = build_parser().parse_args(argv)
         if args.cmd in ("demo", "convert", "evaluate"):
@@ -546,32 +571,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"onespike {args.cmd} runs in one process: launch it without torchrun "
                 "(convert, evaluate and demo run on several)"
             )
-        if args.cmd == "demo":
-            from onespike.models import load_pretrained
-
-            args.dataset = "mnist"
-            return run_conversion(args, load_pretrained("mnist_cnn"), "mnist_cnn (shipped)")
-        if args.cmd == "compare":
-            from onespike.experiments.compare import main as compare_main
-
-            return compare_main(args)
-        if args.cmd == "sweep":
-            return run_sweep(args)
-        if args.cmd == "ablation":
-            return run_ablation(args)
-        if args.cmd == "evaluate":
-            return run_evaluate(args)
-        if args.cmd == "export":
-            return run_export(args)
-        # a shipped name takes its data set from its sidecar; a user's model needs --dataset
-        user = ":" in args.model
-        model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
-        return run_conversion(args, model, args.model)
+        code = _run(args)
+        finished = code == 0  # every rank got here: they may meet at a barrier
+        return code
     except OnespikeError as e:  # a user's mistake; anything else is a bug: its traceback shows
         return report_error(e)
     finally:
         if made_group:
-            distributed.close()
+            distributed.close(synchronize=finished)
 
 
 if __name__ == "__main__":

@@ -356,7 +356,15 @@ def local_device() -> torch.device | None:
     return None
 
 
-def close() -> None:
-    """Destroy the default process group if one exists."""
+def close(synchronize: bool = False) -> None:
+    """Destroy the default process group if one exists.
+
+    With ``synchronize`` (a run that ended normally on every rank) the ranks first meet
+    at a barrier, so no rank tears down its connections while another still has the
+    last bytes of a collective in flight (gloo aborts the process when a peer's socket
+    closes under it). Not after an error: the other ranks may never reach the barrier.
+    """
     if active():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
