@@ -80,6 +80,19 @@ class RandNet(nn.Module):
         return self.fc2(self.relu5(self.fc1(f)))
 
 
+class TinyMLP(nn.Module):
+    """4 -> 3 -> ReLU -> 2: small enough to count its operations by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 3)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
 class Net1d(nn.Module):
     """Conv1d-BN-ReLU-MaxPool1d-Flatten-Linear. Input [N, 3, 16]."""
 

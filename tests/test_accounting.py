@@ -8,22 +8,12 @@ import onespike
 from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, count_region
 from onespike.graph import Runner
 from onespike.trace import trace
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(4, 3)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
+from tests.nets import TinyMLP
 
 
 def test_tiny_mlp_counts_by_hand():
     torch.manual_seed(0)
-    model = Tiny().eval()
+    model = TinyMLP().eval()
     x = torch.rand(50, 4)
     T = 6
     snn = onespike.convert(model, x, phases=T, progress=False)
@@ -59,7 +49,7 @@ def test_tiny_mlp_counts_by_hand():
 
 
 def test_nonzero_macs_count_zero_inputs_out():
-    model = Tiny().eval()
+    model = TinyMLP().eval()
     x = torch.rand(10, 4)
     x[:, :2] = 0
     snn = onespike.convert(model, x, phases=4, progress=False)

@@ -9,13 +9,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import onespike
 from onespike.codes import rate
 from onespike.experiments import compare as C
 from onespike.trace import trace
-from tests.nets import Net1d, make, randomize_bn
+from tests.nets import Net1d, TinyMLP, make, randomize_bn
 
 # --------------------------------------------------------------------------------------
 # networks: every code approaches the ANN as it gets longer
@@ -68,21 +67,10 @@ def test_multiphase_k4_plateaus_at_its_saturation():
     assert _rel(k8[256][0], ref) < _rel(k4[256][0], ref)
 
 
-class _MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 3)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
-
-
 def test_clocked_costs_by_hand():
     """ACs = spikes x fan-out; MACs = the analog input layer once; updates = neurons x steps."""
     torch.manual_seed(0)
-    model = _MLP().eval()
+    model = TinyMLP().eval()
     with torch.no_grad():
         model.fc2.weight[0, 1] = 0.0  # hidden neuron 1 reaches one output only
     x = torch.rand(5, 4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from onespike.models._init import init_conv_bn
+
 __all__ = ["BasicBlock", "CIFARResNet", "resnet20"]
 
 
@@ -66,12 +68,7 @@ class CIFARResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     @staticmethod
     def _make_stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:

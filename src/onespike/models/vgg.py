@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from onespike.errors import OptionError
+from onespike.models._init import init_conv_bn
 
 __all__ = ["VGG", "VGG11_CFG", "vgg11_bn"]
 
@@ -48,12 +49,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(layers)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(in_ch, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits ``[N, num_classes]`` for images ``[N, 3, 32, 32]``."""
