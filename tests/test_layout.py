@@ -15,9 +15,6 @@ import onespike
 
 SRC = Path(onespike.__file__).resolve().parent
 
-#: Old paths of the experiments, kept for one release; each only forwards to its new home.
-DEPRECATED_PATHS = {"onespike.train", "onespike.sweep", "onespike.compare", "onespike.gcn"}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
@@ -60,9 +57,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def is_library(name: str) -> bool:
     return not (
-        name.startswith("onespike.experiments")
-        or name in ("onespike.cli", "onespike.__main__")
-        or name in DEPRECATED_PATHS
+        name.startswith("onespike.experiments") or name in ("onespike.cli", "onespike.__main__")
     )
 
 
@@ -71,7 +66,7 @@ def test_the_import_graph_is_read():
     assert "onespike.codes.phase" in g["onespike.network"]
     assert "onespike.convert" in g["onespike"]
     assert "onespike.data.select" in g["onespike.data"]  # a relative import
-    assert "onespike.experiments.train" in g["onespike.train"]
+    assert "onespike.experiments.sweep" in g["onespike.cli"]  # a lazy import
 
 
 def test_library_imports_neither_experiments_nor_cli():

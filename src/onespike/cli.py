@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from torch import nn
@@ -39,12 +38,8 @@ from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
 from onespike.serialize import load, save
 
-#: A mistake on the command line (the old name of :class:`onespike.errors.OptionError`).
-UserError = OptionError
-
 __all__ = [
     "DATASETS",
-    "UserError",
     "build_parser",
     "calibration_set",
     "load_dataset",
@@ -64,20 +59,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _input_coding(s: str) -> str:
-    """An argparse type: an input coding; the old name ``phase`` of ``binary`` still works,
-    with a warning on stderr (and a ``DeprecationWarning``) for one release."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            coding = check_input_coding(s)
-        except OptionError:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {s!r} (choose from {', '.join(INPUT_CODINGS)})"
-            ) from None
-    for w in caught:
-        print(f"warning: --input-coding {s}: {w.message}", file=sys.stderr)
-        warnings.warn(str(w.message), DeprecationWarning, stacklevel=2)
-    return coding
+    """An argparse type: one of the input codings."""
+    try:
+        return check_input_coding(s)
+    except OptionError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {s!r} (choose from {', '.join(INPUT_CODINGS)})"
+        ) from None
 
 
 def _count(s: str) -> int:
@@ -357,8 +345,8 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
         type=_input_coding,
         default="analog",
         metavar="{" + ",".join(INPUT_CODINGS) + "}",
-        help="how the input is sent (default analog; binary: multi-spike base-2 code, "
-        "formerly 'phase'; single: single-spike phase code)",
+        help="how the input is sent (default analog; binary: multi-spike base-2 code; "
+        "single: single-spike phase code)",
     )
     p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)

@@ -74,8 +74,8 @@ def convert(
             and graph layers), ``bias_correction=False``, ``search_samples=256``
             (candidates scored on the first 256 calibration samples; None: all).
         input_coding: ``"analog"`` (pixels as a current; the first layer does
-            MACs), ``"binary"`` (multi-spike base-2 code; ``"phase"`` is its old
-            name, deprecated) or ``"single"`` (the hidden layers' single-spike code).
+            MACs), ``"binary"`` (multi-spike base-2 code) or ``"single"`` (the hidden
+            layers' single-spike code).
         max_calibration: use at most this many calibration samples.
         refine: after the search, fit the weights and scales to the ANN's logits on
             the calibration inputs (:func:`onespike.refine`): ``True`` for the

@@ -31,8 +31,7 @@ Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
   ``latency_steps``, ``input_coding``, ``input_shape``, ``node_order`` (JSON list: the
   nodes in the order the network computes them) and ``plan_search`` (JSON).
 - ``Input``: ``coding``: ``"analog"`` (the input is a constant current during window 0,
-  ``x / T`` per step), ``"binary"`` (multi-spike base-2 code, called ``"phase"`` in files
-  of earlier versions: ``n = floor(x * 2^T)``
+  ``x / T`` per step), ``"binary"`` (multi-spike base-2 code: ``n = floor(x * 2^T)``
   clipped to ``[0, 2^T - 1]``, a spike at step ``k`` if bit ``T-1-k`` of ``n`` is set,
   each spike worth ``2^-T`` at the window's end, the membrane doubling every step) or
   ``"single"`` (see the ``IF`` node ``input_encoder``).

@@ -85,8 +85,7 @@ class _Reference:
         meta = graph.metadata
         self.T = int(meta["phases"])
         self.latency = int(meta["latency_steps"])
-        coding = _s(meta["input_coding"])
-        self.coding = "binary" if coding == "phase" else coding  # "phase": its old name
+        self.coding = _s(meta["input_coding"])
         self.order: list[str] = json.loads(_s(meta["node_order"]))
         self.index = {n: i for i, n in enumerate(self.order)}
         self.preds: dict[str, list[str]] = {n: [] for n in graph.nodes}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 
 from onespike.errors import OptionError
@@ -11,23 +10,10 @@ from onespike.errors import OptionError
 #: ``binary`` (the multi-spike base-2 code of :mod:`onespike.codes.binary`) or
 #: ``single`` (the single-spike phase code of the hidden layers).
 INPUT_CODINGS = ("analog", "binary", "single")
-_OLD_INPUT_CODINGS = {"phase": "binary"}  # old name -> name, kept for one release
 
 
 def check_input_coding(coding: object) -> str:
-    """The input coding named by a user: one of :data:`INPUT_CODINGS`.
-
-    ``"phase"``, the old name of ``"binary"``, is accepted with a ``DeprecationWarning``.
-    """
-    if isinstance(coding, str) and coding in _OLD_INPUT_CODINGS:
-        new = _OLD_INPUT_CODINGS[coding]
-        warnings.warn(
-            f"input_coding={coding!r} is now {new!r} (the multi-spike base-2 code); "
-            "the old name goes in the next release",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return new
+    """The input coding named by a user: one of :data:`INPUT_CODINGS`."""
     if coding not in INPUT_CODINGS:
         raise OptionError(f"input_coding must be one of {INPUT_CODINGS}, got {coding!r}")
     return coding  # type: ignore[return-value]
@@ -74,11 +60,6 @@ class Plan:
     input: LayerPlan | None = None
     latency_steps: int = 0
     search: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # a plan saved before the input coding "phase" was renamed reads as "binary"
-        if self.input_coding in _OLD_INPUT_CODINGS:
-            object.__setattr__(self, "input_coding", _OLD_INPUT_CODINGS[self.input_coding])
 
     def layer(self, name: str) -> LayerPlan:
         for lp in self.layers:

@@ -85,7 +85,6 @@ import argparse
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,7 +124,6 @@ Node = fx.Node
 Tensor = torch.Tensor
 
 KINDS = ("onespike", "rate", "binary", "burst", "ttfs")
-_OLD_KINDS = {"weighted": "binary"}  # old name -> name, for one release
 CLOCK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 WINDOW_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 REFINE_PHASES: tuple[int, ...] = (4, 6, 8, 12)  # windows of the onespike-refined rows
@@ -142,7 +140,7 @@ class CodeSpec:
     """One code of the comparison and its parameters."""
 
     name: str
-    kind: str  # one of KINDS (a kind of code; "weighted" is its old name for "binary")
+    kind: str  # one of KINDS
     scale: str | float = 99.9  # "max" or a percentile of the positive activations
     period: int = 8  # binary (multi-phase): phases per period
     beta: float = 2.0  # burst constant
@@ -151,14 +149,6 @@ class CodeSpec:
     refine: bool = False  # onespike: refine the converted network (onespike.refine defaults)
 
     def __post_init__(self) -> None:
-        if self.kind in _OLD_KINDS:
-            new = _OLD_KINDS[self.kind]
-            warnings.warn(
-                f"code kind {self.kind!r} is now {new!r}; the old name goes in the next release",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            object.__setattr__(self, "kind", new)
         if self.kind not in KINDS:
             raise OptionError(f"unknown code kind {self.kind!r}; choose one of {KINDS}")
 

@@ -74,8 +74,6 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "evaluate",
-    "fixed_subset",  # from onespike.data, kept here for old imports
-    "load_dataset",  # idem
     "main",
     "measure_weights",
     "random_crop_flip",
