@@ -288,7 +288,7 @@ def test_shipped_weights_give_recorded_accuracy(model, dataset, cora):
     net, g = load_pretrained_gcn(model, dataset)
     info = pretrained_info(f"{model}_{dataset}")
     assert info["model"] == model and info["seed"] == 0
-    assert info["command"].startswith(f"python -m onespike.gcn train --model {model}")
+    assert info["command"].startswith(f"python -m onespike.experiments.gcn train --model {model}")
     with torch.no_grad():
         logits = net(g.features)
     assert accuracy(logits, g.labels, g.test_idx) == pytest.approx(info["test_acc"], abs=0.1)

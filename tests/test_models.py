@@ -142,7 +142,7 @@ def test_shipped_mnist_weights_reach_recorded_accuracy(mnist_test) -> None:
     info = pretrained_info("mnist_cnn")
     for key in ("command", "seed", "epochs", "test_acc", "acc_first1000", "weights_dtype"):
         assert key in info
-    assert info["command"].startswith("python -m onespike.train --model mnist_cnn")
+    assert info["command"].startswith("python -m onespike.experiments.train --model mnist_cnn")
     assert info["test_acc"] >= 99.0
     pt = weights_dir() / "mnist_cnn.pt"
     assert hashlib.sha256(pt.read_bytes()).hexdigest() == info["weights_sha256"]

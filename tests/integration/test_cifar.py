@@ -36,9 +36,9 @@ def cifar_test() -> tuple[torch.Tensor, torch.Tensor]:
 def test_shipped_cifar_weights_reach_recorded_accuracy(name: str, cifar_test) -> None:
     info = pretrained_info(name)
     assert info["dataset"] == "cifar10" and info["weights_dtype"] == "float16"
-    # the old module path (weights trained before the redesign) or the current one
-    cmd = info["command"].replace("onespike.experiments.train", "onespike.train")
-    assert cmd.startswith(f"python -m onespike.train --model {info['model']}")
+    assert info["command"].startswith(
+        f"python -m onespike.experiments.train --model {info['model']}"
+    )
     pt = weights_dir() / f"{name}.pt"
     assert hashlib.sha256(pt.read_bytes()).hexdigest() == info["weights_sha256"]
     assert pt.stat().st_size < 5 * 2**20
