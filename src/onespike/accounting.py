@@ -17,7 +17,9 @@ SNN:
 - neuron updates: in the input window, one multiply by the sender's base per
   step and compartment (an analog input compartment adds its constant current
   instead: one add per step); in the fire window, one multiply and one compare
-  per step until the neuron fires (all ``T`` steps if it never does).
+  per step until the neuron fires (all ``T`` steps if it never does). With
+  per-layer windows a compartment is updated over the longest window among its
+  senders and a layer fires over its own (``LayerPlan.phases``).
 - spikes per neuron of every spiking layer (mean and max).
 
 Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
@@ -163,7 +165,7 @@ def cost(
     ann_env = ann_g.runner.forward_all(x)
     spk = SpikeGraph(snn.graph_module)
     runner = spk.runner
-    tags, bases = _spike_tags(spk, run, x)
+    tags, bases, windows = _spike_tags(spk, run, x)
     consts = {k: v[1] for k, v in tags.items() if v[0] in ("const", "shape")}
     synaptic = spk.synaptic_ops(tags, consts)
     rows: list[LayerCost] = []
@@ -173,16 +175,20 @@ def cost(
         srcs = spk.regions[s_t].spike_sources
         acs, macs = synaptic[s_t]
         neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
-        spike_comps = {bases[s] for s in srcs if tags[s][0] == "events"}
+        # one compartment per sender base, updated at each step of its senders' longest window
+        spike_comps: dict[float, int] = {}
+        for s in srcs:
+            if tags[s][0] == "events":
+                spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
         analog = any(tags[s][0] == "dense" for s in srcs)
-        in_mul = len(spike_comps) * T * neurons * n
+        in_mul = sum(spike_comps.values()) * neurons * n
         in_add = (T * neurons * n) if analog else 0
         if s_t.op == "output":
             name, fire, spikes, mean, mx = "output", 0.0, 0.0, 0.0, 0
         else:
             name = runner.modules[s_t.target].name
             ph = run.spike_phases[name]
-            fire = float(pc.fire_updates(ph, T).sum())
+            fire = float(pc.fire_updates(ph, runner.modules[s_t.target].phases).sum())
             cnt = run.spike_counts[name]
             spikes = float(cnt.sum())
             mean, mx = spikes / cnt.numel(), int(cnt.max())
@@ -210,11 +216,13 @@ def cost(
 
 def _spike_tags(
     graph: SpikeGraph, run: SimulationResult, x: Tensor
-) -> tuple[dict[Node, tuple[str, object]], dict[Node, float]]:
-    """Spikes per element of every spike source (events), the input (dense), constants."""
+) -> tuple[dict[Node, tuple[str, object]], dict[Node, float], dict[Node, int]]:
+    """Spikes per element of every spike source (events), the input (dense), constants;
+    the base and the window (steps) of every spike source."""
     runner = graph.runner
     tags: dict[Node, tuple[str, object]] = {}
     bases: dict[Node, float] = {}
+    windows: dict[Node, int] = {}
     for kind, node in graph.walk():
         vals = {a: v for a, (_, v) in tags.items()}
         if kind == "input":
@@ -223,10 +231,12 @@ def _spike_tags(
             tags[node] = ("events", run.input_spikes.to(x.dtype))
             enc = runner.modules[node.target]
             bases[node] = binary.BASE if enc.coding == "binary" else enc.layer.base
+            windows[node] = enc.phases if enc.coding == "binary" else enc.layer.phases
         elif kind == "layer":
             mod = runner.modules[node.target]
             tags[node] = ("events", run.spike_counts[mod.name].to(x.dtype))
             bases[node] = mod.base
+            windows[node] = mod.phases
         elif kind == "const":
             tags[node] = ("const", runner.run_node(node, vals))
         elif kind in ("pool", "reshape"):
@@ -235,9 +245,10 @@ def _spike_tags(
                 out = (out > 0).to(x.dtype)
             tags[node] = ("events", out)
             bases[node] = bases[node.args[0]]
+            windows[node] = windows[node.args[0]]
         elif kind == "shape" and all(a in tags for a in node.all_input_nodes):
             tags[node] = ("shape", runner.run_node(node, vals))
-    return tags, bases
+    return tags, bases, windows
 
 
 def _totals(rows: list[LayerCost]) -> dict:

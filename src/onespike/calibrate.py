@@ -277,16 +277,32 @@ def _safe_scale(s: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _Code:
-    """What a search codes with: the window, the threshold rule, the input coding."""
+    """What a search codes with: the windows, the threshold rule, the input coding.
+
+    ``phases`` is the nominal window ``T`` (the input's window, and every spiking
+    layer's unless ``windows`` names the layer: its own window ``T_l``, by node name).
+    """
 
     phases: int
     shift: bool
     input_coding: str
+    windows: tuple[tuple[str, int], ...] = ()
+
+    def window(self, node: Node) -> int:
+        """The window of spiking layer ``node`` (the input's: ``phases``)."""
+        return dict(self.windows).get(node.name, self.phases)
+
+    def with_windows(self, windows: dict[str, int]) -> _Code:
+        """This code with the layers' windows ``windows`` (by node name)."""
+        return dataclasses.replace(self, windows=tuple(sorted(windows.items())))
 
 
-def _quantizer(scale: Tensor, base: float, code: _Code) -> Callable[[Tensor], Tensor]:
-    """The code of one layer as a function of its pre-activation."""
-    phases, shift = code.phases, code.shift
+def _quantizer(
+    scale: Tensor, base: float, code: _Code, node: Node | None = None
+) -> Callable[[Tensor], Tensor]:
+    """The code of one layer (``node``; None: the input) as a function of its pre-activation."""
+    phases = code.phases if node is None else code.window(node)
+    shift = code.shift
 
     def q(pre: Tensor) -> Tensor:
         return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
@@ -302,7 +318,7 @@ def _encode_input(
         return binary.decode(binary.encode(x, code.phases), code.phases)
     if code.input_coding == "single" and input_node in chosen:
         s, b = chosen[input_node]
-        return _quantizer(s, b, code)(x)
+        return _quantizer(s, b, code, input_node)(x)
     return x
 
 
@@ -334,6 +350,7 @@ class _Search:
             self.ann = r.forward_all(x)
         self._env: dict[Node, object] = {}
         self._env_chosen: dict[Node, tuple[Tensor, float]] = {}
+        self.candidates: dict[Node, tuple[list[Tensor], list[float]]] = {}
         self.regions: dict[Node, Region] = {t: r.region(t) for t in [*self.relus, self.output]}
         self.consumers: dict[Node, list[Node]] = {n: [] for n in [self.input, *self.relus]}
         for t, reg in self.regions.items():
@@ -355,8 +372,19 @@ class _Search:
         return self.runner.spiking_chain(src)[0]
 
     # --- the converted network so far -------------------------------------------------
-    def quantizer(self, scale: Tensor, base: float) -> Callable[[Tensor], Tensor]:
-        return _quantizer(scale, base, self.code)
+    def quantizer(self, scale: Tensor, base: float, node: Node) -> Callable[[Tensor], Tensor]:
+        return _quantizer(scale, base, self.code, node)
+
+    def set_windows(self, windows: dict[str, int]) -> None:
+        """Code the spiking layers with these windows (by node name) from now on; every
+        cached value that a window could change is forgotten."""
+        old = self.code
+        self.code = old.with_windows(windows)
+        changed = [n for n in self.relus if old.window(n) != self.code.window(n)]
+        if changed:
+            self._invalidate_from(min(self.runner.order[n] for n in changed))
+            if self.stats_source is not None:
+                self.stats_source.set_code(self.code)
 
     def env_with(
         self, chosen: dict[Node, tuple[Tensor, float]], upto: Node | None = None
@@ -377,7 +405,7 @@ class _Search:
             first = 0 if self.input in changed else min(order[n] for n in changed)
             self._invalidate_from(first)
         self._env_chosen = dict(chosen)
-        repl = {n: self.quantizer(s, b) for n, (s, b) in chosen.items() if n is not self.input}
+        repl = {n: self.quantizer(s, b, n) for n, (s, b) in chosen.items() if n is not self.input}
         runner = Runner(self.traced.module, repl)
         env = self._env
         stop = len(runner.nodes) if upto is None else order[upto] + 1
@@ -459,10 +487,16 @@ class _Search:
         index: int,
         env: dict[Node, object],
         bases_override: list[float] | None,
-        stats: Tensor | Positives,
+        stats: Tensor | Positives | None,
     ) -> tuple[Tensor, float, float]:
+        """Search one layer's scale and base; ``stats`` None: the candidates of the last
+        search of this layer (the same layers before it converted the same way)."""
         pre = self.layer_input(node, env)
-        scales, bases = self.candidates_for(index, stats)
+        if stats is None:
+            scales, bases = self.candidates[node]
+        else:
+            scales, bases = self.candidates_for(index, stats)
+            self.candidates[node] = (scales, bases)
         cap = self.traced.caps.get(node)
         if cap is not None:  # a clipped ReLU: its activations never exceed the cap
             scales = [s.clamp(max=cap) for s in scales]
@@ -472,7 +506,7 @@ class _Search:
         cache: dict[tuple[int, float], float] = {}
 
         def score_of(i: int, b: float) -> float:
-            return self.score(node, self.quantizer(scales[i], b)(pre), env)
+            return self.score(node, self.quantizer(scales[i], b, node)(pre), env)
 
         def evaluate_all(pairs: Iterable[tuple[int, float]]) -> None:
             """Score the candidates not yet scored, then take the best in ``pairs``' order
@@ -588,6 +622,42 @@ def fire_windows(runner: Runner, relus: Sequence[Node]) -> tuple[dict[Node, int]
     return fire, out_window
 
 
+def fire_steps(
+    runner: Runner, relus: Sequence[Node], windows: Sequence[int], input_steps: int
+) -> tuple[dict[Node, int], int]:
+    """First step of every spiking layer's fire window, and the latency in steps.
+
+    ``windows``: each layer's window ``T_l`` (in the order of ``relus``); the input is
+    sent (or applied as a current) in steps ``0 .. input_steps - 1``. A layer listens
+    while its latest source fires and fires right after: its fire window starts when
+    the last of its sources' windows ends (spikes of a source that ended earlier, a
+    shortcut, are delayed until then) and lasts ``T_l`` steps. The latency is the end
+    of the last window the output listens to: the sum of the windows along the
+    longest path, ``input_steps + sum(T_l)`` for a chain. With every ``T_l = T =
+    input_steps`` a layer of fire window ``w`` (:func:`fire_windows`) starts at
+    ``w * T`` and the latency is ``(out_window + 1) * T``.
+    """
+    start: dict[Node, int] = {}
+    width = dict(zip(relus, windows))
+
+    def src_end(s: Node) -> int:
+        if s.op == "placeholder" or runner.role(s) == "input":
+            return input_steps
+        root = runner.spiking_chain(s)[0]
+        return input_steps if root.op == "placeholder" else start[root] + width[root]
+
+    for n in relus:
+        reg = runner.region(n)
+        start[n] = max((src_end(s) for s in reg.spike_sources), default=input_steps)
+    out = next(n for n in runner.nodes if n.op == "output")
+    reg = runner.region(out)
+    if runner.is_spiking(reg.pre):
+        latency = src_end(reg.pre)
+    else:
+        latency = max((src_end(s) for s in reg.spike_sources), default=input_steps)
+    return start, latency
+
+
 #: Samples per chunk when the calibration statistics are read from the whole set.
 STATS_CHUNK = 512
 
@@ -631,6 +701,12 @@ class _StreamStats:
         self._frontier: dict[bool, list[list]] = {}  # per chunk: [next node index, values]
         self._chosen_seen: dict[Node, object] = {}
 
+    def set_code(self, code: _Code) -> None:
+        """Code with ``code`` (other windows) from now on: the kept values are forgotten."""
+        self.code = code
+        self._frontier = {}
+        self._chosen_seen = {}
+
     def env(
         self,
         x: Tensor,
@@ -654,7 +730,7 @@ class _StreamStats:
         if ann:
             return Runner(self.ann_module)
         repl = {
-            n: _quantizer(s, b, self.code) for n, (s, b) in chosen.items() if n is not self.input
+            n: _quantizer(s, b, self.code, n) for n, (s, b) in chosen.items() if n is not self.input
         }
         return Runner(self.traced.module, repl)
 
@@ -741,11 +817,169 @@ def _layer_figures(
         items.append((input_node, x, x))
     for n, pre, act in items:
         s, b = chosen[n]
-        q = _quantizer(s, b, code)(pre)
+        q = _quantizer(s, b, code, n)(pre)
         a = act if act is not None else pre.clamp(min=0, max=caps.get(n))
         acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
         acc[0] += float(((q.double() - a.double()) ** 2).sum())
         acc[1] += float((a.double() ** 2).sum())
+
+
+#: ``windows="auto"`` measures every layer at the windows ``T - AUTO_SPAN .. T + AUTO_SPAN``
+#: (those >= 1) and chooses among them.
+AUTO_SPAN = 2
+
+
+def check_windows(windows: object, layers: int | None = None) -> str | tuple[int, ...] | None:
+    """``windows`` as :func:`calibrate` takes it: None (every layer gets the window
+    ``phases``), ``"auto"``, or one integer >= 1 per spiking layer (a tuple).
+
+    Raises :class:`~onespike.errors.OptionError` naming what is wrong; ``layers`` (the
+    model's number of spiking layers, if known) checks the length.
+    """
+    if windows is None or windows == "auto":
+        return windows  # type: ignore[return-value]
+    if isinstance(windows, str) or not isinstance(windows, Sequence):
+        raise OptionError(
+            "windows must be None, 'auto' or a list of one integer >= 1 per spiking layer, "
+            f"got {windows!r}"
+        )
+    for i, w in enumerate(windows):
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+            raise OptionError(f"windows[{i}] must be an integer >= 1 (steps), got {w!r}")
+    if layers is not None and len(windows) != layers:
+        raise OptionError(
+            f"windows has {len(windows)} values but the model has {layers} spiking layers "
+            "(one window per spiking layer, in the order of the plan)"
+        )
+    return tuple(int(w) for w in windows)
+
+
+def _allocate(
+    curves: Sequence[dict[int, float]],
+    start: Sequence[int],
+    latency: Callable[[list[int]], int],
+    budget: int,
+) -> list[int]:
+    """Windows that minimise ``sum(curves[l][w_l])`` with ``latency(w) <= budget``.
+
+    A greedy descent from ``start`` over the measured windows of each layer: at every
+    step the best of: one more step for a layer, one step less for a layer, or both
+    (a step moved from one layer to another), among the moves that keep the latency
+    within the budget; until no move lowers the sum. Each move lowers it, so it ends.
+    """
+    w = list(start)
+    n = len(w)
+
+    def total(ws: list[int]) -> float:
+        return sum(curves[i][ws[i]] for i in range(n))
+
+    cur = total(w)
+    while True:
+        best: tuple[float, list[int]] | None = None
+        for j in range(n):
+            for dj in (1, -1):
+                if w[j] + dj not in curves[j]:
+                    continue
+                for i in [None, *range(n)]:
+                    new = list(w)
+                    new[j] += dj
+                    if i is not None:
+                        if i == j or new[i] - dj not in curves[i]:
+                            continue
+                        new[i] -= dj
+                    c = total(new)
+                    better = c < cur - 1e-12 * abs(cur) and (best is None or c < best[0])
+                    if better and latency(new) <= budget:
+                        best = (c, new)
+        if best is None:
+            return w
+        cur, w = best
+
+
+def _auto_windows(
+    search: _Search, traced: TracedModel, phases: int, budget: int, latency: Callable
+) -> tuple[dict[Node, tuple[Tensor, float]], dict[Node, float], list[int], dict]:
+    """``windows="auto"``: each layer's window by its measured sensitivity.
+
+    1. The uniform search (every window ``T``), and its error of the logits ``E_T``.
+    2. Sensitivity: for every layer ``l`` and window ``w`` in ``T-AUTO_SPAN .. T+AUTO_SPAN``
+       (>= 1), layer ``l`` is searched anew at ``w`` (the layers before it as in 1, so at
+       the windows actually upstream of it) and the error of the logits ``e_l(w)`` is
+       measured with the other layers as in 1.
+    3. Allocation (:func:`_allocate`): the windows minimising ``sum_l e_l(w_l)`` whose
+       latency (the longest path) is at most the uniform network's, as mixed-precision
+       quantisation gives bits to the layers that gain most from them.
+    4. The search again, layer by layer, every layer at its window and seeing the layers
+       before it at theirs. Its error of the logits is compared with ``E_T``: the plan
+       kept is the one with the smaller error (the uniform one if the windows chosen do
+       not help on the calibration data).
+
+    Returns the chosen codes, the search errors, the windows and what the plan records.
+    """
+    relus = list(search.relus)
+    uniform = [phases] * len(relus)
+    single = search.input_coding == "single"
+    state0 = _bias_state(traced) if search.cfg.bias_correction else None
+    search.set_windows({n.name: phases for n in relus})
+    chosen_u, errors_u = search.run_sequential(desc="windows: uniform")
+    state_u = _bias_state(traced) if state0 is not None else None
+    e_uniform = search.output_error(chosen_u)
+    order = ([search.input] if single else []) + relus
+    lo, hi = max(1, phases - AUTO_SPAN), phases + AUTO_SPAN
+    curves: list[dict[int, float]] = []
+    bar = tqdm(relus, desc="windows: sensitivity", disable=not search.progress, leave=False)
+    for idx, node in enumerate(bar):
+        pos = order.index(node)
+        before = {n: chosen_u[n] for n in order[:pos]}
+        upto = max(search.consumers[node], key=search.runner.order.__getitem__, default=None)
+        curve = {phases: e_uniform}
+        for w in range(lo, hi + 1):
+            if w == phases:
+                continue
+            search.set_windows({n.name: (w if n is node else phases) for n in relus})
+            env = search.env_with(before, upto)
+            s, b, _ = search.search_layer(node, idx, env, None, None)
+            curve[w] = search.output_error({**chosen_u, node: (s, b)})
+        curves.append(curve)
+    windows = _allocate(curves, uniform, latency, budget)
+    info: dict = {
+        "uniform_output_error": e_uniform,
+        # per layer: [window, error of the logits] for every window measured
+        "sensitivity": {
+            traced.names[n]: [[w, e] for w, e in sorted(c.items())] for n, c in zip(relus, curves)
+        },
+    }
+    if windows == uniform:
+        search.set_windows({n.name: phases for n in relus})
+        info.update(kept="uniform", chosen_output_error=e_uniform)
+        return chosen_u, errors_u, uniform, info
+    if state0 is not None:
+        _set_bias_state(traced, state0)
+        search.invalidate_after(search.input)
+    search.set_windows({n.name: w for n, w in zip(relus, windows)})
+    chosen, errors = search.run_sequential(desc="windows: auto")
+    e_auto = search.output_error(chosen)
+    info.update(allocated=windows, allocated_output_error=e_auto)
+    if e_auto <= e_uniform:
+        info.update(kept="auto", chosen_output_error=e_auto)
+        return chosen, errors, windows, info
+    if state_u is not None:
+        _set_bias_state(traced, state_u)
+        search.invalidate_after(search.input)
+    search.set_windows({n.name: phases for n in relus})
+    info.update(kept="uniform", chosen_output_error=e_uniform)
+    return chosen_u, errors_u, uniform, info
+
+
+def _bias_state(traced: TracedModel) -> dict[str, Tensor]:
+    """A copy of the module's parameters (bias correction changes the biases)."""
+    return {k: v.detach().clone() for k, v in traced.module.state_dict().items()}
+
+
+def _set_bias_state(traced: TracedModel, state: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in traced.module.state_dict().items():
+            v.copy_(state[k])
 
 
 def calibrate(
@@ -756,11 +990,19 @@ def calibrate(
     phases: int,
     input_coding: str = "analog",
     progress: bool = True,
+    windows: str | Sequence[int] | None = None,
 ) -> Plan:
     """Search every spiking layer's code on calibration inputs ``x`` ``[N, ...]``.
 
     ``phases`` is the window ``T``; ``input_coding`` one of
     :data:`onespike.plan.INPUT_CODINGS` (``"single"`` searches the input's code too).
+
+    ``windows``: None (every spiking layer's window is ``T``), one window ``T_l >= 1``
+    per spiking layer (the input keeps ``T``), or ``"auto"``: each layer's window chosen
+    by its measured sensitivity so that the latency is at most the uniform network's
+    (:func:`_auto_windows`). Every layer is searched for its own window, seeing the
+    layers before it at theirs. The latency is the sum of the windows along the
+    longest path (:func:`fire_steps`).
 
     ``x``: a tensor, or a :class:`~onespike.stream.Batches` (a DataLoader, a Dataset, a
     list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
@@ -782,6 +1024,9 @@ def calibrate(
     Modifies ``traced.module`` only when ``cfg.bias_correction`` is set (its
     biases); ``traced`` is the converter's private copy of the ANN.
     """
+    windows = check_windows(windows, len(traced.relus))
+    if windows == "auto" and cfg.base == "global":
+        raise OptionError("windows='auto' cannot be combined with base='global'")
     data = as_batches(x)
     n_search = cfg.search_samples
     whole = (
@@ -793,7 +1038,18 @@ def calibrate(
     shard = None if whole else distributed.shard(data, STATS_CHUNK)
     stream = None if whole else _StreamStats(traced, shard, cfg, code)
     search.stats_source = stream
-    if cfg.base == "global":
+    relus = list(search.relus)
+    window_info: dict | None = None
+
+    def latency_of(ws: Sequence[int]) -> int:
+        return fire_steps(search.runner, relus, ws, phases)[1]
+
+    if isinstance(windows, tuple):
+        search.set_windows({n.name: w for n, w in zip(relus, windows)})
+    if windows == "auto":
+        budget = latency_of([phases] * len(relus))
+        chosen, errors, _, window_info = _auto_windows(search, traced, phases, budget, latency_of)
+    elif cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
         # of the grid, then the grid's neighbours (two each side) of the best one
         tried: dict[float, tuple] = {}
@@ -814,6 +1070,7 @@ def calibrate(
         _, chosen, errors = min(tried.values(), key=lambda t: t[0])
     else:
         chosen, errors = search.run_sequential()
+    code = search.code
     # the plan's figures on the whole calibration set
     sums: dict[Node, list[float]] = {}
     if stream is None:
@@ -833,7 +1090,8 @@ def calibrate(
                     acc = sums.setdefault(by_name[name], [0.0, 0.0, neurons])
                     acc[0] += num
                     acc[1] += den
-    fire, out_window = fire_windows(search.runner, search.relus)
+    fire, _ = fire_windows(search.runner, search.relus)
+    _, latency = fire_steps(search.runner, relus, [code.window(n) for n in relus], phases)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:
         s, b = chosen[node]
@@ -844,7 +1102,7 @@ def calibrate(
             neurons=int(neurons),
             scale=scale,
             base=float(b),
-            phases=phases,
+            phases=code.window(node),
             shift=cfg.threshold_shift,
             act_error=num / den if den > 0 else num,
             out_error=float(errors[node]),
@@ -854,11 +1112,15 @@ def calibrate(
     layers = [lp_for(n, traced.names[n], fire[n]) for n in search.relus]
     inp = lp_for(search.input, "input", 0) if input_coding == "single" else None
     search_info = cfg.describe()
+    if windows is not None:  # the uniform plan's record stays as it was
+        search_info["windows"] = "auto" if windows == "auto" else "list"
+    if window_info is not None:
+        search_info["auto_windows"] = window_info
     return Plan(
         phases=phases,
         input_coding=input_coding,
         layers=tuple(layers),
         input=inp,
-        latency_steps=(out_window + 1) * phases,
+        latency_steps=latency,
         search=search_info,
     )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from onespike import distributed
-from onespike.calibrate import SearchConfig, calibrate
+from onespike.calibrate import SearchConfig, calibrate, check_windows
 from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, OptionError
 from onespike.network import SpikingNetwork
@@ -47,6 +47,7 @@ def convert(
     search_samples: int | None = FROM_SEARCH,
     refine: bool | RefineConfig | dict = False,
     progress: bool = True,
+    windows: str | Sequence[int] | None = None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
 
@@ -82,6 +83,13 @@ def convert(
             defaults, a :class:`~onespike.refine.RefineConfig`, or a dict of its
             fields; ``False`` (default) keeps the searched network as it is.
         progress: show progress bars (on rank 0 only under a process group).
+        windows: each spiking layer's window (its number of phases). None (default):
+            every layer's is ``phases``. A list: one integer >= 1 per spiking layer, in
+            the order of ``snn.plan.layers``. ``"auto"``: chosen per layer by measured
+            sensitivity (how much the error of the logits gains from more phases) so that
+            ``plan.latency_steps`` is at most the uniform network's
+            (:func:`onespike.calibrate.calibrate`). The input keeps ``phases``; each
+            layer is searched for its own window and the windows before it.
 
     Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
     model, options and whole calibration set; the ranks check that they agree
@@ -113,7 +121,9 @@ def convert(
     input_coding = check_input_coding(input_coding)
     refine_cfg = as_config(refine)
     progress = progress and distributed.is_main()
+    windows = check_windows(windows)  # the format before the model is traced
     traced = trace(model)  # fails here, before any data, on unsupported layers
+    windows = check_windows(windows, len(traced.relus))  # one per spiking layer
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
         raise OptionError(
             f"base has {len(cfg.base)} values but the model has {len(traced.relus)} spiking layers"
@@ -128,7 +138,7 @@ def convert(
     distributed.check_same(
         {
             "model": model.state_dict(),
-            "options": (phases, cfg, input_coding, max_calibration),
+            "options": (phases, cfg, input_coding, max_calibration, windows),
             "calibration data": (data.count, data.sample_shape, first),
         }
     )
@@ -145,7 +155,15 @@ def convert(
         raise CalibrationError(
             f"calibration samples of shape {data.sample_shape} do not fit the model: {msg}"
         ) from None
-    plan = calibrate(traced, data, cfg, phases=phases, input_coding=input_coding, progress=progress)
+    plan = calibrate(
+        traced,
+        data,
+        cfg,
+        phases=phases,
+        input_coding=input_coding,
+        progress=progress,
+        windows=windows,
+    )
     snn = SpikingNetwork(traced.module, plan, data.sample_shape)
     if refine_cfg is not None:  # refinement takes the calibration set in memory
         snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)

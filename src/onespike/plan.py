@@ -30,6 +30,12 @@ class LayerPlan:
     (relative squared error where the layer's spikes arrive: the next layers'
     pre-activations or the logits, or the activation itself for
     ``objective="activation"``).
+
+    ``phases`` is the layer's own window ``T_l`` (steps; the plan's ``phases`` unless
+    the network was converted with per-layer ``windows``). ``fire_window`` counts the
+    windows before the one the layer fires in (1 for a layer fed by the input); its
+    fire window starts at step ``fire_window * T`` when every window is ``T``
+    (:func:`onespike.calibrate.fire_steps` gives the start step in general).
     """
 
     name: str
@@ -69,13 +75,23 @@ class Plan:
             f"no spiking layer named {name!r}; layers: {[lp.name for lp in self.layers]}"
         )
 
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """Each spiking layer's window ``T_l`` (steps), in the order of ``layers``."""
+        return tuple(lp.phases for lp in self.layers)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every spiking layer's window is ``phases`` (no per-layer windows)."""
+        return all(w == self.phases for w in self.windows)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [asdict(lp) for lp in self.layers]
         return d
 
     def table(self) -> str:
-        rows = [("layer", "neurons", "scale", "base", "fire win", "act err", "out err")]
+        rows = [("layer", "neurons", "scale", "base", "window", "fire win", "act err", "out err")]
         entries = ([self.input] if self.input is not None else []) + list(self.layers)
         for lp in entries:
             rows.append(
@@ -84,14 +100,16 @@ class Plan:
                     str(lp.neurons),
                     lp.scale_summary,
                     f"{lp.base:.3f}",
+                    str(lp.phases),
                     str(lp.fire_window),
                     f"{lp.act_error:.2e}",
                     f"{lp.out_error:.2e}",
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        per_layer = "" if self.uniform else " (per-layer windows: the column 'window')"
         lines = [
-            f"Plan: phases={self.phases}, input={self.input_coding}, "
+            f"Plan: phases={self.phases}{per_layer}, input={self.input_coding}, "
             f"latency={self.latency_steps} steps, search={self.search}"
         ]
         for j, r in enumerate(rows):

@@ -23,7 +23,11 @@ Layers are simulated in topological order, each over its own windows; the
 global clock is implicit: a layer's input window is the latest fire window
 among its senders, and spikes of a sender that fired earlier are delayed by
 whole windows (:func:`onespike.calibrate.fire_windows` computes both; the
-delays change when spikes arrive, not what they carry). Only spike phases are
+delays change when spikes arrive, not what they carry). With per-layer windows
+(``LayerPlan.phases``, ``convert(..., windows=...)``) every layer fires over its own
+``T_l`` steps, a receiver keeps one compartment per sender base, updated over the
+longest window among those senders, and a sender that ended earlier is delayed by
+the steps between (:func:`onespike.calibrate.fire_steps`). Only spike phases are
 stored between layers (one integer per neuron), never ``T`` copies.
 
 The walk over the graph (which nodes are layers, pools, reshapes, the output, and
@@ -74,24 +78,30 @@ class _Source:
     code: Tensor  # phases (single, -1 = none), integer code (multi) or the input (analog)
     unit: Tensor | None = None  # value of one spike at the window's last step (single/multi)
     small: Tensor | None = None  # the phases in a narrow integer type, for fast comparisons
+    phases: int = 1  # the sender's window (steps): its own T_l, or the input's T
 
-    def step_input(self, t: int, phases: int) -> Tensor:
-        """Unweighted synaptic input of step ``t`` (spikes times the unit value)."""
+    def step_input(self, t: int) -> Tensor:
+        """Unweighted synaptic input of step ``t`` of the sender's window (spikes times
+        the unit value)."""
         if self.kind == "single":
             if self.small is None:
-                narrow = torch.int8 if phases < 127 else torch.int16
+                narrow = torch.int8 if self.phases < 127 else torch.int16
                 self.small = self.code.to(narrow)
             return torch.where(self.small == t, self.unit, 0.0)
         if self.kind == "multi":
-            return binary.spikes_at(self.code, t, phases).to(self.unit.dtype) * self.unit
+            return binary.spikes_at(self.code, t, self.phases).to(self.unit.dtype) * self.unit
         raise ValueError("analog input has no spikes")
 
     def zeros(self, dtype: torch.dtype) -> Tensor:
         return torch.zeros(self.code.shape, dtype=dtype, device=self.code.device)
 
 
-def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_const, T, dtype):
-    """Membrane (real units) of every neuron of a region's target at the end of its input window."""
+def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_const, dtype):
+    """Membrane (real units) of every neuron of a region's target at the end of its input window.
+
+    One compartment per sender base, updated over the longest window among its senders:
+    a sender's spikes arrive during its own window, delayed so that every sender's window
+    ends with the input window (per-layer windows: a shorter window starts later)."""
     srcs = [s for s in reg.spike_sources]
     groups: dict[tuple[str, float], list[Node]] = {}
     for s in srcs:
@@ -119,6 +129,7 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
 
     u_total = None
     for (kind, base), members in groups.items():
+        T = max(sources[s].phases for s in members)
         if kind == "analog":
             # a constant current: computed once (the MACs of the first layer), added every step
             current = evaluate({s: sources[s].code / T for s in members}, bias=False)
@@ -128,7 +139,10 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
         else:
             u = None
             for t in range(T):
-                inp = evaluate({s: sources[s].step_input(t, T) for s in members}, bias=False)
+                # a sender of window T_s sends in the last T_s steps: its phase t - (T - T_s)
+                late = {s: t - (T - sources[s].phases) for s in members}
+                now = {s: sources[s].step_input(k) for s, k in late.items() if k >= 0}
+                inp = evaluate(now, bias=False)
                 u = inp if u is None else u.mul_(base).add_(inp)
         u_total = u if u_total is None else u_total.add_(u)
     bias = evaluate({}, bias=True)  # the bias share, added at the end of the window
@@ -161,7 +175,7 @@ def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Ten
     return phase, count
 
 
-def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source:
+def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int | None = None) -> _Source:
     """Max-pool of single-spike trains: the first spike of each pool window passes.
 
     A pool has no membrane: at step ``t`` it passes a spike if one of its inputs
@@ -170,11 +184,12 @@ def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int) -> _Source
     ``T - phase`` (0 for no spike) instead of ``T`` poolings of step masks; the
     spikes are the same (``tests/test_simulate.py`` checks it step by step).
     """
+    T = src.phases if T is None else T  # the sender's window
     early = torch.where(src.code >= 0, T - src.code, 0).to(src.unit.dtype)
     pooled = runner.run_node(node, _with_args(node, {node.args[0]: early})).to(torch.int64)
     out_phase = torch.where(pooled > 0, T - pooled, pc.NO_SPIKE)
     unit = runner.run_node(node, _with_args(node, {node.args[0]: src.unit}))
-    return _Source("single", src.base, out_phase, unit)
+    return _Source("single", src.base, out_phase, unit, phases=T)
 
 
 def _with_args(node: Node, env: dict[Node, object]) -> dict[Node, object]:
@@ -211,21 +226,21 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
     output = None
     for kind, node in walk.walk():
         if kind == "input":
-            sources[node] = _Source("analog", 1.0, x)
+            sources[node] = _Source("analog", 1.0, x, phases=T)
             env_const[node] = x
         elif kind == "encoder":
             if plan.input_coding == "binary":
                 code = binary.encode(x, T)
                 unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype, device=x.device)
-                sources[node] = _Source("multi", binary.BASE, code, unit)
+                sources[node] = _Source("multi", binary.BASE, code, unit, phases=T)
                 input_spikes = binary.spike_count(code)
             else:
                 lp = plan.input
                 assert lp is not None, "single-spike input coding without a layer plan"
                 z = x / _scale(lp, x)
-                phase, count = _fire(z, lp.base, T, lp.shift)
-                unit = (_scale(lp, x) * pc.unit_value(lp.base, T)).expand(x.shape).to(dtype)
-                sources[node] = _Source("single", lp.base, phase, unit)
+                phase, count = _fire(z, lp.base, lp.phases, lp.shift)
+                unit = (_scale(lp, x) * pc.unit_value(lp.base, lp.phases)).expand(x.shape)
+                sources[node] = _Source("single", lp.base, phase, unit.to(dtype), phases=lp.phases)
                 input_spikes = count
             env_const[node] = x
         elif kind == "const":
@@ -233,22 +248,22 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
         elif kind == "layer":
             lp = next(layers)
             reg = walk.regions[node]
-            u = _integrate(runner, reg, sources, env_const, T, dtype)
+            u = _integrate(runner, reg, sources, env_const, dtype)
             z = u / _scale(lp, u)
-            phase, count = _fire(z, lp.base, T, lp.shift)
-            unit = (_scale(lp, u) * pc.unit_value(lp.base, T)).expand(u.shape).to(dtype)
-            sources[node] = _Source("single", lp.base, phase, unit)
+            phase, count = _fire(z, lp.base, lp.phases, lp.shift)  # the layer's own window
+            unit = (_scale(lp, u) * pc.unit_value(lp.base, lp.phases)).expand(u.shape).to(dtype)
+            sources[node] = _Source("single", lp.base, phase, unit, phases=lp.phases)
             env_const[node] = phase  # shape queries (x.size(0)) read it
             phases_out[lp.name] = phase
             counts_out[lp.name] = count
         elif kind == "pool":
-            sources[node] = _maxpool_spikes(runner, node, sources[node.args[0]], T)
+            sources[node] = _maxpool_spikes(runner, node, sources[node.args[0]])
             env_const[node] = sources[node].code
         elif kind == "reshape":  # same spikes, new shape
             src = sources[node.args[0]]
             code = walk.reshape(node, src.code, env_const)
             unit = walk.reshape(node, src.unit, env_const)
-            sources[node] = _Source(src.kind, src.base, code, unit)
+            sources[node] = _Source(src.kind, src.base, code, unit, phases=src.phases)
             env_const[node] = code
         elif kind == "shape" and all(a in env_const for a in node.all_input_nodes):
             env_const[node] = runner.run_node(node, env_const)
@@ -256,9 +271,10 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             reg = walk.regions[node]
             if runner.is_spiking(reg.pre):
                 src = sources[reg.pre]
-                output = pc.decode(src.code, src.base, 1.0) * src.unit * pc.window_gain(src.base, T)
+                gain = pc.window_gain(src.base, src.phases)
+                output = pc.decode(src.code, src.base, 1.0) * src.unit * gain
             else:
-                output = _integrate(runner, reg, sources, env_const, T, dtype)
+                output = _integrate(runner, reg, sources, env_const, dtype)
     assert output is not None
     return SimulationResult(output, phases_out, counts_out, "step", input_spikes)
 
