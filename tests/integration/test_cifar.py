@@ -20,9 +20,7 @@ from onespike.models import load_pretrained, pretrained_info, weights_dir
 
 CIFAR_MODELS = {
     "resnet20": 19,
-    "resnet20_e100": 19,
     "resnet20_e200": 19,
-    "vgg11_bn_w0.5": 8,
     "fast_vgg": 7,
 }  # layers
 
