@@ -1,7 +1,6 @@
 """save/load: one safe file; the loaded network is bit-identical to the saved one."""
 
 import json
-import operator
 
 import pytest
 import torch
@@ -248,19 +247,18 @@ def test_operator_outside_the_allow_list_is_named_at_save(tmp_path):
 
 
 def test_allow_list_covers_every_supported_operator():
-    """Whatever the converter accepts, the file format can describe."""
-    for fn in (
-        *trace._RELU_FUNCTIONS,
-        *trace._MATMUL_FUNCTIONS,
-        *trace._LINEAR_FUNCTIONS,
-        *trace._MAXPOOL_FUNCTIONS,
-        operator.getitem,
-        getattr,
-    ):
-        assert serialize._function_name(fn) is not None, fn
-    for m in (*trace._LINEAR_METHODS, *trace._SHAPE_METHODS, "relu"):
-        assert m in serialize._METHODS
-    kept = (*trace._WEIGHTED_MODULES, *trace._POOL_AVG_MODULES, *trace._MAXPOOL_MODULES)
-    for cls in (*kept, nn.Flatten, nn.ReLU, nn.Identity):
-        assert serialize._MODULES[cls.__name__][0] is cls
+    """Whatever the converter keeps after tracing, the file format can describe: its
+    allow-lists are the named entries of trace.OPS."""
+    for op in trace.OPS:
+        if op.name is None:  # removed or rewritten by trace()
+            assert op.role == "drop" or op.clip, op
+            continue
+        if op.kind == "function":
+            assert serialize._function_name(op.target) == op.name, op
+        elif op.kind == "method":
+            assert op.name in serialize._METHODS, op
+        else:
+            assert serialize._MODULES[op.name][0] is op.target, op
+    n_named = sum(op.name is not None for op in trace.OPS)
+    assert len(serialize._FUNCTIONS) + len(serialize._METHODS) + len(serialize._MODULES) == n_named
     assert serialize._function_name(F.relu) == "torch.nn.functional.relu"

@@ -137,3 +137,61 @@ def test_tuple_output_rejected():
 
     with pytest.raises(UnsupportedModelError, match="single tensor"):
         trace(Two())
+
+
+# --------------------------------------------------------------------------- the operator table
+
+
+def test_the_operator_table_is_complete():
+    """Every entry of trace.OPS says its role, its cost and its NIR form (or why it has
+    none) in words the rest of the package knows: adding an operator to the table is
+    enough, and a missing piece fails here naming the operator."""
+    from onespike import nir_export
+    from onespike.trace import COSTS, OPS
+
+    roles = {"relu", "weighted", "maxpool", "linear", "shape", "drop"}
+    for op in OPS:
+        assert op.kind in ("module", "function", "method"), op
+        assert op.role in roles, op
+        assert op.cost in COSTS, op
+        if op.nir is None:
+            assert op.no_nir or op.role == "shape", f"{op}: say why it has no NIR form"
+        else:
+            assert op.nir in nir_export.NIR_FORMS, f"{op}: the NIR exporter cannot write it"
+        if op.kind == "module":
+            assert isinstance(op.target, type) and issubclass(op.target, nn.Module), op
+            assert op.params == (op.role == "weighted"), op
+        if op.role == "weighted":
+            assert op.cost == "synapses", op
+    targets = [(op.kind, id(op.target)) for op in OPS]
+    assert len(set(targets)) == len(targets), "an operator is listed twice"
+
+
+def test_role_and_cost_are_read_from_the_table():
+    from onespike.trace import is_add, op_of, role
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.pool = nn.AvgPool1d(2)
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            return self.pool((h + h).view(x.size(0), 1, 4)).flatten(1)
+
+    gm = torch.fx.symbolic_trace(Net())
+    mods = dict(gm.named_modules())
+    got = {n.name: (role(n, mods), getattr(op_of(n, mods), "cost", None)) for n in gm.graph.nodes}
+    assert got == {
+        "x": ("input", None),
+        "fc": ("weighted", "synapses"),
+        "relu": ("relu", "neurons"),
+        "add": ("linear", "membrane"),
+        "size": ("shape", "free"),
+        "view": ("linear", "reshape"),
+        "pool": ("linear", "pool_area"),
+        "flatten": ("linear", "reshape"),
+        "output": ("output", None),
+    }
+    assert [n.name for n in gm.graph.nodes if is_add(n)] == ["add"]

@@ -39,18 +39,18 @@ energy of an operation count (:func:`energy_compute`, :func:`energy_total`,
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from onespike.codes import phase as pc
 from onespike.graph import Region, Runner, weighted_call
 from onespike.plan import LayerPlan
+from onespike.trace import is_add, op_of
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -211,22 +211,6 @@ def _pool_area(runner: Runner, node: Node, m_in: Tensor, m_out: Tensor) -> float
     return m_in[0].numel() / m_out[0].numel()  # adaptive pooling, divisible sizes
 
 
-def _is_pool(runner: Runner, node: Node) -> bool:
-    pools = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-    if node.op == "call_module":
-        return isinstance(runner.modules[node.target], pools)
-    return node.op == "call_function" and node.target in (
-        F.avg_pool1d,
-        F.avg_pool2d,
-        F.adaptive_avg_pool1d,
-        F.adaptive_avg_pool2d,
-    )
-
-
-def _is_add(node: Node) -> bool:
-    return node.target in (operator.add, torch.add, "add")
-
-
 def _weighted_input(node: Node) -> Node:
     return node.args[0] if node.op == "call_module" else node.args[1]
 
@@ -269,9 +253,10 @@ def count_region(
                 macs += float(_ones_op(runner, n, torch.ones_like(m), val).sum())
                 val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
                 kind[n] = "dense"
-        elif kinds == {"events"} and not _is_add(n):
+        elif kinds == {"events"} and not is_add(n):
             out = runner.run_node(n, val)
-            if _is_pool(runner, n):
+            op = op_of(n, runner.modules)
+            if op is not None and op.cost == "pool_area":
                 out = out * _pool_area(runner, n, val[ins[0]], out)
             val[n] = out
             kind[n] = "events"

@@ -104,10 +104,16 @@ from onespike.errors import OnespikeError
 from onespike.graph import Runner
 from onespike.network import SpikingNetwork
 from onespike.plan import LayerPlan, Plan
-from onespike.trace import role
+from onespike.trace import OPS, is_add, op_of, role
 
 NIR_FORMAT = "onespike.nir"
 NIR_FORMAT_VERSION = 1
+
+#: The NIR forms this exporter writes: every ``nir`` of :data:`onespike.trace.OPS` is one
+#: (tests/test_trace.py checks it).
+NIR_FORMS = frozenset(
+    ("IF", "Conv1d", "Conv2d", "Affine", "SumPool2d", "AvgPool2d", "Flatten", "sum", "identity")
+)
 
 
 class NIRExportError(OnespikeError, ValueError):
@@ -132,11 +138,19 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _is_add(node: fx.Node) -> bool:
-    if node.kwargs:
-        return False
-    if node.op == "call_function":
-        return node.target in (operator.add, torch.add)
-    return node.op == "call_method" and node.target == "add"
+    """A sum of tensors (``alpha=`` or ``out=`` would not be one)."""
+    return is_add(node) and not node.kwargs
+
+
+def _exportable() -> str:
+    """The operators that have a NIR form, from :data:`onespike.trace.OPS`."""
+    names = []
+    for op in OPS:
+        if op.nir is None or op.role == "relu":
+            continue
+        name = op.target.__name__ if op.kind == "module" else op.name or ""
+        names.append(f"{name} ({op.nir})" if op.kind == "module" else name)
+    return ", ".join(dict.fromkeys(names))
 
 
 def _leaves(expr) -> list[str]:
@@ -437,10 +451,11 @@ class _Exporter:
                 if m is not None
                 else f"{n.op} {getattr(n.target, '__name__', n.target)}"
             )
+            op = op_of(n, modules)
+            why = f": {op.no_nir}" if op is not None and op.no_nir else ""
             raise NIRExportError(
-                f"{where} ({what}) has no NIR form in onespike's export (supported: "
-                "Conv1d/Conv2d, Linear, AvgPool2d, AdaptiveAvgPool2d, MaxPool2d of spikes, "
-                "flatten, add)"
+                f"{where} ({what}) has no NIR form in onespike's export{why} (supported: "
+                f"{_exportable()})"
             )
         node.metadata = {**getattr(node, "metadata", {}), "torch_node": n.name}
         name = self.add(n.name, node)

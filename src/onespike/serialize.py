@@ -6,7 +6,7 @@ alone (no ANN, no calibration data). Loading never unpickles anything: the file
 holds raw tensors and JSON text, and the graph is rebuilt from an explicit list of
 the operators the converter supports.
 
-Layout (format version 1). The tensors of the file are named:
+Layout (format version 2). The tensors of the file are named:
 
 - ``ann/<key>``: every parameter and buffer of the folded ANN graph
   (``snn.ann_graph``: BatchNorm folded, dropout removed), under its state-dict key;
@@ -18,7 +18,7 @@ Layout (format version 1). The tensors of the file are named:
 
 The file's string metadata (the safetensors header, readable without torch):
 
-- ``format``: ``"onespike.SpikingNetwork"``; ``format_version``: ``"1"``;
+- ``format``: ``"onespike.SpikingNetwork"``; ``format_version``: ``"2"``;
   ``onespike_version``, ``torch_version``: who wrote it;
 - ``input_shape``: JSON list, the per-sample input shape;
 - ``plan``: JSON of the frozen :class:`~onespike.plan.Plan` (every
@@ -29,8 +29,18 @@ The file's string metadata (the safetensors header, readable without torch):
   from an allow-list and constructor arguments);
 - ``tensors``: JSON, for each state-dict key of both graphs: the file tensor(s)
   holding it, its layout and whether it is a parameter;
-- ``sha256``: a checksum of every stored tensor (name, dtype, shape, bytes), so a
-  damaged file is refused instead of loading wrong weights.
+- ``sha256``: a checksum of the whole file: every other metadata entry (key and
+  value: the plan, the graph, the tensors map, the versions, the input shape) and every
+  stored tensor (name, dtype, shape, bytes), so a damaged or edited file is refused
+  instead of loading wrong weights or a wrong plan (:func:`file_digest`). Format
+  version 1 checked the tensors only; its files are refused ("save it again").
+
+On load the plan is also checked against itself and the graph
+(:func:`check_plan`): bases in (1, 2], windows in ``[1, MAX_PHASES]``, finite scales
+(one per channel where per channel), the fire windows and the latency those of the
+graph, the neuron counts and tensor shapes those of the modules. So even a file whose
+checksum was recomputed after an edit cannot make the event path and the step
+simulator disagree or fail later with a raw error.
 
 JSON values that JSON cannot hold natively are tagged: ``{"$tuple": [...]}``,
 ``{"$node": name}``, ``{"$slice": [start, stop, step]}``, ``{"$dtype": "float32"}``,
@@ -49,24 +59,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
 import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from onespike.errors import OnespikeError
+from onespike._io import atomic_write, check_output
+from onespike.errors import MAX_PHASES, OnespikeError, check_device
 from onespike.network import SpikingNetwork
 from onespike.plan import LayerPlan, Plan
+from onespike.trace import OPS
 
 Tensor = torch.Tensor
 
 FORMAT = "onespike.SpikingNetwork"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the header too (1: the tensors only)
 
 
 class SerializationError(OnespikeError, ValueError):
@@ -94,60 +104,18 @@ class NotSerializableError(SerializationError):
 
 
 # ---------------------------------------------------------------------------------------
-# allow-lists: every operator the converter supports (tests/test_serialize.py checks that
-# they cover onespike.trace's lists), by a stable name
+# allow-lists: every operator of onespike.trace's table that survives tracing, by its
+# stable name (the table's ``name``)
 
 _FUNCTIONS: dict[str, object] = {
-    "operator.add": operator.add,
-    "operator.mul": operator.mul,
-    "operator.truediv": operator.truediv,
-    "operator.matmul": operator.matmul,
-    "operator.getitem": operator.getitem,
-    "builtins.getattr": getattr,
-    "torch.add": torch.add,
-    "torch.mul": torch.mul,
-    "torch.cat": torch.cat,
-    "torch.flatten": torch.flatten,
-    "torch.relu": torch.relu,
-    "torch.mm": torch.mm,
-    "torch.matmul": torch.matmul,
-    "torch.spmm": torch.spmm,
-    "torch.sparse.mm": torch.sparse.mm,
-    "torch.nn.functional.relu": F.relu,
-    "torch.nn.functional.dropout": F.dropout,
-    "torch.nn.functional.avg_pool1d": F.avg_pool1d,
-    "torch.nn.functional.avg_pool2d": F.avg_pool2d,
-    "torch.nn.functional.adaptive_avg_pool1d": F.adaptive_avg_pool1d,
-    "torch.nn.functional.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
-    "torch.nn.functional.max_pool1d": F.max_pool1d,
-    "torch.nn.functional.max_pool2d": F.max_pool2d,
+    op.name: op.target for op in OPS if op.kind == "function" and op.name is not None
 }
-
-_METHODS = frozenset(
-    ("relu", "view", "reshape", "flatten", "contiguous", "add", "mean", "size", "dim")
-)
-
-_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
-_CONV += ("groups", "padding_mode")
-_MAXPOOL = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
-_AVGPOOL1 = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
-
+_METHODS = frozenset(op.name for op in OPS if op.kind == "method" and op.name is not None)
 # module type -> (constructor arguments read from the instance, has weight and bias)
 _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
-    "Conv1d": (nn.Conv1d, _CONV, True),
-    "Conv2d": (nn.Conv2d, _CONV, True),
-    "Linear": (nn.Linear, ("in_features", "out_features"), True),
-    "MaxPool1d": (nn.MaxPool1d, _MAXPOOL, False),
-    "MaxPool2d": (nn.MaxPool2d, _MAXPOOL, False),
-    "AvgPool1d": (nn.AvgPool1d, _AVGPOOL1, False),
-    "AvgPool2d": (nn.AvgPool2d, (*_AVGPOOL1, "divisor_override"), False),
-    "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",), False),
-    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",), False),
-    "Flatten": (nn.Flatten, ("start_dim", "end_dim"), False),
-    "ReLU": (nn.ReLU, ("inplace",), False),
-    "ReLU6": (nn.ReLU6, ("inplace",), False),
-    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val", "inplace"), False),
-    "Identity": (nn.Identity, (), False),
+    op.name: (op.target, op.args, op.params)  # type: ignore[misc]
+    for op in OPS
+    if op.kind == "module" and op.name is not None
 }
 
 
@@ -389,22 +357,24 @@ def save(snn: SpikingNetwork, path: str | os.PathLike) -> None:
         "plan": _dumps(_plan_dict(snn.plan), "the plan"),
         "graph": json.dumps(graph, allow_nan=False, separators=(",", ":")),
         "tensors": json.dumps({"ann": ann_entries, "snn": snn_entries}, separators=(",", ":")),
-        "sha256": _digest(tensors),
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if not path.parent.is_dir():
-        raise SerializationError(f"cannot write '{path}': no folder '{path.parent}'")
-    if path.is_dir():
-        raise SerializationError(f"cannot write '{path}': it is a folder")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SerializationError(f"cannot write '{path}' ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    meta["sha256"] = file_digest(meta, tensors)
+    check_output(path, error=SerializationError)  # a folder, no folder: before writing
+    # beside, fsync, rename: a failure (a full disk) leaves the old file as it was
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta),
+                 error=SerializationError)  # fmt: skip
+
+
+def file_digest(meta: dict[str, str], tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of the whole file: every metadata entry but ``sha256`` itself (key and value,
+    each prefixed by its length) and every tensor (:func:`_digest`)."""
+    h = hashlib.sha256(b"onespike.SpikingNetwork file digest\n")
+    for key in sorted(k for k in meta if k != "sha256"):
+        for part in (key.encode(), meta[key].encode()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    h.update(_digest(tensors).encode())
+    return h.hexdigest()
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
@@ -436,6 +406,126 @@ def _plan_from(d: dict) -> Plan:
     d["layers"] = tuple(lp(x) for x in d["layers"])
     d["input"] = lp(d["input"])
     return Plan(**d)
+
+
+def _check_number(v: object, what: str, lo: float, hi: float, *, integer: bool = False) -> None:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or not (lo <= v <= hi):  # NaN fails the comparison
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{what} is {v!r}; it must be {kind} in [{lo:g}, {hi:g}]")
+
+
+def _check_layer_plan(lp: object, what: str) -> None:
+    if not isinstance(lp, LayerPlan) or not isinstance(lp.name, str):
+        raise ValueError(f"{what} is not a layer plan")
+    what = f"{what} '{lp.name}'"
+    base = lp.base
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1.0 < base <= 2.0:
+        raise ValueError(f"{what} has base {base!r}; a base must be in (1, 2]")
+    _check_number(lp.phases, f"{what}'s window (phases)", 1, MAX_PHASES, integer=True)
+    _check_number(lp.neurons, f"{what}'s neuron count", 0, math.inf, integer=True)
+    _check_number(lp.fire_window, f"{what}'s fire window", 0, 1 << 30, integer=True)
+    if not isinstance(lp.shift, bool):
+        raise ValueError(f"{what} has threshold shift {lp.shift!r}; it must be true or false")
+    scales = lp.scale if isinstance(lp.scale, tuple) else (lp.scale,)
+    if not scales:
+        raise ValueError(f"{what} has no scale")
+    for v in scales:
+        _check_number(v, f"{what}'s scale", 0.0, math.inf)
+        if not math.isfinite(v):
+            raise ValueError(f"{what} has scale {v!r}; a scale must be finite")
+    for name in ("act_error", "out_error"):
+        if isinstance(getattr(lp, name), bool) or not isinstance(getattr(lp, name), (int, float)):
+            raise ValueError(f"{what}'s {name} is not a number")
+
+
+def check_plan(net: SpikingNetwork) -> None:
+    """Raise ``ValueError`` naming the first field of ``net.plan`` that does not agree with
+    itself or with the network's graph (see the module docstring).
+
+    A plan that passes makes the event path and the step simulator run the same code:
+    each base in (1, 2] and window in ``[1, MAX_PHASES]``; finite scales, one per channel
+    where per channel, equal to the spiking layers' ``scale`` tensors; fire windows and
+    latency those :mod:`onespike.calibrate` derives from the graph; neuron counts those
+    of the layers' outputs (checked by running one zero sample where samples do not mix).
+    Used by :func:`load` and :func:`onespike.import_nir`.
+    """
+    from onespike import calibrate
+    from onespike.graph import Runner
+    from onespike.plan import INPUT_CODINGS
+
+    plan = net.plan
+    _check_number(plan.phases, "the plan's window (phases)", 1, MAX_PHASES, integer=True)
+    if plan.input_coding not in INPUT_CODINGS:
+        raise ValueError(
+            f"the plan's input coding {plan.input_coding!r} is not one of {INPUT_CODINGS}"
+        )
+    if not isinstance(plan.search, dict):
+        raise ValueError("the plan's search record is not a JSON object")
+    for i, lp in enumerate(plan.layers):
+        _check_layer_plan(lp, f"spiking layer {i}")
+    if (plan.input_coding == "single") != (plan.input is not None):
+        raise ValueError(f"the input coding is {plan.input_coding!r} but the input layer plan is "
+                         f"{'present' if plan.input is not None else 'missing'}")  # fmt: skip
+    if plan.input is not None:
+        _check_layer_plan(plan.input, "the input layer")
+        if plan.input.phases != plan.phases or plan.input.fire_window != 0:
+            raise ValueError("the input layer's window or fire window is not the plan's")
+    runner = Runner(net.ann_graph)
+    relus = [n for n in runner.nodes if runner.role(n) == "relu"]
+    if len(relus) != len(plan.layers):
+        raise ValueError(f"the plan has {len(plan.layers)} spiking layers, the graph {len(relus)}")
+    fire, out_window = calibrate.fire_windows(runner, relus)
+    for node, lp in zip(relus, plan.layers):
+        if lp.fire_window != fire[node]:
+            raise ValueError(
+                f"layer '{lp.name}' has fire window {lp.fire_window}; its place in the graph "
+                f"gives {fire[node]}"
+            )
+    windows = [lp.phases for lp in plan.layers]
+    fire_steps = getattr(calibrate, "fire_steps", None)  # per-layer windows
+    if fire_steps is not None:
+        latency = fire_steps(runner, relus, windows, plan.phases)[1]
+    else:
+        odd = [lp.name for lp in plan.layers if lp.phases != plan.phases]
+        if odd:
+            raise ValueError(f"layer '{odd[0]}' has a window other than the plan's {plan.phases}")
+        latency = (out_window + 1) * plan.phases
+    if plan.latency_steps != latency:
+        raise ValueError(
+            f"the plan's latency is {plan.latency_steps!r} steps; its windows give {latency}"
+        )
+    layers = [*net.spikes.values()] + ([net.input_encoder.layer] if plan.input else [])
+    lps = [*plan.layers] + ([plan.input] if plan.input else [])
+    for layer, lp in zip(layers, lps):
+        buf = layer.scale.detach()
+        if buf.is_meta or buf.is_sparse:
+            raise ValueError(f"layer '{lp.name}' has no scale tensor")
+        want = torch.tensor(lp.scale, dtype=torch.float32).to(buf.dtype)
+        if buf.shape != want.shape or not torch.equal(buf.cpu(), want):
+            raise ValueError(f"layer '{lp.name}''s scale tensor is not the plan's scale")
+    if not calibrate.batch_independent(runner):
+        return  # samples mix (a GCN): no one-sample probe
+    p = next((t for t in net.parameters() if t.is_floating_point()), None)
+    x = torch.zeros((1, *net.input_shape), dtype=None if p is None else p.dtype)
+    try:
+        with torch.no_grad():
+            run = net.simulate(x, mode="event")
+    except (RuntimeError, ValueError, IndexError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"the plan does not fit the graph ({msg})") from None
+    for lp in plan.layers:
+        phase = run.spike_phases[lp.name]
+        if phase.dim() < 2 or phase[0].numel() != lp.neurons:
+            raise ValueError(
+                f"layer '{lp.name}' has {lp.neurons} neurons in the plan, "
+                f"{phase[0].numel()} in the graph"
+            )
+        if isinstance(lp.scale, tuple) and len(lp.scale) != phase.shape[1]:
+            raise ValueError(
+                f"layer '{lp.name}' has {len(lp.scale)} per-channel scales for "
+                f"{phase.shape[1]} channels"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,6 +572,11 @@ def _build_graph(graph: dict, entries: dict[str, dict], tensors: dict[str, Tenso
         owner, _, name = key.rpartition(".")
         mod = _submodule(root, owner)
         t = _tensor(entry, tensors)
+        old = getattr(mod, name, None)
+        if isinstance(old, Tensor) and old.is_meta and old.shape != t.shape:
+            raise ValueError(
+                f"'{key}' has shape {tuple(t.shape)}, its module needs {tuple(old.shape)}"
+            )
         if entry["param"]:
             mod.register_parameter(name, nn.Parameter(t, requires_grad=True))
         else:
@@ -521,6 +616,8 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
         raise NetworkFileNotFoundError(f"no such file: '{path}'")
     if path.is_dir():
         raise NotANetworkFileError(f"'{path}' is a directory, not a saved network")
+    if not path.is_file():  # a FIFO or a device: reading it could block forever
+        raise NotANetworkFileError(f"'{path}' is not a regular file, not a saved network")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -546,8 +643,11 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
                 f"'{path}' is damaged or truncated ({str(e).splitlines()[0]})"
             ) from None
         raise NotANetworkFileError(f"'{path}' is not a network saved by onespike") from None
-    if meta.get("sha256") != _digest(tensors):
-        raise CorruptFileError(f"'{path}' is damaged: its tensors do not match their checksum")
+    if meta.get("sha256") != file_digest(meta, tensors):
+        raise CorruptFileError(
+            f"'{path}' is damaged or was edited: its header and tensors do not match their "
+            "checksum (save the network again with onespike.save)"
+        )
     return meta, tensors
 
 
@@ -566,6 +666,13 @@ def _check_version(path: Path, meta: dict[str, str]) -> None:
         )
     if version < 1:
         raise CorruptFileError(f"'{path}' has an invalid format version {version}")
+    if version < FORMAT_VERSION:
+        writer = meta.get("onespike_version", "an older onespike")
+        raise UnsupportedFormatVersionError(
+            f"'{path}' is in file format version {version} (written by onespike {writer}), "
+            f"whose checksum does not cover the plan and the graph; this onespike reads "
+            f"version {FORMAT_VERSION}: convert the network again and re-save it with this version"
+        )
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> SpikingNetwork:
@@ -576,6 +683,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -
     :class:`SerializationError`, a ``ValueError``) with a one-sentence message.
     ``device``: where the network goes (default: the CPU, where the file is read).
     """
+    check_device(device, "load(device=...)")
     path = Path(path)
     meta, tensors = _read(path)
     try:
@@ -609,6 +717,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorruptFileError(f"'{path}' is damaged: {msg}") from None
+    try:
+        check_plan(net)
+    except ValueError as e:
+        raise CorruptFileError(f"'{path}' is damaged: {e}") from None
     return net if device is None else net.to(device)
 
 

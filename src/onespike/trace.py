@@ -50,10 +50,205 @@ Node = fx.Node
 Tensor = torch.Tensor
 
 
-_WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_POOL_AVG_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d)
-_DROP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+# --------------------------------------------------------------------------------------
+# THE table of supported operators
+# --------------------------------------------------------------------------------------
+#: What the cost walk does with an operator (:func:`onespike.engine.count_region`):
+#: ``"synapses"`` one accumulate per event and synapse (a MAC per synapse on dense
+#: values); ``"membrane"`` events land on a membrane here (one accumulate each: an add);
+#: ``"pool_area"`` events pass, multiplied by the pool area (average pooling is folded
+#: into the next weighted layer); ``"reshape"`` events move without being combined
+#: (spikes stay spikes); ``"pass"`` events pass through the operator as computed;
+#: ``"neurons"`` a spiking layer (counted by its neurons, not in a region); ``"free"``
+#: integer bookkeeping or an operator that tracing removes.
+COSTS = ("synapses", "membrane", "pool_area", "reshape", "pass", "neurons", "free")
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
+_CONV += ("groups", "padding_mode")
+_MAXPOOL = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVGPOOL1 = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+
+_NO_SAMPLE_MIX = "a fixed matrix times the activations mixes samples (a graph convolution)"
+_NO_MAXPOOL = (
+    "NIR has no max-pool node (onespike writes only a 2-d max-pooling module of spikes, "
+    "as SumPool2d with metadata)"
+)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One supported operator: how it is recognised, its role, its name in files, its
+    NIR form and its cost.
+
+    ``kind``/``target``: ``"module"`` and a module class (subclasses match too),
+    ``"function"`` and the function, ``"method"`` and the method's name. ``role``: the
+    node role (module docstring). ``name``: its stable name in onespike's files
+    (:mod:`onespike.serialize`), ``None`` where tracing removes or rewrites it.
+    ``nir``: the NIR node it is exported as (:mod:`onespike.nir_export`): a NIR class
+    name, ``"IF"`` for a spiking layer, ``"sum"`` (edges into one node), ``"concat"``
+    (zero-padded identity maps summed), ``"identity"`` (no node), or ``None`` with the
+    reason in ``no_nir``. ``cost``: one of :data:`COSTS`. ``clip``: a clamp-like
+    operator, a ReLU only with bounds ``(0, c)``. ``args``/``params``: a module's
+    constructor arguments read from the instance and whether it has weight and bias.
+    """
+
+    kind: str
+    target: object
+    role: str
+    name: str | None
+    nir: str | None
+    cost: str
+    no_nir: str = ""
+    clip: bool = False
+    args: tuple[str, ...] = ()
+    params: bool = False
+
+
+def _m(cls, role_, nir, cost, *, name=True, no_nir="", clip=False, args=(), params=False):
+    return Op(
+        "module", cls, role_, cls.__name__ if name else None, nir, cost, no_nir, clip, args, params
+    )
+
+
+def _f(fn, name, role_, nir, cost, no_nir=""):
+    return Op("function", fn, role_, name, nir, cost, no_nir)
+
+
+def _me(method, role_, nir, cost, *, name=True, no_nir="", clip=False):
+    return Op("method", method, role_, method if name else None, nir, cost, no_nir, clip)
+
+
+_TORCH_F = "torch.nn.functional."
+_RM = "removed by tracing"
+OPS: tuple[Op, ...] = (
+    # spiking layers: ReLUs and ReLUs clipped at c
+    _m(nn.ReLU, "relu", "IF", "neurons", args=("inplace",)),
+    _m(nn.ReLU6, "relu", "IF", "neurons", clip=True, args=("inplace",)),
+    _m(nn.Hardtanh, "relu", "IF", "neurons", clip=True, args=("min_val", "max_val", "inplace")),
+    _f(F.relu, _TORCH_F + "relu", "relu", "IF", "neurons"),
+    _f(torch.relu, "torch.relu", "relu", "IF", "neurons"),
+    _me("relu", "relu", "IF", "neurons"),
+    *(  # rewritten by trace() as nn.Hardtanh(0, c) or nn.ReLU modules
+        Op("function", fn, "relu", None, "IF", "neurons", clip=True)
+        for fn in (F.relu6, F.hardtanh, torch.clamp, torch.clip)
+    ),
+    _me("clamp", "relu", "IF", "neurons", name=False, clip=True),
+    _me("clip", "relu", "IF", "neurons", name=False, clip=True),
+    # weighted: synaptic operations
+    _m(nn.Conv1d, "weighted", "Conv1d", "synapses", args=_CONV, params=True),
+    _m(nn.Conv2d, "weighted", "Conv2d", "synapses", args=_CONV, params=True),
+    _m(
+        nn.Linear,
+        "weighted",
+        "Affine",
+        "synapses",
+        args=("in_features", "out_features"),
+        params=True,
+    ),
+    _f(operator.matmul, "operator.matmul", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    _f(torch.mm, "torch.mm", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    _f(torch.matmul, "torch.matmul", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    _f(torch.spmm, "torch.spmm", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    _f(torch.sparse.mm, "torch.sparse.mm", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    # max-pooling of spikes
+    _m(nn.MaxPool1d, "maxpool", None, "pass", no_nir=_NO_MAXPOOL, args=_MAXPOOL),
+    _m(nn.MaxPool2d, "maxpool", "SumPool2d", "pass", args=_MAXPOOL),
+    _f(F.max_pool1d, _TORCH_F + "max_pool1d", "maxpool", None, "pass", _NO_MAXPOOL),
+    _f(F.max_pool2d, _TORCH_F + "max_pool2d", "maxpool", None, "pass", _NO_MAXPOOL),
+    # weight-free linear operators
+    _m(nn.AvgPool1d, "linear", None, "pool_area", no_nir="NIR has no 1-d pooling", args=_AVGPOOL1),
+    _m(nn.AvgPool2d, "linear", "AvgPool2d", "pool_area", args=(*_AVGPOOL1, "divisor_override")),
+    _m(
+        nn.AdaptiveAvgPool1d,
+        "linear",
+        None,
+        "pool_area",
+        no_nir="NIR has no 1-d pooling",
+        args=("output_size",),
+    ),
+    _m(nn.AdaptiveAvgPool2d, "linear", "AvgPool2d", "pool_area", args=("output_size",)),
+    *(
+        _f(
+            fn,
+            _TORCH_F + fn.__name__,
+            "linear",
+            None,
+            "pool_area",
+            "only pooling modules are exported (use nn.AvgPool2d)",
+        )
+        for fn in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
+    ),
+    _m(nn.Flatten, "linear", "Flatten", "reshape", args=("start_dim", "end_dim")),
+    _f(torch.flatten, "torch.flatten", "linear", "Flatten", "reshape"),
+    _me("view", "linear", "Flatten", "reshape"),
+    _me("reshape", "linear", "Flatten", "reshape"),
+    _me("flatten", "linear", "Flatten", "reshape"),
+    _me("contiguous", "linear", "identity", "reshape"),
+    _f(operator.add, "operator.add", "linear", "sum", "membrane"),
+    _f(torch.add, "torch.add", "linear", "sum", "membrane"),
+    _me("add", "linear", "sum", "membrane"),
+    _f(torch.cat, "torch.cat", "linear", None, "pass", "concatenation is not exported yet"),
+    _f(operator.mul, "operator.mul", "linear", None, "pass", "multiplication by a number"),
+    _f(torch.mul, "torch.mul", "linear", None, "pass", "multiplication by a number"),
+    _f(operator.truediv, "operator.truediv", "linear", None, "pass", "division by a number"),
+    _me("mean", "linear", None, "pass", no_nir="a mean"),
+    # integer bookkeeping
+    _f(operator.getitem, "operator.getitem", "shape", None, "free"),
+    _f(getattr, "builtins.getattr", "shape", None, "free"),  # x.shape, x.ndim only
+    _me("size", "shape", None, "free"),
+    _me("dim", "shape", None, "free"),
+    # removed by trace(): dropout and identity dropped, BatchNorm folded
+    _m(nn.Identity, "drop", None, "free", no_nir=_RM),  # the file format keeps it by name
+    *(
+        _m(cls, "drop", None, "free", name=False, no_nir=_RM)
+        for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d)
+    ),
+    _f(F.dropout, _TORCH_F + "dropout", "drop", None, "free", _RM),
+)
+
+MODULE_OPS: dict[type, Op] = {op.target: op for op in OPS if op.kind == "module"}
+FUNCTION_OPS: dict[object, Op] = {}
+for _op in OPS:  # the first entry wins among equal functions (torch.spmm == torch.mm)
+    if _op.kind == "function":
+        FUNCTION_OPS.setdefault(_op.target, _op)
+METHOD_OPS: dict[str, Op] = {op.target: op for op in OPS if op.kind == "method"}
+
+
+def op_of(node: Node, modules: dict[str, nn.Module] | None = None) -> Op | None:
+    """The table entry of ``node``'s operator (a module matches through its class's
+    bases), or ``None`` (placeholder, output, get_attr, an unsupported operator)."""
+    if node.op == "call_module":
+        if modules is None:
+            return None
+        for cls in type(modules[node.target]).__mro__:
+            if cls in MODULE_OPS:
+                return MODULE_OPS[cls]
+        return None
+    if node.op == "call_function":
+        try:
+            return FUNCTION_OPS.get(node.target)
+        except TypeError:  # an unhashable target
+            return None
+    if node.op == "call_method":
+        return METHOD_OPS.get(node.target)
+    return None
+
+
+def is_add(node: Node) -> bool:
+    """True if ``node`` adds tensors (events land on a membrane; a sum in NIR)."""
+    op = op_of(node)
+    return op is not None and op.cost == "membrane"
+
+
+def _role_modules(role_: str) -> tuple[type, ...]:
+    return tuple(op.target for op in OPS if op.kind == "module" and op.role == role_)
+
+
+_WEIGHTED_MODULES = _role_modules("weighted")
+_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_DROP_MODULES = tuple(c for c in _role_modules("drop") if c not in _BN_MODULES)
+_DROP_FUNCTIONS = tuple(op.target for op in OPS if op.kind == "function" and op.role == "drop")
+_CLIP_METHODS = tuple(op.target for op in OPS if op.kind == "method" and op.clip)
 _ACTIVATION_MODULES = (
     nn.Sigmoid,
     nn.Tanh,
@@ -73,27 +268,6 @@ _ACTIVATION_MODULES = (
     nn.Softmax,
     nn.LogSoftmax,
 )
-_RELU_FUNCTIONS = (F.relu, torch.relu)
-_CLIP_FUNCTIONS = (F.relu6, F.hardtanh, torch.clamp, torch.clip)
-_CLIP_METHODS = ("clamp", "clip")
-_MATMUL_FUNCTIONS = (torch.sparse.mm, torch.mm, torch.matmul, operator.matmul, torch.spmm)
-_LINEAR_FUNCTIONS = (
-    operator.add,
-    torch.add,
-    torch.cat,
-    torch.flatten,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    operator.mul,
-    torch.mul,
-    operator.truediv,
-)
-_MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d)
-_DROP_FUNCTIONS = (F.dropout,)
-_LINEAR_METHODS = ("view", "reshape", "flatten", "contiguous", "add", "mean")
-_SHAPE_METHODS = ("size", "dim")
 
 
 @dataclass
@@ -173,53 +347,15 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         return "output"
     if op == "get_attr":
         return "const"
-    if op == "call_module":
-        m = modules[node.target]
-        if isinstance(m, nn.ReLU):
-            return "relu"
-        if isinstance(m, nn.Hardtanh):  # nn.ReLU6 too: a ReLU capped at max_val
-            return "relu" if _clip_problem(node, modules) is None else None
-        if isinstance(m, _WEIGHTED_MODULES):
-            return "weighted"
-        if isinstance(m, _MAXPOOL_MODULES):
-            return "maxpool"
-        if isinstance(m, (*_POOL_AVG_MODULES, nn.Flatten)):
-            return "linear"
-        if isinstance(m, (*_DROP_MODULES, nn.BatchNorm1d, nn.BatchNorm2d)):
-            return "drop"  # removed by fold(); BN left here is unfoldable
-        if hasattr(m, "_onespike_role"):
-            return m._onespike_role
+    entry = op_of(node, modules)
+    if entry is None:
+        m = modules.get(node.target) if op == "call_module" else None
+        return getattr(m, "_onespike_role", None)  # onespike's own spiking modules
+    if entry.clip and _clip_problem(node, modules) is not None:
         return None
-    if op == "call_function":
-        t = node.target
-        if t in _RELU_FUNCTIONS:
-            return "relu"
-        if t in _CLIP_FUNCTIONS:
-            return "relu" if _clip_problem(node, modules) is None else None
-        if t in _MATMUL_FUNCTIONS:
-            return "weighted"
-        if t in _MAXPOOL_FUNCTIONS:
-            return "maxpool"
-        if t in _DROP_FUNCTIONS:
-            return "drop"
-        if t is operator.getitem:
-            return "shape"
-        if t is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
-            return "shape"
-        if t in _LINEAR_FUNCTIONS:
-            return "linear"
+    if entry.target is getattr and not (len(node.args) > 1 and node.args[1] in ("shape", "ndim")):
         return None
-    if op == "call_method":
-        if node.target == "relu":
-            return "relu"
-        if node.target in _CLIP_METHODS:
-            return "relu" if _clip_problem(node, modules) is None else None
-        if node.target in _SHAPE_METHODS:
-            return "shape"
-        if node.target in _LINEAR_METHODS:
-            return "linear"
-        return None
-    return None
+    return entry.role
 
 
 def _problems(gm: fx.GraphModule) -> list[str]:
@@ -242,7 +378,7 @@ def _problems(gm: fx.GraphModule) -> list[str]:
             continue
         if r == "drop" and node.op == "call_module":
             m = modules[node.target]
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not _foldable(node, modules):
+            if isinstance(m, _BN_MODULES) and not _foldable(node, modules):
                 why = _forward_fold_problem(node, modules, gm)
                 if why is not None:
                     out.append(
@@ -260,8 +396,7 @@ def _problems(gm: fx.GraphModule) -> list[str]:
             consts = [a for a in node.args if not isinstance(a, Node)]
             if len(consts) != 1 or not isinstance(consts[0], (int, float)):
                 out.append(f"{where}: only multiplication/division by a number is supported")
-        is_add = r == "linear" and node.target in (operator.add, torch.add, "add")
-        if is_add and any(not isinstance(a, Node) for a in node.args):
+        if is_add(node) and any(not isinstance(a, Node) for a in node.args):
             out.append(f"{where}: adding a constant is not supported (add two tensors only)")
         if r == "maxpool":
             src = node.args[0]
@@ -292,13 +427,8 @@ def _is_spiking(node: object, modules: dict[str, nn.Module]) -> bool:
 
 def is_reshape(node: Node, modules: dict[str, nn.Module]) -> bool:
     """Flatten/view/reshape: moves values without combining them (spikes stay spikes)."""
-    if node.op == "call_module":
-        return isinstance(modules[node.target], nn.Flatten)
-    if node.op == "call_function":
-        return node.target is torch.flatten
-    if node.op == "call_method":
-        return node.target in ("view", "reshape", "flatten", "contiguous")
-    return False
+    op = op_of(node, modules)
+    return op is not None and op.cost == "reshape"
 
 
 def _foldable(bn_node: Node, modules: dict[str, nn.Module]) -> bool:
@@ -389,9 +519,7 @@ def _fold_bn(gm: fx.GraphModule) -> None:
     it feeds (in place on the copy)."""
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(
-            modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)
-        ):
+        if node.op != "call_module" or not isinstance(modules[node.target], _BN_MODULES):
             continue
         bn = modules[node.target]
         if _foldable(node, modules):
