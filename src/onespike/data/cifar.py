@@ -1,10 +1,12 @@
-"""CIFAR-10 from a JPEG ImageFolder zip or from the official python release.
+"""CIFAR-10 from the official python release (or, for users who have one, a JPEG zip).
 
 Two on-disk forms are understood, under ``<root>/cifar10/``:
 
 * ``cifar-10-batches-py/`` (the official ``cifar-10-python.tar.gz`` extracted): pickles
-  ``data_batch_1`` .. ``data_batch_5`` (train) and ``test_batch`` (test). Used when present.
-* ``cifar10-jpeg.zip``: an ImageFolder layout ``{train,test}/<class>/<name>.jpg``
+  ``data_batch_1`` .. ``data_batch_5`` (train) and ``test_batch`` (test). Used when present;
+  this is the standard benchmark, and every figure in the docs is measured on it.
+* ``cifar10-jpeg.zip``: a lossy re-encoding some users have, read when the release is
+  absent (figures on it are not comparable with published ones): an ImageFolder layout ``{train,test}/<class>/<name>.jpg``
   (optionally below one leading folder). The JPEGs are decoded once with Pillow and the
   uint8 result is cached as an uncompressed ``.npz`` in :func:`cache_dir`, keyed by the zip's
   size and modification time.
