@@ -72,9 +72,9 @@ MODELS: dict[str, ModelSpec] = {
         resnet20,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.experiments.train --model resnet20 --epochs 24 --seed 0 "
-        "--batch-size 128 --lr 0.1 --threads 2 --channels-last "
-        "--checkpoint checkpoints/resnet20_e24.ckpt --resume --out src/onespike/assets/weights",
+        "python -m onespike.experiments.train --model resnet20 --epochs 200 --seed 0 "
+        "--batch-size 128 --lr 0.1 --threads 1 --channels-last --name resnet20 "
+        "--checkpoint checkpoints/resnet20_orig.ckpt --resume --no-progress --out checkpoints/new",
     ),
     "vgg11_bn": ModelSpec(
         "vgg11_bn",
@@ -92,8 +92,8 @@ MODELS: dict[str, ModelSpec] = {
         "cifar10",
         (3, 32, 32),
         "python -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 16 "
-        "--seed 0 --threads 1 --channels-last --checkpoint checkpoints/fast_vgg.ckpt --resume "
-        "--no-progress --out src/onespike/assets/weights",
+        "--seed 0 --threads 1 --channels-last --checkpoint checkpoints/fast_vgg_orig.ckpt "
+        "--resume --no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
