@@ -40,10 +40,72 @@ class UnsupportedModelError(OnespikeError, ValueError):
     """The model contains operators that cannot be converted (all listed in the message)."""
 
 
+class ModelError(OnespikeError, ValueError):
+    """The model cannot be converted as it is (NaN/Inf weights, weights on the meta device)."""
+
+
+class OutputError(OnespikeError, OSError):
+    """An output file cannot be written (a folder, a missing folder, no permission, a full
+    disk); the file that was there before is left as it was."""
+
+    __str__ = Exception.__str__  # the message as written (OSError would add its fields)
+
+
 class UnknownNameError(OnespikeError, KeyError):
     """A model, code or setting was asked for by a name onespike does not know."""
 
     __str__ = Exception.__str__  # the message as written (KeyError would quote it)
+
+
+#: The longest window ``T`` (steps) a network may have. Every spiking layer's window is
+#: ``T`` steps and the latency grows with it; the smallest level ``B^-(T-1)`` of a base-2
+#: code falls below float32's resolution (``2^-24``) after 25 steps and underflows after
+#: 127, and the step simulator's time grows with ``T``: a larger ``T`` adds nothing but cost.
+MAX_PHASES = 64
+
+
+def check_phase_bound(phases: object, what: str = "phases") -> None:
+    """Raise :class:`OptionError` unless ``phases`` is an integer in ``[1, MAX_PHASES]``."""
+    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
+        raise OptionError(f"{what} must be an integer >= 1, got {phases!r}")
+    if phases > MAX_PHASES:
+        raise OptionError(
+            f"{what} = {phases} is more than {MAX_PHASES}: the latency grows with the window "
+            f"and the smallest code level B^-(T-1) vanishes in float32 long before "
+            f"(2^-24 after 25 steps at base 2); choose {MAX_PHASES} or fewer"
+        )
+
+
+def check_device(device: object, what: str = "device") -> object:
+    """``device`` (None, a string or a ``torch.device``) if tensors can be made there; else
+    :class:`OptionError` saying why (an unknown name, no CUDA, no such GPU)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError(
+            f"{what} {device!r} is not a device name: use 'cpu', 'cuda', 'cuda:0', ..."
+        ) from None
+    if dev.type == "meta":
+        raise OptionError(f"{what} 'meta' holds no data: choose 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(
+                f"{what} {str(dev)!r}: CUDA is not available here (this torch has no CUDA "
+                "or no GPU is visible): use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(
+                f"{what} {str(dev)!r}: there are {torch.cuda.device_count()} GPU(s), "
+                f"numbered from 0"
+            )
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise OptionError(f"{what} {str(dev)!r} cannot be used here ({reason})") from None
+    return device
 
 
 def report_error(e: OnespikeError) -> int:

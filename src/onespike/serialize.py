@@ -96,7 +96,8 @@ class CorruptFileError(SerializationError):
 
 
 class UnsupportedFormatVersionError(SerializationError):
-    """The file was written in a newer format than this version of onespike reads."""
+    """The file was written in a format version this onespike does not read (a newer one,
+    or version 1, whose checksum did not cover the header)."""
 
 
 class NotSerializableError(SerializationError):
