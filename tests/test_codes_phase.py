@@ -117,3 +117,14 @@ def test_window_rule_helpers(base, T):
     assert upd[0] == T and torch.equal(upd[1:], torch.arange(1, T + 1))
     r = pc.reached_from_phase(ph.clone(), T)
     assert torch.equal(pc.phase_from_reached(r, T), ph)
+
+
+@pytest.mark.parametrize(("base", "T", "shift"), [(2.0, 5, True), (1.37, 8, False), (1.8, 3, True)])
+def test_fire_step_by_step_gives_the_phases_of_encode(base, T, shift):
+    """The phase neuron's per-step update (one compare and one multiply per step) fires
+    at the phase the event path's encode gives, once at most."""
+    z = torch.rand(4000, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1.2
+    phase, count = pc.fire(z, base, T, shift=shift)
+    assert torch.equal(phase, pc.encode(z, base, T, shift=shift))
+    assert torch.equal(count, (phase >= 0).to(torch.int64))
+    assert (phase >= 0).any() and (phase < 0).any()

@@ -134,20 +134,13 @@ def test_bias_parameter_added_once():
 def test_maxpool_of_spikes_equals_step_by_step_gating(pool):
     """The one-pass pool (earliest spike of each window) equals a gate run step by step:
     at step t it passes a spike if an input spikes at t and none has passed before."""
-    from torch import fx
-
-    from onespike.graph import Runner
-    from onespike.simulate import _maxpool_spikes, _Source
+    from onespike.codes import phase as pc
 
     T = 7
     g = torch.Generator().manual_seed(0)
     phase = torch.randint(0, T, (3, 4, 9, 9), generator=g)
     phase[torch.rand(phase.shape, generator=g) < 0.8] = -1  # -1: no spike; sparse
-    gm = fx.symbolic_trace(torch.nn.Sequential(pool))
-    node = next(n for n in gm.graph.nodes if n.op == "call_module")
-    out = _maxpool_spikes(
-        Runner(gm), node, _Source("single", 1.3, phase, torch.ones(3, 4, 9, 9)), T
-    )
+    out = pc.maxpool_phases(pool, phase, T, torch.float32)
     passed, ref = None, None
     for t in range(T):
         spikes_t = pool((phase == t).float()) > 0
@@ -157,5 +150,8 @@ def test_maxpool_of_spikes_equals_step_by_step_gating(pool):
         new = spikes_t & ~passed
         ref[new] = t
         passed |= new
-    assert torch.equal(out.code, ref)
+    assert torch.equal(out, ref)
     assert (ref >= 0).any() and (ref == -1).any()  # both outcomes were exercised
+    # the spike form of the same rule: one spike per pool window with any input spike
+    spikes = pc.maxpool_spikes(pool, (phase >= 0).float())
+    assert torch.equal(spikes, (ref >= 0).float())

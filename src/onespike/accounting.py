@@ -240,10 +240,13 @@ def _spike_tags(
         elif kind == "const":
             tags[node] = ("const", runner.run_node(node, vals))
         elif kind in ("pool", "reshape"):
-            out = runner.run_node(node, vals)
             if kind == "pool":  # the first spike of each pool window passes
-                out = (out > 0).to(x.dtype)
+                out = pc.maxpool_spikes(runner.on_input(node, vals), vals[node.args[0]])
+            else:
+                out = runner.run_node(node, vals)
             tags[node] = ("events", out)
+            bases[node] = bases[node.args[0]]
+            windows[node] = windows[node.args[0]]
             bases[node] = bases[node.args[0]]
             windows[node] = windows[node.args[0]]
         elif kind == "shape" and all(a in tags for a in node.all_input_nodes):

@@ -78,6 +78,16 @@ class Runner:
             return args[0]
         raise RuntimeError(f"cannot run node {node.name} ({op})")
 
+    def on_input(self, node: Node, env: dict[Node, object]) -> Callable[[Tensor], Tensor]:
+        """``node`` as a function of its first input, its other inputs read from ``env``
+        (a max-pool applied to spikes, phases or units in place of its input's value)."""
+
+        def apply(value: Tensor) -> Tensor:
+            full = {a: env.get(a) for a in node.all_input_nodes}
+            return self.run_node(node, {**full, node.args[0]: value})  # type: ignore[return-value]
+
+        return apply
+
     def run(
         self,
         env: dict[Node, object],

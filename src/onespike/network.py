@@ -147,7 +147,8 @@ class InputEncoder(nn.Module):
 def _pool_before_code(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` where a max-pool that follows a spiking layer runs before it.
 
-    The code is monotonic, so ``maxpool(code(x)) == code(maxpool(x))`` exactly
+    The code is monotonic, so ``maxpool(code(x)) == code(maxpool(x))`` exactly (the
+    max-pool rule of :func:`onespike.codes.phase.maxpool_phases`: the earliest spike passes)
     (the same float operations on the same winning values): the output does
     not change, and the code runs on a quarter of the values. Used by
     ``forward`` only; ``simulate`` records every neuron's phase on ``gm``.

@@ -15,7 +15,8 @@ Realisation (METHOD.md section 3, the one of the authors' later code):
   fires the first time it crosses and is silent afterwards.
 - Max-pooling of spikes passes the first spike of each pool window and
   suppresses later ones (the code is monotonic: earliest = largest); the pool
-  has no state, so the passing spike is found in one pass (``_maxpool_spikes``).
+  has no state, so the passing spike is found in one pass
+  (:func:`onespike.codes.phase.maxpool_phases`).
 - The output layer never fires: its membrane at the end of its input window,
   in real units, is the output.
 
@@ -149,53 +150,14 @@ def _integrate(runner: Runner, reg: Region, sources: dict[Node, _Source], env_co
     return bias if u_total is None else u_total.add_(bias)
 
 
-def _fire(z: Tensor, base: float, phases: int, shift: bool) -> tuple[Tensor, Tensor]:
-    """Fire window of normalised membranes ``z``: (phases, spike counts).
+def _maxpool_spikes(runner: Runner, node: Node, src: _Source) -> _Source:
+    """Max-pool of single-spike trains: the first spike of each pool window passes
+    (:func:`onespike.codes.phase.maxpool_phases`, one pooling instead of one per step;
+    ``tests/test_simulate.py`` checks it step by step)."""
 
-    Each step: compare the membrane with the step's threshold, fire if not yet
-    fired, then multiply the membrane by the base. A neuron's phase is the
-    number of steps it waited before its spike.
-    """
-    mth = pc.membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
-    narrow = torch.uint8 if phases < 255 else torch.int32
-    count = torch.zeros(
-        z.shape, dtype=narrow, device=z.device
-    )  # spikes fired, counted as they happen
-    waited = torch.zeros(z.shape, dtype=narrow, device=z.device)  # steps spent silent
-    silent = torch.ones(z.shape, dtype=torch.bool, device=z.device)
-    v = z.clone()
-    for k in range(phases):
-        fire = (v >= mth[k]).logical_and_(silent)
-        count += fire
-        silent.logical_and_(fire.logical_not_())
-        waited += silent
-        v.mul_(base)
-    count = count.to(torch.int64)
-    phase = torch.where(count > 0, waited.to(torch.int64), pc.NO_SPIKE)
-    return phase, count
-
-
-def _maxpool_spikes(runner: Runner, node: Node, src: _Source, T: int | None = None) -> _Source:
-    """Max-pool of single-spike trains: the first spike of each pool window passes.
-
-    A pool has no membrane: at step ``t`` it passes a spike if one of its inputs
-    spikes at ``t`` and none has passed before. The spike that passes is therefore
-    the earliest of the window, found with one pooling of the *earliness*
-    ``T - phase`` (0 for no spike) instead of ``T`` poolings of step masks; the
-    spikes are the same (``tests/test_simulate.py`` checks it step by step).
-    """
-    T = src.phases if T is None else T  # the sender's window
-    early = torch.where(src.code >= 0, T - src.code, 0).to(src.unit.dtype)
-    pooled = runner.run_node(node, _with_args(node, {node.args[0]: early})).to(torch.int64)
-    out_phase = torch.where(pooled > 0, T - pooled, pc.NO_SPIKE)
-    unit = runner.run_node(node, _with_args(node, {node.args[0]: src.unit}))
-    return _Source("single", src.base, out_phase, unit, phases=T)
-
-
-def _with_args(node: Node, env: dict[Node, object]) -> dict[Node, object]:
-    for a in node.all_input_nodes:
-        env.setdefault(a, None)
-    return env
+    pool = runner.on_input(node, {})
+    out_phase = pc.maxpool_phases(pool, src.code, src.phases, src.unit.dtype)
+    return _Source("single", src.base, out_phase, pool(src.unit), phases=src.phases)
 
 
 def _scale(lp: LayerPlan, like: Tensor) -> Tensor:
@@ -238,7 +200,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
                 lp = plan.input
                 assert lp is not None, "single-spike input coding without a layer plan"
                 z = x / _scale(lp, x)
-                phase, count = _fire(z, lp.base, lp.phases, lp.shift)
+                phase, count = pc.fire(z, lp.base, lp.phases, shift=lp.shift)
                 unit = (_scale(lp, x) * pc.unit_value(lp.base, lp.phases)).expand(x.shape)
                 sources[node] = _Source("single", lp.base, phase, unit.to(dtype), phases=lp.phases)
                 input_spikes = count
@@ -250,7 +212,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             reg = walk.regions[node]
             u = _integrate(runner, reg, sources, env_const, dtype)
             z = u / _scale(lp, u)
-            phase, count = _fire(z, lp.base, lp.phases, lp.shift)  # the layer's own window
+            phase, count = pc.fire(z, lp.base, lp.phases, shift=lp.shift)  # the layer's own window
             unit = (_scale(lp, u) * pc.unit_value(lp.base, lp.phases)).expand(u.shape).to(dtype)
             sources[node] = _Source("single", lp.base, phase, unit, phases=lp.phases)
             env_const[node] = phase  # shape queries (x.size(0)) read it

@@ -22,6 +22,7 @@ and without it (floor, the plain rule) ``z >= B^-k``. ``z >= 1`` fires at phase
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,58 @@ def fire_updates(phase: Tensor, phases: int) -> Tensor:
     """Fire-window steps a neuron is updated (one multiply and one compare each): ``k + 1``
     if it fired at phase ``k`` (silent afterwards), all ``T`` if it never fired."""
     return torch.where(phase >= 0, phase + 1, torch.full_like(phase, phases))
+
+
+def fire(z: Tensor, base: float, phases: int, *, shift: bool = True):
+    """The fire window of a layer of phase neurons, step by step: ``(phase, count)``.
+
+    ``z``: the membranes at the end of the input window, normalised by the layer's
+    scale. At each step ``k`` a neuron that has not fired compares its membrane with
+    :func:`membrane_thresholds` ``[k]`` and fires if it reaches it; then every membrane
+    is multiplied by ``base``. A neuron's phase is the number of steps it waited
+    before its spike (:data:`NO_SPIKE` if none); ``count`` counts the spikes as they
+    happen (0 or 1, int64). The event path's :func:`encode` gives the same phases.
+    """
+    mth = membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
+    narrow = torch.uint8 if phases < 255 else torch.int32
+    count = torch.zeros(z.shape, dtype=narrow, device=z.device)  # spikes, as they happen
+    waited = torch.zeros(z.shape, dtype=narrow, device=z.device)  # steps spent silent
+    silent = torch.ones(z.shape, dtype=torch.bool, device=z.device)
+    v = z.clone()
+    for k in range(phases):
+        fire = (v >= mth[k]).logical_and_(silent)
+        count += fire
+        silent.logical_and_(fire.logical_not_())
+        waited += silent
+        v.mul_(base)
+    count = count.to(torch.int64)
+    phase = torch.where(count > 0, waited.to(torch.int64), NO_SPIKE)
+    return phase, count
+
+
+# Max-pooling of single spikes. The code is monotonic (an earlier spike is a larger
+# value), so max-pooling the values equals passing the first spike of each pool window
+# and dropping the later ones; a pool has no state. These two functions are the rule,
+# for phases (the step simulator) and for spikes (the cost model, the comparison); the
+# fast path pools before coding, which gives the same values
+# (:func:`onespike.network._pool_before_code`).
+
+
+def maxpool_phases(pool: Callable[[Tensor], Tensor], phase: Tensor, phases: int, dtype) -> Tensor:
+    """The phases out of a max-pool of single spikes: the earliest spike of each pool
+    window passes. ``pool`` is the max-pooling (any window and stride); it runs once,
+    on the earliness ``T - phase`` (0 for no spike) in ``dtype``, instead of once per step.
+    """
+    early = torch.where(phase >= 0, phases - phase, 0).to(dtype)
+    pooled = pool(early).to(torch.int64)
+    return torch.where(pooled > 0, phases - pooled, NO_SPIKE)
+
+
+def maxpool_spikes(pool: Callable[[Tensor], Tensor], spiked: Tensor) -> Tensor:
+    """The 0/1 spikes out of a max-pool of single spikes: one per pool window in which
+    any neuron spiked. ``spiked`` is positive where a neuron spiked (its spike count or
+    its decoded value) and 0 elsewhere."""
+    return (pool(spiked) > 0).to(spiked.dtype)
 
 
 def ascending_thresholds(
