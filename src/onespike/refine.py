@@ -33,7 +33,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +47,6 @@ from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, OptionError, check_batch, collect_calibration
 from onespike.graph import Runner
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
-from onespike.plan import Plan
 from onespike.trace import relu_cap, role
 
 Tensor = torch.Tensor
@@ -407,14 +406,68 @@ def _feature_distance_rows(fs: list[Tensor], fa: list[Tensor], n: int) -> Tensor
     return torch.stack(terms).mean()
 
 
-class _Rows:
-    """Rows ``[lo, hi)`` of a global batch of ``n``: the spiking layers draw their drop
-    masks for all ``n`` rows (as one process does) and keep these."""
+# --- the rank split: one process runs each mini-batch whole, several share out its rows ----
+@dataclass(frozen=True)
+class _RankSplit:
+    """How every step's mini-batch is run: whole on this process (``ranks == 1``), or its
+    rows shared out among the ``ranks`` ranks of the process group, each rank running its
+    contiguous share and the gradients summed over the ranks before the step."""
 
-    def __init__(self, codes: list[_LearnedCode], n: int):
-        self.codes = codes
+    ranks: int = 1
+
+    @property
+    def shared(self) -> bool:
+        return self.ranks > 1
+
+    def check(self, batch: int, what: str = "refine") -> None:
+        """A mini-batch of ``batch`` rows gives every rank at least one."""
+        if self.shared and batch < self.ranks:
+            raise OptionError(
+                f"{what}: a mini-batch of {batch} sample(s) cannot be shared among "
+                f"{self.ranks} ranks (each needs at least one); use batch_size >= {self.ranks} "
+                "with at least as many calibration samples to fit, or fewer ranks"
+            )
+
+    def rows(self, codes: list[_LearnedCode], n: int) -> _Rows:
+        return _Rows(codes, n, self.shared)
+
+    def backward(self, loss: Tensor, params: list[Tensor], what: str) -> float:
+        """Backpropagate a step's loss and return the whole mini-batch's loss; under several
+        ranks every gradient is replaced by its sum over the ranks first. A loss that is not
+        finite raises ``RuntimeError("<what> (loss ...)")`` (on every rank alike)."""
+        if not self.shared:
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise RuntimeError(f"{what} (loss {lv})")
+            loss.backward()
+            return lv
+        loss.backward()
+        lv = _reduce_step(params, loss)
+        if not math.isfinite(lv):
+            raise RuntimeError(f"{what} (loss {lv})")
+        return lv
+
+
+def _rank_split(whole: bool) -> _RankSplit:
+    """Several ranks share out the rows of every mini-batch, but for graph models (whose
+    samples interact), which every rank runs whole."""
+    world = distributed.world_size()
+    return _RankSplit(world if world > 1 and not whole else 1)
+
+
+class _Rows:
+    """Rows ``[lo, hi)`` of a global batch of ``n``: this rank's share (all of them on one
+    process). Shared, the spiking layers draw their drop masks for all ``n`` rows (as one
+    process does) and keep these."""
+
+    def __init__(self, codes: list[_LearnedCode], n: int, shared: bool = True):
+        self.codes = codes if shared else []
         self.n = n
-        self.lo, self.hi = distributed.shard_range(n, distributed.rank(), distributed.world_size())
+        self.lo, self.hi = (0, n)
+        if shared:
+            self.lo, self.hi = distributed.shard_range(
+                n, distributed.rank(), distributed.world_size()
+            )
 
     def __enter__(self) -> _Rows:
         for c in self.codes:
@@ -453,27 +506,320 @@ def _slowest(seconds: float) -> float:
     return distributed.all_reduce([seconds], "max")[0] if distributed.world_size() > 1 else seconds
 
 
-def _reconstruct(
-    gm: fx.GraphModule,
-    ref: fx.GraphModule,
-    codes: list[_LearnedCode],
-    ref_taps: list[_Tap],
+# --- the trainable copy, the calibration data, the write-back ----------------------------
+@dataclass
+class _Trainable:
+    """The SNN's graph with each spiking layer made differentiable (``gm``, its codes and
+    its weighted layers' parameters) and, for the feature term and the reconstruction,
+    the folded ANN tapped at the same places (``ref``: the SNN's graph with ReLUs for
+    codes and no input coding)."""
+
+    gm: fx.GraphModule
+    codes: list[_LearnedCode]
+    weights: list[nn.Parameter]
+    ref: fx.GraphModule | None = None
+    ref_taps: list[_Tap] = dataclasses.field(default_factory=list)
+    feats: tuple[list[Tensor], list[Tensor]] | None = None  # taps for the feature term
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.gm.state_dict().items()}
+
+    def taps(self, on: bool) -> None:
+        """Record (``on``, with the feature term) every code's output and the ANN's there."""
+        f = self.feats if on else None
+        for c in self.codes:
+            c.tap = None if f is None else f[0]
+        for t in self.ref_taps:
+            t.tap = None if f is None else f[1]
+        if f is not None:
+            f[0].clear()
+            f[1].clear()
+
+    def learn(self, cfg: RefineConfig) -> None:
+        """Let what ``cfg`` learns take gradients (again)."""
+        for p in self.weights:
+            p.requires_grad_(cfg.weights)
+        for c in self.codes:
+            c.log_scale.requires_grad_(cfg.scales)
+            if c.base_logit is not None:
+                c.base_logit.requires_grad_(True)
+
+    def optimizer(self, cfg: RefineConfig) -> tuple[torch.optim.Optimizer, list[float]]:
+        """Adam over what ``cfg`` learns, and each group's initial learning rate."""
+        groups = []
+        if cfg.weights and self.weights:
+            groups.append({"params": self.weights, "lr": cfg.lr})
+        if cfg.scales:
+            groups.append({"params": [c.log_scale for c in self.codes], "lr": cfg.scale_lr})
+        if cfg.bases:
+            groups.append({"params": [c.base_logit for c in self.codes], "lr": cfg.base_lr})
+        opt = torch.optim.Adam(groups)
+        return opt, [g["lr"] for g in groups]
+
+
+def _trainable(snn: SpikingNetwork, cfg: RefineConfig, gen: torch.Generator) -> _Trainable:
+    """A trainable copy of ``snn`` (``snn`` itself is not touched); ``gen`` draws the
+    drop masks."""
+    gm = copy.deepcopy(snn.graph_module)
+    modules = dict(snn.ann_graph.named_modules())
+    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
+    codes: list[_LearnedCode] = []
+    for key, layer in snn.spikes.items():
+        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen, caps[len(codes)], cfg.bases)
+        setattr(gm, f"spikes_{key}", code)
+        codes.append(code)
+    gm.train(False)  # the new codes too: drop masks only inside the training steps
+    weights = [p for n, p in gm.named_parameters() if not n.endswith(("log_scale", "base_logit"))]
+    tr = _Trainable(gm, codes, weights)
+    tr.learn(cfg)
+    if cfg.features > 0 or cfg.reconstruct:
+        ref = copy.deepcopy(snn.graph_module)
+        for key in snn.spikes:
+            t = _Tap(caps[len(tr.ref_taps)])
+            setattr(ref, f"spikes_{key}", t)
+            tr.ref_taps.append(t)
+        if hasattr(ref, "input_encoder"):
+            ref.input_encoder = nn.Identity()
+        ref.train(False)
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        tr.ref = ref
+        if cfg.features > 0:
+            tr.feats = ([], [])
+    return tr
+
+
+@dataclass
+class _Calibration:
+    """The calibration inputs on the network's device, the ANN's logits on them
+    (``targets``) and their split into the samples fitted and those held out.
+    ``whole``: a graph model, whose samples interact: every pass runs all of them."""
+
+    ann: nn.Module
+    x: Tensor
+    targets: Tensor
+    whole: bool
+    fit_idx: Tensor
+    hold_idx: Tensor
+
+    def outputs(self, gm: nn.Module, idx: Tensor) -> Tensor:
+        if self.whole:  # run them all, score the chosen rows
+            return gm(self.x)[idx.to(self.x.device)]
+        return gm(self.x[idx.to(self.x.device)])
+
+
+def _calibration(
+    snn: SpikingNetwork,
+    ann: nn.Module,
     x: Tensor,
+    holdout: float,
+    gen: torch.Generator,
+    whole: bool,
+) -> _Calibration:
+    with torch.no_grad():
+        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), whole)])
+        probe = x if whole else x[:2]
+        if targets.shape[1:] != snn(probe).shape[1:]:
+            raise OptionError(
+                f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
+                f"{tuple(snn(probe).shape[1:])} differ: pass the ANN the SNN was converted from"
+            )
+    perm = torch.randperm(len(x), generator=gen)
+    n_hold = round(holdout * len(x))
+    fit_idx, hold_idx = perm[n_hold:].sort().values, perm[:n_hold].sort().values
+    if len(fit_idx) == 0:
+        raise CalibrationError(
+            f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
+            f"{holdout:.0%}; pass more samples"
+        )
+    return _Calibration(ann, x, targets, whole, fit_idx, hold_idx)
+
+
+def _write_back(snn: SpikingNetwork, tr: _Trainable, info: dict, key: str) -> SpikingNetwork:
+    """A new network built as :func:`onespike.convert` builds one: the trained weights in
+    a copy of the folded ANN graph, the scales (and bases) in the plan, ``info`` in its
+    ``search[key]``."""
+    traced = copy.deepcopy(snn.ann_graph)
+    trained = dict(tr.gm.named_parameters())
+    with torch.no_grad():
+        for name, p in traced.named_parameters():
+            p.copy_(trained[name].detach())
+    layers = tuple(
+        dataclasses.replace(
+            lp,
+            scale=_scale_value(code.log_scale),
+            base=lp.base if code.base_logit is None else float(code.base_value().detach()),
+        )
+        for lp, code in zip(snn.plan.layers, tr.codes)
+    )
+    search = {**snn.plan.search, key: info}
+    plan = dataclasses.replace(snn.plan, layers=layers, search=search)
+    return SpikingNetwork(traced, plan, snn.input_shape, ann_graph=snn.ann_graph)
+
+
+# --- the losses: a mini-batch's, a layer's, the held-out samples' --------------------------
+def _step_loss(
+    tr: _Trainable,
+    data: _Calibration,
+    cfg: RefineConfig,
+    idx: Tensor,
+    gen: torch.Generator,
+    augment: bool,
+    split: _RankSplit,
+) -> Tensor:
+    """The loss of the mini-batch ``idx`` (in training mode: drop masks); under several
+    ranks this rank's share of it (its rows' sum over the batch's size), the shares adding
+    up to the batch's loss."""
+    x, dev, n = data.x, data.x.device, len(idx)
+    tr.gm.train(True)
+    tr.taps(True)
+    try:
+        with split.rows(tr.codes, n) as r:
+            if augment:  # the whole batch's draw, as one process makes it; this rank's rows
+                xb = _shift_flip(x[idx.to(dev)], gen, mix=cfg.augment == "mix")
+                xb = xb[r.lo : r.hi] if split.shared else xb
+                with torch.no_grad():
+                    tb = data.ann(xb)
+            elif data.whole:
+                xb, tb = x, data.targets[idx.to(dev)]
+            else:
+                rows = idx[r.lo : r.hi].to(dev)
+                xb, tb = x[rows], data.targets[rows]
+            if tr.feats is not None:
+                with torch.no_grad():
+                    tr.ref(xb)
+            out = tr.gm(xb)
+            if data.whole:
+                out = out[idx.to(dev)]
+            if split.shared:
+                loss = _distance_sum(out, tb, cfg.loss, cfg.temperature) / n
+            else:
+                loss = _distance(out, tb, cfg.loss, cfg.temperature)
+        if tr.feats is not None:
+            fs, fa = tr.feats
+            if split.shared:
+                return loss + cfg.features * _feature_distance_rows(fs, fa, n)
+            if data.whole:
+                rows = idx.to(dev)
+                fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
+            loss = loss + cfg.features * _feature_distance(fs, fa)
+        return loss
+    finally:
+        tr.taps(False)
+        tr.gm.train(False)
+
+
+def _layer_loss(
+    tr: _Trainable,
+    data: _Calibration,
+    cfg: RefineConfig,
+    idx: Tensor,
+    gen: torch.Generator,
+    augment: bool,
+    split: _RankSplit,
+) -> Tensor:
+    """The reconstruction loss of the layer whose ``stop`` is set, on the mini-batch
+    ``idx``: its coded output's squared error against the ANN's there, relative to the
+    ANN's mean square (under several ranks, this rank's share of it)."""
+    x, dev, n = data.x, data.x.device, len(idx)
+    assert tr.ref is not None
+    with split.rows(tr.codes, n) as r:
+        if data.whole:
+            xb = x
+        elif augment:  # the whole batch's draw, as one process makes it; this rank's rows
+            xb = _shift_flip(x[idx.to(dev)], gen, mix=cfg.augment == "mix")
+            xb = xb[r.lo : r.hi] if split.shared else xb
+        else:
+            xb = x[idx[r.lo : r.hi].to(dev)]
+        with torch.no_grad():
+            a = _run_to(tr.ref, xb)
+        tr.gm.train(True)
+        try:
+            q = _run_to(tr.gm, xb)
+        finally:
+            tr.gm.train(False)
+    if data.whole:
+        rows = idx.to(dev)
+        q, a = q[rows], a[rows]
+    if not split.shared:
+        return (q - a).pow(2).mean() / a.pow(2).mean().clamp_min(1e-12)
+    den = distributed.all_reduce([float(a.pow(2).sum())])[0]
+    return (q - a).pow(2).sum() / max(den, 1e-12 * n * a[0].numel())
+
+
+def _held_out(
+    tr: _Trainable, data: _Calibration, idx: Tensor, cfg: RefineConfig, split: _RankSplit
+) -> float:
+    """The loss on the samples ``idx`` with the exact code (no gradient). Several ranks
+    share out the chunks and sum their losses in chunk order: the figure one process
+    computes on the same weights, bit for bit, on every rank."""
+    if len(idx) == 0:
+        return float("nan")
+    dev = data.x.device
+    with torch.no_grad():
+        if data.whole:
+            out = data.outputs(tr.gm, idx)
+            return float(_distance(out, data.targets[idx.to(dev)], cfg.loss, cfg.temperature))
+        parts = _chunks(len(idx), False)
+        lo, hi = (0, len(parts))
+        if split.shared:
+            lo, hi = distributed.shard_range(len(parts), distributed.rank(), split.ranks)
+        vals = [0.0] * len(parts)
+        for j in range(lo, hi):
+            i = idx[parts[j]]
+            out = data.outputs(tr.gm, i)
+            vals[j] = float(_distance(out, data.targets[i.to(dev)], cfg.loss, cfg.temperature))
+        if split.shared:  # each chunk's value from its rank (+ 0.0 from the others: exact)
+            vals = distributed.all_reduce(vals)
+        tot = 0.0
+        for c, v in zip(parts, vals):
+            tot += v * len(idx[c])
+        return tot / len(idx)
+
+
+# --- choosing the step kept -----------------------------------------------------------------
+class _Keeper:
+    """The candidates met during a run (the unrefined network first), each measured on the
+    held-out samples; the best one's weights are kept. ``held``: there are held-out
+    samples (otherwise nothing is kept and the last step stands)."""
+
+    def __init__(self, tr: _Trainable, measure: Callable[[], float], held: bool):
+        self.tr, self.measure, self.held = tr, measure, held
+        self.score = self.before = measure()
+        self.step, self.kind = 0, "unrefined"
+        self.state = tr.snapshot() if held else None
+
+    def offer(self, step: int, kind: str) -> float:
+        """Measure the network as it is now; keep it if it beats the best so far."""
+        s = self.measure()
+        if self.held and s < self.score:
+            self.score, self.step, self.kind, self.state = s, step, kind, self.tr.snapshot()
+        return s
+
+    def restore(self) -> None:
+        if self.held:
+            assert self.state is not None
+            self.tr.gm.load_state_dict(self.state)
+
+
+# --- training: the reconstruction, the fit loop ---------------------------------------------
+def _reconstruct(
+    tr: _Trainable,
+    data: _Calibration,
     batches: Iterator[Tensor],
     cfg: RefineConfig,
     gen: torch.Generator,
     augment: bool,
-    whole: bool,
-    split: bool = False,
+    split: _RankSplit,
 ) -> dict:
-    """Layer-by-layer reconstruction (see :class:`RefineConfig`), in place on ``gm``.
-    ``split``: several ranks share out the rows of every mini-batch (as in
-    :func:`refine`)."""
+    """Layer-by-layer reconstruction (see :class:`RefineConfig`), in place on ``tr.gm``;
+    ``split``: how the ranks share out the rows of every mini-batch."""
     start = time.perf_counter()
+    gm = tr.gm
     params = dict(gm.named_parameters())
     losses = []
     n = cfg.reconstruct
-    for i, (code, tap) in enumerate(zip(codes, ref_taps)):
+    for i, (code, tap) in enumerate(zip(tr.codes, tr.ref_taps)):
         mods = _producers(gm, f"spikes_s{i}")
         learn = [p for m in mods for p in gm.get_submodule(m).parameters()] if cfg.weights else []
         for p in params.values():
@@ -490,6 +836,7 @@ def _reconstruct(
             continue
         opt = torch.optim.Adam(groups)
         lrs = [g["lr"] for g in groups]
+        learned = [p for g in groups for p in g["params"]]
         code.stop = tap.stop = True
         first = last = None
         try:
@@ -498,37 +845,16 @@ def _reconstruct(
                     break
                 for g, lr in zip(opt.param_groups, lrs):
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / n))
-                idx = next(batches)
-                if split:
-                    lv = _reconstruct_rows(gm, ref, codes, x, idx, opt, cfg, gen, augment)
-                    if not math.isfinite(lv):
-                        raise RuntimeError(f"reconstruction of layer {i} diverged (loss {lv})")
-                    first = lv if first is None else first
-                    last = lv if last is None else 0.9 * last + 0.1 * lv
-                    continue
-                xb = x if whole else x[idx.to(x.device)]
-                if augment:
-                    xb = _shift_flip(xb, gen, mix=cfg.augment == "mix")
-                with torch.no_grad():
-                    a = _run_to(ref, xb)
-                gm.train(True)
-                q = _run_to(gm, xb)
-                gm.train(False)
-                if whole:
-                    rows = idx.to(x.device)
-                    q, a = q[rows], a[rows]
-                loss = (q - a).pow(2).mean() / a.pow(2).mean().clamp_min(1e-12)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"reconstruction of layer {i} diverged (loss {float(loss)})")
+                loss = _layer_loss(tr, data, cfg, next(batches), gen, augment, split)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                lv = split.backward(loss, learned, f"reconstruction of layer {i} diverged")
                 opt.step()
-                lv = float(loss.detach())
                 first = lv if first is None else first
                 last = lv if last is None else 0.9 * last + 0.1 * lv
         finally:
             code.stop = tap.stop = False
         losses.append((first, last))
+    tr.learn(cfg)
     return {
         "iterations_per_layer": n,
         "seconds": round(_slowest(time.perf_counter() - start), 2),
@@ -536,50 +862,59 @@ def _reconstruct(
     }
 
 
-def _reconstruct_rows(
-    gm: fx.GraphModule,
-    ref: fx.GraphModule,
-    codes: list[_LearnedCode],
-    x: Tensor,
-    idx: Tensor,
+def _fit(
     opt: torch.optim.Optimizer,
-    cfg: RefineConfig,
-    gen: torch.Generator,
-    augment: bool,
-) -> float:
-    """One reconstruction step on this rank's rows of the global batch ``idx``: the
-    gradients summed over the ranks, the step taken; the batch's loss returned."""
-    with _Rows(codes, len(idx)) as r:
-        if augment:  # the whole batch's draw, as one process makes it; this rank's rows
-            xb = _shift_flip(x[idx.to(x.device)], gen, mix=cfg.augment == "mix")[r.lo : r.hi]
-        else:
-            xb = x[idx[r.lo : r.hi].to(x.device)]
-        with torch.no_grad():
-            a = _run_to(ref, xb)
-        gm.train(True)
-        try:
-            q = _run_to(gm, xb)
-        finally:
-            gm.train(False)
-    den = distributed.all_reduce([float(a.pow(2).sum())])[0]
-    loss = (q - a).pow(2).sum() / max(den, 1e-12 * len(idx) * a[0].numel())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    lv = _reduce_step([p for g in opt.param_groups for p in g["params"]], loss)
-    if math.isfinite(lv):
+    step_loss: Callable[[Tensor], Tensor],
+    batches: Iterator[Tensor],
+    split: _RankSplit,
+    after_step: Callable[[int], None],
+    *,
+    iterations: int,
+    first: int = 0,
+    start: float,
+    budget: float | None,
+    what: str,
+    progress: bool,
+) -> int:
+    """The training loop: steps ``first`` to ``iterations`` (or until the time budget since
+    ``start`` is spent), each on the next mini-batch of ``batches`` with the learning
+    rates of ``opt`` (their initial values, as built) decaying to 0 on a cosine over
+    ``iterations``. ``step_loss(idx)`` is a batch's loss (this rank's share under
+    several ranks; ``split`` sums the gradients); ``after_step(steps)`` runs after each.
+    Returns the number of steps taken in all (``first`` included)."""
+    lrs = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+    for g, lr in zip(opt.param_groups, lrs):
+        g["initial_lr"] = lr
+    learned = [p for g in opt.param_groups for p in g["params"]]
+    bar = tqdm(range(first, iterations), desc=what, disable=not progress, leave=False)
+    steps, running = first, None
+    for it in bar:
+        if _late(start, budget):
+            break
+        for g, lr in zip(opt.param_groups, lrs):  # cosine decay to 0
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / iterations))
+        loss = step_loss(next(batches))
+        opt.zero_grad(set_to_none=True)
+        lv = split.backward(loss, learned, f"{what} diverged at step {it}")
         opt.step()
-    return lv
+        steps += 1
+        running = lv if running is None else 0.95 * running + 0.05 * lv
+        if it % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4g}")
+        after_step(steps)
+    bar.close()
+    return steps
 
 
-def _check_network(snn: object, ann: object) -> None:
+def _check_network(snn: object, ann: object, what: str = "refine") -> None:
     if not isinstance(snn, SpikingNetwork):
         raise OptionError(
-            f"refine needs a network made by onespike.convert, got {type(snn).__name__}; "
+            f"{what} needs a network made by onespike.convert, got {type(snn).__name__}; "
             "convert the ANN first: snn = onespike.convert(ann, calibration, phases=...)"
         )
     if not isinstance(ann, nn.Module):
         raise OptionError(
-            f"refine needs the ANN (an nn.Module) as its target, got {type(ann).__name__}"
+            f"{what} needs the ANN (an nn.Module) as its target, got {type(ann).__name__}"
         )
 
 
@@ -588,6 +923,21 @@ def _scale_value(log_scale: Tensor) -> float | tuple[float, ...]:
     if s.dim() == 0:
         return float(s)
     return tuple(float(v) for v in s)
+
+
+def _device_of(snn: SpikingNetwork) -> torch.device:
+    params = list(snn.graph_module.parameters()) + list(snn.graph_module.buffers())
+    return params[0].device if params else torch.device("cpu")
+
+
+def _configured(config: RefineConfig | None, overrides: dict) -> RefineConfig:
+    cfg = config if config is not None else RefineConfig()
+    if overrides:
+        try:
+            cfg = dataclasses.replace(cfg, **overrides)
+        except TypeError as e:
+            raise OptionError(f"refine: {e}") from None
+    return cfg
 
 
 def refine(
@@ -631,12 +981,7 @@ def refine(
         the fitted and the held-out calibration samples.
     """
     _check_network(snn, ann)
-    cfg = config if config is not None else RefineConfig()
-    if overrides:
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise OptionError(f"refine: {e}") from None
+    cfg = _configured(config, overrides)
     whole = not batch_independent(Runner(snn.ann_graph))
     # graph models: the calibration set is one graph, every node of it is needed
     x = collect_calibration(calibration, None if whole else cfg.max_samples)
@@ -644,289 +989,72 @@ def refine(
         check_batch(x, snn.input_shape, what="calibration data")
     except ValueError as e:
         raise CalibrationError(str(e)) from None
-    world = distributed.world_size()
-    split = world > 1 and not whole  # several ranks share out every mini-batch's rows
+    split = _rank_split(whole)
     progress = progress and distributed.is_main()
-    distributed.check_same(
-        {
-            "model": ann.state_dict(),
-            "network": (snn.state_dict(), snn.plan),
-            "options": cfg,
-            "calibration data": x,
-        }
-    )
-    params = list(snn.graph_module.parameters()) + list(snn.graph_module.buffers())
-    device = params[0].device if params else torch.device("cpu")
+    same = {"model": ann.state_dict(), "network": (snn.state_dict(), snn.plan)}
+    distributed.check_same({**same, "options": cfg, "calibration data": x})
+    device = _device_of(snn)
     x = x.to(device)
-
     ann = ann.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
-
-    # the trainable copy: the SNN's graph with each spiking layer made differentiable
-    gm = copy.deepcopy(snn.graph_module)
-    modules = dict(snn.ann_graph.named_modules())
-    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
-    codes: list[_LearnedCode] = []
-    for key, layer in snn.spikes.items():
-        code = _LearnedCode(
-            layer, cfg.scales, cfg.drop, gen_dev, caps[len(codes)], learn_base=cfg.bases
-        )
-        setattr(gm, f"spikes_{key}", code)
-        codes.append(code)
-    gm.train(False)  # the new codes too: drop masks only inside the training steps
-    weight_params = [
-        p for n, p in gm.named_parameters() if not n.endswith(("log_scale", "base_logit"))
-    ]
-    for p in weight_params:
-        p.requires_grad_(cfg.weights)
-    groups = []
-    if cfg.weights and weight_params:
-        groups.append({"params": weight_params, "lr": cfg.lr})
-    if cfg.scales:
-        groups.append({"params": [c.log_scale for c in codes], "lr": cfg.scale_lr})
-    if cfg.bases:
-        groups.append({"params": [c.base_logit for c in codes], "lr": cfg.base_lr})
-    opt = torch.optim.Adam(groups)
-    lrs = [g["lr"] for g in groups]
-
-    with torch.no_grad():
-        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), whole)])
-        probe = x if whole else x[:2]
-        if targets.shape[1:] != snn(probe).shape[1:]:
-            raise OptionError(
-                f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
-                f"{tuple(snn(probe).shape[1:])} differ: pass the ANN the SNN was converted from"
-            )
-
+    tr = _trainable(snn, cfg, gen_dev)
     # a held-out part of the calibration set chooses the step to keep (step 0: unrefined)
-    perm = torch.randperm(len(x), generator=gen)
-    n_hold = round(cfg.holdout * len(x))
-    fit_idx, hold_idx = perm[n_hold:].sort().values, perm[:n_hold].sort().values
-    if len(fit_idx) == 0:
-        raise CalibrationError(
-            f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
-            f"{cfg.holdout:.0%}; pass more samples"
-        )
-    if split and min(cfg.batch_size, len(fit_idx)) < world:
-        raise OptionError(
-            f"refine: a mini-batch of {min(cfg.batch_size, len(fit_idx))} sample(s) cannot be "
-            f"shared among {world} ranks (each needs at least one); use batch_size >= {world} "
-            "with at least as many calibration samples to fit, or fewer ranks"
-        )
-
-    def outputs(idx: Tensor) -> Tensor:
-        if whole:  # samples interact (graph models): run them all, score the chosen rows
-            return gm(x)[idx.to(device)]
-        return gm(x[idx.to(device)])
-
-    def loss_on(idx: Tensor) -> float:
-        """The loss on the samples ``idx`` with the exact code (no gradient). Several
-        ranks share out the chunks and sum their losses in chunk order: the figure one
-        process computes on the same weights, bit for bit, on every rank."""
-        if len(idx) == 0:
-            return float("nan")
-        with torch.no_grad():
-            if whole:
-                return float(dist(outputs(idx), targets[idx.to(device)]))
-            parts = _chunks(len(idx), False)
-            lo, hi = (0, len(parts))
-            if split:
-                lo, hi = distributed.shard_range(len(parts), distributed.rank(), world)
-            vals = [0.0] * len(parts)
-            for j in range(lo, hi):
-                i = idx[parts[j]]
-                vals[j] = float(dist(outputs(i), targets[i.to(device)]))
-            if split:  # each chunk's value from its rank (+ 0.0 from the others: exact)
-                vals = distributed.all_reduce(vals)
-            tot = 0.0
-            for c, v in zip(parts, vals):
-                tot += v * len(idx[c])
-            return tot / len(idx)
-
-    def snapshot() -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in gm.state_dict().items()}
-
-    def dist(out: Tensor, target: Tensor) -> Tensor:
-        return _distance(out, target, cfg.loss, cfg.temperature)
-
-    augment = cfg.augment != "none" and x.dim() == 4 and not whole
-    feats: tuple[list[Tensor], list[Tensor]] | None = None
-    ref = None
-    ref_taps: list[_Tap] = []
-    if cfg.features > 0 or cfg.reconstruct:
-        # the folded ANN (the SNN's graph with ReLUs for codes, no input coding), tapped
-        ref = copy.deepcopy(snn.graph_module)
-        for key in snn.spikes:
-            t = _Tap(caps[len(ref_taps)])
-            setattr(ref, f"spikes_{key}", t)
-            ref_taps.append(t)
-        if hasattr(ref, "input_encoder"):
-            ref.input_encoder = nn.Identity()
-        ref.train(False)
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        if cfg.features > 0:
-            feats = ([], [])
-
-    def taps(f: tuple[list[Tensor], list[Tensor]] | None) -> None:
-        for c in codes:
-            c.tap = None if f is None else f[0]
-        for t in ref_taps:
-            t.tap = None if f is None else f[1]
-        if f is not None:
-            f[0].clear()
-            f[1].clear()
-
-    fit_before, hold_before = loss_on(fit_idx), loss_on(hold_idx)
-    best = (hold_before, 0, snapshot() if n_hold else None)
-    kept = "unrefined"
-    checks = max(cfg.iterations // cfg.checks, 1)
+    data = _calibration(snn, ann, x, cfg.holdout, gen, whole)
+    split.check(min(cfg.batch_size, len(data.fit_idx)))
+    n_hold = len(data.hold_idx)
+    fit_before = _held_out(tr, data, data.fit_idx, cfg, split)
+    keeper = _Keeper(tr, lambda: _held_out(tr, data, data.hold_idx, cfg, split), n_hold > 0)
     start = time.perf_counter()
-    batches = _batches(fit_idx, cfg, gen, whole)
+    batches = _batches(data.fit_idx, cfg, gen, whole)
+    augment = cfg.augment != "none" and x.dim() == 4 and not whole
     recon: dict | None = None
     if cfg.reconstruct:
-        assert ref is not None
-        recon = _reconstruct(gm, ref, codes, ref_taps, x, batches, cfg, gen, augment, whole, split)
-        recon["held_out_loss"] = h = loss_on(hold_idx)
-        if n_hold and h < best[0]:
-            best, kept = (h, 0, snapshot()), "reconstructed"
-        for p in weight_params:
-            p.requires_grad_(cfg.weights)
-        for c in codes:
-            c.log_scale.requires_grad_(cfg.scales)
-            if c.base_logit is not None:
-                c.base_logit.requires_grad_(True)
-    bar = tqdm(range(cfg.iterations), desc="refine", disable=not progress, leave=False)
-    steps = 0
-    running = None
-    learned = [p for g in opt.param_groups for p in g["params"]]
+        recon = _reconstruct(tr, data, batches, cfg, gen, augment, split)
+        recon["held_out_loss"] = keeper.offer(0, "reconstructed")
+    every = max(cfg.iterations // cfg.checks, 1)
 
-    def rows_loss(idx: Tensor) -> Tensor:
-        """This rank's share of the global batch ``idx``'s loss (its rows' sum over
-        the batch's size): the ranks' shares add up to the batch's loss."""
-        with _Rows(codes, len(idx)) as r:
-            if augment:  # the whole batch's draw, as one process makes it; this rank's rows
-                xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
-                xb = xb[r.lo : r.hi]
-                with torch.no_grad():
-                    tb = ann(xb)
-            else:
-                xb = x[idx[r.lo : r.hi].to(device)]
-                tb = targets[idx[r.lo : r.hi].to(device)]
-            if feats is not None:
-                with torch.no_grad():
-                    ref(xb)
-            loss = _distance_sum(gm(xb), tb, cfg.loss, cfg.temperature) / len(idx)
-        if feats is not None:
-            loss = loss + cfg.features * _feature_distance_rows(*feats, len(idx))
-        return loss
+    def after_step(steps: int) -> None:
+        if keeper.held and (steps % every == 0 or steps == cfg.iterations):
+            keeper.offer(steps, "end-to-end")
 
-    for it in bar:
-        if _late(start, cfg.time_budget):
-            break
-        for g, lr in zip(opt.param_groups, lrs):  # cosine decay to 0
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
-        idx = next(batches)
-        gm.train(True)
-        if feats is not None:
-            taps(feats)
-        if split:
-            try:
-                loss = rows_loss(idx)
-            finally:
-                taps(None)
-                gm.train(False)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lv = _reduce_step(learned, loss)
-            if not math.isfinite(lv):
-                raise RuntimeError(f"refinement diverged at step {it} (loss {lv})")
-        else:
-            if augment:
-                xb = _shift_flip(x[idx.to(device)], gen, mix=cfg.augment == "mix")
-                with torch.no_grad():
-                    tb = ann(xb)
-                    if feats is not None:
-                        ref(xb)
-                loss = dist(gm(xb), tb)
-            else:
-                if feats is not None:
-                    with torch.no_grad():
-                        ref(x if whole else x[idx.to(device)])
-                loss = dist(outputs(idx), targets[idx.to(device)])
-            if feats is not None:
-                fs, fa = feats
-                if whole:
-                    rows = idx.to(device)
-                    fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
-                loss = loss + cfg.features * _feature_distance(fs, fa)
-                taps(None)
-            gm.train(False)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"refinement diverged at step {it} (loss {float(loss)})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lv = float(loss.detach())
-        opt.step()
-        steps += 1
-        running = lv if running is None else 0.95 * running + 0.05 * lv
-        if it % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4g}")
-        if n_hold and (steps % checks == 0 or steps == cfg.iterations):
-            h = loss_on(hold_idx)
-            if h < best[0]:
-                best, kept = (h, steps, snapshot()), "end-to-end"
-    bar.close()
-    if n_hold:
-        if steps % checks != 0 and steps != cfg.iterations:  # stopped by the time budget
-            h = loss_on(hold_idx)
-            if h < best[0]:
-                best, kept = (h, steps, snapshot()), "end-to-end"
-        gm.load_state_dict(best[2])
-    seconds = _slowest(time.perf_counter() - start)
-    fit_after, hold_after = loss_on(fit_idx), loss_on(hold_idx)
-    distributed.check_identical("the refined network", gm.state_dict())
-
-    # write the refined weights into a copy of the folded ANN graph, scales into the plan
-    traced = copy.deepcopy(snn.ann_graph)
-    trained = dict(gm.named_parameters())
-    with torch.no_grad():
-        for name, p in traced.named_parameters():
-            p.copy_(trained[name].detach())
-    layers = tuple(
-        dataclasses.replace(
-            lp,
-            scale=_scale_value(code.log_scale),
-            base=lp.base if code.base_logit is None else float(code.base_value().detach()),
-        )
-        for lp, code in zip(snn.plan.layers, codes)
+    opt, _ = tr.optimizer(cfg)
+    steps = _fit(
+        opt,
+        lambda idx: _step_loss(tr, data, cfg, idx, gen, augment, split),
+        batches,
+        split,
+        after_step,
+        iterations=cfg.iterations,
+        start=start,
+        budget=cfg.time_budget,
+        what="refine",
+        progress=progress,
     )
+    if keeper.held and steps % every != 0 and steps != cfg.iterations:  # the budget stopped it
+        keeper.offer(steps, "end-to-end")
+    keeper.restore()
+    seconds = _slowest(time.perf_counter() - start)
+    fit_after = _held_out(tr, data, data.fit_idx, cfg, split)
+    hold_after = _held_out(tr, data, data.hold_idx, cfg, split)
+    distributed.check_identical("the refined network", tr.gm.state_dict())
     info = {
         **cfg.describe(),
         "steps": steps,
         "seconds": round(seconds, 2),
-        "kept_step": best[1] if n_hold else steps,
-        "kept": kept if n_hold else ("end-to-end" if steps else "reconstructed"),
+        "kept_step": keeper.step if n_hold else steps,
+        "kept": keeper.kind if n_hold else ("end-to-end" if steps else "reconstructed"),
         "reconstruction": recon,
         "samples": len(x),
-        "fit_samples": len(fit_idx),
+        "fit_samples": len(data.fit_idx),
         "held_out_samples": n_hold,
         "loss_before": fit_before,
         "loss_after": fit_after,
-        "held_out_loss_before": hold_before if n_hold else None,
+        "held_out_loss_before": keeper.before if n_hold else None,
         "held_out_loss_after": hold_after if n_hold else None,
-        **({"ranks": world} if world > 1 else {}),
+        **({"ranks": split.ranks} if distributed.world_size() > 1 else {}),
     }
-    plan = Plan(
-        phases=snn.plan.phases,
-        input_coding=snn.plan.input_coding,
-        layers=layers,
-        input=snn.plan.input,
-        latency_steps=snn.plan.latency_steps,
-        search={**snn.plan.search, "refine": info},
-    )
-    return SpikingNetwork(traced, plan, snn.input_shape, ann_graph=snn.ann_graph)
+    return _write_back(snn, tr, info, "refine")
 
 
 __all__ = ["LOSSES", "RefineConfig", "as_config", "refine"]
