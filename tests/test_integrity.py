@@ -188,7 +188,7 @@ def test_header_bytes_flipped_are_refused(saved, tmp_path):
     versions, the checksum, the length) flipped in turn: never a load."""
     snn, path, x = saved
     data = path.read_bytes()
-    lo, hi = _header_span(data)
+    _, hi = _header_span(data)
     plan = data.index(b'"plan"')
     where = set(range(plan, plan + 700)) | set(random.Random(0).sample(range(0, hi), 400))
     bad = tmp_path / "flip.safetensors"
@@ -257,7 +257,7 @@ def test_load_on_cuda_without_cuda(saved, monkeypatch):
 def test_save_on_a_full_disk_keeps_the_old_file(saved, tmp_path, monkeypatch):
     """A write that fails half-way (ENOSPC) leaves the old file as it was, no temporary
     file behind, and one SerializationError saying so."""
-    snn, path, x = saved
+    snn, _, x = saved
     target = tmp_path / "net.safetensors"
     onespike.save(snn, target)
     before = target.read_bytes()
@@ -269,7 +269,7 @@ def test_save_on_a_full_disk_keeps_the_old_file(saved, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(st, "save_file", full_disk)
-    with pytest.raises(SerializationError, match="No space left on device.*unchanged"):
+    with pytest.raises(SerializationError, match=r"No space left on device.*unchanged"):
         onespike.save(snn, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]

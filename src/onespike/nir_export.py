@@ -107,7 +107,7 @@ from onespike.plan import LayerPlan, Plan
 from onespike.trace import OPS, is_add, op_of, role
 
 NIR_FORMAT = "onespike.nir"
-NIR_FORMAT_VERSION = 1
+NIR_FORMAT_VERSION = 2  # 2: the graph metadata carry a checksum of the whole file
 
 #: The NIR forms this exporter writes: every ``nir`` of :data:`onespike.trace.OPS` is one
 #: (tests/test_trace.py checks it).
@@ -511,11 +511,22 @@ def export_nir(snn: SpikingNetwork, path: str | os.PathLike):
     consumer does and does not reproduce. Raises :class:`NIRExportError` naming the
     node for an operator without a NIR form, and ``ImportError`` without ``nir``.
     """
+    from onespike import nir_reference
+    from onespike._io import atomic_write, check_output
+
     nir = require_nir()
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"export_nir() takes a SpikingNetwork, got {type(snn).__name__}")
+    check_output(path, error=NIRExportError)  # a folder, no folder: before any work
     graph = _Exporter(snn, nir).run()
-    nir.write(str(path), graph)
+    graph.metadata[nir_reference.DIGEST_KEY] = nir_reference.graph_digest(graph)
+
+    def write(tmp: Path) -> None:
+        nir.write(str(tmp), graph)
+        nir_reference.check_digest(nir.read(str(tmp)))  # what was written reads back whole
+
+    # beside, fsync, rename: a failure (a full disk) leaves the old file as it was
+    atomic_write(path, write, error=NIRExportError)
     return graph
 
 
@@ -529,10 +540,15 @@ def _meta_str(v) -> str:
 
 def read_graph(path: str | os.PathLike):
     """Read a NIR file written by :func:`export_nir`; checks its format and version."""
+    from onespike import nir_reference
+    from onespike.serialize import NetworkFileNotFoundError
+
     nir = require_nir()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file: '{path}'")
+        raise NetworkFileNotFoundError(f"no such file: '{path}'")
+    if not path.is_file():  # a folder, a FIFO (reading it could block forever), a device
+        raise NIRExportError(f"'{path}' is not a regular file, not a NIR file")
     try:
         graph = nir.read(str(path))
     except Exception as e:  # h5py and nir raise many kinds
@@ -540,12 +556,25 @@ def read_graph(path: str | os.PathLike):
     meta = graph.metadata or {}
     if _meta_str(meta.get("format", "")) != NIR_FORMAT:
         raise NIRExportError(f"'{path}' is a NIR graph but was not exported by onespike")
-    version = int(meta.get("format_version", 0))
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise NIRExportError(f"'{path}' has an unreadable format version") from None
     if version > NIR_FORMAT_VERSION:
         raise NIRExportError(
             f"'{path}' needs onespike NIR format version {version}; this onespike reads "
             f"versions up to {NIR_FORMAT_VERSION}"
         )
+    if version < NIR_FORMAT_VERSION:
+        raise NIRExportError(
+            f"'{path}' is in onespike NIR format version {version}, which has no checksum; "
+            f"this onespike reads version {NIR_FORMAT_VERSION}: export the network again "
+            "with this version"
+        )
+    try:
+        nir_reference.check_digest(graph)
+    except ValueError as e:
+        raise NIRExportError(f"'{path}': {e}") from None
     return graph
 
 
@@ -573,6 +602,53 @@ def import_nir(
 ) -> SpikingNetwork:
     """Rebuild the :class:`SpikingNetwork` of a NIR file written by :func:`export_nir`.
 
+    The file's checksum (graph metadata ``onespike_sha256``, over every node, field,
+    metadata entry and edge) must match, and the plan read from it must agree with
+    itself and the graph (:func:`onespike.serialize.check_plan`: bases in (1, 2],
+    windows, latency, scales) and the stored thresholds with its bases: anything else is
+    one :class:`NIRExportError`. A missing file is the
+    :class:`~onespike.serialize.NetworkFileNotFoundError` of :func:`onespike.load`.
+    """
+    from onespike.errors import check_device
+    from onespike.serialize import SerializationError, check_plan
+
+    check_device(device, "import_nir(device=...)")
+    g = read_graph(path)
+    try:
+        net = _build_from_graph(g)
+    except (SerializationError, NIRExportError):
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        missing = isinstance(e, KeyError)
+        what = f"lacks the metadata entry {msg}" if missing else f"is damaged: {msg}"
+        raise NIRExportError(f"'{path}' {what}") from None
+    try:
+        check_plan(net)
+        _check_thresholds(g)
+    except ValueError as e:
+        raise NIRExportError(f"'{path}' holds an inconsistent plan: {e}") from None
+    return net if device is None else net.to(device)
+
+
+def _check_thresholds(g) -> None:
+    """Each IF node's ``fire_thresholds`` must be those of its base, window and shift (the
+    reference simulator reads them; onespike derives them)."""
+    for name, node in g.nodes.items():
+        md = node.metadata or {}
+        if "fire_thresholds" not in md:
+            continue
+        want = pc.membrane_thresholds(
+            float(md["base"]), int(md["phases"]), shift=bool(md["shift"]), dtype=torch.float64
+        ).numpy()
+        got = np.asarray(md["fire_thresholds"], dtype=np.float64)
+        if got.shape != want.shape or not np.array_equal(got, want):
+            raise ValueError(f"node '{name}': fire_thresholds are not those of its base")
+
+
+def _build_from_graph(g) -> SpikingNetwork:
+    """Rebuild the :class:`SpikingNetwork` of a NIR file written by :func:`export_nir`.
+
     The network is built from the file alone (weights, plan from the metadata) through
     the code path of :func:`onespike.convert`; its outputs and spikes equal those of the
     exported network.
@@ -580,7 +656,6 @@ def import_nir(
     from onespike.serialize import _dec
 
     nir = require_nir()
-    g = read_graph(path)
     meta = g.metadata
     order = json.loads(_meta_str(meta["node_order"]))
     preds: dict[str, list[str]] = {k: [] for k in g.nodes}
@@ -684,8 +759,7 @@ def import_nir(
         latency_steps=int(meta["latency_steps"]),
         search=_dec(json.loads(_meta_str(meta["plan_search"]))),
     )
-    net = SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
-    return net if device is None else net.to(device)
+    return SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
 
 
 __all__ = ["NIRExportError", "export_nir", "import_nir", "read_graph"]

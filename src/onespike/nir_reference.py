@@ -31,6 +31,8 @@ event path's, up to the ties at a threshold that float32 can produce; none in fl
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from collections import deque
@@ -386,6 +388,77 @@ class _Reference:
         passed.logical_or_(c.now)
 
 
+#: The graph metadata entry holding :func:`graph_digest` of a file from ``export_nir``.
+DIGEST_KEY = "onespike_sha256"
+
+
+def _canon(v, h) -> None:
+    """Feed a canonical form of a metadata or field value to the hash ``h``: the same
+    before ``nir.write`` and after ``nir.read`` (strings as text, numbers and arrays as
+    dtype, shape and bytes, dicts by sorted key)."""
+    if isinstance(v, dict):
+        h.update(b"{%d" % len(v))
+        for k in sorted(v, key=str):
+            _canon(str(k), h)
+            _canon(v[k], h)
+        h.update(b"}")
+        return
+    if isinstance(v, (str, bytes)):
+        b = v if isinstance(v, bytes) else v.encode()
+        h.update(b"s%d:" % len(b) + b)
+        return
+    if v is None:
+        h.update(b"n")
+        return
+    a = np.asarray(v)
+    if a.dtype.kind in "SUO":
+        h.update(b"[%d" % a.size)
+        for item in a.reshape(-1):
+            _canon(item if isinstance(item, (str, bytes)) else str(item), h)
+        h.update(b"]")
+        return
+    a = np.ascontiguousarray(a)
+    h.update(f"a{a.dtype.str}{a.shape}:".encode())
+    h.update(a.tobytes())
+
+
+def graph_digest(graph) -> str:
+    """SHA-256 of a NIR graph as ``export_nir`` writes it: the graph metadata (all but
+    :data:`DIGEST_KEY`), every node (name, NIR type, every field: weights, shapes,
+    strides, its metadata) and the edges in order. An edited base, scale, threshold,
+    weight or edge changes it."""
+    h = hashlib.sha256(b"onespike.nir digest\n")
+    meta = {k: v for k, v in (graph.metadata or {}).items() if k != DIGEST_KEY}
+    _canon(meta, h)
+    for name in sorted(graph.nodes):
+        node = graph.nodes[name]
+        _canon(name, h)
+        _canon(type(node).__name__, h)
+        if dataclasses.is_dataclass(node):
+            _canon({f.name: getattr(node, f.name) for f in dataclasses.fields(node)}, h)
+        else:  # pragma: no cover (every NIR node is a dataclass)
+            _canon(dict(vars(node)), h)
+    _canon([f"{a}\u2192{b}" for a, b in graph.edges], h)
+    return h.hexdigest()
+
+
+def check_digest(graph) -> None:
+    """Raise ``ValueError`` unless the graph carries its :func:`graph_digest` (a file from
+    ``export_nir`` that was not changed since)."""
+    meta = graph.metadata or {}
+    want = meta.get(DIGEST_KEY)
+    if want is None:
+        raise ValueError(
+            "the NIR file has no onespike checksum (exported by an older onespike?): "
+            "export it again"
+        )
+    if _s(want) != graph_digest(graph):
+        raise ValueError(
+            "the NIR file is damaged or was edited: its nodes and metadata do not match "
+            "their checksum; export it again"
+        )
+
+
 def simulate(
     source: str | os.PathLike | object, x: Tensor, *, dtype: torch.dtype | None = None
 ) -> ReferenceRun:
@@ -401,9 +474,10 @@ def simulate(
     meta = graph.metadata or {}
     if _s(meta.get("format", "")) != "onespike.nir":
         raise ValueError("the NIR graph was not exported by onespike (no phase-code metadata)")
+    check_digest(graph)  # a file changed since export_nir is refused, not run
     dtype = dtype or x.dtype
     with torch.no_grad():
         return _Reference(graph, x.to(dtype), dtype).run()
 
 
-__all__ = ["ReferenceRun", "simulate"]
+__all__ = ["DIGEST_KEY", "ReferenceRun", "check_digest", "graph_digest", "simulate"]
