@@ -38,13 +38,18 @@ Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
 - ``IF``: ``onespike_role`` (``"spiking_layer"`` or ``"input_encoder"``), ``name``
   (the plan's layer name), ``base`` ``B``, ``phases`` ``T``, ``shift``, ``scale`` (a
   scalar or one per channel, float64), ``fire_thresholds`` (``T`` values, normalised),
-  ``input_window`` and ``fire_window`` (window indices: steps ``w*T .. w*T+T-1``),
-  ``neurons``, ``act_error``, ``out_error``.
+  ``input_window`` and ``fire_window`` (window indices: steps ``w*T .. w*T+T-1`` when
+  every window is ``T``), ``input_start`` and ``fire_start`` (steps: the layer listens
+  in ``input_start .. fire_start-1`` and fires in ``fire_start .. fire_start+phases-1``;
+  with per-layer windows, ``phases`` is the layer's own ``T_l``), ``neurons``,
+  ``act_error``, ``out_error``.
 - Nodes with several inputs: ``inputs``, a JSON nested list giving the order of the
   sum (``[["a", "b"], "c"]`` is ``(a + b) + c``), which makes it bit-exact.
 - ``Conv``/``Affine``/``Linear``: ``has_bias``; ``AvgPool2d``: ``onespike_op =
   "adaptive_avg_pool2d"`` and ``output_size`` where it came from an adaptive pooling;
-  ``Delay``: ``windows``; ``I``: ``onespike_role = "readout"``, ``input_window``;
+  ``Delay``: ``steps`` (and ``windows`` when whole windows of ``T``); ``I``:
+  ``onespike_role = "readout"``, ``input_window``, ``input_start`` and ``input_end``
+  (steps);
   every weight and pooling node: ``torch_node``, the name of its node in the traced
   graph.
 
@@ -54,7 +59,9 @@ and which :mod:`onespike.nir_reference` implements from the file:
 - A spiking layer listens in window ``input_window``: its membrane has one compartment
   per sender base; every step the compartment is multiplied by the sender's base, then
   the weighted input spikes of that step are added (a spike is worth ``scale_sender *
-  B_sender^-(T-1)``); an analog input adds its current ``W (x / T)`` each step instead.
+  B_sender^-(T-1)``, ``T`` the sender's window; a sender of a shorter window than the
+  longest sends in the last steps only); an analog input adds its current ``W (x / T)``
+  each step instead.
   The bias (the region's output for zero input) is added once, at the window's end.
 - In window ``fire_window`` the membrane, divided by ``scale``, is compared at step
   ``k`` with ``fire_thresholds[k]`` and then multiplied by ``base``; the first
@@ -99,6 +106,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from onespike.calibrate import fire_steps, fire_windows
 from onespike.codes import phase as pc
 from onespike.errors import OnespikeError
 from onespike.graph import Runner
@@ -205,6 +213,12 @@ class _Exporter:
                         f"node '{n.name}' feeds layers that listen in different windows"
                     )
 
+    def _width(self, src: fx.Node) -> int:
+        """The window (steps) of the spikes or current that ``src`` carries."""
+        if src.op == "placeholder" or self.runner.role(src) == "input":
+            return self.T
+        return self.lp[self.runner.spiking_chain(src)[0]].phases
+
     def shape(self, node: fx.Node) -> tuple[int, ...]:
         return tuple(self.values[node].shape[1:])
 
@@ -219,7 +233,8 @@ class _Exporter:
         return name
 
     def connect(self, consumer: str, window: int, expr) -> None:
-        """Edges from the nodes of ``expr`` to ``consumer``, delayed to ``window``."""
+        """Edges from the nodes of ``expr`` to ``consumer``, delayed so that they end at step
+        ``window`` (the step at which ``consumer``'s listener fires)."""
 
         def sub(e):
             if not isinstance(e, str):
@@ -230,10 +245,13 @@ class _Exporter:
             d = window - w
             key = (e, d)
             if key not in self.delays:
-                name = f"{e}_delay{d}"
+                whole = d % self.T == 0  # always, when every window is T
+                name = f"{e}_delay{d // self.T}" if whole else f"{e}_delay{d}steps"
                 shape = self.shapes[e]
-                delay = self.nir.Delay(np.full(tuple(shape), float(d * self.T)))
-                delay.metadata = {"onespike_role": "window_delay", "windows": d}
+                delay = self.nir.Delay(np.full(tuple(shape), float(d)))
+                delay.metadata = {"onespike_role": "window_delay", "steps": d}
+                if whole:
+                    delay.metadata["windows"] = d // self.T
                 self.delays[key] = self.add(name, delay, after=e)
                 self.edges.append((e, name))
             return self.delays[key]
@@ -254,7 +272,9 @@ class _Exporter:
             raise NIRExportError(f"node '{node.name}' takes an input NIR cannot express")
         return self.expr[a]
 
-    def neuron(self, name: str, lp: LayerPlan, shape, role_: str, in_w: int, fire_w: int):
+    def neuron(
+        self, name: str, lp: LayerPlan, shape, role_: str, in_w: int, fire_w: int, start=(0, 0)
+    ):
         T = lp.phases
         scale = np.array(lp.scale, dtype=np.float64)  # a scalar or one per channel
         per = scale.reshape((-1,) + (1,) * (len(shape) - 1)) if scale.ndim else scale
@@ -280,6 +300,8 @@ class _Exporter:
             ),
             "input_window": int(in_w),
             "fire_window": int(fire_w),
+            "input_start": int(start[0]),  # steps: listens from here to fire_start - 1
+            "fire_start": int(start[1]),  # steps: fires in fire_start .. fire_start + phases - 1
             "neurons": int(lp.neurons),
             "act_error": float(lp.act_error),
             "out_error": float(lp.out_error),
@@ -299,24 +321,24 @@ class _Exporter:
                 inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": int(T)}
                 self.expr[n] = self.add(n.name, inp)
                 self.shapes[n.name] = tuple(snn.input_shape)
-                self.carrier_window[n.name] = 0
+                self.carrier_window[n.name] = T  # sent in steps 0 .. T-1
             elif r == "input":
                 src = self.arg_expr(n)
                 if plan.input_coding == "single":
                     name = self.neuron(n.name, plan.input, snn.input_shape, "input_encoder", -1, 0)
-                    self.connect(name, -1, src)
+                    self.connect(name, 0, src)
                     self.expr[n] = name
-                    self.carrier_window[name] = 0
+                    self.carrier_window[name] = T
                 else:  # the phase code: the Input node's metadata
                     self.expr[n] = src
             elif r == "relu":
                 lp = self.lp[n]
                 name = self.names[n]
                 self.neuron(name, lp, self.shape(n), "spiking_layer", lp.fire_window - 1,
-                            lp.fire_window)  # fmt: skip
-                self.connect(name, lp.fire_window - 1, self.arg_expr(n))
+                            lp.fire_window, (self.input_start[n], self.fire_start[n]))  # fmt: skip
+                self.connect(name, self.fire_start[n], self.arg_expr(n))
                 self.expr[n] = name
-                self.carrier_window[name] = lp.fire_window
+                self.carrier_window[name] = self.fire_start[n] + lp.phases
             elif r == "shape":
                 continue
             elif _is_add(n):
@@ -335,11 +357,13 @@ class _Exporter:
                 ro.metadata = {
                     "onespike_role": "readout",
                     "input_window": int(self.out_window),
+                    "input_start": int(self.input_start[n]),
+                    "input_end": int(self.until[n]),
                     "rule": "never fires: its membrane at the end of its input window, "
                     "in real units, is the output",
                 }
                 self.add("readout", ro)
-                self.connect("readout", self.out_window, src)
+                self.connect("readout", self.until[n], src)
                 self.add("output", nir.Output(output_type=np.array(shape, dtype=np.int64)))
                 self.edges.append(("readout", "output"))
             else:

@@ -238,8 +238,20 @@ class _Reference:
         st["v"].mul_(st["base"])
         self.carriers[name].now = fire
 
-    def integrate(self, name: str, k: int) -> None:
-        """One step of ``name``'s input window: every compartment takes its input."""
+    def timing(self, name: str) -> tuple[int, int, int]:
+        """``(input_start, fire_start, phases)`` of an ``IF`` node, in steps (files without
+        the step fields: the window indices times ``T``); for the readout ``fire_start`` is
+        the end of its input window."""
+        md = self.md(name)
+        if "input_start" in md:
+            end = md["input_end"] if "input_end" in md else md["fire_start"]
+            return int(md["input_start"]), int(end), int(md.get("phases", self.T))
+        w_in = int(md["input_window"])
+        return w_in * self.T, (w_in + 1) * self.T, int(md.get("phases", self.T))
+
+    def integrate(self, name: str, t: int) -> None:
+        """One step of ``name``'s input window: every compartment takes its input (a sender
+        that has not started yet, per-layer windows, sends nothing)."""
         _, sources = self.region(name)
         st = self.state.setdefault(name, {"u": {}})
         groups: dict[tuple[str, float], list[str]] = {}
@@ -250,6 +262,8 @@ class _Reference:
         for key, members in groups.items():
             if key[0] == "analog":
                 vals = {s: self.carriers[s].now for s in members}
+                if any(v is None for v in vals.values()):
+                    continue  # the current has not arrived yet
                 current = self.evaluate(name, vals, bias=False)
                 if key not in st["u"]:
                     st["u"][key] = torch.zeros_like(current)
@@ -258,12 +272,14 @@ class _Reference:
                 vals = {}
                 for s in members:
                     c = self.carriers[s]
+                    if c.unit is None:
+                        continue  # not started: no spikes yet
                     spikes = c.now if c.now is not None else self.zeros(c.shape, torch.bool)
                     vals[s] = spikes.to(self.dtype) * c.unit
                 inp = self.evaluate(name, vals, bias=False)
                 u = st["u"].get(key)
                 st["u"][key] = inp if u is None else u.mul_(key[1]).add_(inp)
-        if k == self.T - 1:  # the window's end: compartments, then the bias
+        if t == self.timing(name)[1] - 1:  # the window's end: compartments, then the bias
             total = None
             for u in st["u"].values():
                 total = u if total is None else total.add_(u)
@@ -271,9 +287,10 @@ class _Reference:
             return b if total is None else total.add_(b)
         return None
 
-    def emit_input(self, name: str, w: int, k: int) -> None:
+    def emit_input(self, name: str, t: int) -> None:
         c = self.carriers[name]
-        if w != 0 or self.coding == "single":
+        k = t
+        if t >= self.T or self.coding == "single":
             c.now = None
         elif c.kind == "analog":
             c.now = self.x / self.T
@@ -299,7 +316,8 @@ class _Reference:
                 if kind == "spike":
                     c.unit = torch.full(x.shape, 2.0**-T, dtype=self.dtype, device=self.device)
             elif isinstance(node, nir.IF):
-                self.carriers[name] = _Carrier("spike", float(self.md(name)["base"]))
+                c = self.carriers[name] = _Carrier("spike", float(self.md(name)["base"]))
+                c.shape = (x.shape[0], *np.shape(node.r))  # known before it starts
             elif isinstance(node, (nir.SumPool2d, nir.Flatten, nir.Delay)) and all(
                 p in self.carriers for p in preds
             ):
@@ -310,33 +328,38 @@ class _Reference:
                 if isinstance(node, nir.Delay):
                     d = int(np.asarray(node.delay).reshape(-1)[0])
                     self.delays[name] = deque([None] * d)
+                self.carriers[name].shape = self._carried_shape(name, node, p)
         for t in range(self.latency):
-            w, k = divmod(t, T)
             for name in self.order:
-                self.step(name, w, k)
+                self.step(name, t)
         assert self.output is not None, "the readout never ended its input window"
         return ReferenceRun(self.output, self.phases, self.counts, self.input_spikes, self.latency)
 
-    def step(self, name: str, w: int, k: int) -> None:
+    def step(self, name: str, t: int) -> None:
         import nir
 
         node = self.g.nodes[name]
         md = self.md(name)
         role = self.role(name)
         if isinstance(node, nir.Input):
-            self.emit_input(name, w, k)
+            self.emit_input(name, t)
         elif isinstance(node, nir.IF):
             c = self.carriers[name]
             c.now = None
-            if role == "input_encoder" and w == 0 and k == 0:
+            if role == "input_encoder":
+                start, fire_start, width = 0, 0, int(md.get("phases", self.T))
+            else:
+                start, fire_start, width = self.timing(name)
+            if role == "input_encoder" and t == 0:
                 self.start_fire(name, self.x / self.scale(name, self.x.dim()))
-            if role != "input_encoder" and w == int(md["input_window"]):
-                u = self.integrate(name, k)
+            if role != "input_encoder" and start <= t < fire_start:
+                u = self.integrate(name, t)
                 if u is not None:
                     self.start_fire(name, u / self.scale(name, u.dim()))
-            if w == int(md["fire_window"]):
+            k = t - fire_start
+            if 0 <= k < width:
                 self.fire_step(name, k)
-                if k == self.T - 1:
+                if k == width - 1:
                     st = self.state[name]
                     if role == "input_encoder":
                         self.input_spikes = st["count"]
@@ -344,12 +367,26 @@ class _Reference:
                         self.phases[_s(md["name"])] = st["phase"]
                         self.counts[_s(md["name"])] = st["count"]
         elif isinstance(node, nir.I):
-            if w == int(md["input_window"]):
-                u = self.integrate(name, k)
+            start, end, _ = self.timing(name)
+            if start <= t < end:
+                u = self.integrate(name, t)
                 if u is not None:
                     self.output = u
         elif name in self.carriers:
             self.carry(name, node)
+
+    def _carried_shape(self, name: str, node, src: str) -> tuple[int, ...] | None:
+        """The full shape of what a pool, flatten or delay of ``src`` carries."""
+        import nir
+
+        shape = self.carriers[src].shape
+        if shape is None or isinstance(node, nir.Delay):
+            return shape
+        zero = self.zeros(shape, self.dtype)
+        if isinstance(node, nir.Flatten):
+            return tuple(self.flatten(name, zero).shape)
+        k, s, pad = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+        return tuple(F.max_pool2d(zero, k, s, pad).shape)
 
     def carry(self, name: str, node) -> None:
         """Max-pooling, flatten and delay of spikes (or of the input current)."""
@@ -363,7 +400,7 @@ class _Reference:
             c.now = q.popleft()
             c.unit, c.shape = src.unit, src.shape
             return
-        if src.shape is None:  # the sender has not started yet
+        if src.shape is None or (src.kind == "spike" and src.unit is None):  # not started yet
             c.now = None
             return
         if isinstance(node, nir.Flatten):

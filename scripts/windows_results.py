@@ -1,0 +1,163 @@
+"""Per-layer windows against uniform ones at the same latency: loss, spikes, latency per draw.
+
+For every window T (``--phases``) and calibration draw (``--seeds``: ``--calibration``
+training images drawn with that seed) the shipped model is converted twice with the
+default search: with every layer's window T (uniform) and with ``windows="auto"`` (each
+layer's window chosen by measured sensitivity, the latency at most the uniform one's).
+Both are measured on the test set (event path): the loss (ANN accuracy minus SNN
+accuracy, in points), the spikes per neuron and the energy ratio (on ``--cost-images``
+test images), the latency in steps and the windows chosen. Results go to ``--json``
+after every run; rerunning the same command skips the runs already there.
+
+    python scripts/windows_results.py --model mnist_cnn --phases 3,4 --seeds 0,7,11 \\
+        --threads 1 --json docs/results/windows_mnist_cnn.json
+    python scripts/windows_results.py --table docs/results/windows_mnist_cnn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import onespike
+from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.evaluate import evaluate, measure_costs
+from onespike.models import load_pretrained, pretrained_info
+
+
+def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
+    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
+    t = measure_costs(snn, x_cost).totals
+    return {
+        "ann_accuracy": ev.ann_accuracy,
+        "snn_accuracy": ev.snn_accuracy,
+        "loss": ev.loss,
+        "latency_steps": snn.plan.latency_steps,
+        "windows": list(snn.plan.windows),
+        "spikes_per_neuron": t["spikes_per_neuron_mean"],
+        "energy_ratio_compute": t["energy_ratio_compute"],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.json)
+    done: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    have = {(r["phases"], r["seed"]) for r in done}
+    ann = load_pretrained(args.model)
+    dataset = pretrained_info(args.model).get("dataset", "mnist")
+    x, y = load_dataset(dataset, "test")
+    if args.test is not None:
+        idx = fixed_subset(x.shape[0], args.test)
+        x, y = x[idx], y[idx]
+    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    ann_acc = None
+    for T in [int(t) for t in args.phases.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if (T, seed) in have:
+                continue
+            xc, where = calibration_set(dataset, args.calibration, seed)
+            row: dict = {
+                "model": args.model,
+                "dataset": dataset,
+                "phases": T,
+                "seed": seed,
+                "calibration": where,
+                "test_images": int(x.shape[0]),
+                "cost_images": int(x_cost.shape[0]),
+                "threads": args.threads,
+            }
+            for key, windows in (("uniform", None), ("auto", "auto")):
+                t0 = time.perf_counter()
+                snn = onespike.convert(ann, xc, phases=T, windows=windows, progress=False)
+                secs = time.perf_counter() - t0
+                row[key] = _measure(ann, snn, x, y, x_cost, ann_acc)
+                row[key]["convert_seconds"] = round(secs, 1)
+                ann_acc = row[key]["ann_accuracy"]
+                if windows == "auto":
+                    info = snn.plan.search["auto_windows"]
+                    row["auto"]["kept"] = info["kept"]
+                    row["auto"]["allocated"] = info.get("allocated", row["auto"]["windows"])
+                    row["auto"]["calibration_output_error"] = {
+                        "uniform": info["uniform_output_error"],
+                        "allocated": info.get("allocated_output_error"),
+                    }
+            assert row["auto"]["latency_steps"] <= row["uniform"]["latency_steps"]
+            done.append(row)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(done, indent=2))
+            u, a = row["uniform"], row["auto"]
+            print(
+                f"{args.model} T={T} seed {seed}: loss {u['loss']:+.2f} (uniform, "
+                f"{u['latency_steps']} steps) -> {a['loss']:+.2f} (auto {a['windows']}, "
+                f"{a['latency_steps']} steps, kept {a['kept']})",
+                flush=True,
+            )
+    print(table(done))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model and T, each draw's loss with uniform and with auto windows."""
+    lines = [
+        "| model | T | ANN % | latency (steps) uniform / auto | windows auto (per draw) | "
+        "loss per draw, uniform | mean | loss per draw, auto | mean | "
+        "spikes/neuron uniform / auto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["model"], r["phases"]) for r in rows})
+    for m, T in keys:
+        rs = sorted(
+            (r for r in rows if (r["model"], r["phases"]) == (m, T)), key=lambda r: r["seed"]
+        )
+        u = [r["uniform"]["loss"] for r in rs]
+        a = [r["auto"]["loss"] for r in rs]
+        lat_u = "/".join(sorted({str(r["uniform"]["latency_steps"]) for r in rs}))
+        lat_a = "/".join(sorted({str(r["auto"]["latency_steps"]) for r in rs}))
+        wins = ", ".join(
+            "("
+            + ",".join(str(w) for w in r["auto"]["windows"])
+            + ")"
+            + ("" if r["auto"]["kept"] == "auto" else " kept uniform")
+            for r in rs
+        )
+        spk_u = statistics.mean(r["uniform"]["spikes_per_neuron"] for r in rs)
+        spk_a = statistics.mean(r["auto"]["spikes_per_neuron"] for r in rs)
+        lines.append(
+            f"| {m} | {T} | {rs[0]['uniform']['ann_accuracy']:.2f} | {lat_u} / {lat_a} | "
+            f"{wins} | {', '.join(f'{v:+.2f}' for v in u)} | {statistics.mean(u):+.2f} | "
+            f"{', '.join(f'{v:+.2f}' for v in a)} | {statistics.mean(a):+.2f} | "
+            f"{spk_u:.3f} / {spk_a:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, ...)")
+    p.add_argument("--phases", default="3,4", help="uniform windows T, comma-separated")
+    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
+    p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
+    p.add_argument("--cost-images", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="results file (resumed if it exists)")
+    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
+    args = p.parse_args(argv)
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
+        print(table(rows))
+        return 0
+    if not (args.model and args.json):
+        p.error("--model and --json are needed (or --table FILES)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
