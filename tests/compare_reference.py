@@ -9,28 +9,23 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from onespike.engine import Ops
+from onespike.engine import ClockedNeurons, Ops
 from onespike.errors import OnespikeError
 from onespike.experiments.compare import (
-    CodeSpec,
-    Net,
     Node,
     Point,
     Tensor,
-    _gather,
-    _maxpool_indices,
     _Tally,
     _Task,
-    clocked_neurons,
     onespike_ops,
 )
+from onespike.simulate_codes import CodeNet, _gather, _maxpool_indices
 
 
 @torch.no_grad()
 def simulate_clocked(
-    net: Net,
-    spec: CodeSpec,
-    scales: dict[Node, float],
+    net: CodeNet,
+    code: ClockedNeurons,
     x: Tensor,
     checkpoints: Sequence[int],
     chunk: int | None = None,  # not in the reference: one lane
@@ -38,8 +33,8 @@ def simulate_clocked(
     """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
 
     All layers update at every step (a spike reaches the next layers in the
-    same step), walking the engine's spike nodes in order; the neurons are
-    :func:`clocked_neurons`. At each checkpoint ``t`` the output estimate is the output
+    same step), walking the engine's spike nodes in order; ``code`` holds the
+    neurons. At each checkpoint ``t`` the output estimate is the output
     layer's accumulated input per step (per period for multi-phase) and the
     ops are those of the first ``t`` steps (checkpoints that are not a whole
     number of multi-phase periods are skipped).
@@ -49,7 +44,6 @@ def simulate_clocked(
     consts = net.consts(env0)
     n = x.shape[0]
     hidden, n_out = net.neurons(env0)
-    code = clocked_neurons(spec, scales)
     K = code.period
     parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
     for t in net.targets:
@@ -122,7 +116,7 @@ def simulate_clocked(
 
 def run_onespike(
     ann: nn.Module,
-    net: Net,
+    net: CodeNet,
     xc: Tensor,
     task: _Task,
     phases: Sequence[int] | None = None,

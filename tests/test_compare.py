@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import onespike
+from onespike import simulate_codes as S
 from onespike.codes import rate
 from onespike.experiments import compare as C
 from onespike.trace import trace
@@ -34,12 +35,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_every_code_approaches_the_ann_as_it_gets_longer(builder, shape):
     model = builder()
     x = torch.rand(48, *shape, generator=torch.Generator().manual_seed(0))
-    net = C.Net(trace(model))
+    net = S.CodeNet(trace(model))
     with torch.no_grad():
         ref = model(x)
     for spec in C.parse_codes("rate-max,rate-p99.9,multiphase-K8,burst"):
-        scales = C.layer_scales(net, x, spec.scale)
-        res = C.simulate_clocked(net, spec, scales, x, [8, 32, 256])
+        scales = S.layer_scales(net, x, spec.scale)
+        res = S.simulate_clocked(net, C.clocked_neurons(spec, scales), x, [8, 32, 256])
         e8, e32, e256 = (_rel(res[t][0], ref) for t in (8, 32, 256))
         assert e256 < e32 < e8, (spec.name, e8, e32, e256)
         assert e256 < 0.04, (spec.name, e256)
@@ -47,9 +48,9 @@ def test_every_code_approaches_the_ann_as_it_gets_longer(builder, shape):
         # spikes and operations grow with time
         assert res[256][1].spikes > res[8][1].spikes > 0
         assert res[256][1].acs > res[8][1].acs
-    scales = C.layer_scales(net, x, 99.9)
+    scales = S.layer_scales(net, x, 99.9)
     errs = [
-        _rel(C.simulate_windowed(net, C.ttfs_neurons(net, scales, T), x, T)[0], ref)
+        _rel(S.simulate_windowed(net, S.ttfs_neurons(net, scales, T), x, T)[0], ref)
         for T in (2, 8, 64)
     ]
     assert errs[2] < errs[1] < errs[0] and errs[2] < 0.02, errs
@@ -59,11 +60,12 @@ def test_multiphase_k4_plateaus_at_its_saturation():
     """K = 4 caps each period at 15/16 of the scale: longer runs stop helping (a known limit)."""
     model = make(1)
     x = torch.rand(48, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    net = C.Net(trace(model))
+    net = S.CodeNet(trace(model))
     with torch.no_grad():
         ref = model(x)
-    k4 = C.simulate_clocked(net, C.CODES["multiphase-K4"], C.layer_scales(net, x, 99.9), x, [256])
-    k8 = C.simulate_clocked(net, C.CODES["multiphase-K8"], C.layer_scales(net, x, 99.9), x, [256])
+    scales = S.layer_scales(net, x, 99.9)
+    k4 = S.simulate_clocked(net, C.clocked_neurons(C.CODES["multiphase-K4"], scales), x, [256])
+    k8 = S.simulate_clocked(net, C.clocked_neurons(C.CODES["multiphase-K8"], scales), x, [256])
     assert _rel(k8[256][0], ref) < _rel(k4[256][0], ref)
 
 
@@ -74,10 +76,10 @@ def test_clocked_costs_by_hand():
     with torch.no_grad():
         model.fc2.weight[0, 1] = 0.0  # hidden neuron 1 reaches one output only
     x = torch.rand(5, 4)
-    net = C.Net(trace(model))
-    scales = C.layer_scales(net, x, "max")
+    net = S.CodeNet(trace(model))
+    scales = S.layer_scales(net, x, "max")
     steps = 16
-    res = C.simulate_clocked(net, C.CODES["rate-max"], scales, x, [steps])
+    res = S.simulate_clocked(net, C.clocked_neurons(C.CODES["rate-max"], scales), x, [steps])
     ops = res[steps][1]
     # the spikes of each hidden neuron, from the rate neuron itself
     with torch.no_grad():
@@ -100,8 +102,8 @@ def test_windowed_simulator_reproduces_onespike(seed):
     model = make(seed)
     x = torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
     snn = onespike.convert(model, x, phases=6, progress=False)
-    net = C.Net(trace(model))
-    out, ops = C.simulate_windowed(net, C.onespike_neurons(net, snn), x, 6)
+    net = S.CodeNet(trace(model))
+    out, ops = S.simulate_windowed(net, S.onespike_neurons(net, snn), x, 6)
     assert torch.allclose(out, snn(x), atol=1e-5)
     report = onespike.cost(model, snn, x)
     assert ops.acs / 64 == pytest.approx(report.totals["snn_acs"], rel=1e-6)

@@ -36,7 +36,8 @@ the one energy formula (:class:`~onespike.engine.Ops`). The codes:
     time-to-first-spike, one spike whose latency is the value, linearly
     (:mod:`onespike.codes.ttfs`), scale = 99.9th percentile.
 
-Time. The rate, multi-phase and burst codes are *clocked*: every layer runs
+Time (the simulators are the library's, :mod:`onespike.simulate_codes`). The rate,
+multi-phase and burst codes are *clocked*: every layer runs
 at every step, a spike reaches the next layers within the same step, and the
 output after ``t`` steps is the output layer's accumulated input divided by
 ``t`` (by the number of periods for multi-phase). A run of 256 steps therefore
@@ -83,21 +84,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from onespike.codes import binary as binary_code
 from onespike.codes import burst as burst_code
-from onespike.codes import rate as rate_code
-from onespike.codes import ttfs as ttfs_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
 from onespike.engine import (
     E_ADD,
@@ -105,20 +101,24 @@ from onespike.engine import (
     E_MEM,
     E_MUL,
     ClockedNeurons,
-    FireWindow,
-    NeuronFn,
     Ops,
-    SpikeGraph,
-    ann_counts,
     ann_energy,
     energy_ratio,
-    phase_window,
 )
 from onespike.errors import OnespikeError, OptionError, run_command
-from onespike.graph import Region, Runner
 from onespike.models import resolve_model
 from onespike.provenance import source_version
-from onespike.trace import TracedModel, trace
+from onespike.simulate_codes import (
+    BinaryNeurons,
+    BurstNeurons,
+    CodeNet,
+    RateNeurons,
+    layer_scales,
+    simulate_clocked,
+    simulate_windowed,
+    ttfs_neurons,
+)
+from onespike.trace import trace
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -236,180 +236,8 @@ class CodeResult:
 
 
 # --------------------------------------------------------------------------------------
-# the network as seen by the simulators
+# the neurons of the clocked codes
 # --------------------------------------------------------------------------------------
-class Net(SpikeGraph):
-    """The folded ANN as the engine walks it (:class:`onespike.engine.SpikeGraph`: its
-    spiking layers, the spike sources derived from them, the output and their regions),
-    with what the comparison asks of it."""
-
-    def __init__(self, traced: TracedModel):
-        super().__init__(traced.module)
-        self.traced = traced
-        self.relus: list[Node] = self.layers
-        # the nodes a clocked or windowed run visits, in topological order
-        self.order: list[Node] = [n for _, n in self.walk("layer", "pool", "reshape", "output")]
-
-    def spiking(self, reg: Region) -> list[Node]:
-        return [s for s in reg.spike_sources if self.runner.is_spiking(s)]
-
-    def analog(self, reg: Region) -> list[Node]:
-        return [s for s in reg.spike_sources if not self.runner.is_spiking(s)]
-
-    def consts(self, env: dict[Node, object]) -> dict[Node, object]:
-        r = self.runner
-        return {n: v for n, v in env.items() if r.role(n) in ("const", "shape")}
-
-    def region_value(
-        self, reg: Region, values: dict[Node, Tensor], consts: dict, *, bias: bool
-    ) -> Tensor:
-        env = {**consts, **values}
-        self.runner.run(env, reg.nodes, bias=bias)
-        return env[reg.pre]  # type: ignore[return-value]
-
-    def neurons(self, env: dict[Node, object]) -> tuple[int, int]:
-        """(hidden spiking neurons, output neurons) per sample."""
-        hidden = sum(int(math.prod(env[n].shape[1:])) for n in self.relus)
-        out = env[self.regions[self.output].pre]
-        return hidden, int(math.prod(out.shape[1:]))
-
-    def ann_macs(self, env: dict[Node, object]) -> float:
-        """MACs of the ANN on the batch of ``env`` (summed over the batch)."""
-        return sum(ann_counts(self.runner, self.regions[t], env)[0] for t in self.targets)
-
-    def latency_windows(self) -> int:
-        """Windows from the input to the output of a windowed code (``L + 1`` for a chain)."""
-        from onespike.calibrate import fire_windows
-
-        _, out_window = fire_windows(self.runner, self.relus)
-        return out_window + 1
-
-    def count_synapses(self, counts: dict[Node, Tensor], env: dict[Node, object]) -> Ops:
-        """ACs and MACs of every region given cumulative spike counts of the spike sources
-        (the cost model's :meth:`~onespike.engine.SpikeGraph.synaptic_ops`)."""
-        tags: dict[Node, tuple[str, Tensor]] = {}
-        for t in self.targets:
-            for s in self.regions[t].spike_sources:
-                tags[s] = ("events", counts[s]) if self.is_spiking(s) else ("dense", env[s])  # type: ignore[assignment]
-        ops = Ops()
-        for acs, macs in self.synaptic_ops(tags, self.consts(env)).values():
-            ops.acs += acs
-            ops.macs += macs
-        return ops
-
-
-def layer_scales(net: Net, x: Tensor, method: str | float) -> dict[Node, float]:
-    """Scale of every spiking layer from the ANN's activations on the calibration data ``x``."""
-    with torch.no_grad():
-        env = net.runner.forward_all(x)
-    return {n: rate_code.activation_scale(env[n], method) for n in net.relus}
-
-
-def _maxpool_indices(runner: Runner, node: Node, value: Tensor) -> Tensor:
-    """Flat indices (per channel) of the maximum of each pool window of ``value``."""
-    if node.op == "call_module":
-        m = runner.modules[node.target]
-        fn = F.max_pool1d if isinstance(m, nn.MaxPool1d) else F.max_pool2d
-        _, idx = fn(
-            value,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            ceil_mode=m.ceil_mode,
-            return_indices=True,
-        )
-        return idx
-    args = (value, *node.args[1:])
-    kwargs = {k: v for k, v in node.kwargs.items() if k != "return_indices"}
-    _, idx = node.target(*args, **kwargs, return_indices=True)
-    return idx
-
-
-def _gather(src: Tensor, idx: Tensor) -> Tensor:
-    return src.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-
-
-# --------------------------------------------------------------------------------------
-# clocked codes: rate, multi-phase, burst
-# --------------------------------------------------------------------------------------
-class RateNeurons:
-    """IF neurons with reset by subtraction, threshold ``lam``
-    (:class:`onespike.engine.ClockedNeurons`). Per neuron and step one add (bias and
-    analog current) and one compare, one subtract per spike; output neurons one add."""
-
-    period = 1
-    inject_every_step = True
-
-    def __init__(self, scales: dict[Node, float]):
-        self.scales = scales
-        self.u: dict[Node, Tensor] = {}
-
-    def start(self, shapes: dict[Node, Tensor]) -> None:
-        self.u = {n: torch.zeros_like(v) for n, v in shapes.items()}
-
-    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
-        lam = self.scales[node]
-        self.u[node], s = rate_code.if_step(self.u[node], current, lam)
-        return s, s * lam
-
-    def neuron_ops(
-        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
-    ) -> tuple[float, float]:
-        return 0.0, 2 * hidden * n + outputs * n + spikes
-
-
-class BurstNeurons(RateNeurons):
-    """Burst neurons (:mod:`onespike.codes.burst`): as rate, plus one multiply per spike
-    (the burst factor ``g``)."""
-
-    def __init__(self, scales: dict[Node, float], params: burst_code.BurstParams):
-        super().__init__(scales)
-        self.params = params
-        self.g: dict[Node, Tensor] = {}
-
-    def start(self, shapes: dict[Node, Tensor]) -> None:
-        super().start(shapes)
-        self.g = {n: torch.ones_like(v) for n, v in shapes.items()}
-
-    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
-        bp = self.params
-        theta = self.scales[node] / bp.g_max
-        self.u[node], self.g[node], w = burst_code.burst_step(
-            self.u[node], self.g[node], current, theta, bp
-        )
-        return (w > 0).to(w.dtype), w * theta
-
-    def neuron_ops(
-        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
-    ) -> tuple[float, float]:
-        return spikes, 2 * hidden * n + outputs * n + spikes
-
-
-class BinaryNeurons(RateNeurons):
-    """Binary multi-spike neurons, periods of ``K`` phases (:mod:`onespike.codes.binary`).
-    Per neuron and step one multiply (the phase weight) and one compare; per period one
-    add (bias and analog current, injected at phase 0); one subtract per spike. Output
-    neurons: one multiply per step and one add per period."""
-
-    inject_every_step = False
-
-    def __init__(self, scales: dict[Node, float], period: int):
-        super().__init__(scales)
-        self.period = period
-
-    def step(self, node: Node, current: Tensor, phase: int) -> tuple[Tensor, Tensor]:
-        lam = self.scales[node]
-        self.u[node], s = binary_code.neuron_step(self.u[node], current, lam, phase)
-        return s, s * (lam * binary_code.phase_weight(phase))
-
-    def neuron_ops(
-        self, hidden: int, outputs: int, n: int, spikes: float, phase: int
-    ) -> tuple[float, float]:
-        every = (hidden + outputs) * n
-        return every, hidden * n + spikes + (every if phase == 0 else 0)
-
-
 def clocked_neurons(spec: CodeSpec, scales: dict[Node, float]) -> ClockedNeurons:
     """The neurons of a clocked code (:class:`onespike.engine.ClockedNeurons`)."""
     if spec.kind == "rate":
@@ -426,175 +254,6 @@ class _Tally:
     correct: int = 0
     agree: int = 0
     ops: Ops = field(default_factory=Ops)
-
-
-@torch.no_grad()
-def simulate_clocked(
-    net: Net,
-    spec: CodeSpec,
-    scales: dict[Node, float],
-    x: Tensor,
-    checkpoints: Sequence[int],
-) -> dict[int, tuple[Tensor, Ops]]:
-    """Run a clocked code step by step on a batch; ``{t: (output estimate, ops summed)}``.
-
-    All layers update at every step (a spike reaches the next layers in the
-    same step), walking the engine's spike nodes in order; the neurons are
-    :func:`clocked_neurons`. At each checkpoint ``t`` the output estimate is the output
-    layer's accumulated input per step (per period for multi-phase) and the
-    ops are those of the first ``t`` steps (checkpoints that are not a whole
-    number of multi-phase periods are skipped).
-    """
-    r = net.runner
-    env0 = r.forward_all(x)
-    consts = net.consts(env0)
-    n = x.shape[0]
-    hidden, n_out = net.neurons(env0)
-    code = clocked_neurons(spec, scales)
-    K = code.period
-    parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
-    for t in net.targets:
-        reg = net.regions[t]
-        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
-        bias = net.region_value(reg, zeros, consts, bias=True)
-        an = net.analog(reg)
-        analog = (
-            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
-            if an
-            else None
-        )
-        const = bias if analog is None else bias + analog
-        parts[t] = (const, analog, net.spiking(reg), zeros)
-    code.start({n_: env0[n_] for n_ in net.relus})
-    # what each neuron has sent so far, kept only where a max-pool gates by it
-    sent = {node.args[0]: torch.zeros_like(env0[node.args[0]]) for _, node in net.walk("pool")}
-    counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
-    out_acc = torch.zeros_like(env0[net.regions[net.output].pre])
-    muls = adds = 0.0
-    marks = sorted(set(checkpoints))
-    results: dict[int, tuple[Tensor, Ops]] = {}
-
-    def current(node: Node, vals: dict[Node, Tensor], inject: bool) -> Tensor:
-        """Input of ``node``'s region this step: its sources' spikes (+ bias and analog current)."""
-        const, _, spiking, zeros = parts[node]
-        cur = (
-            net.region_value(
-                net.regions[node], {**zeros, **{s: vals[s] for s in spiking}}, consts, bias=False
-            )
-            if spiking
-            else torch.zeros_like(const)
-        )
-        return cur + const if inject else cur
-
-    for step in range(marks[-1]):
-        k = step % K
-        inject = code.inject_every_step or k == 0  # bias and analog current this step
-        vals: dict[Node, Tensor] = {}
-        spk: dict[Node, Tensor] = {}
-        for kind, node in net.walk("layer", "pool", "reshape", "output"):
-            if kind == "layer":
-                spk[node], vals[node] = code.step(node, current(node, vals, inject), k)
-            elif kind == "output":
-                out_acc += current(node, vals, inject)
-                continue
-            elif kind == "pool":  # gate: the neuron that sent the most so far
-                src = node.args[0]
-                idx = _maxpool_indices(r, node, sent[src])
-                vals[node] = _gather(vals[src], idx)
-                spk[node] = _gather(spk[src], idx)
-            else:  # a reshape of spikes
-                src = node.args[0]
-                vals[node] = net.reshape(node, vals[src], consts)
-                spk[node] = net.reshape(node, spk[src], consts)
-            if node in sent:
-                sent[node] += vals[node]
-            counts[node] += spk[node]
-        spikes_now = sum(float(spk[n_].sum()) for n_ in net.relus)
-        step_muls, step_adds = code.neuron_ops(hidden, n_out, n, spikes_now, k)
-        muls += step_muls
-        adds += step_adds
-        t = step + 1
-        if t in marks and t % K == 0:
-            ops = net.count_synapses(counts, env0)
-            ops.muls, ops.adds = muls, adds
-            ops.updates = float(t * (hidden + n_out) * n)
-            ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
-            results[t] = (out_acc / (t // K), ops)
-    return results
-
-
-# --------------------------------------------------------------------------------------
-# windowed codes: TTFS (and onespike, for cross-checks)
-# --------------------------------------------------------------------------------------
-@torch.no_grad()
-def simulate_windowed(
-    net: Net, neurons: dict[Node, FireWindow], x: Tensor, phases: int
-) -> tuple[Tensor, Ops]:
-    """Run a windowed single-spike code on a batch: ``(output, ops summed over the batch)``.
-
-    Each spiking layer's input at the end of its input window is its region
-    evaluated on the decoded spikes of its sources (exact: the region is
-    linear and every input spike has arrived); ``neurons[relu]`` (a
-    :class:`onespike.engine.FireWindow`) runs the layer's fire window and returns the
-    decoded values, the 0/1 spikes and the number of fire-window updates of every
-    neuron. Max-pooling passes the earliest (largest) spike. Ops: ACs/MACs from the
-    spike counts (the cost model's), one add per neuron and input-window step (hidden
-    and output), one add and one compare per fire-window update.
-    """
-    rec: dict[Node, tuple[Tensor, Tensor]] = {}
-
-    def wrap(node: Node, fn: FireWindow) -> Callable[[Tensor], Tensor]:
-        def f(pre: Tensor) -> Tensor:
-            value, spikes, upd = fn(pre)
-            rec[node] = (spikes, upd)
-            return value
-
-        return f
-
-    runner = Runner(net.traced.module, {n: wrap(n, neurons[n]) for n in net.relus})
-    env = runner.forward_all(x)
-    consts = net.consts(env)
-    counts: dict[Node, Tensor] = {}
-    for kind, node in net.walk("layer", "pool", "reshape"):
-        if kind == "layer":
-            counts[node] = rec[node][0]
-        elif kind == "pool":
-            counts[node] = (env[node] > 0).to(x.dtype)  # type: ignore[operator]
-        else:
-            counts[node] = net.reshape(node, counts[node.args[0]], consts)
-    ops = net.count_synapses(counts, env)
-    hidden, n_out = net.neurons(env)
-    n = x.shape[0]
-    fire = sum(float(rec[n_][1].sum()) for n_ in net.relus)
-    ops.adds = float(phases * (hidden + n_out) * n) + 2 * fire
-    ops.updates = float(phases * (hidden + n_out) * n) + fire
-    ops.spikes = sum(float(counts[n_].sum()) for n_ in net.relus)
-    return env[net.output], ops  # type: ignore[return-value]
-
-
-def ttfs_neurons(
-    net: Net, scales: dict[Node, float], phases: int, shift: bool = True
-) -> dict[Node, NeuronFn]:
-    """TTFS fire windows (step by step, :func:`onespike.codes.ttfs.fire`) of every layer."""
-
-    def make(lam: float) -> NeuronFn:
-        def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            phase, upd = ttfs_code.fire(pre / lam, phases, shift=shift)
-            value = ttfs_code.decode(phase, phases, lam).to(pre.dtype)
-            return value, (phase >= 0).to(pre.dtype), upd.to(pre.dtype)
-
-        return f
-
-    return {n: make(scales[n]) for n in net.relus}
-
-
-def onespike_neurons(net: Net, snn: object) -> dict[Node, FireWindow]:
-    """onespike's layers (from a converted network's plan) as windowed neurons (analog input):
-    :func:`onespike.engine.phase_window`, the phase code of the library."""
-    plan = snn.plan  # type: ignore[attr-defined]
-    if plan.input_coding != "analog":
-        raise OptionError("only the analog input coding is supported here")
-    return {n: phase_window(lp) for n, lp in zip(net.relus, plan.layers)}
 
 
 # --------------------------------------------------------------------------------------
@@ -658,18 +317,22 @@ class _Task:
         )
 
 
-def run_clocked(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+def run_clocked(
+    net: CodeNet, spec: CodeSpec, scales: dict[Node, float], task: _Task
+) -> list[Point]:
     """Points of a clocked code at every checkpoint up to ``task.max_steps``."""
     K = spec.period if spec.kind == "binary" else 1
     marks = [t for t in CLOCK_STEPS if t <= task.max_steps and t % K == 0]
     tallies = {t: _Tally() for t in marks}
     for sl in tqdm(task.batches(), desc=spec.name, disable=not task.progress):
-        for t, (out, ops) in simulate_clocked(net, spec, scales, task.x[sl], marks).items():
+        for t, (out, ops) in simulate_clocked(
+            net, clocked_neurons(spec, scales), task.x[sl], marks
+        ).items():
             task.score(tallies[t], sl, out, ops)
     return [task.point(t, None, tl) for t, tl in tallies.items()]
 
 
-def run_ttfs(net: Net, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
+def run_ttfs(net: CodeNet, spec: CodeSpec, scales: dict[Node, float], task: _Task) -> list[Point]:
     """Points of TTFS at every window whose latency is at most ``task.max_steps``."""
     windows = net.latency_windows()
     points = []
@@ -739,7 +402,7 @@ def _refine_brief(snn: object) -> dict:
 
 def run_onespike(
     ann: nn.Module,
-    net: Net,
+    net: CodeNet,
     xc: Tensor,
     task: _Task,
     phases: Sequence[int] | None = None,
@@ -875,7 +538,7 @@ def compare(
 
     ann = ann.eval()
     traced = trace(ann)
-    net = Net(traced)
+    net = CodeNet(traced)
     n = x.shape[0]
     whole = not batch_independent(net.runner)
     if whole:
@@ -1389,24 +1052,18 @@ __all__ = [
     "REFINE_PHASES",
     "CodeSpec",
     "Conversions",
-    "Net",
     "Ops",
     "Point",
     "budget_table",
     "compare",
     "energy_table",
-    "layer_scales",
     "markdown_table",
-    "onespike_neurons",
     "parse_codes",
     "plot",
     "refine_windows",
     "report",
-    "simulate_clocked",
-    "simulate_windowed",
     "summarize",
     "text_table",
-    "ttfs_neurons",
 ]
 
 if __name__ == "__main__":
