@@ -23,7 +23,7 @@ them (:meth:`SpikeGraph.walk`):
 
 The other nodes lie inside regions, which :class:`~onespike.graph.Runner` evaluates.
 The users: the step simulator (:mod:`onespike.simulate`), the cost model
-(:func:`onespike.cost`) and the code comparison (:mod:`onespike.experiments.compare`),
+(:func:`onespike.cost`) and the drivers of the other codes (:mod:`onespike.simulate_codes`),
 whose codes plug in through two small protocols: :class:`FireWindow` (a layer of a
 single-spike code run in windows: onespike's phase code, :func:`phase_window`, and
 TTFS) and :class:`ClockedNeurons` (neurons updated at every step: rate, burst and the

@@ -11,7 +11,7 @@ Two uses, one rule:
   (clipped to ``2^K - 1``), whose bit ``K-1-k`` is the spike of step ``k``; the
   represented value is ``n / 2^K``, within ``2^-K`` below ``x``.
 - **Neurons that produce the bits from a membrane** (hidden layers of the code
-  comparison, :mod:`onespike.experiments.compare`): :func:`neuron_step`
+  comparison, :class:`onespike.simulate_codes.BinaryNeurons`): :func:`neuron_step`
   integrates its input and, at step ``k`` of a period, fires when the membrane
   reaches ``scale * 2^-(k+1)`` and subtracts it, a greedy binary expansion of what
   it holds. A value ``z`` in [0, 1) injected at the start of a period yields
