@@ -201,12 +201,21 @@ class _Exporter:
         spike_nodes = [n for n in self.runner.nodes if self.runner.role(n) == "relu"]
         self.names = {s: a.name for s, a in zip(spike_nodes, ann_relus)}
         self.lp = dict(zip(spike_nodes, snn.plan.layers))
-        self.window: dict[fx.Node, int] = {}
+        # timing in steps (per-layer windows: calibrate.fire_steps): a target listens until
+        # ``until`` (its fire window's start; the latency for the readout), from ``until``
+        # minus its senders' longest window; a carrier's spikes end at ``carrier_window``
+        self.window: dict[fx.Node, int] = {}  # the step at which a node's listener fires
         out = next(n for n in self.runner.nodes if n.op == "output")
-        self.out_window = snn.plan.latency_steps // self.T - 1
+        widths = [self.lp[n].phases for n in spike_nodes]
+        self.fire_start, latency = fire_steps(self.runner, spike_nodes, widths, self.T)
+        self.out_window = fire_windows(self.runner, spike_nodes)[1]
+        self.until = {**self.fire_start, out: latency}
+        self.input_start: dict[fx.Node, int] = {}
         for target in [*spike_nodes, out]:
-            w = self.lp[target].fire_window - 1 if target in self.lp else self.out_window
+            w = self.until[target]
             reg = self.runner.region(target)
+            longest = max((self._width(s) for s in reg.spike_sources), default=self.T)
+            self.input_start[target] = w - longest
             for n in [*reg.nodes, target]:
                 if self.window.setdefault(n, w) != w:
                     raise NIRExportError(

@@ -226,7 +226,7 @@ class _Reference:
             "base": float(md["base"]),
         }
         c = self.carriers[name]
-        unit = self.scale(name, z.dim()) * float(md["base"]) ** -(self.T - 1)
+        unit = self.scale(name, z.dim()) * float(md["base"]) ** -(int(md["phases"]) - 1)
         c.unit, c.shape = unit.expand(z.shape).to(self.dtype), tuple(z.shape)
 
     def fire_step(self, name: str, k: int) -> None:
