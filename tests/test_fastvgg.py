@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import onespike
+from onespike.experiments.airbench import AIRBENCH, airbench_lr_factor
+from onespike.experiments.augment import alternating_flip, translate_flip
 from onespike.experiments.train import (
-    AIRBENCH,
     TrainConfig,
     _make_optimizer,
-    airbench_lr_factor,
-    alternating_flip,
     evaluate,
     time_batches,
     train,
-    translate_flip,
 )
 from onespike.models import FastVGG, fast_vgg, get_spec, init_whitening, load_pretrained
 from onespike.models.fastvgg import image_patches, patch_statistics

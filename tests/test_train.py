@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from onespike.experiments.augment import random_crop_flip
 from onespike.experiments.train import (
     TrainConfig,
     evaluate,
     main,
-    random_crop_flip,
     time_batches,
     train,
 )

@@ -54,33 +54,34 @@ from tqdm import tqdm
 
 from onespike.data import fixed_subset, load_dataset
 from onespike.errors import OptionError, run_command
+from onespike.experiments.airbench import (
+    AIRBENCH,
+    Lookahead,
+    airbench_lr_factor,
+    airbench_optimizer,
+    whiten_init,
+)
+from onespike.experiments.augment import alternating_flip, random_crop_flip, translate_flip
 from onespike.models import (
     PretrainedWeightsNotFoundError,
     get_model,
     get_spec,
-    init_whitening,
     load_state_dict_file,
 )
 from onespike.models.fastvgg import FAST_VGG_WIDTHS
 
 __all__ = [
-    "AIRBENCH",
     "RECIPES",
-    "Lookahead",
     "TrainConfig",
     "TrainResult",
-    "airbench_lr_factor",
-    "alternating_flip",
     "build_parser",
     "config_from_args",
     "evaluate",
     "main",
     "measure_weights",
-    "random_crop_flip",
     "save_weights",
     "time_batches",
     "train",
-    "translate_flip",
 ]
 
 #: Hyper-parameter defaults per dataset family (used when a field is left as ``None``).
@@ -101,25 +102,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.2,
         "augment": True,
     },
-}
-
-#: The fixed settings of ``--recipe airbench``, from airbench94 (KellerJordan/cifar10-airbench,
-#: ``legacy/airbench94.py``; the same in ``airbench/lib_airbench94.py``).  ``lr`` and
-#: ``weight_decay`` (in :data:`RECIPES`) are airbench's decoupled values: per 1024
-#: examples, divided by ``1024 * (1 + 1 / (1 - momentum))`` for PyTorch's SGD with a loss
-#: summed over the batch; weight decay is scaled by the batch size and is independent of
-#: the learning rate.
-AIRBENCH: dict[str, Any] = {
-    "bias_scaler": 64.0,  # BatchNorm shifts: learning rate x 64 (same absolute weight decay)
-    "whiten_bias_epochs": 3,  # the whitening bias trains for these epochs, then is frozen
-    "whiten_samples": 5000,  # training images (a seeded random draw) for the whitening init
-    "whiten_eps": 5e-4,
-    "warmup": 0.23,  # fraction of the steps with a linear warm-up ...
-    "lr_start": 0.2,  # ... from 0.2 x the peak; then a linear decay ...
-    "lr_end": 0.07,  # ... to 0.07 x the peak at the last step
-    "lookahead_every": 5,  # steps between lookahead updates
-    "lookahead_decay": 0.95**5,  # EMA decay at the end; (step / total)^3 x this before
-    "translate": 2,  # pixels, reflect padding
 }
 
 #: Config fields that must match between a checkpoint and the run resuming it.
@@ -259,66 +241,6 @@ class TrainResult:
     info: dict[str, Any] | None = None
 
 
-# --------------------------------------------------------------------------- data
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Per-sample random crop (from a ``padding``-pixel zero-padded image) and horizontal flip.
-
-    ``x`` is ``[N, C, H, W]``; the output has the same shape.  All randomness comes from
-    ``generator`` so a run is reproducible and resumable.
-    """
-    n = x.shape[0]
-    padded = F.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return _crop(padded, oy, ox, flip, x.shape[-2:])
-
-
-def translate_flip(
-    x: torch.Tensor, flip: torch.Tensor, generator: torch.Generator, translate: int = 2
-) -> torch.Tensor:
-    """Per-sample random translation by up to ``translate`` pixels each way (a crop of the
-    image reflect-padded by ``translate``, as in airbench) and a horizontal flip of the
-    samples where the bool tensor ``flip`` is true.  Randomness from ``generator``."""
-    n = x.shape[0]
-    r = translate
-    padded = F.pad(x, (r, r, r, r), mode="reflect") if r > 0 else x
-    oy = torch.randint(0, 2 * r + 1, (n,), generator=generator)
-    ox = torch.randint(0, 2 * r + 1, (n,), generator=generator)
-    return _crop(padded, oy, ox, flip, x.shape[-2:])
-
-
-def alternating_flip(n: int, epoch: int, seed: int) -> torch.Tensor:
-    """airbench's derandomised flip: which of ``n`` training images to mirror in ``epoch``
-    (0-based).  A random half drawn once from ``seed`` in even epochs, the other half in
-    odd ones, so every image is seen both ways in every two consecutive epochs."""
-    base = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
-    return base ^ bool(epoch % 2)
-
-
-def _crop(
-    padded: torch.Tensor,
-    oy: torch.Tensor,
-    ox: torch.Tensor,
-    flip: torch.Tensor,
-    size: tuple[int, ...] | torch.Size,
-) -> torch.Tensor:
-    """Crop ``size`` from ``padded`` at per-sample offsets ``(oy, ox)``, flipping where
-    ``flip`` is true."""
-    n, c = padded.shape[:2]
-    h, w = size
-    dev = padded.device
-    oy, ox, flip = oy.to(dev), ox.to(dev), flip.to(dev)
-    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [N,1,H,1]
-    cols = ox[:, None] + torch.arange(w, device=dev)  # [N,W]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # [N,1,1,W]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -337,7 +259,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     assert cfg.lr is not None and cfg.weight_decay is not None and cfg.momentum is not None
     if cfg.recipe == "airbench":
-        return _airbench_optimizer(model, cfg)
+        assert cfg.batch_size is not None
+        return airbench_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size)
     return torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -345,75 +268,6 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
         nesterov=True,
         weight_decay=cfg.weight_decay,
     )
-
-
-def _airbench_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """airbench's SGD: decoupled learning rate and weight decay (see :data:`AIRBENCH`);
-    BatchNorm shifts in their own group at ``bias_scaler`` x the learning rate.  Frozen
-    parameters (BatchNorm scales, the whitening filters) are left out."""
-    assert cfg.lr is not None and cfg.weight_decay is not None and cfg.momentum is not None
-    assert cfg.batch_size is not None
-    kilostep = 1024 * (1 + 1 / (1 - cfg.momentum))
-    lr = cfg.lr / kilostep
-    wd = cfg.weight_decay * cfg.batch_size / kilostep
-    lr_bias = lr * AIRBENCH["bias_scaler"]
-    bn_bias = {
-        id(m.bias)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
-    }
-    params = [p for p in model.parameters() if p.requires_grad]
-    biases = [p for p in params if id(p) in bn_bias]
-    others = [p for p in params if id(p) not in bn_bias]
-    groups = [
-        {"params": biases, "lr": lr_bias, "weight_decay": wd / lr_bias},
-        {"params": others, "lr": lr, "weight_decay": wd / lr},
-    ]
-    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
-
-
-def airbench_lr_factor(step: int, total: int) -> float:
-    """airbench's learning-rate multiplier at ``step`` of ``total``: linear from
-    ``lr_start`` to 1 over the first ``warmup`` fraction, then linear to ``lr_end``."""
-    warm = int(total * AIRBENCH["warmup"])
-    if step < warm:
-        frac = step / warm
-        return AIRBENCH["lr_start"] * (1 - frac) + frac
-    frac = (step - warm) / max(1, total - warm)
-    return (1 - frac) + AIRBENCH["lr_end"] * frac
-
-
-class Lookahead:
-    """airbench's lookahead: every few steps the weights move to an exponential moving
-    average of themselves, ``ema = decay * ema + (1 - decay) * w; w = ema`` (floating
-    entries of the ``state_dict``, BatchNorm statistics included)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, decay: float) -> None:
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.ema[k].lerp_(v, 1 - decay)
-                v.copy_(self.ema[k])
-
-    @staticmethod
-    def decay(step: int, total: int) -> float:
-        """The EMA decay after ``step`` of ``total`` steps: ``0.95**5 * (step/total)**3``."""
-        return AIRBENCH["lookahead_decay"] * (step / total) ** 3
-
-
-def _whiten_init(model: nn.Module, x_train: torch.Tensor, seed: int) -> None:
-    """Initialise ``model.whiten`` (if it has one: ``fast_vgg``) from a seeded random draw
-    of ``AIRBENCH["whiten_samples"]`` training images; other models are left alone."""
-    conv = getattr(model, "whiten", None)
-    if not isinstance(conv, nn.Conv2d):
-        return
-    g = torch.Generator().manual_seed(seed)
-    k = min(len(x_train), AIRBENCH["whiten_samples"])
-    idx = torch.randperm(len(x_train), generator=g)[:k].sort().values
-    init_whitening(conv, x_train[idx], eps=AIRBENCH["whiten_eps"])
 
 
 def _device(name: str) -> torch.device:
@@ -471,6 +325,198 @@ def _log(cfg: TrainConfig, msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+def _load_data(
+    cfg: TrainConfig, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_test, y_test)``: ``data`` cut to the limits, or read from disk."""
+    assert cfg.dataset is not None
+    if data is None:
+        x_tr, y_tr = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.train_limit)
+        x_te, y_te = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
+        return x_tr, y_tr, x_te, y_te
+    x_tr, y_tr, x_te, y_te = data
+    if cfg.train_limit is not None:
+        idx = fixed_subset(len(x_tr), cfg.train_limit)
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    if cfg.test_limit is not None:
+        idx = fixed_subset(len(x_te), cfg.test_limit)
+        x_te, y_te = x_te[idx], y_te[idx]
+    return x_tr, y_tr, x_te, y_te
+
+
+@dataclass
+class _Run:
+    """The state of a training run: what a checkpoint saves, and what the steps use."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    lookahead: Lookahead | None
+    whiten_bias: torch.Tensor | None
+    gen: torch.Generator
+    criterion: nn.Module
+    device: torch.device
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    airbench: bool
+
+
+def _start_run(cfg: TrainConfig, x_tr: torch.Tensor, device: torch.device) -> _Run:
+    """The model (seeded, whitened, on ``device``), its optimizer, schedule and sampler."""
+    assert cfg.batch_size is not None
+    airbench = cfg.recipe == "airbench"
+    n_train = len(x_tr)
+    batch_size = min(cfg.batch_size, n_train)
+    steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
+    total_steps = cfg.epochs * steps_per_epoch
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, **cfg.model_kwargs())
+    whiten_init(model, x_tr, cfg.seed)  # fast_vgg's patch whitening (any recipe)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, cfg)
+    if airbench:
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: airbench_lr_factor(step, total_steps)
+        )
+        lookahead: Lookahead | None = Lookahead(model)
+        whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        lookahead, whiten_bias = None, None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    criterion = nn.CrossEntropyLoss(
+        label_smoothing=cfg.label_smoothing, reduction="sum" if airbench else "mean"
+    )
+    return _Run(
+        model, optimizer, scheduler, lookahead, whiten_bias, gen, criterion, device,
+        batch_size, steps_per_epoch, total_steps, airbench,
+    )  # fmt: skip
+
+
+def _resume(cfg: TrainConfig, ckpt_path: Path | None, run: _Run) -> tuple[int, list, bool]:
+    """Load ``run``'s state from its checkpoint when ``cfg.resume`` asks for it:
+    ``(epochs done, history, resumed)``. Other settings than the checkpoint's are refused."""
+    if not cfg.resume:
+        return 0, [], False
+    if ckpt_path is None:
+        raise OptionError("--resume needs --checkpoint PATH")
+    if not ckpt_path.is_file():
+        _log(cfg, f"no checkpoint at {ckpt_path}; starting from scratch")
+        return 0, [], False
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved = ckpt["config"]
+    diff = {k: (saved.get(k, _RESUME_MISSING.get(k)), getattr(cfg, k)) for k in _RESUME_KEYS}
+    diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+    if diff:
+        raise OptionError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.gen.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if run.lookahead is not None:
+        run.lookahead.ema = {k: v.to(run.device) for k, v in ckpt["lookahead"].items()}
+    start_epoch = ckpt["epoch"]
+    _log(cfg, f"resumed from {ckpt_path} after epoch {start_epoch}/{cfg.epochs}")
+    return start_epoch, list(ckpt["history"]), True
+
+
+def _save_checkpoint(
+    cfg: TrainConfig, run: _Run, epochs_done: int, history: list, path: Path
+) -> None:
+    """Everything a resumed run needs to continue as if never interrupted."""
+    _atomic_save(
+        {
+            "epoch": epochs_done,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "generator": run.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+            "config": asdict(cfg),
+            **({"lookahead": run.lookahead.ema} if run.lookahead is not None else {}),
+        },
+        path,
+    )
+
+
+def _train_step(
+    cfg: TrainConfig, run: _Run, xb: torch.Tensor, yb: torch.Tensor, done: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch (``done``: steps of the run after this one):
+    ``(loss, logits)``."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        logits = run.model(xb)
+        loss = run.criterion(logits.float(), yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.lookahead is not None:
+        if done % AIRBENCH["lookahead_every"] == 0:
+            run.lookahead.update(run.model, Lookahead.decay(done, run.total_steps))
+        if done == run.total_steps:
+            run.lookahead.update(run.model, 1.0)  # end on the averaged weights
+    return loss, logits
+
+
+def _train_epoch(
+    cfg: TrainConfig, run: _Run, x_tr: torch.Tensor, y_tr: torch.Tensor, epoch: int
+) -> dict[str, Any]:
+    """One epoch over the training set (augmented as the recipe says): its record
+    (without the device)."""
+    model, gen, batch_size = run.model, run.gen, run.batch_size
+    n_train = len(x_tr)
+    model.train()
+    t0 = time.perf_counter()
+    if run.whiten_bias is not None:
+        run.whiten_bias.requires_grad_(epoch < AIRBENCH["whiten_bias_epochs"])
+    flip = alternating_flip(n_train, epoch, cfg.seed) if run.airbench and cfg.augment else None
+    perm = torch.randperm(n_train, generator=gen)
+    # running sums stay on the device: no synchronisation per step on a GPU
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.long, device=run.device)
+    seen = 0
+    bar = tqdm(
+        range(run.steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not cfg.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for step in bar:
+        idx = perm[step * batch_size : (step + 1) * batch_size]
+        on_device = idx.to(run.device)
+        xb, yb = x_tr[on_device], y_tr[on_device]
+        if flip is not None:
+            xb = translate_flip(xb, flip[idx], gen, AIRBENCH["translate"])
+        elif cfg.augment:
+            xb = random_crop_flip(xb, gen)
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        done = epoch * run.steps_per_epoch + step + 1
+        loss, logits = _train_step(cfg, run, xb, yb, done)
+        loss_sum += loss.detach() * (1 if run.airbench else len(yb))
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+        if cfg.progress and (step % 20 == 0 or step == run.steps_per_epoch - 1):
+            bar.set_postfix(
+                loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * int(correct) / seen:.2f}"
+            )
+    bar.close()
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(loss_sum) / max(1, seen),
+        "train_acc": 100.0 * int(correct) / max(1, seen),
+        "lr_end": run.optimizer.param_groups[-1]["lr"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def train(
     config: TrainConfig,
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -489,135 +535,22 @@ def train(
     cfg = config.resolved()
     assert cfg.lr is not None and cfg.dataset is not None and cfg.name is not None
     assert cfg.batch_size is not None
-    airbench = cfg.recipe == "airbench"
     device = _device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    if data is None:
-        x_tr, y_tr = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.train_limit)
-        x_te, y_te = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.test_limit)
-    else:
-        x_tr, y_tr, x_te, y_te = data
-        if cfg.train_limit is not None:
-            idx = fixed_subset(len(x_tr), cfg.train_limit)
-            x_tr, y_tr = x_tr[idx], y_tr[idx]
-        if cfg.test_limit is not None:
-            idx = fixed_subset(len(x_te), cfg.test_limit)
-            x_te, y_te = x_te[idx], y_te[idx]
+    x_tr, y_tr, x_te, y_te = _load_data(cfg, data)
     n_train = len(x_tr)
-    batch_size = min(cfg.batch_size, n_train)
-    steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
-
-    total_steps = cfg.epochs * steps_per_epoch
-    torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, **cfg.model_kwargs())
-    _whiten_init(model, x_tr, cfg.seed)  # fast_vgg's patch whitening (any recipe)
-    model = model.to(device)
+    run = _start_run(cfg, x_tr, device)
     x_tr, y_tr = x_tr.to(device), y_tr.to(device)  # the test set stays where it is
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, cfg)
-    if airbench:
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: airbench_lr_factor(step, total_steps)
-        )
-        lookahead: Lookahead | None = Lookahead(model)
-        whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
-    else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        lookahead, whiten_bias = None, None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    criterion = nn.CrossEntropyLoss(
-        label_smoothing=cfg.label_smoothing, reduction="sum" if airbench else "mean"
-    )
-    start_epoch, history, resumed = 0, [], False
-
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
-    if cfg.resume:
-        if ckpt_path is None:
-            raise OptionError("--resume needs --checkpoint PATH")
-        if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            saved = ckpt["config"]
-            diff = {
-                k: (saved.get(k, _RESUME_MISSING.get(k)), getattr(cfg, k)) for k in _RESUME_KEYS
-            }
-            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
-            if diff:
-                raise OptionError(f"checkpoint {ckpt_path} was written with other settings: {diff}")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            gen.set_state(ckpt["generator"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if lookahead is not None:
-                lookahead.ema = {k: v.to(device) for k, v in ckpt["lookahead"].items()}
-            start_epoch, history, resumed = ckpt["epoch"], list(ckpt["history"]), True
-            _log(cfg, f"resumed from {ckpt_path} after epoch {start_epoch}/{cfg.epochs}")
-        else:
-            _log(cfg, f"no checkpoint at {ckpt_path}; starting from scratch")
+    start_epoch, history, resumed = _resume(cfg, ckpt_path, run)
 
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     device_name = _device_name(cfg.device)  # recorded with every epoch
     for epoch in range(start_epoch, last_epoch):
-        model.train()
-        t0 = time.perf_counter()
-        if whiten_bias is not None:
-            whiten_bias.requires_grad_(epoch < AIRBENCH["whiten_bias_epochs"])
-        flip = alternating_flip(n_train, epoch, cfg.seed) if airbench and cfg.augment else None
-        perm = torch.randperm(n_train, generator=gen)
-        # running sums stay on the device: no synchronisation per step on a GPU
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for step in bar:
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            on_device = idx.to(device)
-            xb, yb = x_tr[on_device], y_tr[on_device]
-            if flip is not None:
-                xb = translate_flip(xb, flip[idx], gen, AIRBENCH["translate"])
-            elif cfg.augment:
-                xb = random_crop_flip(xb, gen)
-            if cfg.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = model(xb)
-                loss = criterion(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if lookahead is not None:
-                done = epoch * steps_per_epoch + step + 1
-                if done % AIRBENCH["lookahead_every"] == 0:
-                    lookahead.update(model, Lookahead.decay(done, total_steps))
-                if done == total_steps:
-                    lookahead.update(model, 1.0)  # end on the averaged weights
-            loss_sum += loss.detach() * (1 if airbench else len(yb))
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-            if cfg.progress and (step % 20 == 0 or step == steps_per_epoch - 1):
-                bar.set_postfix(
-                    loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * int(correct) / seen:.2f}"
-                )
-        bar.close()
-        rec = {
-            "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / max(1, seen),
-            "train_acc": 100.0 * int(correct) / max(1, seen),
-            "lr_end": optimizer.param_groups[-1]["lr"],
-            "seconds": time.perf_counter() - t0,
-            "device": device_name,
-        }
+        rec = {**_train_epoch(cfg, run, x_tr, y_tr, epoch), "device": device_name}
         history.append(rec)
         _log(
             cfg,
@@ -625,22 +558,9 @@ def train(
             f"train acc {rec['train_acc']:.2f}% ({rec['seconds']:.0f} s)",
         )
         if ckpt_path is not None:
-            ckpt_cfg = asdict(cfg)
-            _atomic_save(
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "config": ckpt_cfg,
-                    **({"lookahead": lookahead.ema} if lookahead is not None else {}),
-                },
-                ckpt_path,
-            )
+            _save_checkpoint(cfg, run, epoch + 1, history, ckpt_path)
 
+    model = run.model
     model.eval()
     result = TrainResult(model=model, config=cfg, epochs_done=last_epoch, history=history)
     if last_epoch < cfg.epochs:
@@ -820,7 +740,7 @@ def time_batches(
     model = get_model(model_name, **cfg.model_kwargs()).train()
     x = torch.rand(batch_size, *spec.input_shape)
     y = torch.randint(0, 10, (batch_size,))
-    _whiten_init(model, x, 0)
+    whiten_init(model, x, 0)
     dev = _device(device)
     model, x, y = model.to(dev), x.to(dev), y.to(dev)
     if channels_last:
