@@ -68,6 +68,22 @@ def _input_coding(s: str) -> str:
         ) from None
 
 
+def _windows(s: str) -> str | list[int]:
+    """An argparse type: ``auto`` or one window per spiking layer, comma-separated."""
+    if s == "auto":
+        return s
+    try:
+        ws = [int(v) for v in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or integers >= 1 separated by commas (one per spiking layer), "
+            f"got {s!r}"
+        ) from None
+    if any(w < 1 for w in ws):
+        raise argparse.ArgumentTypeError(f"every window must be an integer >= 1, got {s!r}")
+    return ws
+
+
 def _count(s: str) -> int:
     """An argparse type: an integer >= 1 (phases, image counts, steps)."""
     try:
@@ -123,6 +139,8 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
         f"phases T                  {snn.phases:8d}",
         f"latency                   {snn.plan.latency_steps:8d} steps",
     ]
+    if not snn.plan.uniform:
+        lines.append(f"windows per layer         {','.join(map(str, snn.plan.windows))}")
     if c:
         lines += [
             f"spikes per neuron         {c['spikes_per_neuron_mean']:8.3f} mean, "
@@ -181,6 +199,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         xc,
         phases=args.phases,
         input_coding=args.input_coding,
+        windows=getattr(args, "windows", None),
         **_search_kwargs(args),
     )
     if getattr(args, "out", None) and distributed.is_main():
@@ -453,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
         "package.module:function returning the ANN",
     )
     _add_common(c, dataset=True)
+    c.add_argument(
+        "--windows",
+        type=_windows,
+        default=None,
+        help="per-layer windows: 'auto' (chosen by measured sensitivity, latency at most "
+        "the uniform --phases network's) or one integer per spiking layer, e.g. 3,4,2",
+    )
     c.add_argument(
         "--out", default=None, help="save the converted network to this file (onespike.save)"
     )
