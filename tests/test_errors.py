@@ -75,3 +75,102 @@ def test_run_command_reports_mistakes_and_lets_bugs_through(capsys):
     with pytest.raises(ValueError, match="an invariant broke"):
         run_command(bug)
     assert run_command(lambda: 0) == 0
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = make(0)
+    x = torch.rand(16, 2, 8, 8)
+    return model, x, onespike.convert(model, x, phases=4, progress=False)
+
+
+@pytest.mark.parametrize("cast", [torch.float16, torch.float64, torch.bfloat16])
+def test_an_input_of_another_dtype_is_refused_naming_both(small, cast):
+    _, x, snn = small
+    with pytest.raises(InputError, match=rf"dtype {cast}.*computes in torch.float32"):
+        snn(x.to(cast))
+    with pytest.raises(InputError, match="dtype"):
+        snn.simulate(x.to(cast), mode="step")
+    # asking for the precision casts on purpose: no error
+    run = snn.simulate(x.double(), dtype=torch.float64)
+    assert run.output.dtype == torch.float64
+
+
+def test_an_input_on_the_meta_device_is_refused(small):
+    _, x, snn = small
+    with pytest.raises(InputError, match="meta device"):
+        snn(x.to("meta"))
+
+
+def test_a_model_with_nan_or_meta_weights_is_refused_before_any_work(small):
+    from onespike.errors import ModelError
+
+    _, x, _ = small
+    bad = make(0)
+    with torch.no_grad():
+        bad.conv1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ModelError, match=r"'conv1.weight' holds 1 NaN or Inf"):
+        onespike.convert(bad, x, phases=4, progress=False)
+    bad = make(0)
+    bad.bn1.running_var.fill_(float("inf"))
+    with pytest.raises(ModelError, match=r"buffer 'bn1\.running_var'"):
+        onespike.convert(bad, x, phases=4, progress=False)
+    with pytest.raises(ModelError, match="meta device"):
+        onespike.convert(make(0).to("meta"), x, phases=4, progress=False)
+    assert issubclass(ModelError, OnespikeError) and issubclass(ModelError, ValueError)
+
+
+@pytest.mark.parametrize("cast", [torch.float64, torch.float16])
+def test_calibration_of_another_dtype_is_a_dtype_error(small, cast):
+    model, x, _ = small
+    with pytest.raises(CalibrationError, match=rf"dtype {cast}, the model's weights"):
+        onespike.convert(model, x.to(cast), phases=4, progress=False)
+
+
+def test_absurd_phases_are_refused_with_the_bound(small):
+    from onespike.errors import MAX_PHASES
+
+    model, x, _ = small
+    for bad in (MAX_PHASES + 1, 1_000_000):
+        with pytest.raises(OptionError, match=f"more than {MAX_PHASES}"):
+            onespike.convert(model, x, phases=bad, progress=False)
+
+
+def test_evaluate_refuses_what_would_give_silent_wrong_figures(small):
+    from onespike.evaluate import evaluate
+
+    model, x, snn = small
+    y = torch.arange(16) % 5
+    kw = {"progress": False, "step": False, "costs": False}
+    assert evaluate(model, snn, x, y, **kw).samples == 16
+    with pytest.raises(OptionError, match="batch_size"):
+        evaluate(None, snn, x, y, batch_size=0, **kw)
+    with pytest.raises(InputError, match=r"span \[20, 24\].*5 classes"):
+        evaluate(None, snn, x, y + 20, **kw)
+    with pytest.raises(InputError, match=r"span \[-5, -1\]"):
+        evaluate(None, snn, x, -y - 1, **kw)
+    with pytest.raises(InputError, match="one-hot"):
+        evaluate(None, snn, x, torch.nn.functional.one_hot(y, 5), **kw)
+    with pytest.raises(InputError, match="whole numbers"):
+        evaluate(None, snn, x, y + 0.5, **kw)
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(128, 7))
+    with pytest.raises(OptionError, match=r"ANN gives outputs \(1, 7\).*\(1, 5\)"):
+        evaluate(other, snn, x, y, **kw)
+    # a stream: each batch's labels are checked before its work
+    stream = [(x[:8], y[:8]), (x[8:], y[8:] + 10)]
+    with pytest.raises(InputError, match=r"batch 1"):
+        evaluate(None, snn, stream, batch_size=8, **kw)
+
+
+@pytest.mark.parametrize("device", ["gpu7", "cuda:99", "meta"])
+def test_check_device_names_the_mistake(device):
+    from onespike.errors import check_device
+
+    if device == "cuda:99" or not torch.cuda.is_available():
+        with pytest.raises(OptionError, match=r"device|CUDA|GPU"):
+            check_device(device)
+    assert check_device("cpu") == "cpu" and check_device(None) is None

@@ -17,7 +17,8 @@ writes the files, the others stay quiet (errors print on every rank that has one
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,12 @@ from pathlib import Path
 from torch import nn
 
 from onespike import distributed
+from onespike._io import atomic_write, check_output, write_json
 from onespike._version import __version__
 from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
-from onespike.errors import OnespikeError, OptionError, report_error
+from onespike.errors import OnespikeError, OptionError, check_phase_bound, report_error
 from onespike.evaluate import EvalResult, evaluate
 from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
@@ -158,13 +160,36 @@ def summary(name: str, snn: SpikingNetwork, res: EvalResult, seconds: float) -> 
 
 
 def _check_out(path: str | None, flag: str = "--out") -> None:
-    """Refuse an output file that cannot be written, before converting anything."""
-    if path is None:
+    """Refuse an output file that cannot be written (a folder, a missing folder, a folder
+    without write permission, a FIFO), before any work (:func:`onespike._io.check_output`)."""
+    if path is not None:
+        check_output(path, flag, error=OptionError)
+
+
+#: Image formats ``--plot`` writes (matplotlib picks the format from the suffix).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output option of the command (``--out``, ``--nir``, ``--json``, ``--plot``)
+    checked before any work: one ``error:`` line instead of a traceback after it; so are
+    the windows (``--phases``, ``--step-phases``: at most ``MAX_PHASES``)."""
+    for flag in ("phases", "step_phases"):
+        value = getattr(args, flag, None)
+        for t in value if isinstance(value, list) else [value] if value is not None else []:
+            check_phase_bound(t, f"--{flag.replace('_', '-')}")
+    if args.cmd == "compare":  # its --out is a folder it makes
         return
-    p = Path(path)
-    if p.is_dir() or not p.parent.is_dir():
-        where = "is a folder" if p.is_dir() else f"its folder '{p.parent}' does not exist"
-        raise OptionError(f"{flag} {path}: {where}")
+    for flag in ("out", "nir", "json", "plot"):
+        path = getattr(args, flag, None)
+        if isinstance(path, str):
+            _check_out(path, f"--{flag}")
+    plot = getattr(args, "plot", None)
+    if isinstance(plot, str) and Path(plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise OptionError(
+            f"--plot {plot}: name the image file with one of {', '.join(PLOT_SUFFIXES)} "
+            "(the format follows the suffix)"
+        )
 
 
 def _check_nir(path: str | None) -> None:
@@ -226,7 +251,7 @@ def _evaluate_and_report(
     distributed.print0(summary(name, snn, res, time.time() - t0))
     if args.json and distributed.is_main():
         out = {"model": name, "dataset": args.dataset, "plan": snn.plan.to_dict(), **res.to_dict()}
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)  # beside, then renamed: a full disk keeps the old file
         print(f"wrote {args.json}")
     return 0
 
@@ -381,7 +406,7 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
 def _each_model(args: argparse.Namespace):
     """For every ``--model``: (spec, model, dataset, calibration, test x, test y)."""
     for spec in args.model:
-        model, dataset = resolve_model(spec, args.dataset)
+        model, dataset = _resolve_model(spec, args.dataset)
         xc, where = calibration_set(dataset, args.calibration, args.seed)
         print(f"{spec}: calibration {where}", flush=True)
         x, y = load_dataset(dataset, "test")
@@ -392,7 +417,7 @@ def _each_model(args: argparse.Namespace):
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from onespike.experiments.sweep import sweep_model, table, write
+    from onespike.experiments.sweep import plot, sweep_model, table
 
     phases = args.phases
     results = []
@@ -416,7 +441,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             )
         )
     print(table(results))
-    write(results, args.json, args.plot)
+    if args.json:  # written beside, then renamed (as every output): see onespike._io
+        write_json(args.json, [r.to_dict() for r in results])
+    if args.plot:
+        atomic_write(args.plot, lambda tmp: plot(results, tmp))
     return 0
 
 
@@ -432,7 +460,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     def save(partial: dict | None = None) -> None:
         if args.json:
             done = results if partial is None else [*results, partial]
-            Path(args.json).write_text(json.dumps(done, indent=2))
+            write_json(args.json, done)
 
     for spec, model, _, xc, x, y in _each_model(args):
         results.append(
@@ -549,8 +577,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_model(spec: str, dataset: str | None) -> tuple[nn.Module, str]:
+    """:func:`resolve_model`, with a user's ``package.module:function`` that needs
+    arguments or raises reported as one :class:`OptionError` naming the function (its
+    own traceback: call it in Python)."""
+    if ":" not in spec:
+        return resolve_model(spec, dataset)
+    mod_name, fn_name = spec.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name, None)
+    except ImportError:
+        fn = None  # resolve_model says what is missing
+    except Exception as e:  # the user's module fails on import
+        raise OptionError(
+            f"--model {spec}: importing {mod_name} raised {type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]}"
+        ) from None
+    if callable(fn):
+        try:
+            inspect.signature(fn).bind()
+        except TypeError:
+            raise OptionError(
+                f"--model {spec}: {fn_name}{inspect.signature(fn)} needs arguments; --model "
+                "takes a function called with none (wrap it: def make(): return ...)"
+            ) from None
+        except ValueError:  # no signature (a builtin): let the call decide
+            pass
+    try:
+        return resolve_model(spec, dataset)
+    except OnespikeError:
+        raise
+    except Exception as e:  # the user's function raised
+        raise OptionError(
+            f"--model {spec}: {fn_name}() raised {type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]} (call it in Python to see its traceback)"
+        ) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; its exit code."""
+    _check_outputs(args)  # every output path, before any work
     if args.cmd == "demo":
         from onespike.models import load_pretrained
 
@@ -570,7 +636,7 @@ def _run(args: argparse.Namespace) -> int:
         return run_export(args)
     # a shipped name takes its data set from its sidecar; a user's model needs --dataset
     user = ":" in args.model
-    model, args.dataset = resolve_model(args.model, args.dataset or ("mnist" if user else None))
+    model, args.dataset = _resolve_model(args.model, args.dataset or ("mnist" if user else None))
     return run_conversion(args, model, args.model)
 
 

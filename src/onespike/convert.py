@@ -11,7 +11,7 @@ from torch import nn
 from onespike import distributed
 from onespike.calibrate import SearchConfig, calibrate, check_windows
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, OptionError
+from onespike.errors import CalibrationError, ModelError, OptionError, check_phase_bound
 from onespike.network import SpikingNetwork
 from onespike.plan import check_input_coding
 from onespike.refine import RefineConfig, as_config
@@ -106,6 +106,8 @@ def convert(
         simulator, ``snn.plan`` what the search chose.
     """
     pc.check_phases(phases)
+    check_phase_bound(phases)  # at most MAX_PHASES, with the reason
+    _check_model(model)  # weights with values, all finite: before any work
     loose = {
         "base": base,
         "scale": scale,
@@ -135,6 +137,7 @@ def convert(
             f"[{data.low:.3g}, {data.high:.3g}] (use input_coding='analog')"
         )
     first = data.first_batch()
+    _check_calibration_dtype(model, first)
     distributed.check_same(
         {
             "model": model.state_dict(),
@@ -168,6 +171,39 @@ def convert(
     if refine_cfg is not None:  # refinement takes the calibration set in memory
         snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)
     return snn
+
+
+def _check_model(model: object) -> None:
+    """Raise :class:`ModelError` for a model whose weights have no values (the meta device)
+    or hold NaN/Inf, naming the first such tensor."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"convert() takes a torch.nn.Module, got {type(model).__name__}")
+    for kind, named in (("parameter", model.named_parameters), ("buffer", model.named_buffers)):
+        for key, t in named():
+            if t.is_meta:
+                raise ModelError(
+                    f"the model's {kind} '{key}' is on the meta device (a shape without "
+                    "values): load the trained weights first (e.g. model.to_empty(device="
+                    "'cpu') then load_state_dict)"
+                )
+            vals = t.coalesce().values() if t.is_sparse else t
+            if t.is_floating_point() and not bool(torch.isfinite(vals).all()):
+                bad = int((~torch.isfinite(vals)).sum())
+                raise ModelError(
+                    f"the model's {kind} '{key}' holds {bad} NaN or Inf value(s): the model "
+                    "cannot be calibrated; check its training or the loaded weights"
+                )
+
+
+def _check_calibration_dtype(model: nn.Module, first: torch.Tensor) -> None:
+    """Calibration data of another float dtype than the model's weights: one
+    :class:`CalibrationError` naming both (not a shape error from the first layer)."""
+    p = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    if p is not None and first.dtype != p.dtype:
+        raise CalibrationError(
+            f"calibration data has dtype {first.dtype}, the model's weights {p.dtype}: "
+            f"cast the data (x.to({p.dtype})) or the model (model.to({first.dtype}))"
+        )
 
 
 def _device_of(model: nn.Module) -> torch.device | None:

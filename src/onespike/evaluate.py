@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from onespike import distributed
 from onespike.accounting import CostReport, LayerCost, _totals, cost
-from onespike.errors import InputError
+from onespike.errors import InputError, OptionError
 from onespike.network import SpikingNetwork
 from onespike.stream import as_batches
 
@@ -97,6 +97,58 @@ def _device_of(m: nn.Module) -> torch.device | None:
     return None
 
 
+def _classes(ann: nn.Module | None, snn: SpikingNetwork, xb: Tensor) -> int:
+    """The number of classes (outputs) of ``snn``, from one sample (the whole first batch
+    where samples mix, as in a GCN); an ANN with another number of outputs is refused (its
+    accuracy would be printed beside the SNN's)."""
+    x1 = xb[:1]
+    try:
+        out = snn(x1)
+    except (RuntimeError, IndexError):  # samples mix: one sample alone does not fit
+        x1 = xb
+        out = snn(x1)
+    if out.dim() != 2:
+        raise InputError(
+            f"evaluate needs a classifier with outputs [N, classes]; the network gives "
+            f"{tuple(out.shape)}"
+        )
+    if ann is not None:
+        a = ann(x1)
+        if not isinstance(a, Tensor) or tuple(a.shape) != tuple(out.shape):
+            got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise OptionError(
+                f"the ANN gives outputs {got}, the spiking network {tuple(out.shape)}: pass "
+                "the ANN the network was converted from"
+            )
+    return int(out.shape[1])
+
+
+def check_labels(y: object, classes: int, where: str = "") -> None:
+    """Raise :class:`InputError` unless ``y`` holds one class index in ``[0, classes)``
+    per sample (integers; floats only if whole numbers)."""
+    at = f" ({where})" if where else ""
+    if not isinstance(y, Tensor):
+        raise InputError(f"labels{at} must be a tensor of class indices, got {type(y).__name__}")
+    if y.dim() != 1:
+        hint = " (one-hot labels? pass y.argmax(1))" if y.dim() == 2 else ""
+        raise InputError(
+            f"labels{at} have shape {tuple(y.shape)}; expected one class index per sample, "
+            f"shape [N]{hint}"
+        )
+    if y.numel() == 0:
+        return
+    if y.dtype == torch.bool or y.is_complex():
+        raise InputError(f"labels{at} have dtype {y.dtype}; expected integer class indices")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise InputError(f"labels{at} are not whole numbers; expected integer class indices")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise InputError(
+            f"labels{at} span [{lo}, {hi}], the network has {classes} classes (0 to "
+            f"{classes - 1}): pass the labels of this network's data set"
+        )
+
+
 @torch.no_grad()
 def evaluate(
     ann: nn.Module | None,
@@ -135,6 +187,10 @@ def evaluate(
     returns the figures of one process on the whole data, counts exactly, accuracies as
     ``correct / total``, the cost report bit for bit. Progress shows on rank 0 only.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(snn, SpikingNetwork):
+        raise OptionError(f"evaluate() takes a SpikingNetwork, got {type(snn).__name__}")
     if ann is not None:
         ann = ann.eval()
     data = as_batches(x, y, what="test data", chunk=batch_size, device=_device_of(snn))
@@ -143,6 +199,9 @@ def evaluate(
             "evaluate needs labels: pass x and y tensors, (x, y) batches or a Dataset "
             "of (x, y) samples"
         )
+    classes = _classes(ann, snn, next(data.chunks(batch_size))[0])
+    if isinstance(y, Tensor):  # all labels at once; a stream's batch by batch below
+        check_labels(y, classes)
     n = data.count
     distributed.check_same(
         {
@@ -160,7 +219,11 @@ def evaluate(
     batches = distributed.chunks(mine, batch_size)
     total = 0 if mine is None else -(-mine.count // batch_size)
     show = progress and distributed.is_main()
-    for xb, yb in tqdm(batches, desc=desc, disable=not show, unit="batch", total=total):
+    for i, (xb, yb) in enumerate(
+        tqdm(batches, desc=desc, disable=not show, unit="batch", total=total)
+    ):
+        if not isinstance(y, Tensor):
+            check_labels(yb, classes, f"batch {i}")
         if ann is not None and ann_accuracy is None:
             ann_ok += int((ann(xb).argmax(1) == yb).sum())
         if not (step or costs):  # only the output: the fast path (identical outputs)

@@ -226,9 +226,31 @@ class SpikingNetwork(nn.Module):
     def layer_names(self) -> list[str]:
         return [lp.name for lp in self.plan.layers]
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor, dtype: torch.dtype | None = None) -> None:
         """Raise :class:`~onespike.errors.InputError` (a ``ValueError``) for an input that
-        is not a batch of the calibrated shape."""
+        is not a batch of the calibrated shape, on the network's device, in the network's
+        dtype (or ``dtype``, where the run casts to it): an input is never cast silently
+        (``snn(x.double())`` on a float32 network is refused, naming both dtypes)."""
+        if isinstance(x, Tensor):
+            ref = next((t for t in (*self.graph_module.parameters(), *self.spikes.buffers())
+                        if t.is_floating_point()), None)  # fmt: skip
+            if x.is_meta:
+                raise InputError(
+                    "input is on the meta device (a shape without values): pass real data"
+                )
+            if ref is not None and x.is_floating_point():
+                casts = dtype is not None and dtype != torch.float32  # as simulate() does
+                if not casts and x.dtype != ref.dtype:
+                    raise InputError(
+                        f"input has dtype {x.dtype}, the network computes in {ref.dtype}: "
+                        f"pass x.to({ref.dtype}), or run the network in that dtype "
+                        f"(snn.simulate(x, dtype=...) or snn.to({x.dtype}))"
+                    )
+                if x.device != ref.device:
+                    raise InputError(
+                        f"input is on {x.device}, the network on {ref.device}: "
+                        f"pass x.to('{ref.device}') or move the network"
+                    )
         check_batch(x, self.input_shape, what="input")
         if self.plan.input_coding != "analog" and (x.min() < 0 or x.max() > 1):
             raise InputError(
@@ -257,7 +279,7 @@ class SpikingNetwork(nn.Module):
         membranes multiplied by the base each step, one spike at most).
         ``dtype`` (e.g. ``torch.float64``) runs either in that precision.
         """
-        self.check_input(x)
+        self.check_input(x, dtype)
         net = self
         if dtype is not None and dtype != torch.float32:
             net = copy.deepcopy(self).to(dtype)

@@ -502,13 +502,17 @@ def check_plan(net: SpikingNetwork) -> None:
         buf = layer.scale.detach()
         if buf.is_meta or buf.is_sparse:
             raise ValueError(f"layer '{lp.name}' has no scale tensor")
-        want = torch.tensor(lp.scale, dtype=torch.float32).to(buf.dtype)
+        want = torch.tensor(lp.scale, dtype=torch.float32, device="cpu").to(buf.dtype)
         if buf.shape != want.shape or not torch.equal(buf.cpu(), want):
             raise ValueError(f"layer '{lp.name}''s scale tensor is not the plan's scale")
     if not calibrate.batch_independent(runner):
         return  # samples mix (a GCN): no one-sample probe
     p = next((t for t in net.parameters() if t.is_floating_point()), None)
-    x = torch.zeros((1, *net.input_shape), dtype=None if p is None else p.dtype)
+    x = torch.zeros(
+        (1, *net.input_shape),
+        dtype=None if p is None else p.dtype,
+        device=torch.device("cpu") if p is None else p.device,
+    )
     try:
         with torch.no_grad():
             run = net.simulate(x, mode="event")
