@@ -30,16 +30,44 @@ def _same(m, snap):
 def test_plan_contents(model, x):
     snn = onespike.convert(model, x, phases=6, progress=False)
     plan = snn.plan
+    assert plan.phases == 6 and plan.input_coding == "analog" and plan.input is None
     assert [lp.name for lp in plan.layers] == ["relu1", "relu2", "relu3", "relu4", "relu5"]
-    for lp in plan.layers:
-        scales = lp.scale if isinstance(lp.scale, tuple) else (lp.scale,)
-        assert 1 < lp.base <= 2 and min(scales) > 0 and lp.phases == 6
-        assert lp.act_error >= 0 and lp.out_error >= 0
-    assert plan.layers[0].neurons == 4 * 8 * 8
-    text = str(plan)
-    assert "relu3" in text and "base" in text and "latency" in text
-    d = plan.to_dict()
-    assert d["phases"] == 6 and len(d["layers"]) == 5
+    assert [lp.neurons for lp in plan.layers] == [4 * 8 * 8, 4 * 4 * 4, 64, 64, 12]
+    # relu1 -> relu2, relu3 -> relu4 -> relu5: the fire windows and the latency
+    assert [lp.fire_window for lp in plan.layers] == [1, 2, 2, 3, 4]
+    assert plan.latency_steps == (4 + 1) * 6
+    assert {(lp.phases, lp.shift) for lp in plan.layers} == {(6, True)}
+    # per-channel scales on the 4-channel convolutions, one scale on the linear layer
+    assert [len(lp.scale) if isinstance(lp.scale, tuple) else 1 for lp in plan.layers] == [
+        4, 4, 4, 4, 1
+    ]  # fmt: skip
+    assert [lp.base for lp in plan.layers] == [1.2, 1.3, 1.2, 1.2, 1.6]
+    assert plan.search == {
+        "base": "auto",
+        "scale": "auto",
+        "objective": "next",
+        "per_channel": "auto",
+        "bias_correction": False,
+        "shift": True,
+        "search_samples": 256,
+    }
+    # relu1's recorded error is its code's on the calibration data (its input is exact)
+    from onespike.graph import Runner
+
+    env = Runner(snn.ann_graph).forward_all(x)
+    relu1 = next(n for n in snn.ann_graph.graph.nodes if n.name == "relu1")
+    a = env[relu1].double()
+    with torch.no_grad():
+        q = snn.spikes["s0"](env[relu1.args[0]]).double()
+    assert plan.layers[0].act_error == pytest.approx(
+        float(((q - a) ** 2).sum() / (a**2).sum()), rel=1e-12
+    )
+    lines = str(plan).splitlines()
+    assert lines[0] == f"Plan: phases=6, input=analog, latency=30 steps, search={plan.search}"
+    assert [line.split()[:2] for line in lines[3:]] == [
+        [lp.name, str(lp.neurons)] for lp in plan.layers
+    ]
+    assert plan.to_dict()["layers"][4]["fire_window"] == 4
     assert isinstance(snn, nn.Module)
 
 

@@ -83,6 +83,14 @@ def test_no_tensor_is_created_on_the_default_device(tmp_path):
     batches = [(X[i : i + 40], Y[i : i + 40]) for i in range(0, 160, 40)]  # no DataLoader:
     torch.set_default_device("meta")  # it seeds its workers on the default device
     try:
-        _every_entry_point("cpu", tmp_path, model, batches)
+        meta = _every_entry_point("cpu", tmp_path, model, batches)
     finally:
         torch.set_default_device(None)
+    # ... and every figure is the one of a run with the default device left alone
+    plain = _every_entry_point("cpu", tmp_path, make(7), batches)
+    for coding, (snn, rep, res, x) in meta.items():
+        snn0, rep0, res0, _ = plain[coding]
+        assert snn.plan == snn0.plan, coding
+        assert torch.equal(snn(x), snn0(x)), coding
+        assert rep.totals == rep0.totals and res.to_dict() == res0.to_dict(), coding
+        assert snn(x).device.type == "cpu" and res.samples == 160

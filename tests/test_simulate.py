@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import onespike
+from onespike.codes import phase as pc
 from tests.nets import Net1d, make, randomize_bn
 
 
@@ -96,8 +97,34 @@ def test_fast_forward_equals_recorded_event_path():
     x = torch.rand(32, 2, 8, 8)
     snn = onespike.convert(model, x, phases=6, progress=False)
     assert torch.equal(snn(x), snn.simulate(x, mode="event").output)
-    pooled = [n.op for n in snn._pooled_first.graph.nodes]
-    assert pooled == [n.op for n in snn.graph_module.graph.nodes]
+    from onespike.graph import Runner
+
+    fast, slow = snn._pooled_first, snn.graph_module
+    # the max-pool moved in front of the spiking layer that fed it, nothing else changed
+    f_nodes = {n.name: n for n in fast.graph.nodes}
+    moved = [
+        n for n in slow.graph.nodes
+        if n.op == "call_module" and n.target.startswith("spikes_")
+        and len(n.users) == 1 and Runner(slow).role(next(iter(n.users))) == "maxpool"
+    ]  # fmt: skip
+    assert moved, "the network has a max-pool of spikes"
+    for layer in moved:
+        pool = next(iter(layer.users))
+        assert f_nodes[pool.name].args[0] is f_nodes[layer.args[0].name]
+        assert f_nodes[layer.name].args[0] is f_nodes[pool.name]
+    assert sorted(f_nodes) == sorted(n.name for n in slow.graph.nodes)
+    # the coded-then-pooled values equal the pooled-then-coded ones, bit for bit, and
+    # the pooled phases follow the max-pool rule of codes.phase
+    with torch.no_grad():
+        env_fast, env_slow = Runner(fast).forward_all(x), Runner(slow).forward_all(x)
+    run = snn.simulate(x, mode="event")
+    for layer in moved:
+        pool = next(iter(layer.users))
+        assert torch.equal(env_fast[f_nodes[layer.name]], env_slow[pool])
+        mod = slow.get_submodule(layer.target)
+        phases = run.spike_phases[mod.name]
+        pooled = pc.maxpool_phases(Runner(slow).on_input(pool, env_slow), phases, 6, x.dtype)
+        assert torch.equal(mod.encode(env_fast[f_nodes[pool.name]]), pooled)
 
 
 class BiasParam(torch.nn.Module):
