@@ -105,6 +105,14 @@ def _plan_of(snn) -> list[tuple]:
     return [(lp.name, lp.base, lp.scale, lp.act_error, lp.out_error) for lp in snn.plan.layers]
 
 
+def _windows_of(model, xc) -> tuple:
+    """Per-layer windows chosen by windows="auto" (scored on 64 samples, the statistics
+    over the whole set: sharded under a group), with the plan and the measured curves."""
+    snn = convert(model, xc, phases=3, windows="auto", search_samples=64, progress=False)
+    curves = snn.plan.search["auto_windows"]["sensitivity"]
+    return snn.plan.windows, snn.plan.latency_steps, _plan_of(snn), curves
+
+
 def _eval_of(res) -> dict:
     return {
         "samples": res.samples,
@@ -153,6 +161,7 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
         snn_ds = convert(model, TensorDataset(xc), phases=8, progress=False)
         result["plan_dataset"] = _plan_of(snn_ds)
         result["plan_paper"] = _plan_of(convert(model, xc, **PAPER))
+        result["plan_windows"] = _windows_of(model, xc)
         result["eval"] = _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False))
         xr = xc[:REFINE_CAL]
         base = convert(model, xr, phases=4, progress=False)
@@ -209,6 +218,7 @@ def one_process() -> dict:
     return {
         "plan": _plan_of(snn),
         "plan_paper": _plan_of(convert(model, xc, **PAPER)),
+        "plan_windows": _windows_of(model, xc),
         "eval": _eval_of(evaluate(model, snn, x, y, batch_size=BATCH, progress=False)),
         "refine": _refine_all(
             model, convert(model, xc[:REFINE_CAL], phases=4, progress=False), xc[:REFINE_CAL], x
@@ -223,6 +233,7 @@ def test_two_ranks_make_the_single_process_plan_bit_for_bit(two_ranks, one_proce
         assert res["plan"] == plan
         assert res["plan_dataset"] == plan
         assert res["plan_paper"] == one_process["plan_paper"]
+        assert res["plan_windows"] == one_process["plan_windows"]  # windows="auto" too
 
 
 def test_two_ranks_evaluate_like_one_process(two_ranks, one_process):
