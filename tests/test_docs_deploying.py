@@ -44,3 +44,17 @@ def test_every_block_runs(tmp_path, monkeypatch):
             r = subprocess.run(_command(line), capture_output=True, text=True, env=env)
             assert r.returncode == 0, f"{line}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     assert (tmp_path / "mnist_snn.nir").is_file() and (tmp_path / "mnist_eval.json").is_file()
+
+
+def test_the_page_states_what_the_code_checks():
+    """The numbers and names the page promises are the code's."""
+    from onespike import serialize
+    from onespike.errors import MAX_PHASES
+
+    text = PAGE.read_text()
+    assert f"`format_version` (now `{serialize.FORMAT_VERSION}`)" in text
+    assert f"reads format version {serialize.FORMAT_VERSION}." in text
+    assert f"at most {MAX_PHASES}" in text and f"`[1, {MAX_PHASES}]`" in text
+    for test_file in re.findall(r"`(tests/test_\w+\.py)`", text):
+        assert (ROOT / test_file).is_file(), test_file
+    assert "| family | case | outcome |" in text  # the table of cases tried
