@@ -111,11 +111,73 @@ def test_refined_network_exports_its_refined_weights(tmp_path):
     assert np.array_equal(graph.nodes["conv1"].weight, r.graph_module.conv1.weight.detach().numpy())
 
 
+@pytest.mark.parametrize("coding", ["analog", "single"])
+def test_concatenation_exports_as_a_sum_of_zero_padded_maps(coding, tmp_path):
+    """torch.cat along the channels: one identity 1x1 convolution per input into its
+    slot, summed; read back by import_nir (as the cat) and by the reference simulator,
+    bit for bit."""
+    model = make(0, merge="cat", maxpool=True)
+    x = torch.rand(24, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    snn = onespike.convert(model, x, phases=4, input_coding=coding, progress=False)
+    graph = check_nir(snn, x, tmp_path / "cat.nir", float64=x[:8].double())
+    parts = {k: n for k, n in graph.nodes.items() if n.metadata.get("onespike_op") == "concat"}
+    assert sorted(parts) == ["cat_part0", "cat_part1"]
+    w0, w1 = parts["cat_part0"].weight, parts["cat_part1"].weight
+    c = w0.shape[1]
+    assert w0.shape == w1.shape == (2 * c, c, 1, 1)
+    eye = np.eye(c, dtype=np.float32)[:, :, None, None]
+    assert np.array_equal(w0[:c], eye) and not w0[c:].any()
+    assert np.array_equal(w1[c:], eye) and not w1[:c].any()
+    assert not parts["cat_part0"].bias.any() and not parts["cat_part1"].bias.any()
+    back = onespike.import_nir(tmp_path / "cat.nir")
+    assert [n.target for n in back.graph_module.graph.nodes if n.op == "call_function"].count(
+        torch.cat
+    ) == 1  # the cat itself, not two convolutions
+    assert onespike.cost(model, back, x).totals == onespike.cost(model, snn, x).totals
+
+
+class CatFlat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(6, 5), torch.nn.Linear(6, 3)
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], -1))
+
+
+def test_concatenation_of_feature_vectors(tmp_path):
+    torch.manual_seed(1)
+    model = CatFlat().eval()
+    x = torch.rand(40, 6)
+    snn = onespike.convert(model, x, phases=5, progress=False)
+    graph = check_nir(snn, x, tmp_path / "flat.nir", float64=x[:8].double())
+    assert isinstance(graph.nodes["cat_part1"], nir.Affine)
+    assert graph.nodes["cat_part1"].weight.shape == (8, 3)
+
+
 def test_what_nir_cannot_express_is_named(tmp_path):
+    class CatSpace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+            self.fc = torch.nn.Linear(3 * 16 * 8, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc(torch.cat([h, h], 2).flatten(1))
+
     x = torch.rand(12, 2, 8, 8)
-    snn = onespike.convert(make(0, merge="cat"), x, phases=3, progress=False)
-    with pytest.raises(NIRExportError, match="node 'cat'"):
+    snn = onespike.convert(CatSpace().eval(), x, phases=3, progress=False)
+    with pytest.raises(NIRExportError, match="node 'cat': concatenation along dim 2; only the"):
         onespike.export_nir(snn, tmp_path / "cat.nir")
+    pool = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2, ceil_mode=True),
+        torch.nn.Flatten(), torch.nn.Linear(27, 4),
+    ).eval()  # fmt: skip
+    snn = onespike.convert(pool, x, phases=3, progress=False)
+    with pytest.raises(NIRExportError, match="NIR has no max-pool node"):
+        onespike.export_nir(snn, tmp_path / "pool.nir")
     adj = (torch.eye(6) + torch.rand(6, 6).round()).to_sparse()
     gcn = onespike.convert(GCN(adj, 4, 3, hidden=5).eval(), torch.rand(6, 4), phases=3,
                            progress=False)  # fmt: skip

@@ -88,10 +88,17 @@ What a generic NIR consumer reproduces, and what it does not:
   :func:`import_nir` gives a network whose ``ann_graph`` is the spiking weights
   (the ANN side of :func:`onespike.cost` then counts those).
 
-Not exportable (a clear :class:`NIRExportError` names the node): graph models whose
-samples interact (a fixed matrix times the activations, GCNs), concatenation,
-multiplication by a number, 1-d pooling, pooling with ``ceil_mode``/dilation, and an
-output read directly from spikes.
+- ``torch.cat`` along the channels (features) is a sum of zero-padded maps: one 1x1
+  ``Conv2d``/``Conv1d`` (``Affine`` for vectors) per input, its weight the identity into
+  the input's slot and zero elsewhere, bias 0, marked ``onespike_op = "concat"`` with
+  ``part`` and ``offset``; :func:`import_nir` rebuilds the ``torch.cat``.
+
+What exports is the ``nir`` column of :data:`onespike.trace.OPS`. Not exportable (a
+clear :class:`NIRExportError` names the node and why): graph models whose samples
+interact (a fixed matrix times the activations, GCNs), concatenation along another
+dimension, multiplication by a number, 1-d pooling, max-pooling with
+``ceil_mode``/dilation (NIR has no max-pool node), and an output read directly from
+spikes.
 """
 
 from __future__ import annotations
@@ -120,7 +127,18 @@ NIR_FORMAT_VERSION = 2  # 2: the graph metadata carry a checksum of the whole fi
 #: The NIR forms this exporter writes: every ``nir`` of :data:`onespike.trace.OPS` is one
 #: (tests/test_trace.py checks it).
 NIR_FORMS = frozenset(
-    ("IF", "Conv1d", "Conv2d", "Affine", "SumPool2d", "AvgPool2d", "Flatten", "sum", "identity")
+    [
+        "IF",
+        "Conv1d",
+        "Conv2d",
+        "Affine",
+        "SumPool2d",
+        "AvgPool2d",
+        "Flatten",
+        "sum",
+        "identity",
+        "concat",
+    ]
 )
 
 
@@ -352,6 +370,8 @@ class _Exporter:
                 continue
             elif _is_add(n):
                 self.expr[n] = [self.arg_expr(n, 0), self.arg_expr(n, 1)]
+            elif op_of(n, modules) is not None and op_of(n, modules).nir == "concat":
+                self.concat(n, where)
             elif n.op == "call_method" and n.target == "contiguous":
                 self.expr[n] = self.arg_expr(n)
             elif n.op == "output":
@@ -431,7 +451,10 @@ class _Exporter:
             node.metadata = {"has_bias": m.bias is not None}
         elif isinstance(m, nn.MaxPool2d) and spiking_in:
             if m.ceil_mode or _pair(m.dilation).tolist() != [1, 1] or m.return_indices:
-                raise NIRExportError(f"{where}: max-pooling with ceil_mode or dilation")
+                raise NIRExportError(
+                    f"{where}: NIR has no max-pool node; onespike writes a max-pooling of "
+                    "spikes as SumPool2d with metadata, which has no ceil_mode or dilation"
+                )
             node = nir.SumPool2d(
                 kernel_size=_pair(m.kernel_size),
                 stride=_pair(m.stride if m.stride is not None else m.kernel_size),
@@ -501,6 +524,58 @@ class _Exporter:
         else:
             self.connect(name, self.window[n], self.arg_expr(n))
         self.expr[n] = name
+
+    def concat(self, n: fx.Node, where: str) -> None:
+        """``torch.cat`` along the channels (or features) as a sum of zero-padded maps: input
+        ``i`` goes through a 1x1 convolution (an ``Affine`` for vectors) whose weight is
+        the identity into its slot of the output and zero elsewhere, bias 0; the parts'
+        sum is the concatenation, exactly (each output element has one non-zero term)."""
+        tensors = n.args[0] if n.args else n.kwargs.get("tensors")
+        dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
+        out_shape = self.shape(n)
+        if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+            raise NIRExportError(f"{where}: a concatenation NIR export cannot read")
+        if dim - 1 if dim >= 0 else dim + len(out_shape):
+            raise NIRExportError(
+                f"{where}: concatenation along dim {dim}; only the channel (feature) "
+                "dimension 1 has a NIR form (a sum of zero-padded identity maps)"
+            )
+        parts, offset, total = [], 0, out_shape[0]
+        for i, t in enumerate(tensors):
+            if not isinstance(t, fx.Node) or t not in self.expr:
+                raise NIRExportError(f"{where} takes an input NIR cannot express")
+            shape = self.shape(t)
+            w = np.zeros((total, shape[0]) + (1,) * (len(shape) - 1), dtype=np.float32)
+            w[offset + np.arange(shape[0]), np.arange(shape[0])] = 1.0
+            zero = np.zeros(total, dtype=np.float32)
+            if len(shape) == 1:
+                node = self.nir.Affine(weight=w, bias=zero)
+            elif len(shape) == 2:
+                node = self.nir.Conv1d(
+                    input_shape=int(shape[1]), weight=w, stride=1, padding=0, dilation=1,
+                    groups=1, bias=zero,
+                )  # fmt: skip
+            elif len(shape) == 3:
+                node = self.nir.Conv2d(
+                    input_shape=tuple(int(s) for s in shape[1:]), weight=w, stride=(1, 1),
+                    padding=(0, 0), dilation=(1, 1), groups=1, bias=zero,
+                )  # fmt: skip
+            else:
+                raise NIRExportError(f"{where}: a concatenation of {len(shape)}-d maps")
+            node.metadata = {
+                "onespike_op": "concat",
+                "torch_node": n.name,
+                "part": i,
+                "offset": offset,
+                "rule": "input i in channels offset .. offset + C_i of the output; the "
+                "parts of one concatenation are summed",
+            }
+            name = self.add(f"{n.name}_part{i}", node)
+            self.shapes[name] = out_shape
+            self.connect(name, self.window[n], self.expr[t])
+            parts.append(name)
+            offset += shape[0]
+        self.expr[n] = parts
 
     def _is_flatten(self, n, m, in_shape, out_shape) -> bool:
         if isinstance(m, nn.Flatten) or (n.op == "call_function" and n.target is torch.flatten):
@@ -699,6 +774,7 @@ def _build_from_graph(g) -> SpikingNetwork:
     env: dict[str, fx.Node] = {}
     layers: list[LayerPlan] = []
     input_lp = None
+    concat: dict[str, tuple[int, str, fx.Node]] = {}  # part -> (index, torch node, input)
 
     def inputs(name: str) -> fx.Node:
         node_meta = g.nodes[name].metadata or {}
@@ -711,6 +787,12 @@ def _build_from_graph(g) -> SpikingNetwork:
         def build(e):
             if isinstance(e, str):
                 return env[e]
+            if all(isinstance(x, str) and x in concat for x in e):  # the parts of a torch.cat
+                ins = [concat[x] for x in e]
+                if [i for i, _, _ in ins] == list(range(len(e))) and len(
+                    {c for _, c, _ in ins}
+                ) == 1:
+                    return graph.call_function(torch.cat, ([v for _, _, v in ins], 1))
             acc = build(e[0])
             for x in e[1:]:
                 acc = graph.call_function(operator.add, (acc, build(x)))
@@ -728,6 +810,9 @@ def _build_from_graph(g) -> SpikingNetwork:
         kind = _meta_str(md.get("onespike_role", md.get("onespike_op", "")))
         if isinstance(node, nir.Input):
             env[name] = graph.placeholder(name)
+        elif kind == "concat":  # a part of a torch.cat: rebuilt as the cat where summed
+            concat[name] = (int(md["part"]), _meta_str(md["torch_node"]), inputs(name))
+            env[name] = concat[name][2]
         elif isinstance(node, nir.IF) and kind == "input_encoder":
             input_lp = _layer_plan(md)
             env[name] = inputs(name)

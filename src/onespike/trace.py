@@ -187,7 +187,7 @@ OPS: tuple[Op, ...] = (
     _f(operator.add, "operator.add", "linear", "sum", "membrane"),
     _f(torch.add, "torch.add", "linear", "sum", "membrane"),
     _me("add", "linear", "sum", "membrane"),
-    _f(torch.cat, "torch.cat", "linear", None, "pass", "concatenation is not exported yet"),
+    _f(torch.cat, "torch.cat", "linear", "concat", "pass"),
     _f(operator.mul, "operator.mul", "linear", None, "pass", "multiplication by a number"),
     _f(torch.mul, "torch.mul", "linear", None, "pass", "multiplication by a number"),
     _f(operator.truediv, "operator.truediv", "linear", None, "pass", "division by a number"),
