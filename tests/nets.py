@@ -128,3 +128,45 @@ def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
 def make(seed: int, **kw) -> nn.Module:
     torch.manual_seed(seed)
     return randomize_bn(RandNet(**kw), seed)
+
+
+class MnistRes(nn.Module):
+    """A small residual network for MNIST [N, 1, 28, 28]: conv-BN-ReLU, max-pool, a
+    residual block (conv-BN-ReLU, conv-BN, add, ReLU), max-pool, Linear."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        c = width
+        self.conv1 = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.mp1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.conv3 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+        self.mp2 = nn.MaxPool2d(2)
+        self.fc = nn.Linear(c * 7 * 7, 10)
+
+    def forward(self, x):
+        a = self.mp1(F.relu(self.bn1(self.conv1(x))))
+        h = F.relu(self.bn2(self.conv2(a)))
+        h = F.relu(self.bn3(self.conv3(h)) + a)
+        return self.fc(torch.flatten(self.mp2(h), 1))
+
+
+def train_briefly(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, seed: int = 0,
+    lr: float = 3e-3, batch_size: int = 64,
+) -> nn.Module:  # fmt: skip
+    """Adam on ``(x, y)`` for a few epochs (seconds on a few thousand MNIST images); eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            b = perm[i : i + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    return model.eval()

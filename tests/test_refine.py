@@ -265,3 +265,131 @@ def test_reconstruction_targets_a_clipped_relu_where_the_ann_clips():
     r = onespike.refine(snn, ann, x, reconstruct=20, iterations=0, augment="none", progress=False)
     (first, last) = r.plan.search["refine"]["reconstruction"]["layer_losses"][0]
     assert last < 0.02, (first, last)  # about 0.004; 0.08 with plain ReLU targets
+
+
+# --- refinement that never makes things worse (issue 28) ------------------------------------
+class _Stub:
+    """What :class:`_Keeper` needs of a trainable copy: a state to snapshot and restore."""
+
+    def __init__(self):
+        self.step = 0
+        self.gm = self
+
+    def snapshot(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        self.step = state["step"]
+
+
+def _keeper(scores, margin=2.0):
+    """A keeper fed the held-out scores ``[(hits, loss, gained, lost), ...]`` in turn: the
+    unrefined network's first, then one per step offered."""
+    from onespike._training import _Keeper, _Score
+
+    it = iter(scores)
+
+    def measure(base):
+        h, loss, g, lost = next(it)
+        return _Score(loss, h, 200, g, lost), torch.zeros(200, dtype=torch.bool)
+
+    tr = _Stub()
+    k = _Keeper(tr, measure, True, margin)
+    for step in range(1, len(scores)):
+        tr.step = step
+        k.offer(step, "end-to-end")
+    k.restore()
+    return k, tr
+
+
+def test_the_unrefined_network_is_kept_when_refinement_lowers_the_loss_but_not_agreement():
+    """The issue's failure: the held-out KL falls while fewer held-out samples agree with
+    the ANN. Lowest-loss selection kept step 3 here; the rule keeps the unrefined network."""
+    k, tr = _keeper(
+        [(195, 0.116, 0, 0), (193, 0.100, 1, 3), (194, 0.095, 2, 3), (196, 0.090, 2, 1)]
+    )
+    assert (k.step, k.kind, tr.step) == (0, "unrefined", 0)
+    assert k.reason(3).startswith("unrefined: no step beat its held-out agreement 97.50%")
+    assert "closest: step 3" in k.reason(3)
+    assert [h[2] for h in k.history] == [195, 193, 194, 196]
+    # a net gain of one sample out of three that differ is no evidence: margin 0 takes it
+    k0, _ = _keeper([(195, 0.116, 0, 0), (193, 0.100, 1, 3), (196, 0.090, 2, 1)], margin=0)
+    assert k0.step == 2
+
+
+def test_a_clear_gain_is_kept_and_ties_go_to_the_lower_loss():
+    k, tr = _keeper(
+        [
+            (180, 0.30, 0, 0),
+            (192, 0.20, 13, 1),  # a clear gain: kept
+            (194, 0.25, 20, 6),  # more hits, clears too: kept
+            (194, 0.22, 19, 5),  # as many hits, lower loss: kept
+            (196, 0.10, 17, 1),  # more hits still: kept
+            (197, 0.05, 18, 1),  # one more: a net 17 of 19 that differ
+        ]
+    )
+    assert (k.step, tr.step) == (5, 5) and k.kind == "end-to-end"
+    assert k.reason(5).startswith("step 5 (end-to-end): held-out agreement 98.50% against 90.00%")
+    # the same samples right: the loss decides against the unrefined network too
+    k, _ = _keeper([(180, 0.30, 0, 0), (180, 0.35, 0, 0), (180, 0.25, 0, 0)])
+    assert k.step == 2 and "the same samples right" in k.reason(2)
+    k, _ = _keeper([(180, 0.30, 0, 0), (180, 0.35, 0, 0)])
+    assert k.step == 0 and "loss 0.35 >= 0.3" in k.reason(1)
+
+
+@pytest.fixture(scope="module")
+def small_res():
+    """A small residual network onespike has not seen (conv-BN-ReLU, max-pool, residual
+    add), trained for one epoch on 2,000 MNIST images; the calibration draws come from
+    another 2,000 and the accuracy is measured on the 6,000 others."""
+    from tests.nets import MnistRes, train_briefly
+
+    x, y = load_mnist("test")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    ann = train_briefly(MnistRes(), x[perm[:2000]], y[perm[:2000]], epochs=1)
+    return ann, x[perm[2000:4000]], x[perm[4000:]], y[perm[4000:]]
+
+
+def _accuracy(net, x, y):
+    with torch.no_grad():
+        return float((net(x).argmax(1) == y).float().mean()) * 100
+
+
+def test_refine_is_never_worse_on_a_small_residual_net_at_t4(small_res):
+    """Over two calibration draws at T = 4 the refined network loses at most 0.1 point
+    against the unrefined one, and says which step it kept and why."""
+    ann, pool, x, y = small_res
+    for draw in (0, 1):
+        g = torch.Generator().manual_seed(draw)
+        xc = pool[torch.randperm(len(pool), generator=g)[:400]]
+        snn = onespike.convert(ann, xc, phases=4, progress=False)
+        r = onespike.refine(snn, ann, xc, iterations=100, progress=False)
+        before, after = _accuracy(snn, x, y), _accuracy(r, x, y)
+        assert after >= before - 0.1, (draw, before, after)
+        info = r.plan.search["refine"]
+        assert info["held_out_samples"] == 80 and len(info["held_out_checks"]) == 11
+        assert info["kept_because"].startswith(
+            "unrefined" if info["kept_step"] == 0 else f"step {info['kept_step']}"
+        )
+        if info["kept"] == "unrefined":  # the input network itself, scales and all
+            assert r.plan.layers == snn.plan.layers
+            assert torch.equal(r(x[:500]), snn(x[:500]))
+
+
+def test_a_refinement_that_hurts_returns_the_unrefined_network(small_res):
+    """A learning rate 300 times too large wrecks every step's agreement with the ANN:
+    the unrefined network comes back, exactly, with the reason recorded."""
+    ann, pool, x, _ = small_res
+    xc = pool[:300]
+    snn = onespike.convert(ann, xc, phases=4, progress=False)
+    r = onespike.refine(snn, ann, xc, iterations=30, checks=3, lr=3e-2, progress=False)
+    info = r.plan.search["refine"]
+    assert info["kept_step"] == 0 and info["kept"] == "unrefined"
+    assert max(h[2] for h in info["held_out_checks"][1:]) < 0.8 * info["held_out_checks"][0][2]
+    assert info["kept_because"].startswith("unrefined: no step beat its held-out agreement")
+    assert info["held_out_agreement_after"] == info["held_out_agreement_before"]
+    assert r.plan.layers == snn.plan.layers
+    assert torch.equal(r(x[:300]), snn(x[:300]))
+    with pytest.raises(ValueError, match="margin"):
+        RefineConfig(margin=-1.0)

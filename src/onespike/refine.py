@@ -29,25 +29,38 @@ The ANN, the input network and the calibration data are only read.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from tqdm.auto import tqdm
 
 from onespike import distributed
+from onespike._training import (
+    _Calibration,
+    _check_network,
+    _chunks,
+    _device_of,
+    _fit,
+    _held_out,
+    _Keeper,
+    _late,
+    _rank_split,
+    _RankSplit,
+    _run_to,
+    _slowest,
+    _Trainable,
+    _trainable,
+    _write_back,
+)
 from onespike.calibrate import batch_independent
-from onespike.codes import phase as pc
 from onespike.errors import CalibrationError, OptionError, check_batch, collect_calibration
 from onespike.graph import Runner
-from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
-from onespike.trace import relu_cap, role
+from onespike.network import SpikingNetwork
 
 Tensor = torch.Tensor
 
@@ -80,11 +93,18 @@ class RefineConfig:
             the training images it has learnt. Other inputs are used as they are.
         temperature: softmax temperature of the ``"kl"`` loss (scaled by its square).
         holdout: fraction of the calibration samples (nodes, for graph models) kept
-            out of the fit; the loss on them, measured with the exact code ``checks``
-            times during the run, chooses the step whose weights are returned (step 0,
-            the unrefined network, included), so refinement cannot overfit a small
-            calibration set unnoticed. 0 fits on everything and keeps the last step.
-        checks: how many times the held-out loss is measured.
+            out of the fit. Measured with the exact code ``checks`` times during the
+            run, they choose the step whose weights are returned, the unrefined network
+            (step 0) included, by a criterion that follows accuracy: top-1 agreement
+            with the ANN, the loss breaking ties (see ``margin``), so refinement cannot
+            make the network worse unnoticed. 0 fits on everything and keeps the last
+            step.
+        checks: how many times the held-out samples are measured.
+        margin: how clearly a refined step must beat the unrefined network to be kept:
+            of the held-out samples on which exactly one of the two agrees with the ANN
+            (``d`` of them), it must win at least ``margin * sqrt(d)`` more than it
+            loses (a paired sign test; 2: about two standard deviations), or, agreeing
+            on exactly the same samples, have a lower loss. 0: any gain in agreement.
         time_budget: stop after this many seconds (None: run every iteration).
         seed: drives the mini-batch order and the drop masks.
         features: weight of a feature-matching term added to the loss: the mean over
@@ -118,6 +138,7 @@ class RefineConfig:
     temperature: float = 4.0
     holdout: float = 0.2
     checks: int = 10
+    margin: float = 2.0
     time_budget: float | None = None
     seed: int = 0
     features: float = 0.0
@@ -158,6 +179,10 @@ class RefineConfig:
                 raise OptionError(f"refine: {name} must be a number >= 0, got {v!r}")
         if self.augment not in AUGMENTS:
             raise OptionError(f"refine: augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)):
+            raise OptionError(f"refine: margin must be a number >= 0, got {self.margin!r}")
+        if not self.margin >= 0:
+            raise OptionError(f"refine: margin must be a number >= 0, got {self.margin!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise OptionError(f"refine: temperature must be > 0, got {self.temperature!r}")
         if self.loss not in LOSSES:
@@ -196,94 +221,6 @@ def as_config(refine: object) -> RefineConfig | None:
     )
 
 
-class _LearnedCode(nn.Module):
-    """A spiking layer made trainable: the exact code forward, straight-through backward."""
-
-    def __init__(
-        self,
-        layer: SpikeLayer,
-        learn_scale: bool,
-        drop: float,
-        gen: torch.Generator,
-        cap: float | None = None,
-        learn_base: bool = False,
-    ):
-        super().__init__()
-        self.cap = cap  # the ANN's activation there: ReLU, or a ReLU clipped at cap
-        self.base, self.phases, self.shift = layer.base, layer.phases, layer.shift
-        log_s = layer.scale.detach().clone().log()
-        self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
-        # the spiking layer's own cached thresholds and levels (codes/phase.py, float64)
-        self.register_buffer("th", layer.th_ascending.clone())
-        self.register_buffer("table", layer.table.clone())
-        # a learned base: B = 1 + sigmoid(u), u in float64 (the plan's base is a float)
-        self.base_logit: nn.Parameter | None = None
-        if learn_base:
-            b1 = min(max(float(layer.base) - 1.0, 1e-6), 1.0 - 1e-6)
-            u = torch.tensor(math.log(b1 / (1.0 - b1)), dtype=torch.float64)
-            self.base_logit = nn.Parameter(u.to(layer.scale.device))
-        self.drop = drop
-        self.gen = gen
-        self.tap: list[Tensor] | None = None
-        self.stop = False
-        # under several ranks: rows [lo, hi) of a global batch of n (the masks are drawn
-        # for the whole batch, as one process draws them, and this rank's rows kept)
-        self.rows: tuple[int, int, int] | None = None
-
-    def scale(self) -> Tensor:
-        return self.log_scale.exp()
-
-    def base_value(self) -> Tensor | None:
-        """The learned base (float64 scalar tensor), or None when the base is fixed."""
-        return None if self.base_logit is None else 1.0 + torch.sigmoid(self.base_logit)
-
-    def forward(self, pre: Tensor) -> Tensor:
-        s = channel_shape(self.scale().to(pre.dtype), pre.dim())
-        z = pre / s
-        zc = z.clamp(0.0, 1.0)
-        b = self.base_value()
-        if b is None:
-            q = pc.quantize_normalised(z.detach(), self.th, self.table)  # in z's dtype
-            out = s * (zc + (q - zc).detach())
-        else:  # the exact code of the current base; the levels carry the base's gradient
-            th = pc.ascending_thresholds(
-                float(b.detach()), self.phases, shift=self.shift, dtype=b.dtype
-            )
-            table = pc.value_table_of(b, self.phases).to(pre.dtype)
-            q = table.index_select(0, pc.reached(z.detach(), th).reshape(-1)).view_as(z)
-            out = s * (zc - zc.detach() + q)
-        if self.training and self.drop > 0:
-            if self.rows is None:
-                keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
-            else:
-                lo, hi, n = self.rows
-                whole = torch.rand((n, *pre.shape[1:]), generator=self.gen, device=pre.device)
-                keep = whole[lo:hi] < self.drop
-            out = torch.where(keep, pre.clamp(0.0, self.cap), out)
-        if self.tap is not None:
-            self.tap.append(out)
-        if self.stop:
-            raise _Stop(out)
-        return out
-
-
-class _Stop(Exception):
-    """Ends a forward pass at the spiking layer being reconstructed, carrying its output."""
-
-    def __init__(self, out: Tensor):
-        super().__init__()
-        self.out = out
-
-
-def _run_to(model: nn.Module, x: Tensor) -> Tensor:
-    """The output of the layer whose ``stop`` is set, when ``model`` runs on ``x``."""
-    try:
-        model(x)
-    except _Stop as s:
-        return s.out
-    raise RuntimeError("the reconstructed layer was not reached")  # a bug, not user input
-
-
 def _producers(gm: fx.GraphModule, target: str) -> list[str]:
     """Modules with parameters between module ``target``'s input and the spiking layers
     (or the network input) before it: what computes that layer's input current."""
@@ -306,25 +243,6 @@ def _producers(gm: fx.GraphModule, target: str) -> list[str]:
     return found
 
 
-class _Tap(nn.Module):
-    """The ANN's activation (a ReLU, clipped at ``cap`` if given) in place of a spiking
-    layer, recording its output."""
-
-    def __init__(self, cap: float | None = None) -> None:
-        super().__init__()
-        self.cap = cap
-        self.tap: list[Tensor] | None = None
-        self.stop = False
-
-    def forward(self, pre: Tensor) -> Tensor:
-        out = pre.clamp(0.0, self.cap)
-        if self.tap is not None:
-            self.tap.append(out)
-        if self.stop:
-            raise _Stop(out)
-        return out
-
-
 def _feature_distance(snn_feats: list[Tensor], ann_feats: list[Tensor]) -> Tensor:
     """Mean over layers of the squared error relative to the ANN's mean square."""
     terms = [
@@ -332,10 +250,6 @@ def _feature_distance(snn_feats: list[Tensor], ann_feats: list[Tensor]) -> Tenso
         for q, a in zip(snn_feats, ann_feats)
     ]
     return torch.stack(terms).mean()
-
-
-def _chunks(n: int, whole: bool, size: int = 256) -> list[slice]:
-    return [slice(None)] if whole else [slice(i, i + size) for i in range(0, n, size)]
 
 
 def _batches(idx: Tensor, cfg: RefineConfig, gen: torch.Generator, whole: bool) -> Iterator[Tensor]:
@@ -406,208 +320,6 @@ def _feature_distance_rows(fs: list[Tensor], fa: list[Tensor], n: int) -> Tensor
     return torch.stack(terms).mean()
 
 
-# --- the rank split: one process runs each mini-batch whole, several share out its rows ----
-@dataclass(frozen=True)
-class _RankSplit:
-    """How every step's mini-batch is run: whole on this process (``ranks == 1``), or its
-    rows shared out among the ``ranks`` ranks of the process group, each rank running its
-    contiguous share and the gradients summed over the ranks before the step."""
-
-    ranks: int = 1
-
-    @property
-    def shared(self) -> bool:
-        return self.ranks > 1
-
-    def check(self, batch: int, what: str = "refine") -> None:
-        """A mini-batch of ``batch`` rows gives every rank at least one."""
-        if self.shared and batch < self.ranks:
-            raise OptionError(
-                f"{what}: a mini-batch of {batch} sample(s) cannot be shared among "
-                f"{self.ranks} ranks (each needs at least one); use batch_size >= {self.ranks} "
-                "with at least as many calibration samples to fit, or fewer ranks"
-            )
-
-    def rows(self, codes: list[_LearnedCode], n: int) -> _Rows:
-        return _Rows(codes, n, self.shared)
-
-    def backward(self, loss: Tensor, params: list[Tensor], what: str) -> float:
-        """Backpropagate a step's loss and return the whole mini-batch's loss; under several
-        ranks every gradient is replaced by its sum over the ranks first. A loss that is not
-        finite raises ``RuntimeError("<what> (loss ...)")`` (on every rank alike)."""
-        if not self.shared:
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise RuntimeError(f"{what} (loss {lv})")
-            loss.backward()
-            return lv
-        loss.backward()
-        lv = _reduce_step(params, loss)
-        if not math.isfinite(lv):
-            raise RuntimeError(f"{what} (loss {lv})")
-        return lv
-
-
-def _rank_split(whole: bool) -> _RankSplit:
-    """Several ranks share out the rows of every mini-batch, but for graph models (whose
-    samples interact), which every rank runs whole."""
-    world = distributed.world_size()
-    return _RankSplit(world if world > 1 and not whole else 1)
-
-
-class _Rows:
-    """Rows ``[lo, hi)`` of a global batch of ``n``: this rank's share (all of them on one
-    process). Shared, the spiking layers draw their drop masks for all ``n`` rows (as one
-    process does) and keep these."""
-
-    def __init__(self, codes: list[_LearnedCode], n: int, shared: bool = True):
-        self.codes = codes if shared else []
-        self.n = n
-        self.lo, self.hi = (0, n)
-        if shared:
-            self.lo, self.hi = distributed.shard_range(
-                n, distributed.rank(), distributed.world_size()
-            )
-
-    def __enter__(self) -> _Rows:
-        for c in self.codes:
-            c.rows = (self.lo, self.hi, self.n)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for c in self.codes:
-            c.rows = None
-
-
-def _reduce_step(params: list[Tensor], loss: Tensor) -> float:
-    """Replace every parameter's gradient by its sum over the ranks and return the summed
-    loss (one all-reduce): each rank's loss is its rows' share of the global batch's, so
-    the sums are the whole batch's mean loss and its gradient, the same on every rank."""
-    have = [p for p in params if p.grad is not None]
-    sums = distributed.sum_tensors([*(p.grad for p in have), loss.detach().reshape(1)])
-    for p, g in zip(have, sums):
-        p.grad.copy_(g)
-    return float(sums[-1])
-
-
-def _late(start: float, budget: float | None) -> bool:
-    """The time budget is spent; under several ranks, on any of them (one all-reduce), so
-    that every rank stops after the same step."""
-    if budget is None:
-        return False
-    late = time.perf_counter() - start > budget
-    if distributed.world_size() > 1:
-        late = distributed.all_reduce([float(late)], "max")[0] > 0
-    return late
-
-
-def _slowest(seconds: float) -> float:
-    """The longest of the ranks' wall times (the same figure on every rank)."""
-    return distributed.all_reduce([seconds], "max")[0] if distributed.world_size() > 1 else seconds
-
-
-# --- the trainable copy, the calibration data, the write-back ----------------------------
-@dataclass
-class _Trainable:
-    """The SNN's graph with each spiking layer made differentiable (``gm``, its codes and
-    its weighted layers' parameters) and, for the feature term and the reconstruction,
-    the folded ANN tapped at the same places (``ref``: the SNN's graph with ReLUs for
-    codes and no input coding)."""
-
-    gm: fx.GraphModule
-    codes: list[_LearnedCode]
-    weights: list[nn.Parameter]
-    ref: fx.GraphModule | None = None
-    ref_taps: list[_Tap] = dataclasses.field(default_factory=list)
-    feats: tuple[list[Tensor], list[Tensor]] | None = None  # taps for the feature term
-
-    def snapshot(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.gm.state_dict().items()}
-
-    def taps(self, on: bool) -> None:
-        """Record (``on``, with the feature term) every code's output and the ANN's there."""
-        f = self.feats if on else None
-        for c in self.codes:
-            c.tap = None if f is None else f[0]
-        for t in self.ref_taps:
-            t.tap = None if f is None else f[1]
-        if f is not None:
-            f[0].clear()
-            f[1].clear()
-
-    def learn(self, cfg: RefineConfig) -> None:
-        """Let what ``cfg`` learns take gradients (again)."""
-        for p in self.weights:
-            p.requires_grad_(cfg.weights)
-        for c in self.codes:
-            c.log_scale.requires_grad_(cfg.scales)
-            if c.base_logit is not None:
-                c.base_logit.requires_grad_(True)
-
-    def optimizer(self, cfg: RefineConfig) -> tuple[torch.optim.Optimizer, list[float]]:
-        """Adam over what ``cfg`` learns, and each group's initial learning rate."""
-        groups = []
-        if cfg.weights and self.weights:
-            groups.append({"params": self.weights, "lr": cfg.lr})
-        if cfg.scales:
-            groups.append({"params": [c.log_scale for c in self.codes], "lr": cfg.scale_lr})
-        if cfg.bases:
-            groups.append({"params": [c.base_logit for c in self.codes], "lr": cfg.base_lr})
-        opt = torch.optim.Adam(groups)
-        return opt, [g["lr"] for g in groups]
-
-
-def _trainable(snn: SpikingNetwork, cfg: RefineConfig, gen: torch.Generator) -> _Trainable:
-    """A trainable copy of ``snn`` (``snn`` itself is not touched); ``gen`` draws the
-    drop masks."""
-    gm = copy.deepcopy(snn.graph_module)
-    modules = dict(snn.ann_graph.named_modules())
-    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
-    codes: list[_LearnedCode] = []
-    for key, layer in snn.spikes.items():
-        code = _LearnedCode(layer, cfg.scales, cfg.drop, gen, caps[len(codes)], cfg.bases)
-        setattr(gm, f"spikes_{key}", code)
-        codes.append(code)
-    gm.train(False)  # the new codes too: drop masks only inside the training steps
-    weights = [p for n, p in gm.named_parameters() if not n.endswith(("log_scale", "base_logit"))]
-    tr = _Trainable(gm, codes, weights)
-    tr.learn(cfg)
-    if cfg.features > 0 or cfg.reconstruct:
-        ref = copy.deepcopy(snn.graph_module)
-        for key in snn.spikes:
-            t = _Tap(caps[len(tr.ref_taps)])
-            setattr(ref, f"spikes_{key}", t)
-            tr.ref_taps.append(t)
-        if hasattr(ref, "input_encoder"):
-            ref.input_encoder = nn.Identity()
-        ref.train(False)
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        tr.ref = ref
-        if cfg.features > 0:
-            tr.feats = ([], [])
-    return tr
-
-
-@dataclass
-class _Calibration:
-    """The calibration inputs on the network's device, the ANN's logits on them
-    (``targets``) and their split into the samples fitted and those held out.
-    ``whole``: a graph model, whose samples interact: every pass runs all of them."""
-
-    ann: nn.Module
-    x: Tensor
-    targets: Tensor
-    whole: bool
-    fit_idx: Tensor
-    hold_idx: Tensor
-
-    def outputs(self, gm: nn.Module, idx: Tensor) -> Tensor:
-        if self.whole:  # run them all, score the chosen rows
-            return gm(self.x)[idx.to(self.x.device)]
-        return gm(self.x[idx.to(self.x.device)])
-
-
 def _calibration(
     snn: SpikingNetwork,
     ann: nn.Module,
@@ -632,29 +344,7 @@ def _calibration(
             f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
             f"{holdout:.0%}; pass more samples"
         )
-    return _Calibration(ann, x, targets, whole, fit_idx, hold_idx)
-
-
-def _write_back(snn: SpikingNetwork, tr: _Trainable, info: dict, key: str) -> SpikingNetwork:
-    """A new network built as :func:`onespike.convert` builds one: the trained weights in
-    a copy of the folded ANN graph, the scales (and bases) in the plan, ``info`` in its
-    ``search[key]``."""
-    traced = copy.deepcopy(snn.ann_graph)
-    trained = dict(tr.gm.named_parameters())
-    with torch.no_grad():
-        for name, p in traced.named_parameters():
-            p.copy_(trained[name].detach())
-    layers = tuple(
-        dataclasses.replace(
-            lp,
-            scale=_scale_value(code.log_scale),
-            base=lp.base if code.base_logit is None else float(code.base_value().detach()),
-        )
-        for lp, code in zip(snn.plan.layers, tr.codes)
-    )
-    search = {**snn.plan.search, key: info}
-    plan = dataclasses.replace(snn.plan, layers=layers, search=search)
-    return SpikingNetwork(traced, plan, snn.input_shape, ann_graph=snn.ann_graph)
+    return _Calibration(ann, x, targets, targets.argmax(-1), whole, fit_idx, hold_idx)
 
 
 # --- the losses: a mini-batch's, a layer's, the held-out samples' --------------------------
@@ -747,61 +437,6 @@ def _layer_loss(
     return (q - a).pow(2).sum() / max(den, 1e-12 * n * a[0].numel())
 
 
-def _held_out(
-    tr: _Trainable, data: _Calibration, idx: Tensor, cfg: RefineConfig, split: _RankSplit
-) -> float:
-    """The loss on the samples ``idx`` with the exact code (no gradient). Several ranks
-    share out the chunks and sum their losses in chunk order: the figure one process
-    computes on the same weights, bit for bit, on every rank."""
-    if len(idx) == 0:
-        return float("nan")
-    dev = data.x.device
-    with torch.no_grad():
-        if data.whole:
-            out = data.outputs(tr.gm, idx)
-            return float(_distance(out, data.targets[idx.to(dev)], cfg.loss, cfg.temperature))
-        parts = _chunks(len(idx), False)
-        lo, hi = (0, len(parts))
-        if split.shared:
-            lo, hi = distributed.shard_range(len(parts), distributed.rank(), split.ranks)
-        vals = [0.0] * len(parts)
-        for j in range(lo, hi):
-            i = idx[parts[j]]
-            out = data.outputs(tr.gm, i)
-            vals[j] = float(_distance(out, data.targets[i.to(dev)], cfg.loss, cfg.temperature))
-        if split.shared:  # each chunk's value from its rank (+ 0.0 from the others: exact)
-            vals = distributed.all_reduce(vals)
-        tot = 0.0
-        for c, v in zip(parts, vals):
-            tot += v * len(idx[c])
-        return tot / len(idx)
-
-
-# --- choosing the step kept -----------------------------------------------------------------
-class _Keeper:
-    """The candidates met during a run (the unrefined network first), each measured on the
-    held-out samples; the best one's weights are kept. ``held``: there are held-out
-    samples (otherwise nothing is kept and the last step stands)."""
-
-    def __init__(self, tr: _Trainable, measure: Callable[[], float], held: bool):
-        self.tr, self.measure, self.held = tr, measure, held
-        self.score = self.before = measure()
-        self.step, self.kind = 0, "unrefined"
-        self.state = tr.snapshot() if held else None
-
-    def offer(self, step: int, kind: str) -> float:
-        """Measure the network as it is now; keep it if it beats the best so far."""
-        s = self.measure()
-        if self.held and s < self.score:
-            self.score, self.step, self.kind, self.state = s, step, kind, self.tr.snapshot()
-        return s
-
-    def restore(self) -> None:
-        if self.held:
-            assert self.state is not None
-            self.tr.gm.load_state_dict(self.state)
-
-
 # --- training: the reconstruction, the fit loop ---------------------------------------------
 def _reconstruct(
     tr: _Trainable,
@@ -862,74 +497,6 @@ def _reconstruct(
     }
 
 
-def _fit(
-    opt: torch.optim.Optimizer,
-    step_loss: Callable[[Tensor], Tensor],
-    batches: Iterator[Tensor],
-    split: _RankSplit,
-    after_step: Callable[[int], None],
-    *,
-    iterations: int,
-    first: int = 0,
-    start: float,
-    budget: float | None,
-    what: str,
-    progress: bool,
-) -> int:
-    """The training loop: steps ``first`` to ``iterations`` (or until the time budget since
-    ``start`` is spent), each on the next mini-batch of ``batches`` with the learning
-    rates of ``opt`` (their initial values, as built) decaying to 0 on a cosine over
-    ``iterations``. ``step_loss(idx)`` is a batch's loss (this rank's share under
-    several ranks; ``split`` sums the gradients); ``after_step(steps)`` runs after each.
-    Returns the number of steps taken in all (``first`` included)."""
-    lrs = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
-    for g, lr in zip(opt.param_groups, lrs):
-        g["initial_lr"] = lr
-    learned = [p for g in opt.param_groups for p in g["params"]]
-    bar = tqdm(range(first, iterations), desc=what, disable=not progress, leave=False)
-    steps, running = first, None
-    for it in bar:
-        if _late(start, budget):
-            break
-        for g, lr in zip(opt.param_groups, lrs):  # cosine decay to 0
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / iterations))
-        loss = step_loss(next(batches))
-        opt.zero_grad(set_to_none=True)
-        lv = split.backward(loss, learned, f"{what} diverged at step {it}")
-        opt.step()
-        steps += 1
-        running = lv if running is None else 0.95 * running + 0.05 * lv
-        if it % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4g}")
-        after_step(steps)
-    bar.close()
-    return steps
-
-
-def _check_network(snn: object, ann: object, what: str = "refine") -> None:
-    if not isinstance(snn, SpikingNetwork):
-        raise OptionError(
-            f"{what} needs a network made by onespike.convert, got {type(snn).__name__}; "
-            "convert the ANN first: snn = onespike.convert(ann, calibration, phases=...)"
-        )
-    if not isinstance(ann, nn.Module):
-        raise OptionError(
-            f"{what} needs the ANN (an nn.Module) as its target, got {type(ann).__name__}"
-        )
-
-
-def _scale_value(log_scale: Tensor) -> float | tuple[float, ...]:
-    s = log_scale.detach().exp().cpu()
-    if s.dim() == 0:
-        return float(s)
-    return tuple(float(v) for v in s)
-
-
-def _device_of(snn: SpikingNetwork) -> torch.device:
-    params = list(snn.graph_module.parameters()) + list(snn.graph_module.buffers())
-    return params[0].device if params else torch.device("cpu")
-
-
 def _configured(config: RefineConfig | None, overrides: dict) -> RefineConfig:
     cfg = config if config is not None else RefineConfig()
     if overrides:
@@ -974,11 +541,17 @@ def refine(
     process's up to the rounding of the gradients' sums (docs/SCALE.md). Graph models,
     whose samples interact, run whole on every rank.
 
+    Never worse: the step kept, the unrefined network included, is chosen on the
+    held-out calibration samples by top-1 agreement with the ANN (see
+    ``RefineConfig.margin``), not by the loss it fits (a lower KL can come with fewer
+    samples agreeing); when no step beats it, the input network comes back unchanged.
+
     Returns:
         A new :class:`SpikingNetwork` with the same plan type, bases, phases and
         structure; its plan's ``search["refine"]`` records the configuration, the
-        steps run and the step kept, the wall time, and the loss before and after on
-        the fitted and the held-out calibration samples.
+        steps run, the step kept and why (``kept_because``), every held-out check
+        (``held_out_checks``: step, kind, samples agreeing, loss), the wall time, and
+        the loss and agreement before and after on the fitted and held-out samples.
     """
     _check_network(snn, ann)
     cfg = _configured(config, overrides)
@@ -1003,15 +576,22 @@ def refine(
     data = _calibration(snn, ann, x, cfg.holdout, gen, whole)
     split.check(min(cfg.batch_size, len(data.fit_idx)))
     n_hold = len(data.hold_idx)
-    fit_before = _held_out(tr, data, data.fit_idx, cfg, split)
-    keeper = _Keeper(tr, lambda: _held_out(tr, data, data.hold_idx, cfg, split), n_hold > 0)
+
+    def measure(idx: Tensor, base: Tensor | None = None):
+        def dist(out: Tensor, rows: Tensor) -> Tensor:
+            return _distance(out, data.targets[rows], cfg.loss, cfg.temperature)
+
+        return _held_out(tr, data, idx, dist, split, base)
+
+    fit_before = measure(data.fit_idx)[0]
+    keeper = _Keeper(tr, lambda base: measure(data.hold_idx, base), n_hold > 0, cfg.margin)
     start = time.perf_counter()
     batches = _batches(data.fit_idx, cfg, gen, whole)
     augment = cfg.augment != "none" and x.dim() == 4 and not whole
     recon: dict | None = None
     if cfg.reconstruct:
         recon = _reconstruct(tr, data, batches, cfg, gen, augment, split)
-        recon["held_out_loss"] = keeper.offer(0, "reconstructed")
+        recon["held_out_loss"] = keeper.offer(0, "reconstructed").loss
     every = max(cfg.iterations // cfg.checks, 1)
 
     def after_step(steps: int) -> None:
@@ -1035,8 +615,7 @@ def refine(
         keeper.offer(steps, "end-to-end")
     keeper.restore()
     seconds = _slowest(time.perf_counter() - start)
-    fit_after = _held_out(tr, data, data.fit_idx, cfg, split)
-    hold_after = _held_out(tr, data, data.hold_idx, cfg, split)
+    fit_after, hold_after = measure(data.fit_idx)[0], measure(data.hold_idx)[0]
     distributed.check_identical("the refined network", tr.gm.state_dict())
     info = {
         **cfg.describe(),
@@ -1044,17 +623,23 @@ def refine(
         "seconds": round(seconds, 2),
         "kept_step": keeper.step if n_hold else steps,
         "kept": keeper.kind if n_hold else ("end-to-end" if steps else "reconstructed"),
+        "kept_because": keeper.reason(steps),
         "reconstruction": recon,
         "samples": len(x),
         "fit_samples": len(data.fit_idx),
         "held_out_samples": n_hold,
-        "loss_before": fit_before,
-        "loss_after": fit_after,
-        "held_out_loss_before": keeper.before if n_hold else None,
-        "held_out_loss_after": hold_after if n_hold else None,
-        **({"ranks": split.ranks} if distributed.world_size() > 1 else {}),
+        "loss_before": fit_before.loss,
+        "loss_after": fit_after.loss,
+        "held_out_loss_before": keeper.first.loss if n_hold else None,
+        "held_out_loss_after": hold_after.loss if n_hold else None,
+        "held_out_agreement_before": keeper.first.agreement if n_hold else None,
+        "held_out_agreement_after": hold_after.agreement if n_hold else None,
+        # every candidate measured: [step, kind, held-out samples agreeing, held-out loss]
+        "held_out_checks": keeper.history if n_hold else [],
+        **({"ranks": distributed.world_size()} if distributed.world_size() > 1 else {}),
     }
-    return _write_back(snn, tr, info, "refine")
+    unchanged = n_hold > 0 and keeper.kind == keeper.what
+    return _write_back(snn, tr, info, "refine", unchanged)
 
 
 __all__ = ["LOSSES", "RefineConfig", "as_config", "refine"]
