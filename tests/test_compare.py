@@ -14,6 +14,7 @@ import onespike
 from onespike import simulate_codes as S
 from onespike.codes import rate
 from onespike.experiments import compare as C
+from onespike.experiments import compare_plot
 from onespike.trace import trace
 from tests.nets import Net1d, TinyMLP, make, randomize_bn
 
@@ -157,7 +158,7 @@ def test_compare_end_to_end_and_summary(tmp_path):
             before = [q for q in pts if q["steps"] < settled["steps"]]
             assert not before or before[-1]["accuracy"] < 99.5
     json.dumps(res)  # serialisable
-    paths = C.plot(res, tmp_path, "t")
+    paths = compare_plot.plot(res, tmp_path, "t")
     assert len(paths) == 3 and all(p.stat().st_size > 1000 for p in paths)
     assert "| onespike |" in C.markdown_table(res)
 
@@ -353,7 +354,7 @@ def test_refined_rows_are_measured_on_the_refined_network(small_all, tmp_path):
     # tables and plots carry the row
     assert "| onespike-refined |" in C.markdown_table(res)
     assert "onespike-refined" in C.budget_table(res) and "onespike-refined" in C.text_table(res)
-    paths = C.plot(res, tmp_path, "r")
+    paths = compare_plot.plot(res, tmp_path, "r")
     assert len(paths) == 3 and all(q.stat().st_size > 1000 for q in paths)
 
 
