@@ -541,14 +541,14 @@ def compare(
     traced = trace(ann)
     net = CodeNet(traced)
     n = x.shape[0]
-    whole = not batch_independent(net.runner)
-    if whole:
+    samples_interact = not batch_independent(net.runner)  # a graph model: one batch
+    if samples_interact:
         batch_size = n
     mask = torch.zeros(n, dtype=torch.bool)
     mask[eval_idx if eval_idx is not None else slice(None)] = True
     with torch.no_grad():
         ann_pred = torch.cat([ann(x[sl]).argmax(1) for sl in _batches(n, batch_size)])
-        probe_x = x if whole else x[:2]
+        probe_x = x if samples_interact else x[:2]
         probe = net.runner.forward_all(probe_x)
         hidden, n_out = net.neurons(probe)
         ann_macs = net.ann_macs(probe) / probe_x.shape[0]
