@@ -7,6 +7,7 @@ logits = snn(x)                               # event-exact fast path
 run = snn.simulate(x, mode="step")            # step-by-step simulator
 report = onespike.cost(ann, snn, x)           # ops, spikes, energy
 snn = onespike.refine(snn, ann, calibration)  # fit weights and scales to the ANN
+snn = onespike.finetune(snn, ann, (x, y), epochs=1)  # with labels: CE + distillation
 onespike.save(snn, "net.safetensors")         # one safe file; onespike.load(path)
 onespike.export_nir(snn, "net.nir")           # NIR graph (pip install onespike[nir])
 """
@@ -16,6 +17,7 @@ from onespike.accounting import CostReport, cost
 from onespike.calibrate import SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.errors import CalibrationError
+from onespike.finetune import FinetuneConfig, finetune
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
 from onespike.nir_export import export_nir, import_nir
 from onespike.plan import LayerPlan, Plan
@@ -27,6 +29,7 @@ __all__ = [
     "SEARCH_PRESETS",
     "CalibrationError",
     "CostReport",
+    "FinetuneConfig",
     "LayerPlan",
     "Plan",
     "RefineConfig",
@@ -40,6 +43,7 @@ __all__ = [
     "convert",
     "cost",
     "export_nir",
+    "finetune",
     "import_nir",
     "load",
     "refine",

@@ -461,8 +461,10 @@ class _Keeper:
         held: bool,
         margin: float,
         what: str = "unrefined",
+        metric: str = "agreement",
     ):
         self.tr, self.measure, self.held, self.margin, self.what = tr, measure, held, margin, what
+        self.metric = metric  # what a hit is: agreement with the ANN, or accuracy
         self.first, self.base = measure(None)
         self.best, self.step, self.kind = self.first, 0, what
         self.state = tr.snapshot() if held else None
@@ -509,7 +511,7 @@ class _Keeper:
                 else f"the same samples right, loss {b.loss:.4g} < {f.loss:.4g}"
             )
             return (
-                f"step {self.step} ({self.kind}): held-out agreement {b.agreement:.2%} "
+                f"step {self.step} ({self.kind}): held-out {self.metric} {b.agreement:.2%} "
                 f"against {f.agreement:.2%} {self.what} ({how})"
             )
         if self.closest is None:
@@ -521,7 +523,7 @@ class _Keeper:
             need = max(self.margin * math.sqrt(c.gained + c.lost), 1)
             how = f"{c.gained} sample(s) gained and {c.lost} lost, a net gain of {need:.2g} needed"
         return (
-            f"{self.what}: no step beat its held-out agreement {f.agreement:.2%} "
+            f"{self.what}: no step beat its held-out {self.metric} {f.agreement:.2%} "
             f"(closest: step {step}, {c.agreement:.2%}, {how})"
         )
 
