@@ -18,6 +18,7 @@ from onespike.engine import (
     phase_window,
 )
 from onespike.experiments import compare as C
+from onespike.simulate_codes import CodeNet, simulate_windowed
 from onespike.trace import trace
 from tests.nets import Net1d, make, randomize_bn
 
@@ -86,9 +87,9 @@ def test_compare_costs_of_the_phase_code_equal_onespike_cost(seed):
     assert res["ann_energy_compute_pj"] == pytest.approx(t["ann_energy_compute_pj"], rel=rel)
     assert res["ann_energy_total_pj"] == pytest.approx(t["ann_energy_total_pj"], rel=rel)
     # the windowed walk with the library's phase code counts the same synaptic operations
-    net = C.Net(trace(model))
+    net = CodeNet(trace(model))
     windows = {n: phase_window(lp) for n, lp in zip(net.relus, snn.plan.layers)}
-    out, ops = C.simulate_windowed(net, windows, x, 5)
+    out, ops = simulate_windowed(net, windows, x, 5)
     assert torch.allclose(out, snn(x), atol=1e-5)
     assert ops.acs / 30 == pytest.approx(t["snn_acs"], rel=rel)
     assert ops.macs / 30 == pytest.approx(t["snn_macs"], rel=rel)
