@@ -143,3 +143,18 @@ def test_checkpoint_and_resume_give_the_uninterrupted_result(weak, tmp_path):
     assert torch.load(ck, weights_only=True)["step"] == total
     with pytest.raises(ValueError, match="belongs to another run"):
         onespike.finetune(snn, ann, data, checkpoint=ck, resume=True, **{**kw, "seed": 1})
+
+
+def test_cli_finetune_flag_uses_the_training_split(tmp_path, monkeypatch, capsys):
+    """``convert --finetune-epochs N`` fine-tunes on the data set's training split: with
+    no training set in the data folder it stops with one error line naming it."""
+    from onespike.cli import build_parser, main
+
+    args = build_parser().parse_args(["convert", "--model", "m", "--finetune-epochs", "2"])
+    assert args.finetune_epochs == 2
+    monkeypatch.setenv("ONESPIKE_DATA", str(tmp_path))
+    argv = ["convert", "--model", "tests.cli_models:mnist", "--dataset", "mnist", "--test", "50"]
+    argv += ["--calibration", "50", "--no-step", "--phases", "4", "--finetune-epochs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "train" in err.split("error: ")[-1]

@@ -227,6 +227,11 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         windows=getattr(args, "windows", None),
         **_search_kwargs(args),
     )
+    if getattr(args, "finetune_epochs", None):  # with labels: the chosen data's training set
+        from onespike.finetune import finetune
+
+        xy = load_dataset(args.dataset, "train")
+        snn = finetune(snn, model, xy, epochs=args.finetune_epochs)
     if getattr(args, "out", None) and distributed.is_main():
         save(snn, args.out)
         print(f"saved the network to {args.out} (onespike evaluate {args.out} --dataset ...)")
@@ -506,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="per-layer windows: 'auto' (chosen by measured sensitivity, latency at most "
         "the uniform --phases network's) or one integer per spiking layer, e.g. 3,4,2",
+    )
+    c.add_argument(
+        "--finetune-epochs",
+        type=_count,
+        default=None,
+        help="then fine-tune N epochs with labels on the data set's training split "
+        "(onespike.finetune: cross-entropy + distillation)",
     )
     c.add_argument(
         "--out", default=None, help="save the converted network to this file (onespike.save)"
