@@ -250,8 +250,8 @@ def test_allow_list_covers_every_supported_operator():
     """Whatever the converter keeps after tracing, the file format can describe: its
     allow-lists are the named entries of trace.OPS."""
     for op in trace.OPS:
-        if op.name is None:  # removed or rewritten by trace()
-            assert op.role == "drop" or op.clip, op
+        if op.name is None:  # removed, rewritten or refused by trace()
+            assert op.role in ("drop", "refused") or op.clip, op
             continue
         if op.kind == "function":
             assert serialize._function_name(op.target) == op.name, op

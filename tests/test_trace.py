@@ -73,7 +73,7 @@ def test_every_unsupported_node_listed_with_its_place():
     msg = str(e.value)
     assert "'act' (Sigmoid): non-ReLU activation" in msg
     assert "tanh" in msg
-    assert "'norm' (LayerNorm): unsupported operator" in msg
+    assert "'norm' (LayerNorm): not convertible; use BatchNorm1d" in msg
     assert "multiplication/division by a number" in msg  # tensor * tensor
     assert msg.count("\n  - ") == 4
 
@@ -149,13 +149,14 @@ def test_the_operator_table_is_complete():
     from onespike import nir_export
     from onespike.trace import COSTS, OPS
 
-    roles = {"relu", "weighted", "maxpool", "linear", "shape", "drop"}
+    roles = {"relu", "weighted", "maxpool", "linear", "shape", "drop", "product", "softmax"}
     for op in OPS:
         assert op.kind in ("module", "function", "method"), op
-        assert op.role in roles, op
+        assert op.role in roles | {"refused"}, op
         assert op.cost in COSTS, op
+        assert bool(op.instead) == (op.role == "refused"), f"{op}: say what to use instead"
         if op.nir is None:
-            assert op.no_nir or op.role == "shape", f"{op}: say why it has no NIR form"
+            assert op.no_nir or op.role in ("shape", "refused"), f"{op}: say why no NIR form"
         else:
             assert op.nir in nir_export.NIR_FORMS, f"{op}: the NIR exporter cannot write it"
         if op.kind == "module":

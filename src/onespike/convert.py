@@ -9,9 +9,15 @@ import torch
 from torch import nn
 
 from onespike import distributed
-from onespike.calibrate import SearchConfig, calibrate, check_windows
+from onespike.calibrate import SearchConfig, calibrate, check_input_window, check_windows
 from onespike.codes import phase as pc
-from onespike.errors import CalibrationError, ModelError, OptionError, check_phase_bound
+from onespike.errors import (
+    CalibrationError,
+    ModelError,
+    OptionError,
+    UnsupportedModelError,
+    check_phase_bound,
+)
 from onespike.network import SpikingNetwork
 from onespike.plan import check_input_coding
 from onespike.refine import RefineConfig, as_config
@@ -48,6 +54,7 @@ def convert(
     refine: bool | RefineConfig | dict = False,
     progress: bool = True,
     windows: str | Sequence[int] | None = None,
+    input_window: int | None = None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
 
@@ -88,8 +95,15 @@ def convert(
             the order of ``snn.plan.layers``. ``"auto"``: chosen per layer by measured
             sensitivity (how much the error of the logits gains from more phases) so that
             ``plan.latency_steps`` is at most the uniform network's
-            (:func:`onespike.calibrate.calibrate`). The input keeps ``phases``; each
-            layer is searched for its own window and the windows before it.
+            (:func:`onespike.calibrate.calibrate`), the allocations searched compared
+            by top-1 agreement with the ANN on held-out calibration samples (those
+            after the first ``search_samples``); each layer is searched for its own
+            window and the windows before it.
+        input_window: the analog input's window in steps. None (default): 1 with
+            ``windows="auto"`` (a constant current delivers ``W x`` in one step; the
+            steps saved go to the spiking layers, the latency counts the input's
+            step), ``phases`` otherwise. The binary and single-spike input codes keep
+            ``phases``.
 
     Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
     model, options and whole calibration set; the ranks check that they agree
@@ -124,7 +138,9 @@ def convert(
     refine_cfg = as_config(refine)
     progress = progress and distributed.is_main()
     windows = check_windows(windows)  # the format before the model is traced
+    check_input_window(input_window, input_coding, phases, windows)
     traced = trace(model)  # fails here, before any data, on unsupported layers
+    _check_attention(traced, type(model).__name__)
     windows = check_windows(windows, len(traced.relus))  # one per spiking layer
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
         raise OptionError(
@@ -141,7 +157,7 @@ def convert(
     distributed.check_same(
         {
             "model": model.state_dict(),
-            "options": (phases, cfg, input_coding, max_calibration, windows),
+            "options": (phases, cfg, input_coding, max_calibration, windows, input_window),
             "calibration data": (data.count, data.sample_shape, first),
         }
     )
@@ -166,11 +182,26 @@ def convert(
         input_coding=input_coding,
         progress=progress,
         windows=windows,
+        input_window=input_window,
     )
     snn = SpikingNetwork(traced.module, plan, data.sample_shape)
     if refine_cfg is not None:  # refinement takes the calibration set in memory
         snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)
     return snn
+
+
+def _check_attention(traced, name: str) -> None:
+    """Refuse, before any data, what is traced but not converted yet (issue 27): products
+    of two activations and softmax (the pure spike functions are in
+    :mod:`onespike.codes.signed` and :mod:`onespike.codes.softmax`)."""
+    nodes = [f"'{n.name}' (product of two activations)" for n in traced.products]
+    nodes += [f"'{n.name}' (softmax)" for n in traced.softmaxes]
+    if nodes:
+        raise UnsupportedModelError(
+            f"cannot convert {name} yet: attention is traced but not converted to spikes "
+            f"(nodes {', '.join(nodes)}); convert the model without attention, or wait for "
+            "issue 27's converter"
+        )
 
 
 def _check_model(model: object) -> None:

@@ -28,8 +28,17 @@ its shift). Any other BatchNorm is reported.
   constant matrix (``torch.sparse.mm``/``torch.mm``/``@`` with a buffer), the
   operators that cost synaptic operations.
 - ``"linear"``: weight-free linear operators (pooling averages, add, cat,
-  flatten/view/reshape, multiplication by a number).
-- ``"shape"``: integer bookkeeping (``x.size()``, indexing a size).
+  flatten/view/reshape, transpose/permute/chunk/split, means, indexing a tensor,
+  multiplication by a number). BatchNorm1d over the features of a token tensor,
+  ``bn(x.transpose(1, 2)).transpose(1, 2)``, folds into the Linear before or after it.
+- ``"shape"``: integer bookkeeping (``x.size()``, ``x.shape``, indexing a size, ``+ - * //``
+  on sizes).
+- ``"product"``: a matrix product of two activations (``q @ k.transpose(-2, -1)``,
+  ``torch.matmul``, ``torch.bmm``); ``"softmax"``: a softmax over the last dimension.
+  Traced (:attr:`TracedModel.products`, :attr:`TracedModel.softmaxes`) for issue 27's
+  transformers; :func:`onespike.convert` does not convert them yet and says so.
+- ``"refused"``: LayerNorm, GELU, ``nn.MultiheadAttention``, recognised only to be
+  reported with what to write instead (``Op.instead``).
 - ``"const"``: ``get_attr`` of a parameter or buffer.
 - ``"output"``.
 """
@@ -61,7 +70,10 @@ Tensor = torch.Tensor
 #: (spikes stay spikes); ``"pass"`` events pass through the operator as computed;
 #: ``"neurons"`` a spiking layer (counted by its neurons, not in a region); ``"free"``
 #: integer bookkeeping or an operator that tracing removes.
+#: ``"product"`` a product of two activations (spike x spike, issue 27: traced, not yet
+#: converted); ``"softmax"`` a softmax over the last dimension (spike timing, issue 27).
 COSTS = ("synapses", "membrane", "pool_area", "reshape", "pass", "neurons", "free")
+COSTS += ("product", "softmax")
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 _CONV += ("groups", "padding_mode")
@@ -90,6 +102,8 @@ class Op:
     reason in ``no_nir``. ``cost``: one of :data:`COSTS`. ``clip``: a clamp-like
     operator, a ReLU only with bounds ``(0, c)``. ``args``/``params``: a module's
     constructor arguments read from the instance and whether it has weight and bias.
+    ``instead``: for role ``"refused"`` (an operator that is recognised only to be
+    refused), what to write in its place.
     """
 
     kind: str
@@ -102,6 +116,7 @@ class Op:
     clip: bool = False
     args: tuple[str, ...] = ()
     params: bool = False
+    instead: str = ""
 
 
 def _m(cls, role_, nir, cost, *, name=True, no_nir="", clip=False, args=(), params=False):
@@ -120,6 +135,21 @@ def _me(method, role_, nir, cost, *, name=True, no_nir="", clip=False):
 
 _TORCH_F = "torch.nn.functional."
 _RM = "removed by tracing"
+_NO_PRODUCT = "NIR has no product of two activations"
+_NO_SOFTMAX = "NIR has no softmax"
+_NO_MOVE = "NIR has no transpose/permute/split of activations"
+_USE_BN = "use BatchNorm1d over the features instead (it is folded into a Linear)"
+_USE_RELU = "use ReLU instead (only ReLU becomes single-spike neurons)"
+_USE_ATTN = (
+    "write the attention explicitly with Linear layers, matmul (@) and softmax over the "
+    "last dimension"
+)
+
+
+def _refused(kind: str, target: object, instead: str) -> Op:
+    return Op(kind, target, "refused", None, None, "free", instead=instead)
+
+
 OPS: tuple[Op, ...] = (
     # spiking layers: ReLUs and ReLUs clipped at c
     _m(nn.ReLU, "relu", "IF", "neurons", args=("inplace",)),
@@ -150,6 +180,13 @@ OPS: tuple[Op, ...] = (
     _f(torch.matmul, "torch.matmul", "weighted", None, "synapses", _NO_SAMPLE_MIX),
     _f(torch.spmm, "torch.spmm", "weighted", None, "synapses", _NO_SAMPLE_MIX),
     _f(torch.sparse.mm, "torch.sparse.mm", "weighted", None, "synapses", _NO_SAMPLE_MIX),
+    # products of two activations (matmul/mm/@ above are products when neither factor is
+    # a constant matrix, see role()) and softmax over the last dimension (issue 27)
+    _f(torch.bmm, "torch.bmm", "product", None, "product", _NO_PRODUCT),
+    _m(nn.Softmax, "softmax", None, "softmax", no_nir=_NO_SOFTMAX, args=("dim",)),
+    _f(F.softmax, _TORCH_F + "softmax", "softmax", None, "softmax", _NO_SOFTMAX),
+    _f(torch.softmax, "torch.softmax", "softmax", None, "softmax", _NO_SOFTMAX),
+    _me("softmax", "softmax", None, "softmax", no_nir=_NO_SOFTMAX),
     # max-pooling of spikes
     _m(nn.MaxPool1d, "maxpool", None, "pass", no_nir=_NO_MAXPOOL, args=_MAXPOOL),
     _m(nn.MaxPool2d, "maxpool", "SumPool2d", "pass", args=_MAXPOOL),
@@ -184,6 +221,13 @@ OPS: tuple[Op, ...] = (
     _me("reshape", "linear", "Flatten", "reshape"),
     _me("flatten", "linear", "Flatten", "reshape"),
     _me("contiguous", "linear", "identity", "reshape"),
+    *(_me(m, "linear", None, "reshape", no_nir=_NO_MOVE) for m in ("transpose", "permute")),
+    *(_me(m, "linear", None, "reshape", no_nir=_NO_MOVE) for m in ("chunk", "split")),
+    *(_me(m, "linear", None, "reshape", no_nir=_NO_MOVE) for m in ("unsqueeze", "expand")),
+    *(
+        _f(fn, f"torch.{fn.__name__}", "linear", None, "reshape", _NO_MOVE)
+        for fn in (torch.transpose, torch.permute, torch.chunk, torch.split)
+    ),
     _f(operator.add, "operator.add", "linear", "sum", "membrane"),
     _f(torch.add, "torch.add", "linear", "sum", "membrane"),
     _me("add", "linear", "sum", "membrane"),
@@ -192,11 +236,20 @@ OPS: tuple[Op, ...] = (
     _f(torch.mul, "torch.mul", "linear", None, "pass", "multiplication by a number"),
     _f(operator.truediv, "operator.truediv", "linear", None, "pass", "division by a number"),
     _me("mean", "linear", None, "pass", no_nir="a mean"),
+    _f(torch.mean, "torch.mean", "linear", None, "pass", "a mean"),
     # integer bookkeeping
     _f(operator.getitem, "operator.getitem", "shape", None, "free"),
     _f(getattr, "builtins.getattr", "shape", None, "free"),  # x.shape, x.ndim only
     _me("size", "shape", None, "free"),
     _me("dim", "shape", None, "free"),
+    _f(operator.floordiv, "operator.floordiv", "shape", None, "free"),
+    # recognised only to be refused before any work, with what to use instead
+    _refused("module", nn.LayerNorm, _USE_BN),
+    _refused("function", F.layer_norm, _USE_BN),
+    _refused("module", nn.GELU, _USE_RELU),
+    _refused("function", F.gelu, _USE_RELU),
+    _refused("module", nn.MultiheadAttention, _USE_ATTN),
+    _refused("function", F.scaled_dot_product_attention, _USE_ATTN),
     # removed by trace(): dropout and identity dropped, BatchNorm folded
     _m(nn.Identity, "drop", None, "free", no_nir=_RM),  # the file format keeps it by name
     *(
@@ -279,6 +332,10 @@ class TracedModel:
     relus: list[Node]  # topological order
     names: dict[Node, str]  # readable name of every spiking layer
     caps: dict[Node, float] = field(default_factory=dict)  # clipped ReLUs: the bound c
+    # issue 27 (traced, not yet converted): products of two activations (q @ k^T,
+    # attention @ v) and softmaxes over the last dimension, topological order
+    products: list[Node] = field(default_factory=list)
+    softmaxes: list[Node] = field(default_factory=list)
 
     def modules(self) -> dict[str, nn.Module]:
         return dict(self.module.named_modules())
@@ -347,6 +404,8 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         return "output"
     if op == "get_attr":
         return "const"
+    if op == "call_function" and node.target in _SIZE_ARITH and _is_size(node):
+        return "shape"  # arithmetic on traced sizes (C // heads, N * 2)
     entry = op_of(node, modules)
     if entry is None:
         m = modules.get(node.target) if op == "call_module" else None
@@ -355,7 +414,58 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         return None
     if entry.target is getattr and not (len(node.args) > 1 and node.args[1] in ("shape", "ndim")):
         return None
+    if entry.role == "weighted" and op == "call_function" and _is_product(node):
+        return "product"
+    if entry.target is operator.getitem and not _is_size(node):
+        return "linear"  # a part of a tensor (class token x[:, 0], a piece of chunk/split)
     return entry.role
+
+
+_SIZE_ARITH = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
+
+
+def _is_size(node: object) -> bool:
+    """True if ``node`` is an integer computed from traced sizes (``x.shape``,
+    ``x.size()``, ``x.dim()``, indexing them, ``+ - * // /`` on them) or a plain int."""
+    if not isinstance(node, Node):
+        return isinstance(node, int) and not isinstance(node, bool)
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return True
+    if node.op == "call_function" and node.target is operator.getitem:
+        return _is_size(node.args[0])
+    if node.op == "call_function" and node.target in _SIZE_ARITH:
+        return all(_is_size(a) for a in node.args)
+    return False
+
+
+def _is_product(node: Node) -> bool:
+    """A matrix product of two activations (neither factor a constant of the model)."""
+    a = node.args[:2]
+    return len(a) == 2 and all(isinstance(x, Node) and x.op != "get_attr" for x in a)
+
+
+def softmax_dim(node: Node, modules: dict[str, nn.Module]) -> object:
+    """The ``dim`` of a softmax node (module, function or method)."""
+    if node.op == "call_module":
+        return modules[node.target].dim
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+
+
+def _is_swap12(node: object) -> bool:
+    """``x.transpose(1, 2)`` (or ``-1, -2``, ``torch.transpose``, ``x.permute(0, 2, 1)``):
+    the swap that puts a token tensor's features where BatchNorm1d normalises."""
+    if not isinstance(node, Node):
+        return False
+    fn = node.op == "call_function" and node.target is torch.transpose
+    if (node.op == "call_method" and node.target == "transpose") or fn:
+        dims = node.args[1:3]
+        return all(isinstance(d, int) for d in dims) and {d % 3 for d in dims} == {1, 2}
+    if node.op == "call_method" and node.target == "permute":
+        dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
+        return all(isinstance(d, int) for d in dims) and [d % 3 for d in dims] == [0, 2, 1]
+    return False
 
 
 def _problems(gm: fx.GraphModule) -> list[str]:
@@ -376,9 +486,17 @@ def _problems(gm: fx.GraphModule) -> list[str]:
             else:
                 out.append(f"{where}: unsupported operator")
             continue
+        if r == "refused":
+            out.append(f"{where}: not convertible; {op_of(node, modules).instead}")  # type: ignore[union-attr]
+            continue
+        if r == "softmax" and softmax_dim(node, modules) != -1:
+            out.append(
+                f"{where}: softmax converts only over the last dimension: write dim=-1 "
+                f"(here dim={softmax_dim(node, modules)!r})"
+            )
         if r == "drop" and node.op == "call_module":
             m = modules[node.target]
-            if isinstance(m, _BN_MODULES) and not _foldable(node, modules):
+            if isinstance(m, _BN_MODULES) and _fold_source(node, modules) is None:
                 why = _forward_fold_problem(node, modules, gm)
                 if why is not None:
                     out.append(
@@ -389,8 +507,9 @@ def _problems(gm: fx.GraphModule) -> list[str]:
             mat = node.args[0] if node.args else None
             if not (isinstance(mat, Node) and mat.op == "get_attr"):
                 out.append(
-                    f"{where}: a matrix product is supported only as a fixed matrix "
-                    "(a buffer of the model) times the activations"
+                    f"{where}: a matrix product is supported as a fixed matrix (a buffer of "
+                    "the model) times the activations or as a product of two activations; "
+                    "for activations times a parameter use nn.Linear"
                 )
         if r == "linear" and node.target in (operator.mul, torch.mul, operator.truediv):
             consts = [a for a in node.args if not isinstance(a, Node)]
@@ -431,6 +550,32 @@ def is_reshape(node: Node, modules: dict[str, nn.Module]) -> bool:
     return op is not None and op.cost == "reshape"
 
 
+def _fold_source(bn_node: Node, modules: dict[str, nn.Module]) -> Node | None:
+    """The Conv/Linear node ``bn_node`` folds into (backwards), or None. A BatchNorm1d
+    over a token tensor's features, ``bn(linear(x).transpose(1, 2))``, folds into the
+    Linear through the swap (each used once)."""
+    prev = bn_node.args[0]
+    if _is_swap12(prev) and isinstance(modules[bn_node.target], nn.BatchNorm1d):
+        lin = prev.args[0]
+        ok = len(prev.users) == 1 and isinstance(lin, Node) and lin.op == "call_module"
+        if ok and isinstance(modules[lin.target], nn.Linear) and len(lin.users) == 1:
+            return lin
+        return None
+    return prev if _foldable(bn_node, modules) else None
+
+
+def _forward_target(bn_node: Node, modules: dict[str, nn.Module]) -> Node:
+    """The node a BatchNorm's output goes to, through a swap back to ``[N, tokens, d]``
+    (``bn(x).transpose(1, 2)``) for a BatchNorm1d whose only user is that swap."""
+    nxt = next(iter(bn_node.users))
+    swap = _is_swap12(nxt) and isinstance(modules[bn_node.target], nn.BatchNorm1d)
+    if swap and len(nxt.users) == 1 and nxt.args[0] is bn_node:
+        after = next(iter(nxt.users))
+        if isinstance(modules.get(after.target) if after.op == "call_module" else None, nn.Linear):
+            return after
+    return nxt
+
+
 def _foldable(bn_node: Node, modules: dict[str, nn.Module]) -> bool:
     prev = bn_node.args[0]
     return (
@@ -453,9 +598,10 @@ def _forward_fold_problem(bn_node: Node, modules: dict[str, nn.Module], gm: fx.G
     users = list(bn_node.users)
     if len(users) != 1:
         return f"here it has {len(users)} users"
-    nxt = users[0]
+    nxt = _forward_target(bn_node, modules)
     m = modules.get(nxt.target) if nxt.op == "call_module" else None
-    if not isinstance(m, _WEIGHTED_MODULES) or nxt.args[0] is not bn_node:
+    fed = bn_node if nxt is users[0] else users[0]  # or through the swap back
+    if not isinstance(m, _WEIGHTED_MODULES) or nxt.args[0] is not fed:
         return f"here its output goes to {_place(nxt, modules)}, not a Conv/Linear"
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == nxt.target]
     if len(calls) != 1:
@@ -522,12 +668,12 @@ def _fold_bn(gm: fx.GraphModule) -> None:
         if node.op != "call_module" or not isinstance(modules[node.target], _BN_MODULES):
             continue
         bn = modules[node.target]
-        if _foldable(node, modules):
-            prev = node.args[0]
-            fold_batchnorm(modules[prev.target], bn)
-            node.replace_all_uses_with(prev)
+        src = _fold_source(node, modules)
+        if src is not None:  # the Conv/Linear before it (directly or through a swap)
+            fold_batchnorm(modules[src.target], bn)
+            node.replace_all_uses_with(node.args[0])
         elif _forward_fold_problem(node, modules, gm) is None:
-            nxt = next(iter(node.users))
+            nxt = _forward_target(node, modules)
             fold_batchnorm_forward(bn, modules[nxt.target])
             node.replace_all_uses_with(node.args[0])
         else:
@@ -605,7 +751,10 @@ def trace(model: nn.Module) -> TracedModel:
             f"{type(model).__name__} has no ReLU: there is nothing to turn into spiking neurons"
         )
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    return TracedModel(gm, placeholder, relus, {n: layer_name(n) for n in relus}, caps)
+    products = [n for n in gm.graph.nodes if role(n, modules) == "product"]
+    softmaxes = [n for n in gm.graph.nodes if role(n, modules) == "softmax"]
+    names = {n: layer_name(n) for n in relus}
+    return TracedModel(gm, placeholder, relus, names, caps, products, softmaxes)
 
 
 def _canonical_clips(gm: fx.GraphModule) -> None:

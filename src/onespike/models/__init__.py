@@ -29,6 +29,7 @@ from onespike.models.registry import (
 from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
 from onespike.models.resolve import load_user_model, resolve_model
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
+from onespike.models.vit import ViT, vit_tiny
 
 __all__ = [
     "GCN",
@@ -42,6 +43,7 @@ __all__ = [
     "FastVGG",
     "ModelSpec",
     "PretrainedWeightsNotFoundError",
+    "ViT",
     "available_models",
     "available_pretrained",
     "fast_vgg",
@@ -59,5 +61,6 @@ __all__ = [
     "resnet20",
     "resolve_model",
     "vgg11_bn",
+    "vit_tiny",
     "weights_dir",
 ]

@@ -24,6 +24,7 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
+from onespike.models.vit import vit_tiny
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -93,6 +94,16 @@ MODELS: dict[str, ModelSpec] = {
         (3, 32, 32),
         "python -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 16 "
         "--seed 0 --threads 1 --channels-last --checkpoint checkpoints/fast_vgg_orig.ckpt "
+        "--resume --no-progress --out checkpoints/new",
+    ),
+    # issue 27: a BN/ReLU vision transformer (attention traced; conversion in progress)
+    "vit_tiny": ModelSpec(
+        "vit_tiny",
+        vit_tiny,
+        "mnist",
+        (1, 28, 28),
+        "python -m onespike.experiments.train --model vit_tiny --epochs 15 --seed 0 "
+        "--batch-size 128 --lr 0.05 --threads 1 --checkpoint checkpoints/vit_tiny.ckpt "
         "--resume --no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see

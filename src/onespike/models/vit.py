@@ -1,0 +1,115 @@
+"""A small vision transformer in the convertible BN/ReLU form (issue 27).
+
+Written with the plain idioms :func:`onespike.trace.trace` understands, so a user's own
+transformer written the same way traces the same way:
+
+- patch embedding by a strided ``Conv2d``, then ``flatten(2).transpose(1, 2)`` to
+  tokens ``[N, tokens, dim]``, plus a learned positional embedding (a parameter added);
+- pre-norm blocks whose norms are ``BatchNorm1d`` over the features of the token tensor,
+  ``bn(x.transpose(1, 2)).transpose(1, 2)`` (folded into the ``qkv`` / ``fc1`` Linear that
+  follows), in place of LayerNorm;
+- attention written out: one ``qkv`` Linear, ``chunk``, ``view``/``transpose`` into heads,
+  ``q @ k.transpose(-2, -1) * scale``, ``.softmax(dim=-1)``, ``@ v``, back to tokens and a
+  ``proj`` Linear, added to the residual stream;
+- a ReLU MLP (``fc1 -> ReLU -> fc2``) in place of GELU;
+- the token mean (or a class token, ``pool="cls"``), a ``BatchNorm1d`` (folded into the
+  head) and a Linear head.
+
+Inputs are raw pixels in ``[0, 1]`` like the other models (no normalisation layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ViT", "vit_tiny"]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written with Linear, matmul and softmax."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        b, n, c3 = qkv.shape  # sizes read from the tensor: traced shape arithmetic
+        c = c3 // 3
+        q, k, v = qkv.chunk(3, dim=-1)
+        q = q.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        k = k.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        v = v.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: BatchNorm1d over features, attention, ReLU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm1d(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.BatchNorm1d(dim)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x.transpose(1, 2)).transpose(1, 2))
+        h = self.norm2(x.transpose(1, 2)).transpose(1, 2)
+        return x + self.fc2(self.relu(self.fc1(h)))
+
+
+class ViT(nn.Module):
+    """A small BN/ReLU vision transformer (see the module docstring)."""
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        patch: int = 7,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_dim: int = 128,
+        pool: str = "mean",
+    ) -> None:
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        self.pool = pool
+        tokens = (image_size // patch) ** 2 + (pool == "cls")
+        self.embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_dim) for _ in range(depth)))
+        self.norm = nn.BatchNorm1d(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
+        x = self.embed(x).flatten(2).transpose(1, 2)  # [N, tokens, dim]
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.blocks(x + self.pos)
+        x = x[:, 0] if self.cls is not None else x.mean(dim=1)
+        return self.head(self.norm(x))
+
+
+def vit_tiny(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") -> ViT:
+    """A 4-block, 64-wide, 4-head ViT on 7x7 patches of 28x28 images (about 0.14 M
+    parameters)."""
+    return ViT(num_classes=num_classes, in_channels=in_channels, pool=pool)
