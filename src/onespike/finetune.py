@@ -257,16 +257,8 @@ def finetune(
             f"got {int(y.min())}..{int(y.max())}"
         )
     gen = torch.Generator().manual_seed(cfg.seed)
-    perm = torch.randperm(len(x), generator=gen)
-    n_hold = round(cfg.holdout * len(x))
-    if n_hold < 1 or n_hold >= len(x):
-        raise InputError(
-            f"finetune: {len(x)} sample(s) cannot be split into a fitted and a held-out part "
-            f"({cfg.holdout:.0%} held out); pass more samples"
-        )
-    data_ = _Calibration(
-        ann, x, targets, y, False, perm[n_hold:].sort().values, perm[:n_hold].sort().values
-    )
+    data_ = _split(ann, x, y, targets, cfg, gen)
+    n_hold = len(data_.hold_idx)
     rc = RefineConfig(
         iterations=1, batch_size=cfg.batch_size, lr=cfg.lr, scale_lr=cfg.scale_lr, drop=0.0
     )
@@ -350,6 +342,21 @@ def finetune(
         "held_out_checks": keeper.history,
     }
     return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
+
+
+def _split(
+    ann: nn.Module, x: Tensor, y: Tensor, targets: Tensor, cfg: FinetuneConfig, gen: torch.Generator
+) -> _Calibration:
+    """The data with its split into a fitted and a held-out part (drawn with ``gen``)."""
+    perm = torch.randperm(len(x), generator=gen)
+    n_hold = round(cfg.holdout * len(x))
+    if n_hold < 1 or n_hold >= len(x):
+        raise InputError(
+            f"finetune: {len(x)} sample(s) cannot be split into a fitted and a held-out part "
+            f"({cfg.holdout:.0%} held out); pass more samples"
+        )
+    fit, hold = perm[n_hold:].sort().values, perm[:n_hold].sort().values
+    return _Calibration(ann, x, targets, y, False, fit, hold)
 
 
 def _score_dict(s: _Score) -> dict:
