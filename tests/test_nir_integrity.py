@@ -128,7 +128,7 @@ def test_a_file_without_checksum_or_of_version_1_is_refused(exported, tmp_path):
         lambda g: (g.metadata.pop(nir_reference.DIGEST_KEY), g.metadata.update(format_version=1)),
         resign=False,
     )
-    with pytest.raises(NIRExportError, match="version 1.*export the network again"):
+    with pytest.raises(NIRExportError, match=r"version 1.*export the network again"):
         onespike.import_nir(old)
     with pytest.raises(ValueError, match="no onespike checksum"):
         nir_reference.simulate(old, x)

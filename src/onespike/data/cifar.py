@@ -6,7 +6,8 @@ Two on-disk forms are understood, under ``<root>/cifar10/``:
   ``data_batch_1`` .. ``data_batch_5`` (train) and ``test_batch`` (test). Used when present;
   this is the standard benchmark, and every figure in the docs is measured on it.
 * ``cifar10-jpeg.zip``: a lossy re-encoding some users have, read when the release is
-  absent (figures on it are not comparable with published ones): an ImageFolder layout ``{train,test}/<class>/<name>.jpg``
+  absent (figures on it are not comparable with published ones): an ImageFolder
+  layout ``{train,test}/<class>/<name>.jpg``
   (optionally below one leading folder). The JPEGs are decoded once with Pillow and the
   uint8 result is cached as an uncompressed ``.npz`` in :func:`cache_dir`, keyed by the zip's
   size and modification time.
