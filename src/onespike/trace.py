@@ -242,7 +242,10 @@ OPS: tuple[Op, ...] = (
     _f(getattr, "builtins.getattr", "shape", None, "free"),  # x.shape, x.ndim only
     _me("size", "shape", None, "free"),
     _me("dim", "shape", None, "free"),
-    _f(operator.floordiv, "operator.floordiv", "shape", None, "free"),
+    *(  # on traced sizes only (see role())
+        _f(fn, f"operator.{fn.__name__}", "shape", None, "free")
+        for fn in (operator.floordiv, operator.sub, operator.pow)
+    ),
     # recognised only to be refused before any work, with what to use instead
     _refused("module", nn.LayerNorm, _USE_BN),
     _refused("function", F.layer_norm, _USE_BN),
@@ -416,19 +419,22 @@ def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
         return None
     if entry.role == "weighted" and op == "call_function" and _is_product(node):
         return "product"
+    if entry.role == "shape" and entry.target in _SIZE_ARITH and not _is_size(node):
+        return None  # -, // or ** of tensors
     if entry.target is operator.getitem and not _is_size(node):
         return "linear"  # a part of a tensor (class token x[:, 0], a piece of chunk/split)
     return entry.role
 
 
 _SIZE_ARITH = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
+_SIZE_ARITH += (operator.pow,)
 
 
 def _is_size(node: object) -> bool:
-    """True if ``node`` is an integer computed from traced sizes (``x.shape``,
-    ``x.size()``, ``x.dim()``, indexing them, ``+ - * // /`` on them) or a plain int."""
+    """True if ``node`` is a number computed from traced sizes (``x.shape``, ``x.size()``,
+    ``x.dim()``, indexing them, ``+ - * // / **`` on them and numbers) or a number."""
     if not isinstance(node, Node):
-        return isinstance(node, int) and not isinstance(node, bool)
+        return isinstance(node, (int, float)) and not isinstance(node, bool)
     if node.op == "call_method" and node.target in ("size", "dim"):
         return True
     if node.op == "call_function" and node.target is getattr:
@@ -512,8 +518,9 @@ def _problems(gm: fx.GraphModule) -> list[str]:
                     "for activations times a parameter use nn.Linear"
                 )
         if r == "linear" and node.target in (operator.mul, torch.mul, operator.truediv):
-            consts = [a for a in node.args if not isinstance(a, Node)]
-            if len(consts) != 1 or not isinstance(consts[0], (int, float)):
+            consts = [a for a in node.args if not isinstance(a, Node) or _is_size(a)]
+            number = consts and (isinstance(consts[0], (int, float)) or _is_size(consts[0]))
+            if len(consts) != 1 or not number:
                 out.append(f"{where}: only multiplication/division by a number is supported")
         if is_add(node) and any(not isinstance(a, Node) for a in node.args):
             out.append(f"{where}: adding a constant is not supported (add two tensors only)")
