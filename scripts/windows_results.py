@@ -1,13 +1,18 @@
 """Per-layer windows against uniform ones at the same latency: loss, spikes, latency per draw.
 
 For every window T (``--phases``) and calibration draw (``--seeds``: ``--calibration``
-training images drawn with that seed) the shipped model is converted twice with the
-default search: with every layer's window T (uniform) and with ``windows="auto"`` (each
-layer's window chosen by measured sensitivity, the latency at most the uniform one's).
-Both are measured on the test set (event path): the loss (ANN accuracy minus SNN
-accuracy, in points), the spikes per neuron and the energy ratio (on ``--cost-images``
-test images), the latency in steps and the windows chosen. Results go to ``--json``
-after every run; rerunning the same command skips the runs already there.
+training images drawn with that seed) the shipped model is converted three times with
+the default search: with every layer's window T (uniform, the input's window T too, as
+``convert`` does by default); the same with the analog input integrated in one step
+(``input_window=1``: the same plan, latency ``T - 1`` steps shorter); and with
+``windows="auto"`` (the input's window 1, each layer's window chosen by measured
+sensitivity, the latency at most the uniform one's, the allocations searched and the
+uniform windows compared by top-1 agreement with the ANN on the calibration images
+the search does not score). Each is measured on the test set (event path): the loss
+(ANN accuracy minus SNN accuracy, in points), the spikes per neuron and the energy ratio
+(on ``--cost-images`` test images), the latency in steps and the windows chosen.
+Results go to ``--json`` after every run; rerunning the same command skips the runs
+already there.
 
     python scripts/windows_results.py --model mnist_cnn --phases 3,4 --seeds 0,7,11 \\
         --threads 1 --json docs/results/windows_mnist_cnn.json
@@ -40,6 +45,7 @@ def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
         "loss": ev.loss,
         "latency_steps": snn.plan.latency_steps,
         "windows": list(snn.plan.windows),
+        "input_window": snn.plan.input_steps,
         "spikes_per_neuron": t["spikes_per_neuron_mean"],
         "energy_ratio_compute": t["energy_ratio_compute"],
     }
@@ -73,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
                 "cost_images": int(x_cost.shape[0]),
                 "threads": args.threads,
             }
-            for key, windows in (("uniform", None), ("auto", "auto")):
+            runs = (("uniform", None, None), ("uniform_input_1", None, 1), ("auto", "auto", None))
+            for key, windows, in_win in runs:
                 t0 = time.perf_counter()
-                snn = onespike.convert(ann, xc, phases=T, windows=windows, progress=False)
+                snn = onespike.convert(
+                    ann, xc, phases=T, windows=windows, input_window=in_win, progress=False
+                )
                 secs = time.perf_counter() - t0
                 row[key] = _measure(ann, snn, x, y, x_cost, ann_acc)
                 row[key]["convert_seconds"] = round(secs, 1)
@@ -88,14 +97,18 @@ def run(args: argparse.Namespace) -> int:
                         "uniform": info["uniform_output_error"],
                         "allocated": info.get("allocated_output_error"),
                     }
+                    row["auto"]["criterion"] = info["criterion"]
+                    row["auto"]["held_out_samples"] = info["held_out_samples"]
+                    row["auto"]["candidates"] = info["candidates"]
             assert row["auto"]["latency_steps"] <= row["uniform"]["latency_steps"]
             done.append(row)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(done, indent=2))
-            u, a = row["uniform"], row["auto"]
+            u, u1, a = row["uniform"], row["uniform_input_1"], row["auto"]
             print(
                 f"{args.model} T={T} seed {seed}: loss {u['loss']:+.2f} (uniform, "
-                f"{u['latency_steps']} steps) -> {a['loss']:+.2f} (auto {a['windows']}, "
+                f"{u['latency_steps']} steps; {u1['loss']:+.2f} in {u1['latency_steps']} "
+                f"steps with a 1-step input) -> {a['loss']:+.2f} (auto {a['windows']}, "
                 f"{a['latency_steps']} steps, kept {a['kept']})",
                 flush=True,
             )
@@ -106,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
 def table(rows: list[dict]) -> str:
     """Markdown: per model and T, each draw's loss with uniform and with auto windows."""
     lines = [
-        "| model | T | ANN % | latency (steps) uniform / auto | windows auto (per draw) | "
-        "loss per draw, uniform | mean | loss per draw, auto | mean | "
+        "| model | T | ANN % | latency (steps) uniform / 1-step input / auto | "
+        "windows auto (per draw) | loss per draw, uniform | mean | "
+        "loss per draw, uniform 1-step input | loss per draw, auto | mean | "
         "spikes/neuron uniform / auto |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["model"], r["phases"]) for r in rows})
     for m, T in keys:
@@ -118,7 +132,11 @@ def table(rows: list[dict]) -> str:
         )
         u = [r["uniform"]["loss"] for r in rs]
         a = [r["auto"]["loss"] for r in rs]
+        u1 = [r["uniform_input_1"]["loss"] for r in rs if "uniform_input_1" in r]
         lat_u = "/".join(sorted({str(r["uniform"]["latency_steps"]) for r in rs}))
+        lat_1 = "/".join(
+            sorted({str(r["uniform_input_1"]["latency_steps"]) for r in rs if u1}) or ["-"]
+        )
         lat_a = "/".join(sorted({str(r["auto"]["latency_steps"]) for r in rs}))
         wins = ", ".join(
             "("
@@ -130,8 +148,10 @@ def table(rows: list[dict]) -> str:
         spk_u = statistics.mean(r["uniform"]["spikes_per_neuron"] for r in rs)
         spk_a = statistics.mean(r["auto"]["spikes_per_neuron"] for r in rs)
         lines.append(
-            f"| {m} | {T} | {rs[0]['uniform']['ann_accuracy']:.2f} | {lat_u} / {lat_a} | "
+            f"| {m} | {T} | {rs[0]['uniform']['ann_accuracy']:.2f} | "
+            f"{lat_u} / {lat_1} / {lat_a} | "
             f"{wins} | {', '.join(f'{v:+.2f}' for v in u)} | {statistics.mean(u):+.2f} | "
+            f"{', '.join(f'{v:+.2f}' for v in u1) or '-'} | "
             f"{', '.join(f'{v:+.2f}' for v in a)} | {statistics.mean(a):+.2f} | "
             f"{spk_u:.3f} / {spk_a:.3f} |"
         )

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 import onespike
-from onespike.calibrate import _allocate, check_windows
+from onespike import calibrate
+from onespike.calibrate import (
+    HeldOut,
+    _allocate,
+    _candidates,
+    check_input_window,
+    check_windows,
+    choose_held_out,
+)
 from onespike.errors import OptionError
 from tests.nets import make
 
@@ -202,7 +210,14 @@ def test_auto_windows_on_the_shipped_cnn():
     assert auto.plan.latency_steps <= uni.plan.latency_steps
     assert all(w >= 1 for w in auto.plan.windows)
     info = auto.plan.search["auto_windows"]
-    assert info["chosen_output_error"] <= info["uniform_output_error"]
+    assert auto.plan.input_window == 1  # the analog input in one step
+    # the plan kept is the candidate the held-out samples (128 - 64 searched) rank first
+    assert info["held_out_samples"] == 64 and info["criterion"].startswith("held-out")
+    rows = info["candidates"]
+    assert rows[0]["windows"] == [4, 4, 4] and len(rows) >= 2
+    scores = [HeldOut(r["held_out_agree"], 64, r["held_out_error"]) for r in rows]
+    assert list(auto.plan.windows) == rows[choose_held_out(scores)]["windows"]
+    assert info["chosen_output_error"] == rows[choose_held_out(scores)]["output_error"]
     assert set(info["sensitivity"]) == {lp.name for lp in auto.plan.layers}
     for name, curve in info["sensitivity"].items():  # T - 2 .. T + 2, the error falls
         ws = [w for w, _ in curve]
@@ -219,3 +234,169 @@ def test_auto_windows_on_the_shipped_cnn():
 def test_auto_refuses_a_global_base():
     with pytest.raises(OptionError, match="windows='auto' cannot be combined with base='global'"):
         onespike.convert(make(0), torch.rand(8, 2, 8, 8), phases=3, windows="auto", base="global")
+
+
+# --- the input's window and the held-out choice ------------------------------------------
+
+
+@pytest.mark.parametrize("windows", [None, [2, 4, 1, 3, 5]])
+def test_one_step_analog_input(windows):
+    """An analog input integrated in one step (input_window=1): the same plan of the
+    layers, step == event in float64, one spike at most, the latency 1 + the windows
+    along the longest path, the cost model adding the input current once."""
+    model = make(7, merge="add", maxpool=True)
+    x = torch.rand(16, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    kw = {"phases": 3, "windows": windows, "progress": False}
+    full = onespike.convert(model, x, **kw)
+    one = onespike.convert(model, x, input_window=1, **kw)
+    assert full.plan.input_window is None and full.plan.input_steps == 3
+    assert one.plan.input_window == 1 and one.plan.input_steps == 1
+    assert one.plan.layers == full.plan.layers  # the search does not see the input window
+    assert one.plan.latency_steps == full.plan.latency_steps - 2
+    ws = windows or [3] * 5  # relu1 -> (relu2 | relu3) -> relu4 (+ relu1) -> relu5
+    assert one.plan.latency_steps == 1 + ws[0] + max(ws[1], ws[2]) + ws[3] + ws[4]
+    assert "input=analog (window 1)" in one.plan.table()
+    ev, st, mism = _agree(one, x)
+    assert mism == 0 and torch.allclose(ev.output, st.output, atol=1e-9)
+    assert max(int(c.max()) for c in st.spike_counts.values()) <= 1
+    st_full = full.simulate(x, mode="step", dtype=torch.float64)
+    for k in st.spike_phases:  # the same spikes, only earlier
+        assert torch.equal(st.spike_phases[k], st_full.spike_phases[k]), k
+    assert torch.equal(one(x), full(x))
+    c1, c3 = onespike.cost(model, one, x), onespike.cost(model, full, x)
+    assert c1.latency_steps == one.plan.latency_steps
+    first = c1.layers[0]
+    assert first.input_adds == first.neurons and c3.layers[0].input_adds == 3 * first.neurons
+    assert [r.fire_updates for r in c1.layers] == [r.fire_updates for r in c3.layers]
+
+
+def test_one_step_input_save_load_and_nir(tmp_path):
+    model = make(8, merge="add", maxpool=True)
+    x = torch.rand(6, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    snn = onespike.convert(
+        model, x, phases=3, windows=[2, 4, 1, 3, 5], input_window=1, progress=False
+    )
+    path = tmp_path / "net.onespike"
+    snn.save(path)
+    back = onespike.SpikingNetwork.load(path)
+    assert back.plan == snn.plan and back.plan.input_window == 1
+    a, b = snn.simulate(x, mode="step"), back.simulate(x, mode="step")
+    assert torch.equal(a.output, b.output)
+    pytest.importorskip("nir")
+    from onespike import nir_reference
+
+    npath = tmp_path / "net.nir"
+    onespike.export_nir(snn, npath)
+    got = onespike.import_nir(npath)
+    assert got.plan.input_window == 1 and got.plan.latency_steps == snn.plan.latency_steps
+    assert got.plan.windows == snn.plan.windows and torch.equal(got(x), snn(x))
+    ref = nir_reference.simulate(npath, x.double())
+    st = snn.simulate(x, mode="step", dtype=torch.float64)
+    assert ref.steps == snn.plan.latency_steps
+    for k in st.spike_phases:
+        assert torch.equal(ref.spike_phases[k], st.spike_phases[k]), k
+    assert torch.allclose(ref.output, st.output, atol=1e-9)
+
+
+def test_a_plan_whose_input_window_disagrees_is_refused(tmp_path):
+    import dataclasses
+
+    from onespike.serialize import check_plan
+
+    model = make(9)
+    x = torch.rand(6, 2, 8, 8)
+    snn = onespike.convert(model, x, phases=3, input_window=1, progress=False)
+    check_plan(snn)
+    snn.plan = dataclasses.replace(snn.plan, input_window=2)  # latency no longer matches
+    with pytest.raises(ValueError, match="latency"):
+        check_plan(snn)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"input_window": 0}, "input_window must be an integer >= 1"),
+        ({"input_window": 1.5}, "input_window must be an integer >= 1"),
+        ({"input_window": True}, "input_window must be an integer >= 1"),
+        ({"input_window": 1, "input_coding": "binary"}, "input_window=1 needs input_coding"),
+        ({"input_window": 2, "input_coding": "single"}, "input_window=2 needs input_coding"),
+    ],
+)
+def test_bad_input_window_is_named(kw, match):
+    with pytest.raises(OptionError, match=match):
+        onespike.convert(make(0), torch.rand(4, 2, 8, 8), phases=3, progress=False, **kw)
+
+
+def test_input_window_defaults():
+    assert check_input_window(None, "analog", 4, "auto") == 1
+    assert check_input_window(None, "analog", 4, None) == 4
+    assert check_input_window(None, "analog", 4, (4, 4)) == 4
+    assert check_input_window(None, "binary", 4, "auto") == 4
+    assert check_input_window(None, "single", 4, "auto") == 4
+    assert check_input_window(4, "single", 4) == 4 and check_input_window(2, "analog", 4) == 2
+
+
+def test_choose_held_out_follows_agreement_not_the_logits_error():
+    uniform = HeldOut(agree=950, samples=1000, error=0.020)
+    auto = HeldOut(agree=949, samples=1000, error=0.010)  # lower error, one more flip
+    assert choose_held_out([uniform, auto]) == 0
+    assert choose_held_out([auto, uniform]) == 1
+    # equal agreement: the logits error breaks the tie; a full tie keeps the first
+    better = HeldOut(agree=950, samples=1000, error=0.015)
+    assert choose_held_out([uniform, better]) == 1
+    assert choose_held_out([uniform, HeldOut(950, 1000, 0.020)]) == 0
+    assert choose_held_out([uniform, auto, HeldOut(951, 1000, 0.5)]) == 2
+
+
+def test_candidates_stay_within_the_budget():
+    curves = [{1: 9.0, 2: 4.0, 3: 1.0, 4: 0.5}, {1: 2.0, 2: 1.9, 3: 1.8, 4: 1.7}]
+    got = _candidates(curves, [2, 2], lambda ws: 1 + sum(ws), 6, 3)
+    # the greedy allocation first ([2, 2] -> [3, 2] -> [4, 1]), then its neighbours
+    # that spend the whole budget ([3, 1] spends less, [4, 2] more)
+    assert got == [[4, 1], [3, 2]]
+    assert all(1 + sum(w) <= 6 and w != [2, 2] for w in got)
+    # nothing to gain: no candidate, the uniform windows are all there is
+    assert _candidates([{2: 1.0, 3: 1.0}], [2], lambda ws: sum(ws), 2, 3) == []
+
+
+def _auto(model, x, **kw):
+    return onespike.convert(model, x, phases=3, windows="auto", progress=False, **kw)
+
+
+def test_auto_keeps_uniform_when_it_agrees_more_on_held_out(monkeypatch):
+    """The held-out measurement decides, not the search's logits error: made to find the
+    uniform windows one sample better, auto keeps them (with the one-step input)."""
+    model = make(10)
+    x = torch.rand(48, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    seen: list[tuple] = []
+    real = calibrate._Search.held_out
+
+    def rigged(self, chosen, xh, ann_logits):
+        got = real(self, chosen, xh, ann_logits)
+        ws = tuple(self.code.window(n) for n in self.relus)
+        seen.append(ws)
+        bonus = 1 if ws == (3,) * len(ws) else 0  # uniform: one more sample agreeing
+        return HeldOut(min(got.samples, 40) + bonus, got.samples, 0.0 if bonus else got.error)
+
+    monkeypatch.setattr(calibrate._Search, "held_out", rigged)
+    snn = _auto(model, x, search_samples=16)
+    info = snn.plan.search["auto_windows"]
+    assert len(seen) == len(info["candidates"]) >= 2  # every candidate measured
+    assert info["kept"] == "uniform" and snn.plan.windows == (3,) * 5
+    assert snn.plan.input_window == 1 and snn.plan.latency_steps == 1 + 4 * 3
+    assert info["held_out_samples"] == 32
+    # the auto allocation had the lower logits error: the error would have picked it
+    errs = [r["output_error"] for r in info["candidates"]]
+    assert min(errs[1:]) < errs[0]
+
+
+def test_auto_without_held_out_samples_falls_back_to_the_logits_error():
+    model = make(11)
+    x = torch.rand(24, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    snn = _auto(model, x, search_samples=None)
+    info = snn.plan.search["auto_windows"]
+    assert info["held_out_samples"] == 0 and "no held-out" in info["criterion"]
+    errs = [r["output_error"] for r in info["candidates"]]
+    assert info["chosen_output_error"] == min(errs)
+    base = onespike.convert(model, x, phases=3, progress=False)
+    assert snn.plan.latency_steps <= base.plan.latency_steps

@@ -182,7 +182,7 @@ def cost(
                 spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
         analog = any(tags[s][0] == "dense" for s in srcs)
         in_mul = sum(spike_comps.values()) * neurons * n
-        in_add = (T * neurons * n) if analog else 0
+        in_add = (snn.plan.input_steps * neurons * n) if analog else 0  # the input's window
         if s_t.op == "output":
             name, fire, spikes, mean, mx = "output", 0.0, 0.0, 0.0, 0
         else:

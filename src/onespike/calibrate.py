@@ -589,6 +589,41 @@ class _Search:
         pre = self.regions[self.output].pre
         return _rel_err(env[pre], self.ann[pre])
 
+    def logits(self, x: Tensor, chosen: dict[Node, tuple[Tensor, float]] | None) -> Tensor:
+        """The logits on other inputs ``x`` (chunk by chunk): of the network converted
+        with ``chosen`` at the current windows, or of the ANN (None)."""
+        pre = self.regions[self.output].pre
+        repl = (
+            {}
+            if chosen is None
+            else {n: self.quantizer(s, b, n) for n, (s, b) in chosen.items() if n is not self.input}
+        )
+        runner = Runner(self.traced.module, repl)
+        stop = runner.order[pre] + 1
+        out = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], STATS_CHUNK):
+                xc = x[i : i + STATS_CHUNK]
+                env: dict[Node, object] = {}
+                for n in runner.nodes[:stop]:
+                    if n.op != "placeholder":
+                        env[n] = runner.run_node(n, env)
+                    elif chosen is None:
+                        env[n] = xc
+                    else:
+                        env[n] = _encode_input(xc, self.input, chosen, self.code)
+                out.append(env[pre])
+        return torch.cat(out)
+
+    def held_out(
+        self, chosen: dict[Node, tuple[Tensor, float]], x: Tensor, ann_logits: Tensor
+    ) -> HeldOut:
+        """The converted network (``chosen``, current windows) on held-out inputs ``x``:
+        top-1 agreement with the ANN's logits ``ann_logits`` and the logits error."""
+        q = self.logits(x, chosen)
+        same = q.argmax(1) == ann_logits.argmax(1) if q.dim() > 1 else torch.zeros(0)
+        return HeldOut(int(same.sum()), int(same.numel()), _rel_err(q, ann_logits))
+
 
 def batch_independent(runner: Runner) -> bool:
     """True unless samples interact (a fixed matrix mixes rows of the input, as in a GCN)."""
@@ -828,6 +863,14 @@ def _layer_figures(
 #: (those >= 1) and chooses among them.
 AUTO_SPAN = 2
 
+#: ``windows="auto"`` searches this many allocations of the latency budget (the best one
+#: by the measured sensitivity and its next best neighbours) beside the uniform windows.
+AUTO_CANDIDATES = 3
+
+#: ``windows="auto"`` chooses among its candidates on at most this many held-out
+#: calibration samples (those after the ``search_samples`` the search scores on).
+AUTO_HOLDOUT = 4096
+
 
 def check_windows(windows: object, layers: int | None = None) -> str | tuple[int, ...] | None:
     """``windows`` as :func:`calibrate` takes it: None (every layer gets the window
@@ -854,6 +897,30 @@ def check_windows(windows: object, layers: int | None = None) -> str | tuple[int
     return tuple(int(w) for w in windows)
 
 
+def check_input_window(
+    input_window: object, input_coding: str, phases: int, windows: object = None
+) -> int:
+    """The input's window in steps.
+
+    ``input_window`` None: 1 for an analog input with ``windows="auto"`` (a constant
+    current needs one step to deliver ``W x``; the steps saved go to the spiking layers),
+    ``phases`` otherwise. An integer ``>= 1`` is taken for an analog input only: the
+    binary code sends ``phases`` bits and the single-spike input code fires over
+    ``phases`` steps, so their window stays ``phases``.
+    """
+    if input_window is None:
+        return 1 if windows == "auto" and input_coding == "analog" else phases
+    w = input_window
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+        raise OptionError(f"input_window must be an integer >= 1 (steps) or None, got {w!r}")
+    if input_coding != "analog" and int(w) != phases:
+        raise OptionError(
+            f"input_window={w} needs input_coding='analog': the {input_coding!r} input code "
+            f"sends its spikes over the {phases} steps of the window phases"
+        )
+    return int(w)
+
+
 def _allocate(
     curves: Sequence[dict[int, float]],
     start: Sequence[int],
@@ -868,36 +935,93 @@ def _allocate(
     within the budget; until no move lowers the sum. Each move lowers it, so it ends.
     """
     w = list(start)
-    n = len(w)
-
-    def total(ws: list[int]) -> float:
-        return sum(curves[i][ws[i]] for i in range(n))
-
-    cur = total(w)
+    cur = _predicted(curves, w)
     while True:
         best: tuple[float, list[int]] | None = None
-        for j in range(n):
-            for dj in (1, -1):
-                if w[j] + dj not in curves[j]:
-                    continue
-                for i in [None, *range(n)]:
-                    new = list(w)
-                    new[j] += dj
-                    if i is not None:
-                        if i == j or new[i] - dj not in curves[i]:
-                            continue
-                        new[i] -= dj
-                    c = total(new)
-                    better = c < cur - 1e-12 * abs(cur) and (best is None or c < best[0])
-                    if better and latency(new) <= budget:
-                        best = (c, new)
+        for new in _moves(curves, w):
+            c = _predicted(curves, new)
+            better = c < cur - 1e-12 * abs(cur) and (best is None or c < best[0])
+            if better and latency(new) <= budget:
+                best = (c, new)
         if best is None:
             return w
         cur, w = best
 
 
+def _predicted(curves: Sequence[dict[int, float]], ws: Sequence[int]) -> float:
+    """The sensitivity model's figure of windows ``ws``: the sum of the layers' errors."""
+    return sum(curves[i][ws[i]] for i in range(len(ws)))
+
+
+def _moves(curves: Sequence[dict[int, float]], w: Sequence[int]) -> Iterator[list[int]]:
+    """Every windows one move from ``w`` (a step more or less for one layer, or a step
+    moved from one layer to another), among the windows measured."""
+    n = len(w)
+    for j in range(n):
+        for dj in (1, -1):
+            if w[j] + dj not in curves[j]:
+                continue
+            for i in [None, *range(n)]:
+                new = list(w)
+                new[j] += dj
+                if i is not None:
+                    if i == j or new[i] - dj not in curves[i]:
+                        continue
+                    new[i] -= dj
+                yield new
+
+
+def _candidates(
+    curves: Sequence[dict[int, float]],
+    start: Sequence[int],
+    latency: Callable[[list[int]], int],
+    budget: int,
+    count: int,
+) -> list[list[int]]:
+    """Up to ``count`` allocations within the budget, none of them ``start``: the greedy
+    one (:func:`_allocate`), then its neighbours (one move away) that use the whole
+    budget, best predicted first. The sensitivity model adds the layers' errors as if
+    they were independent; the candidates hedge against its error, and a held-out
+    measurement chooses among them."""
+    best = _allocate(curves, start, latency, budget)
+    out = [] if best == list(start) else [best]
+    lat = latency(best)
+    near = {
+        tuple(m)
+        for m in _moves(curves, best)
+        if m != list(start) and latency(m) <= budget and latency(m) >= lat
+    }
+    ranked = sorted(near, key=lambda m: (_predicted(curves, m), m))
+    out += [list(m) for m in ranked if list(m) != best]
+    return out[:count]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A candidate plan measured on held-out calibration samples: how many of them it
+    classifies as the ANN does (``agree`` of ``samples``; top-1) and the relative
+    squared error of its logits (``error``)."""
+
+    agree: int
+    samples: int
+    error: float
+
+
+def choose_held_out(scores: Sequence[HeldOut]) -> int:
+    """The index of the best candidate: most held-out samples agreeing with the ANN, the
+    logits error breaking ties, the earlier candidate (the uniform plan, first) on a full
+    tie. Agreement follows accuracy; the logits error does not always (a plan can lower
+    it and flip more decisions)."""
+    return min(range(len(scores)), key=lambda i: (-scores[i].agree, scores[i].error, i))
+
+
 def _auto_windows(
-    search: _Search, traced: TracedModel, phases: int, budget: int, latency: Callable
+    search: _Search,
+    traced: TracedModel,
+    phases: int,
+    budget: int,
+    latency: Callable,
+    held_x: Tensor | None,
 ) -> tuple[dict[Node, tuple[Tensor, float]], dict[Node, float], list[int], dict]:
     """``windows="auto"``: each layer's window by its measured sensitivity.
 
@@ -906,13 +1030,17 @@ def _auto_windows(
        (>= 1), layer ``l`` is searched anew at ``w`` (the layers before it as in 1, so at
        the windows actually upstream of it) and the error of the logits ``e_l(w)`` is
        measured with the other layers as in 1.
-    3. Allocation (:func:`_allocate`): the windows minimising ``sum_l e_l(w_l)`` whose
-       latency (the longest path) is at most the uniform network's, as mixed-precision
-       quantisation gives bits to the layers that gain most from them.
-    4. The search again, layer by layer, every layer at its window and seeing the layers
-       before it at theirs. Its error of the logits is compared with ``E_T``: the plan
-       kept is the one with the smaller error (the uniform one if the windows chosen do
-       not help on the calibration data).
+    3. Candidates (:func:`_candidates`): the windows minimising ``sum_l e_l(w_l)`` whose
+       latency (the longest path, the input's window included) is at most ``budget``,
+       the uniform network's, as mixed-precision quantisation gives bits to the layers
+       that gain most from them; and its best neighbours, up to :data:`AUTO_CANDIDATES`.
+    4. Each candidate is searched again, layer by layer, every layer at its window and
+       seeing the layers before it at theirs.
+    5. The choice, uniform windows included, on ``held_x`` (calibration samples the
+       search never scored): the most top-1 agreement with the ANN, the error of the
+       logits there breaking ties (:func:`choose_held_out`). Without held-out samples
+       (the whole set searched) the choice falls back to the error of the logits on
+       the search samples, and the record says so.
 
     Returns the chosen codes, the search errors, the windows and what the plan records.
     """
@@ -920,6 +1048,13 @@ def _auto_windows(
     uniform = [phases] * len(relus)
     single = search.input_coding == "single"
     state0 = _bias_state(traced) if search.cfg.bias_correction else None
+    ann_held = search.logits(held_x, None) if held_x is not None else None
+
+    def measure(chosen: dict[Node, tuple[Tensor, float]]) -> HeldOut:
+        if held_x is None:  # no held-out samples: the search samples' logits error
+            return HeldOut(0, 0, search.output_error(chosen))
+        return search.held_out(chosen, held_x, ann_held)
+
     search.set_windows({n.name: phases for n in relus})
     chosen_u, errors_u = search.run_sequential(desc="windows: uniform")
     state_u = _bias_state(traced) if state0 is not None else None
@@ -941,34 +1076,54 @@ def _auto_windows(
             s, b, _ = search.search_layer(node, idx, env, None, None)
             curve[w] = search.output_error({**chosen_u, node: (s, b)})
         curves.append(curve)
-    windows = _allocate(curves, uniform, latency, budget)
+    search.set_windows({n.name: phases for n in relus})
+    scores = [measure(chosen_u)]
+    cands = _candidates(curves, uniform, latency, budget, AUTO_CANDIDATES)
     info: dict = {
         "uniform_output_error": e_uniform,
         # per layer: [window, error of the logits] for every window measured
         "sensitivity": {
             traced.names[n]: [[w, e] for w, e in sorted(c.items())] for n, c in zip(relus, curves)
         },
+        "criterion": (
+            "held-out top-1 agreement with the ANN, logits error breaking ties"
+            if held_x is not None
+            else "logits error on the search samples (no held-out samples)"
+        ),
+        "held_out_samples": 0 if held_x is None else int(held_x.shape[0]),
     }
-    if windows == uniform:
-        search.set_windows({n.name: phases for n in relus})
-        info.update(kept="uniform", chosen_output_error=e_uniform)
-        return chosen_u, errors_u, uniform, info
-    if state0 is not None:
-        _set_bias_state(traced, state0)
+    rows = [{"windows": uniform, "output_error": e_uniform}]
+    best = (chosen_u, errors_u, uniform, state_u)
+    for ws in cands:
+        if state0 is not None:
+            _set_bias_state(traced, state0)
+            search.invalidate_after(search.input)
+        search.set_windows({n.name: w for n, w in zip(relus, ws)})
+        chosen, errors = search.run_sequential(desc=f"windows: {ws}")
+        rows.append({"windows": ws, "output_error": search.output_error(chosen)})
+        scores.append(measure(chosen))
+        if choose_held_out(scores) == len(scores) - 1:  # the best so far
+            state = _bias_state(traced) if state0 is not None else None
+            best = (chosen, errors, ws, state)
+    for row, sc in zip(rows, scores):
+        row["predicted"] = _predicted(curves, row["windows"])
+        if held_x is not None:
+            row.update(held_out_agree=sc.agree, held_out_error=sc.error)
+    pick = choose_held_out(scores)
+    chosen, errors, windows, state = best
+    assert windows == rows[pick]["windows"]
+    info.update(
+        candidates=rows,
+        kept="uniform" if pick == 0 else "auto",
+        chosen_output_error=rows[pick]["output_error"],
+    )
+    if cands:  # the allocation the sensitivity model ranks first
+        info.update(allocated=cands[0], allocated_output_error=rows[1]["output_error"])
+    if state is not None:
+        _set_bias_state(traced, state)
         search.invalidate_after(search.input)
     search.set_windows({n.name: w for n, w in zip(relus, windows)})
-    chosen, errors = search.run_sequential(desc="windows: auto")
-    e_auto = search.output_error(chosen)
-    info.update(allocated=windows, allocated_output_error=e_auto)
-    if e_auto <= e_uniform:
-        info.update(kept="auto", chosen_output_error=e_auto)
-        return chosen, errors, windows, info
-    if state_u is not None:
-        _set_bias_state(traced, state_u)
-        search.invalidate_after(search.input)
-    search.set_windows({n.name: phases for n in relus})
-    info.update(kept="uniform", chosen_output_error=e_uniform)
-    return chosen_u, errors_u, uniform, info
+    return chosen, errors, windows, info
 
 
 def _bias_state(traced: TracedModel) -> dict[str, Tensor]:
@@ -991,6 +1146,7 @@ def calibrate(
     input_coding: str = "analog",
     progress: bool = True,
     windows: str | Sequence[int] | None = None,
+    input_window: int | None = None,
 ) -> Plan:
     """Search every spiking layer's code on calibration inputs ``x`` ``[N, ...]``.
 
@@ -998,11 +1154,17 @@ def calibrate(
     :data:`onespike.plan.INPUT_CODINGS` (``"single"`` searches the input's code too).
 
     ``windows``: None (every spiking layer's window is ``T``), one window ``T_l >= 1``
-    per spiking layer (the input keeps ``T``), or ``"auto"``: each layer's window chosen
-    by its measured sensitivity so that the latency is at most the uniform network's
+    per spiking layer, or ``"auto"``: each layer's window chosen by its measured
+    sensitivity so that the latency is at most the uniform network's (every window
+    ``T``, the input's too), the candidates compared on held-out calibration samples
     (:func:`_auto_windows`). Every layer is searched for its own window, seeing the
     layers before it at theirs. The latency is the sum of the windows along the
-    longest path (:func:`fire_steps`).
+    longest path, the input's included (:func:`fire_steps`).
+
+    ``input_window``: the input's window in steps (:func:`check_input_window`): None
+    gives 1 for an analog input with ``windows="auto"`` (the constant current ``W x``
+    is delivered in one step, exactly), ``T`` otherwise; an integer for an analog
+    input. Recorded as ``plan.input_window`` when it is not ``T``.
 
     ``x``: a tensor, or a :class:`~onespike.stream.Batches` (a DataLoader, a Dataset, a
     list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
@@ -1027,6 +1189,7 @@ def calibrate(
     windows = check_windows(windows, len(traced.relus))
     if windows == "auto" and cfg.base == "global":
         raise OptionError("windows='auto' cannot be combined with base='global'")
+    input_steps = check_input_window(input_window, input_coding, phases, windows)
     data = as_batches(x)
     n_search = cfg.search_samples
     whole = (
@@ -1042,13 +1205,19 @@ def calibrate(
     window_info: dict | None = None
 
     def latency_of(ws: Sequence[int]) -> int:
-        return fire_steps(search.runner, relus, ws, phases)[1]
+        return fire_steps(search.runner, relus, ws, input_steps)[1]
 
     if isinstance(windows, tuple):
         search.set_windows({n.name: w for n, w in zip(relus, windows)})
     if windows == "auto":
-        budget = latency_of([phases] * len(relus))
-        chosen, errors, _, window_info = _auto_windows(search, traced, phases, budget, latency_of)
+        # the budget: the latency of the uniform network (every window T, the input's too)
+        budget = fire_steps(search.runner, relus, [phases] * len(relus), phases)[1]
+        held_x = None
+        if not whole and data.count > n_search:  # the samples the search never scores
+            held_x = data.window(n_search, min(data.count, n_search + AUTO_HOLDOUT)).head(None)
+        chosen, errors, _, window_info = _auto_windows(
+            search, traced, phases, budget, latency_of, held_x
+        )
     elif cfg.base == "global":
         # one base for every layer, scored by the error of the logits: every 4th base
         # of the grid, then the grid's neighbours (two each side) of the best one
@@ -1091,7 +1260,7 @@ def calibrate(
                     acc[0] += num
                     acc[1] += den
     fire, _ = fire_windows(search.runner, search.relus)
-    _, latency = fire_steps(search.runner, relus, [code.window(n) for n in relus], phases)
+    _, latency = fire_steps(search.runner, relus, [code.window(n) for n in relus], input_steps)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:
         s, b = chosen[node]
@@ -1123,4 +1292,5 @@ def calibrate(
         input=inp,
         latency_steps=latency,
         search=search_info,
+        input_window=None if input_steps == phases else input_steps,
     )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from onespike import distributed
-from onespike.calibrate import SearchConfig, calibrate, check_windows
+from onespike.calibrate import SearchConfig, calibrate, check_input_window, check_windows
 from onespike.codes import phase as pc
 from onespike.errors import (
     CalibrationError,
@@ -54,6 +54,7 @@ def convert(
     refine: bool | RefineConfig | dict = False,
     progress: bool = True,
     windows: str | Sequence[int] | None = None,
+    input_window: int | None = None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
 
@@ -94,8 +95,15 @@ def convert(
             the order of ``snn.plan.layers``. ``"auto"``: chosen per layer by measured
             sensitivity (how much the error of the logits gains from more phases) so that
             ``plan.latency_steps`` is at most the uniform network's
-            (:func:`onespike.calibrate.calibrate`). The input keeps ``phases``; each
-            layer is searched for its own window and the windows before it.
+            (:func:`onespike.calibrate.calibrate`), the allocations searched compared
+            by top-1 agreement with the ANN on held-out calibration samples (those
+            after the first ``search_samples``); each layer is searched for its own
+            window and the windows before it.
+        input_window: the analog input's window in steps. None (default): 1 with
+            ``windows="auto"`` (a constant current delivers ``W x`` in one step; the
+            steps saved go to the spiking layers, the latency counts the input's
+            step), ``phases`` otherwise. The binary and single-spike input codes keep
+            ``phases``.
 
     Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
     model, options and whole calibration set; the ranks check that they agree
@@ -130,6 +138,7 @@ def convert(
     refine_cfg = as_config(refine)
     progress = progress and distributed.is_main()
     windows = check_windows(windows)  # the format before the model is traced
+    check_input_window(input_window, input_coding, phases, windows)
     traced = trace(model)  # fails here, before any data, on unsupported layers
     _check_attention(traced, type(model).__name__)
     windows = check_windows(windows, len(traced.relus))  # one per spiking layer
@@ -148,7 +157,7 @@ def convert(
     distributed.check_same(
         {
             "model": model.state_dict(),
-            "options": (phases, cfg, input_coding, max_calibration, windows),
+            "options": (phases, cfg, input_coding, max_calibration, windows, input_window),
             "calibration data": (data.count, data.sample_shape, first),
         }
     )
@@ -173,6 +182,7 @@ def convert(
         input_coding=input_coding,
         progress=progress,
         windows=windows,
+        input_window=input_window,
     )
     snn = SpikingNetwork(traced.module, plan, data.sample_shape)
     if refine_cfg is not None:  # refinement takes the calibration set in memory

@@ -31,6 +31,7 @@ Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
   ``latency_steps``, ``input_coding``, ``input_shape``, ``node_order`` (JSON list: the
   nodes in the order the network computes them) and ``plan_search`` (JSON).
 - ``Input``: ``coding``: ``"analog"`` (the input is a constant current during window 0,
+  its ``phases`` steps: ``T``, or the plan's ``input_window``, 1 with ``windows="auto"``,
   ``x / T`` per step), ``"binary"`` (multi-spike base-2 code: ``n = floor(x * 2^T)``
   clipped to ``[0, 2^T - 1]``, a spike at step ``k`` if bit ``T-1-k`` of ``n`` is set,
   each spike worth ``2^-T`` at the window's end, the membrane doubling every step) or
@@ -225,7 +226,8 @@ class _Exporter:
         self.window: dict[fx.Node, int] = {}  # the step at which a node's listener fires
         out = next(n for n in self.runner.nodes if n.op == "output")
         widths = [self.lp[n].phases for n in spike_nodes]
-        self.fire_start, latency = fire_steps(self.runner, spike_nodes, widths, self.T)
+        self.T_in = snn.plan.input_steps  # the input's window (an analog input's may be 1)
+        self.fire_start, latency = fire_steps(self.runner, spike_nodes, widths, self.T_in)
         self.out_window = fire_windows(self.runner, spike_nodes)[1]
         self.until = {**self.fire_start, out: latency}
         self.input_start: dict[fx.Node, int] = {}
@@ -243,7 +245,7 @@ class _Exporter:
     def _width(self, src: fx.Node) -> int:
         """The window (steps) of the spikes or current that ``src`` carries."""
         if src.op == "placeholder" or self.runner.role(src) == "input":
-            return self.T
+            return self.T_in
         return self.lp[self.runner.spiking_chain(src)[0]].phases
 
     def shape(self, node: fx.Node) -> tuple[int, ...]:
@@ -345,10 +347,11 @@ class _Exporter:
             where = f"node '{n.name}'"
             if n.op == "placeholder":
                 inp = nir.Input(input_type=np.array(snn.input_shape, dtype=np.int64))
-                inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": int(T)}
+                t_in = int(self.T_in)  # the input's window (steps)
+                inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": t_in}
                 self.expr[n] = self.add(n.name, inp)
                 self.shapes[n.name] = tuple(snn.input_shape)
-                self.carrier_window[n.name] = T  # sent in steps 0 .. T-1
+                self.carrier_window[n.name] = t_in  # sent in steps 0 .. t_in-1
             elif r == "input":
                 src = self.arg_expr(n)
                 if plan.input_coding == "single":
@@ -804,12 +807,14 @@ def _build_from_graph(g) -> SpikingNetwork:
         root.add_module(name, m)
         return graph.call_module(name, (inputs(name),))
 
+    in_steps = int(meta["phases"])
     for name in order:
         node = g.nodes[name]
         md = node.metadata or {}
         kind = _meta_str(md.get("onespike_role", md.get("onespike_op", "")))
         if isinstance(node, nir.Input):
             env[name] = graph.placeholder(name)
+            in_steps = int(md.get("phases", meta["phases"]))  # the input's window
         elif kind == "concat":  # a part of a torch.cat: rebuilt as the cat where summed
             concat[name] = (int(md["part"]), _meta_str(md["torch_node"]), inputs(name))
             env[name] = concat[name][2]
@@ -876,6 +881,7 @@ def _build_from_graph(g) -> SpikingNetwork:
         input=input_lp,
         latency_steps=int(meta["latency_steps"]),
         search=_dec(json.loads(_meta_str(meta["plan_search"]))),
+        input_window=None if in_steps == int(meta["phases"]) else in_steps,
     )
     return SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
 

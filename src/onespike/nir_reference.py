@@ -7,7 +7,8 @@ windows of ``T`` steps; at every step each node of the graph, in the order of th
 file's ``node_order``, does what its NIR type and its metadata say
 (:mod:`onespike.nir_export` describes them):
 
-- ``Input``: ``analog``: a current ``x / T`` during window 0; ``phase``: the spikes of
+- ``Input``: ``analog``: a current ``x / T_in`` during the input's ``T_in`` steps (its
+  ``phases``: ``T``, or 1 for a plan with ``input_window=1``); ``phase``: the spikes of
   step ``k`` are bit ``T-1-k`` of ``floor(x * 2^T)`` (clipped), each worth ``2^-T``.
 - ``IF`` (``spiking_layer``): during ``input_window`` a membrane compartment per sender
   base, multiplied by that base every step before the step's weighted input is added
@@ -290,10 +291,12 @@ class _Reference:
     def emit_input(self, name: str, t: int) -> None:
         c = self.carriers[name]
         k = t
-        if t >= self.T or self.coding == "single":
+        # an analog input's window is its own (the Input's 'phases', 1 with windows='auto')
+        t_in = int(self.md(name).get("phases", self.T)) if c.kind == "analog" else self.T
+        if t >= t_in or self.coding == "single":
             c.now = None
         elif c.kind == "analog":
-            c.now = self.x / self.T
+            c.now = self.x / t_in
         else:  # the multi-spike base-2 phase code
             top = 2**self.T
             n = torch.floor(self.x.to(torch.float64) * top).to(torch.int64).clamp(0, top - 1)

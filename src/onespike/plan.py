@@ -66,6 +66,17 @@ class Plan:
     input: LayerPlan | None = None
     latency_steps: int = 0
     search: dict = field(default_factory=dict)
+    #: The analog input's window in steps when it is not ``phases`` (None: ``phases``).
+    #: An analog input is a constant current into the first layers; its window only
+    #: sets how many steps that current is integrated over (``W x / T_in`` per step),
+    #: so one step delivers ``W x`` exactly. ``windows="auto"`` uses 1 and spends the
+    #: steps saved on the spiking layers; the latency counts it like any window.
+    input_window: int | None = None
+
+    @property
+    def input_steps(self) -> int:
+        """The input's window in steps: ``input_window``, or ``phases`` when None."""
+        return self.phases if self.input_window is None else self.input_window
 
     def layer(self, name: str) -> LayerPlan:
         for lp in self.layers:
@@ -108,8 +119,9 @@ class Plan:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         per_layer = "" if self.uniform else " (per-layer windows: the column 'window')"
+        in_win = "" if self.input_window is None else f" (window {self.input_window})"
         lines = [
-            f"Plan: phases={self.phases}{per_layer}, input={self.input_coding}, "
+            f"Plan: phases={self.phases}{per_layer}, input={self.input_coding}{in_win}, "
             f"latency={self.latency_steps} steps, search={self.search}"
         ]
         for j, r in enumerate(rows):

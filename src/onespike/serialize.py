@@ -468,6 +468,11 @@ def check_plan(net: SpikingNetwork) -> None:
     if (plan.input_coding == "single") != (plan.input is not None):
         raise ValueError(f"the input coding is {plan.input_coding!r} but the input layer plan is "
                          f"{'present' if plan.input is not None else 'missing'}")  # fmt: skip
+    in_win = getattr(plan, "input_window", None)
+    if in_win is not None:  # an analog input's own window (windows="auto")
+        _check_number(in_win, "the input's window", 1, MAX_PHASES, integer=True)
+        if plan.input_coding != "analog":
+            raise ValueError(f"the {plan.input_coding!r} input has a window of its own")
     if plan.input is not None:
         _check_layer_plan(plan.input, "the input layer")
         if plan.input.phases != plan.phases or plan.input.fire_window != 0:
@@ -486,7 +491,8 @@ def check_plan(net: SpikingNetwork) -> None:
     windows = [lp.phases for lp in plan.layers]
     fire_steps = getattr(calibrate, "fire_steps", None)  # per-layer windows
     if fire_steps is not None:
-        latency = fire_steps(runner, relus, windows, plan.phases)[1]
+        in_steps = getattr(plan, "input_steps", plan.phases)  # the input's window
+        latency = fire_steps(runner, relus, windows, in_steps)[1]
     else:
         odd = [lp.name for lp in plan.layers if lp.phases != plan.phases]
         if odd:

@@ -188,7 +188,8 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
     output = None
     for kind, node in walk.walk():
         if kind == "input":
-            sources[node] = _Source("analog", 1.0, x, phases=T)
+            # a constant current over the input's window (plan.input_steps: T, or 1)
+            sources[node] = _Source("analog", 1.0, x, phases=plan.input_steps)
             env_const[node] = x
         elif kind == "encoder":
             if plan.input_coding == "binary":
