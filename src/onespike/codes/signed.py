@@ -48,7 +48,8 @@ def encode_signed(
     0 where there is no spike)."""
     if not isinstance(scale, Tensor):
         scale = torch.tensor(float(scale), dtype=x.dtype, device=x.device)
-    phase = pc.encode(x.abs() / scale.to(x.device, x.dtype), base, phases, shift=shift)
+    z = (x.abs() / scale.to(x.device, x.dtype)).contiguous()
+    phase = pc.encode(z, base, phases, shift=shift)
     sign = torch.sign(x).to(torch.int8).masked_fill_(phase < 0, 0)
     return phase, sign
 
