@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -30,8 +30,10 @@ from onespike.errors import OptionError
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
 from onespike.trace import relu_cap, role
 
-if TYPE_CHECKING:
-    from onespike.refine import RefineConfig
+#: The settings object the functions below read: :class:`onespike.refine.RefineConfig` (or
+#: finetune's config built on it). Typed loosely here so this module, which refine imports,
+#: does not import refine back.
+RefineConfig = Any
 
 Tensor = torch.Tensor
 
