@@ -1,0 +1,159 @@
+"""The smallest window T that is lossless on every calibration draw (docs/RESULTS.md).
+
+For every window T (``--phases``) and calibration draw (``--seeds``: ``--calibration``
+training images drawn with that seed) the shipped model is converted with the default
+search and measured on the test set (event path, all of it unless ``--test N``): the loss
+(ANN accuracy minus SNN accuracy, in points), the latency, the spikes per neuron and the
+energy ratios (on ``--cost-images`` test images). Then, for each bound (``--bounds``,
+points), the smallest T whose loss is within the bound on **every** draw, with the mean
+and the worst draw beside it. Results go to ``--json`` after every run; rerunning the same
+command skips the runs already there, so a stopped job resumes.
+
+    python scripts/lossless_window.py --model mnist_cnn --phases 2,3,4,6,8 --seeds 0,7,11 \\
+        --threads 1 --json docs/results/lossless_mnist_cnn.json
+    python scripts/lossless_window.py --table docs/results/lossless_*.json   # markdown only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import onespike
+from onespike._io import write_text
+from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.evaluate import evaluate, measure_costs
+from onespike.models import load_pretrained, pretrained_info
+
+
+def _run_one(ann, x, y, x_cost, dataset: str, T: int, seed: int, args) -> dict:
+    xc, where = calibration_set(dataset, args.calibration, seed)
+    snn = onespike.convert(ann, xc, phases=T, progress=False)
+    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False)
+    t = measure_costs(snn, x_cost).totals
+    return {
+        "model": args.model,
+        "dataset": dataset,
+        "phases": T,
+        "seed": seed,
+        "calibration": where,
+        "test_images": int(x.shape[0]),
+        "cost_images": int(x_cost.shape[0]),
+        "ann_accuracy": ev.ann_accuracy,
+        "snn_accuracy": ev.snn_accuracy,
+        "loss": ev.loss,
+        "latency_steps": snn.plan.latency_steps,
+        "spikes_per_neuron": t["spikes_per_neuron_mean"],
+        "energy_ratio_compute": t["energy_ratio_compute"],
+        "energy_ratio_total": t["energy_ratio_total"],
+    }
+
+
+def smallest(rows: list[dict], bound: float) -> dict | None:
+    """The smallest T whose loss is <= ``bound`` on every draw measured at that T."""
+    by_t: dict[int, list[dict]] = {}
+    for r in rows:
+        by_t.setdefault(r["phases"], []).append(r)
+    for T in sorted(by_t):
+        losses = [r["loss"] for r in by_t[T]]
+        if max(losses) <= bound + 1e-9:
+            return {
+                "phases": T,
+                "draws": len(losses),
+                "mean": statistics.fmean(losses),
+                "worst": max(losses),
+                "latency_steps": by_t[T][0]["latency_steps"],
+            }
+    return None
+
+
+def table(rows: list[dict], bounds: list[float]) -> str:
+    lines = [
+        "| model | T | latency | loss per draw | mean / worst | spikes/neuron | energy ANN/SNN |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_key: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["model"], r["phases"]), []).append(r)
+    for (model, T), rs in sorted(by_key.items()):
+        rs.sort(key=lambda r: r["seed"])
+        losses = [r["loss"] for r in rs]
+        per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rs))
+        spikes = statistics.fmean(r["spikes_per_neuron"] for r in rs)
+        en_c = statistics.fmean(r["energy_ratio_compute"] for r in rs)
+        en_t = statistics.fmean(r["energy_ratio_total"] for r in rs)
+        lines.append(
+            f"| {model} | {T} | {rs[0]['latency_steps']} | {per} | "
+            f"{statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
+            f"{en_c:.2f}x; {en_t:.2f}x |"
+        )
+    lines.append("")
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        for b in bounds:
+            s = smallest(mine, b)
+            if s is None:
+                lines.append(f"- {model}: no measured T is within {b} points on every draw")
+            else:
+                lines.append(
+                    f"- {model}: smallest T within {b} points on every one of {s['draws']} "
+                    f"draws: **T = {s['phases']}** ({s['latency_steps']} steps; mean "
+                    f"{s['mean']:+.2f}, worst {s['worst']:+.2f})"
+                )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.json)
+    rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    have = {(r["phases"], r["seed"]) for r in rows}
+    ann = load_pretrained(args.model)
+    dataset = pretrained_info(args.model).get("dataset", "mnist")
+    x, y = load_dataset(dataset, "test")
+    if args.test is not None:
+        idx = fixed_subset(x.shape[0], args.test)
+        x, y = x[idx], y[idx]
+    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    for T in [int(t) for t in args.phases.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if (T, seed) in have:
+                continue
+            row = _run_one(ann, x, y, x_cost, dataset, T, seed, args)
+            rows.append(row)
+            write_text(out, json.dumps(rows, indent=2) + "\n")
+            print(f"T={T} seed={seed}: loss {row['loss']:+.2f}", file=sys.stderr, flush=True)
+    print(table(rows, args.bounds))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, fast_vgg, ...)")
+    p.add_argument("--phases", default="4,6,8,12,16,24,32")
+    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
+    p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
+    p.add_argument("--cost-images", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bounds", default="0.5,0.1", help="loss bounds in points")
+    p.add_argument("--json", help="results file (resumed if it exists)")
+    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
+    args = p.parse_args(argv)
+    args.bounds = [float(b) for b in str(args.bounds).split(",")]
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
+        print(table(rows, args.bounds))
+        return 0
+    if not args.model or not args.json:
+        p.error("--model and --json are needed (or --table FILES)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
