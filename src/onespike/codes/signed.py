@@ -68,7 +68,7 @@ def quantize_signed(
 ) -> Tensor:
     """The signed code without the phases: ``sign(x) * phase.quantize(|x|)``; equal to
     ``decode_signed(*encode_signed(x))``. Same shape and dtype as ``x``."""
-    return torch.sign(x) * pc.quantize(x.abs(), scale, base, phases, shift=shift)
+    return torch.sign(x) * pc.quantize(x.abs().contiguous(), scale, base, phases, shift=shift)
 
 
 def fire_signed(

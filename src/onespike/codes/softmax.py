@@ -40,7 +40,7 @@ def exp_phases(scores: Tensor, base: float, phases: int, *, shift: bool = True) 
     """Phase of each exponential neuron (-1: silent): the phase code of
     ``exp(scores - rowmax)`` (last dimension) with scale 1."""
     gap = scores.amax(dim=-1, keepdim=True) - scores
-    return pc.encode(torch.exp(-gap), base, phases, shift=shift)
+    return pc.encode(torch.exp(-gap).contiguous(), base, phases, shift=shift)
 
 
 def exp_values(scores: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
