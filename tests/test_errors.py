@@ -174,3 +174,29 @@ def test_check_device_names_the_mistake(device):
         with pytest.raises(OptionError, match=r"device|CUDA|GPU"):
             check_device(device)
     assert check_device("cpu") == "cpu" and check_device(None) is None
+
+
+def test_every_error_type_is_importable_from_onespike() -> None:
+    """Users catch onespike's errors without knowing which module raises them."""
+    import inspect
+
+    from onespike import errors, nir_export, serialize
+
+    exported = {n for n in onespike.__all__ if n.endswith("Error")}
+    for module in (errors, serialize, nir_export):
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, onespike.OnespikeError):
+                assert name in exported, f"{module.__name__}.{name} is not in onespike.__all__"
+    for name in exported:
+        assert issubclass(getattr(onespike, name), onespike.OnespikeError), name
+
+
+def test_unsupported_layers_are_named_on_one_line() -> None:
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 4), nn.Tanh(), nn.ReLU())
+    with pytest.raises(onespike.UnsupportedModelError) as info:
+        onespike.convert(model, torch.rand(8, 4), phases=4, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "2 unsupported node(s)" in msg
+    assert "Sigmoid" in msg and "Tanh" in msg

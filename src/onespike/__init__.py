@@ -16,28 +16,64 @@ from onespike._version import __version__
 from onespike.accounting import CostReport, cost
 from onespike.calibrate import SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
-from onespike.errors import CalibrationError
+from onespike.data import DataError
+from onespike.distributed import RankDivergenceError, RankMismatchError
+from onespike.errors import (
+    CalibrationError,
+    InputError,
+    ModelError,
+    OnespikeError,
+    OptionError,
+    OutputError,
+    UnknownNameError,
+)
 from onespike.finetune import FinetuneConfig, finetune
+from onespike.models import PretrainedWeightsNotFoundError
 from onespike.network import SimulationResult, SpikeLayer, SpikingNetwork
-from onespike.nir_export import export_nir, import_nir
+from onespike.nir_export import NIRExportError, export_nir, import_nir
 from onespike.plan import LayerPlan, Plan
 from onespike.refine import RefineConfig, refine
-from onespike.serialize import SerializationError, load, save
+from onespike.serialize import (
+    CorruptFileError,
+    NetworkFileNotFoundError,
+    NotANetworkFileError,
+    NotSerializableError,
+    SerializationError,
+    UnsupportedFormatVersionError,
+    load,
+    save,
+)
 from onespike.trace import UnsupportedModelError
 
 __all__ = [
     "SEARCH_PRESETS",
     "CalibrationError",
+    "CorruptFileError",
     "CostReport",
+    "DataError",
     "FinetuneConfig",
+    "InputError",
     "LayerPlan",
+    "ModelError",
+    "NIRExportError",
+    "NetworkFileNotFoundError",
+    "NotANetworkFileError",
+    "NotSerializableError",
+    "OnespikeError",
+    "OptionError",
+    "OutputError",
     "Plan",
+    "PretrainedWeightsNotFoundError",
+    "RankDivergenceError",
+    "RankMismatchError",
     "RefineConfig",
     "SearchConfig",
     "SerializationError",
     "SimulationResult",
     "SpikeLayer",
     "SpikingNetwork",
+    "UnknownNameError",
+    "UnsupportedFormatVersionError",
     "UnsupportedModelError",
     "__version__",
     "convert",

@@ -726,7 +726,7 @@ def layer_name(node: Node) -> str:
 def trace(model: nn.Module) -> TracedModel:
     """Trace, fold and check a copy of ``model``.
 
-    Raises :class:`UnsupportedModelError` listing every problem (unsupported
+    Raises :class:`UnsupportedModelError` listing every problem on one line (unsupported
     operator or activation with its place, unfoldable BatchNorm, max-pool on
     non-spikes, ...) before anything else happens.
     """
@@ -744,7 +744,7 @@ def trace(model: nn.Module) -> TracedModel:
     if problems:
         raise UnsupportedModelError(
             f"cannot convert {type(model).__name__}: {len(problems)} unsupported "
-            "node(s):\n  - " + "\n  - ".join(problems)
+            "node(s): " + "; ".join(problems)
         )
     _fold_bn(gm)
     _drop_passthrough(gm)
