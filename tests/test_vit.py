@@ -98,3 +98,21 @@ def test_attention_with_spiking_operands_stays_close():
     torch.testing.assert_close(out, sm.spike_attention(scores, vv, base, 16), rtol=0, atol=1e-9)
     rel = float((out - ref).norm() / ref.norm())
     assert 0 < rel < 0.05, rel  # measured 0.0195 (base searched: 1.05)
+
+
+def test_shipped_weights_accuracy_and_trace():
+    """The shipped vit_tiny: 98.50 % on the 10,000 MNIST test images (sidecar), 98.1 % on
+    the first 1,000; its trace computes the same logits."""
+    from onespike.data import load_mnist
+    from onespike.models import load_pretrained, pretrained_info
+
+    info = pretrained_info("vit_tiny")
+    assert info["test_acc"] >= 98.5 and info["model"] == "vit_tiny"
+    model = load_pretrained("vit_tiny")
+    x, y = load_mnist("test")
+    x, y = x[:1000], y[:1000]
+    with torch.no_grad():
+        logits = model(x)
+        acc = 100.0 * float((logits.argmax(1) == y).double().mean())
+        assert abs(acc - info["acc_first1000"]) <= 0.1 + 1e-9
+        torch.testing.assert_close(trace(model).module(x), logits, rtol=1e-4, atol=1e-4)
