@@ -68,7 +68,7 @@ def test_convert_search_flags_reach_the_plan(tmp_path):
         (["convert", "--model", "tests.cli_models"], "package.module:function"),
         (["convert", "--model", "tests.cli_models:nothere"], "no callable 'nothere'"),
         (["convert", "--model", "tests.cli_models:not_a_model"], "not a torch.nn.Module"),
-        (["convert", "--model", "tests.cli_models:gelu_net"], "non-ReLU activation"),
+        (["convert", "--model", "tests.cli_models:gelu_net"], "(GELU): not convertible; use ReLU"),
         (["demo", "--phases", "0"], "argument --phases: expected an integer >= 1, got 0"),
         (["demo", "--phases", "-3"], "expected an integer >= 1, got -3"),
         (["sweep", "--model", "mnist_cnn", "--cost-images", "0"], "--cost-images: expected"),

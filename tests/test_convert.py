@@ -203,7 +203,7 @@ def test_unsupported_layer_fails_before_calibration(x):
         raise AssertionError("calibration data touched before the model was checked")
         yield
 
-    with pytest.raises(UnsupportedModelError, match=r"'act' \(GELU\): non-ReLU activation"):
+    with pytest.raises(UnsupportedModelError, match=r"'act' \(GELU\): not convertible; use ReLU"):
         onespike.convert(Bad(), data(), phases=4, progress=False)
 
 
