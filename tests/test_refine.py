@@ -43,7 +43,7 @@ def test_refine_lowers_held_out_loss_and_keeps_invariants(mnist):
     cal_copy = x_cal.clone()
     ann_state = {k: v.clone() for k, v in ann.state_dict().items()}
     snn_state = {k: v.clone() for k, v in snn.state_dict().items()}
-    r = onespike.refine(snn, ann, x_cal, iterations=150, lr=1e-4, progress=False)
+    r = onespike.refine(snn, ann, x_cal, iterations=150, lr=1e-4, margin=0, progress=False)
     # on images it never saw, the refined network is closer to the ANN
     before, after = _kl(ann, snn, x_held), _kl(ann, r, x_held)
     assert after < 0.7 * before, (before, after)
@@ -73,9 +73,11 @@ def test_refine_lowers_held_out_loss_and_keeps_invariants(mnist):
 
 def test_refine_is_deterministic_for_a_seed(mnist):
     ann, snn, x_cal, _ = mnist
-    a = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=3)
-    b = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=3)
-    c = onespike.refine(snn, ann, x_cal, iterations=20, progress=False, seed=4)
+    # margin=0: the steps themselves are compared (on 51 held-out images the default
+    # bar keeps the unrefined network for every seed)
+    a = onespike.refine(snn, ann, x_cal, iterations=20, margin=0, progress=False, seed=3)
+    b = onespike.refine(snn, ann, x_cal, iterations=20, margin=0, progress=False, seed=3)
+    c = onespike.refine(snn, ann, x_cal, iterations=20, margin=0, progress=False, seed=4)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.plan.layers == b.plan.layers
@@ -89,7 +91,9 @@ def test_refine_residual_net_and_convert_keyword():
     x_cal = torch.rand(128, 2, 8, 8, generator=g)
     x_held = torch.rand(256, 2, 8, 8, generator=g)
     plain = onespike.convert(ann, x_cal, phases=4, progress=False)
-    cfg = RefineConfig(iterations=200, batch_size=16, lr=1e-3, loss="mse", augment="none")
+    cfg = RefineConfig(
+        iterations=200, batch_size=16, lr=1e-3, loss="mse", augment="none", margin=0
+    )  # random inputs: top-1 agreement is a weak signal, so any gain is taken
     r = onespike.convert(ann, x_cal, phases=4, progress=False, refine=cfg)
 
     def mse(net):
@@ -330,11 +334,35 @@ def test_a_clear_gain_is_kept_and_ties_go_to_the_lower_loss():
     )
     assert (k.step, tr.step) == (5, 5) and k.kind == "end-to-end"
     assert k.reason(5).startswith("step 5 (end-to-end): held-out agreement 98.50% against 90.00%")
-    # the same samples right: the loss decides against the unrefined network too
+    # the same samples right: a lower loss alone never replaces the unrefined network
+    # (on the shipped MNIST CNN at T = 3 such a step lost 13 test images); margin 0 takes it
     k, _ = _keeper([(180, 0.30, 0, 0), (180, 0.35, 0, 0), (180, 0.25, 0, 0)])
-    assert k.step == 2 and "the same samples right" in k.reason(2)
-    k, _ = _keeper([(180, 0.30, 0, 0), (180, 0.35, 0, 0)])
-    assert k.step == 0 and "loss 0.35 >= 0.3" in k.reason(1)
+    assert k.step == 0 and "a lower loss alone is not kept" in k.reason(2)
+    k0, _ = _keeper([(180, 0.30, 0, 0), (180, 0.35, 0, 0), (180, 0.25, 0, 0)], margin=0)
+    assert k0.step == 2 and "the same samples right" in k0.reason(2)
+
+
+def test_the_bar_grows_with_the_number_of_steps_checked():
+    """The best of many noisy checks clears an uncorrected bar by chance: a net gain of 5
+    of 5 samples that differ clears 2 standard deviations (5 >= 2 * sqrt(5) = 4.47) for
+    one candidate, not for eleven (z = 2.87: 6.4 needed)."""
+    from onespike._training import _Keeper, _Score, corrected_margin
+
+    assert corrected_margin(2.0, 1) == 2.0 and corrected_margin(0.0, 11) == 0.0
+    assert 2.86 < corrected_margin(2.0, 11) < 2.88
+    for candidates, kept in ((1, 1), (11, 0)):
+        scores = iter([(180, 0.30, 0, 0), (185, 0.20, 5, 0)])
+
+        def measure(base, scores=scores):
+            h, loss, g, lost = next(scores)
+            return _Score(loss, h, 200, g, lost), torch.zeros(200, dtype=torch.bool)
+
+        tr = _Stub()
+        k = _Keeper(tr, measure, True, 2.0, candidates=candidates)
+        tr.step = 1
+        k.offer(1, "end-to-end")
+        k.restore()
+        assert k.step == kept, candidates
 
 
 @pytest.fixture(scope="module")

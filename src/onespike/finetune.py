@@ -272,7 +272,13 @@ def finetune(
         return _held_out(tr, data_, idx, dist, split, base)
 
     keeper = _Keeper(
-        tr, lambda base: measure(data_.hold_idx, base), True, cfg.margin, "input", "accuracy"
+        tr,
+        lambda base: measure(data_.hold_idx, base),
+        True,
+        cfg.margin,
+        "input",
+        "accuracy",
+        candidates=cfg.checks + 1,  # the checks and a run stopped between them
     )
     opt, _ = tr.optimizer(rc)
     total = cfg.epochs * math.ceil(len(data_.fit_idx) / cfg.batch_size)

@@ -96,15 +96,17 @@ class RefineConfig:
             out of the fit. Measured with the exact code ``checks`` times during the
             run, they choose the step whose weights are returned, the unrefined network
             (step 0) included, by a criterion that follows accuracy: top-1 agreement
-            with the ANN, the loss breaking ties (see ``margin``), so refinement cannot
-            make the network worse unnoticed. 0 fits on everything and keeps the last
-            step.
+            with the ANN, the loss breaking ties among steps that beat the unrefined
+            network (see ``margin``), so refinement cannot make the network worse
+            unnoticed. 0 fits on everything and keeps the last step.
         checks: how many times the held-out samples are measured.
         margin: how clearly a refined step must beat the unrefined network to be kept:
             of the held-out samples on which exactly one of the two agrees with the ANN
-            (``d`` of them), it must win at least ``margin * sqrt(d)`` more than it
-            loses (a paired sign test; 2: about two standard deviations), or, agreeing
-            on exactly the same samples, have a lower loss. 0: any gain in agreement.
+            (``d`` of them), it must win at least ``z * sqrt(d)`` more than it loses
+            (a paired sign test), where ``z`` is ``margin`` standard deviations
+            corrected for the ``checks`` made (Bonferroni; 2 and 10 checks: z = 2.87).
+            A lower loss on the same samples is not enough. 0: any gain in agreement,
+            or on equal agreement a lower loss.
         time_budget: stop after this many seconds (None: run every iteration).
         seed: drives the mini-batch order and the drop masks.
         features: weight of a feature-matching term added to the loss: the mean over
@@ -584,7 +586,10 @@ def refine(
         return _held_out(tr, data, idx, dist, split, base)
 
     fit_before = measure(data.fit_idx)[0]
-    keeper = _Keeper(tr, lambda base: measure(data.hold_idx, base), n_hold > 0, cfg.margin)
+    offers = cfg.checks + 1 + (1 if cfg.reconstruct else 0)  # checks, a stopped run, recon
+    keeper = _Keeper(
+        tr, lambda base: measure(data.hold_idx, base), n_hold > 0, cfg.margin, candidates=offers
+    )
     start = time.perf_counter()
     batches = _batches(data.fit_idx, cfg, gen, whole)
     augment = cfg.augment != "none" and x.dim() == 4 and not whole
