@@ -522,7 +522,7 @@ def _problems(gm: fx.GraphModule) -> list[str]:
             number = consts and (isinstance(consts[0], (int, float)) or _is_size(consts[0]))
             if len(consts) != 1 or not number:
                 out.append(f"{where}: only multiplication/division by a number is supported")
-        if is_add(node) and any(not isinstance(a, Node) for a in node.args):
+        if r != "shape" and is_add(node) and any(not isinstance(a, Node) for a in node.args):
             out.append(f"{where}: adding a constant is not supported (add two tensors only)")
         if r == "maxpool":
             src = node.args[0]
