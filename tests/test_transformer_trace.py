@@ -242,3 +242,19 @@ def test_token_batchnorm_that_cannot_fold_is_reported():
 
     with pytest.raises(UnsupportedModelError, match=r"'bn' \(BatchNorm1d\): BatchNorm folds"):
         trace(TwoUsers())
+
+
+def test_nir_export_names_the_token_node_it_cannot_write(tmp_path):
+    class Swap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu, self.head = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.relu(self.fc(x)).transpose(1, 2).transpose(1, 2)[:, 0])
+
+    torch.manual_seed(3)
+    snn = onespike.convert(Swap().eval(), torch.rand(32, 5, 4), phases=6, progress=False)
+    with pytest.raises(onespike.NIRExportError, match=r"node 'transpose'.*NIR has no transpose"):
+        onespike.export_nir(snn, tmp_path / "t.nir")
+    assert not (tmp_path / "t.nir").exists()
