@@ -258,3 +258,29 @@ def test_nir_export_names_the_token_node_it_cannot_write(tmp_path):
     with pytest.raises(onespike.NIRExportError, match=r"node 'transpose'.*NIR has no transpose"):
         onespike.export_nir(snn, tmp_path / "t.nir")
     assert not (tmp_path / "t.nir").exists()
+
+
+def test_product_sites_find_where_signed_neurons_go():
+    from onespike.graph import product_sites
+
+    traced = trace(Attn().eval())
+    sites = product_sites(traced.module)
+    assert [s.product for s in sites] == traced.products
+    (qk, av) = sites
+    assert [n.target for n in qk.sites] == ["qkv", "qkv"] and qk.kinds == ("signed", "signed")
+    assert av.sites[0] is traced.softmaxes[0] and av.kinds == ("softmax", "signed")
+
+    class ReluAttention(nn.Module):  # separate q/k/v, q scaled, ReLU attention / tokens
+        def __init__(self, d=8):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            q = self.q(x) * 0.25
+            a = self.relu(q @ self.k(x).transpose(1, 2)) / x.shape[1]
+            return (a @ self.v(x)).mean(1)
+
+    sites = product_sites(trace(ReluAttention()).module)
+    assert [[n.target for n in s.sites] for s in sites] == [["q", "k"], ["relu", "v"]]
+    assert [s.kinds for s in sites] == [("signed", "signed"), ("relu", "signed")]

@@ -9,6 +9,7 @@ that spikes travel through).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -168,3 +169,52 @@ class Region:
     @property
     def spike_sources(self) -> list[Node]:
         return [s for s in self.sources if s.op != "get_attr"]
+
+
+# --------------------------------------------------------------------------------------
+# attention (issue 27): where the operands of a product of two activations come from
+# --------------------------------------------------------------------------------------
+_SCALING = (operator.mul, torch.mul, operator.truediv)
+
+
+@dataclass(frozen=True)
+class ProductSite:
+    """The two operands of a product of two activations, each traced back through
+    reshapes, indexing and scaling by a number (``q.view(...).transpose(1, 2)``,
+    ``qkv.chunk(3)[0]``, ``k.transpose(-2, -1)``, ``q * scale``) to the node that makes
+    its values: ``sites``. ``kinds`` says what each site is: ``"softmax"`` (exponential
+    neurons, positive), ``"relu"`` (already single-spike neurons, positive), ``"input"``,
+    or ``"signed"`` (any other value: a layer of signed single-spike neurons goes there)."""
+
+    product: Node
+    sites: tuple[Node, Node]
+    kinds: tuple[str, str]
+
+
+def _value_site(node: Node, modules: dict[str, nn.Module]) -> Node:
+    """``node`` traced back through what moves or scales values without combining them."""
+    while isinstance(node, Node):
+        r = role(node, modules)
+        moves = r == "linear" and (is_reshape(node, modules) or node.target is operator.getitem)
+        scales = r == "linear" and node.target in _SCALING and isinstance(node.args[0], Node)
+        if not (moves or scales):
+            return node
+        node = node.args[0]  # the tensor (a size argument is never args[0] here)
+    return node
+
+
+def product_sites(gm: fx.GraphModule) -> list[ProductSite]:
+    """Every product of two activations in ``gm`` (topological order) with its operands'
+    sites (:class:`ProductSite`): where a converter puts signed neurons for attention."""
+    modules = dict(gm.named_modules())
+    out = []
+    for n in gm.graph.nodes:
+        if role(n, modules) != "product":
+            continue
+        sites = tuple(_value_site(a, modules) for a in n.args[:2])
+        kinds = tuple(
+            r if (r := role(s, modules)) in ("softmax", "relu", "input") else "signed"
+            for s in sites
+        )
+        out.append(ProductSite(n, sites, kinds))  # type: ignore[arg-type]
+    return out
