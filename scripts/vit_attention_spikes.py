@@ -5,7 +5,8 @@ as signed single-spike neurons (one scale per tensor, the 99.9th percentile of |
 the calibration images, and a base per tensor searched on them), q @ k^T by traces, the
 softmax by spike timing with its own searched base, attention @ v by traces and one
 division. Everything else (patch embedding, MLPs, residual stream, head) stays float: the
-figure isolates the attention's share of a conversion's loss.
+figure isolates the attention's share of a conversion's loss. With --relu the MLPs' ReLU
+layers are coded too (phase code, the same crude per-tensor scale and searched base).
 
     python scripts/vit_attention_spikes.py --weights checkpoints/new/vit_tiny.pt \
         --phases 8 12 16 --calibration 512
@@ -19,6 +20,7 @@ import types
 
 import torch
 
+from onespike.codes import phase as pc
 from onespike.codes import signed
 from onespike.codes import softmax as sm
 from onespike.data import load_mnist
@@ -50,7 +52,8 @@ def _search(t: torch.Tensor, phases: int) -> tuple[float, float]:
 
 
 def calibrate(model, x, phases):
-    """Per attention: the (scale, base) of q, k, v and the softmax's base."""
+    """Per block: the (scale, base) of q, k, v, the softmax's base and the (scale, base)
+    of the MLP's ReLU layer, each on float activations."""
     params = []
     h = model.embed(x).flatten(2).transpose(1, 2) + model.pos
     for blk in model.blocks:
@@ -61,8 +64,11 @@ def calibrate(model, x, phases):
         qq = signed.quantize_signed(q, *p["q"], phases)
         kq = signed.quantize_signed(k, *p["k"], phases)
         p["softmax"] = sm.search_base(qq @ kq.transpose(-2, -1) * attn.scale, phases)[0]
+        h = h + attn(u)
+        r = blk.relu(blk.fc1(blk.norm2(h.transpose(1, 2)).transpose(1, 2)))
+        p["relu"] = _search(r, phases)  # the MLP's ReLU layer (phase code, positive)
         params.append(p)
-        h = blk(h)
+        h = h + blk.fc2(r)
     return params
 
 
@@ -80,6 +86,10 @@ def spiking_forward(p, phases):
         return attn.proj(out.transpose(1, 2).reshape(b, n, c))
 
     return forward
+
+
+def _relu_code(scale, base, phases):
+    return lambda x: pc.quantize(x, scale, base, phases)  # ReLU then the phase code
 
 
 def accuracy(model, x, y, batch=1000):
@@ -101,6 +111,9 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--relu", action="store_true", help="also code the MLP ReLU layers (crude, rest float)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = vit_tiny()
@@ -117,18 +130,24 @@ def main() -> None:
     ann = accuracy(model, x_te, y_te)
     rows = {"ann": ann, "phases": {}}
     print(f"ANN {ann:.2f} %")
-    originals = [blk.attn.forward for blk in model.blocks]
+    originals = [(blk.attn.forward, blk.relu.forward) for blk in model.blocks]
     for T in args.phases:
         with torch.no_grad():
             params = calibrate(model, cal, T)
-        for blk, p in zip(model.blocks, params):
-            blk.attn.forward = types.MethodType(spiking_forward(p, T), blk.attn)
-        acc = accuracy(model, x_te, y_te)
-        for blk, f in zip(model.blocks, originals):
-            blk.attn.forward = f
-        rows["phases"][T] = {"accuracy": acc, "loss": ann - acc, "params": params}
-        bases = [(p["q"][1], p["k"][1], p["v"][1], p["softmax"]) for p in params]
-        print(f"T = {T}: {acc:.2f} % (loss {ann - acc:+.2f}); bases q/k/v/softmax {bases}")
+        row = {"params": params}
+        for mode in ("attention", "attention+relu") if args.relu else ("attention",):
+            for blk, p in zip(model.blocks, params):
+                blk.attn.forward = types.MethodType(spiking_forward(p, T), blk.attn)
+                if mode == "attention+relu":
+                    blk.relu.forward = _relu_code(*p["relu"], T)
+            acc = accuracy(model, x_te, y_te)
+            for blk, (fa, fr) in zip(model.blocks, originals):
+                blk.attn.forward, blk.relu.forward = fa, fr
+            row[mode] = {"accuracy": acc, "loss": ann - acc}
+            print(f"T = {T}, {mode} on spikes: {acc:.2f} % (loss {ann - acc:+.2f})")
+        rows["phases"][T] = row
+        bases = [(p["q"][1], p["k"][1], p["v"][1], p["softmax"], p["relu"][1]) for p in params]
+        print(f"  bases q/k/v/softmax/relu per block: {bases}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
