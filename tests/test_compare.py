@@ -331,9 +331,11 @@ def test_refined_rows_are_measured_on_the_refined_network(small_all, tmp_path):
     assert [p["window"] for p in rows["points"]] == [4] and not rows["errors"]
     assert rows["params"]["refine"]["iterations"] == onespike.RefineConfig().iterations
     info = rows["params"]["refined"]["4"]
-    assert (
-        info["kept"] == "end-to-end" and info["held_out_loss_after"] < info["held_out_loss_before"]
-    )
+    # refinement keeps a step only when it clearly beats the unrefined network on the
+    # held-out samples; either way the row is measured on the network it returned
+    assert info["kept"] in ("end-to-end", "unrefined")
+    if info["kept"] == "end-to-end":
+        assert info["held_out_agreement_after"] > info["held_out_agreement_before"]
     p = rows["points"][0]
     plain = next(q for q in res["codes"]["onespike"]["points"] if q["window"] == 4)
     assert p["steps"] == plain["steps"] == 4 * res["latency_windows"]
@@ -343,7 +345,10 @@ def test_refined_rows_are_measured_on_the_refined_network(small_all, tmp_path):
     assert p["ops"]["acs"] == pytest.approx(report.totals["snn_acs"], rel=1e-6)
     assert p["ops"]["spikes"] == pytest.approx(report.totals["spikes"], rel=1e-6)
     assert p["energy_compute_pj"] == pytest.approx(report.totals["snn_energy_compute_pj"], rel=1e-6)
-    assert p["ops"]["acs"] != plain["ops"]["acs"]  # not the unrefined network's counts
+    if info["kept"] == "end-to-end":  # not the unrefined network's counts
+        assert p["ops"]["acs"] != plain["ops"]["acs"]
+    else:
+        assert p["ops"]["acs"] == plain["ops"]["acs"]
     # one spike per neuron at most, in the step simulator
     st = snn.simulate(x, mode="step")
     assert max(int(c.max()) for c in st.spike_counts.values()) <= 1

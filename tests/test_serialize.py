@@ -126,7 +126,7 @@ def test_refined_network_keeps_its_weights_and_its_ann(tmp_path):
     model = make(2)
     x = torch.rand(32, 2, 8, 8, generator=torch.Generator().manual_seed(2))
     snn = onespike.convert(model, x, phases=3, progress=False)
-    r = onespike.refine(snn, model, x, iterations=4, lr=1e-2, progress=False)
+    r = onespike.refine(snn, model, x, iterations=4, lr=1e-2, holdout=0, progress=False)
     w_snn, w_ann = r.graph_module.conv1.weight, r.ann_graph.conv1.weight
     assert not torch.equal(w_snn, w_ann)
     loaded = _round_trip(r, tmp_path)

@@ -93,6 +93,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from onespike._io import write_json
 from onespike.codes import burst as burst_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
 from onespike.engine import (
@@ -881,7 +882,7 @@ def main(args: argparse.Namespace) -> int:
         return result
 
     def save_partial(partial: dict) -> None:
-        jpath.write_text(json.dumps(finish(dict(partial), False), indent=1))
+        write_json(jpath, finish(dict(partial), False), indent=1)
 
     result = compare(
         ann,
@@ -899,7 +900,7 @@ def main(args: argparse.Namespace) -> int:
     )
     finish(result, True)
     print(text_table(result))
-    jpath.write_text(json.dumps(result, indent=1))
+    write_json(jpath, result, indent=1)
     print(f"wrote {jpath}")
     if not args.no_plots:
         title = f"{args.model} on {args.dataset} ({result['samples']} test samples)"

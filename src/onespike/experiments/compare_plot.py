@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from onespike._io import atomic_write
+
 __all__ = ["plot"]
 
 
@@ -47,7 +49,7 @@ def plot(result: dict, out_dir: Path, prefix: str = "compare", title: str = "") 
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         p = out_dir / f"{prefix}_{name}.png"
-        fig.savefig(p, dpi=80)
+        atomic_write(p, lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)
         paths.append(p)
 

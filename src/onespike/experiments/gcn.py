@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import onespike
+from onespike._io import atomic_write, write_json, write_text
 from onespike.accounting import E_MAC
 from onespike.data import Graph, load_planetoid
 from onespike.errors import OptionError, run_command
@@ -267,14 +268,14 @@ def save_gcn(result: GCNTrainResult, out: str | Path) -> Path:
     name = result.info["name"]
     pt = out / f"{name}.pt"
     sd = {k: v.detach().clone().contiguous() for k, v in result.model.state_dict().items()}
-    torch.save(sd, pt)
+    atomic_write(pt, lambda tmp: torch.save(sd, tmp))
     info = dict(result.info)
     info["weights_dtype"] = "float32"
     info["weights_sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
     info["torch_version"] = torch.__version__
     info["python_version"] = platform.python_version()
     info["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / f"{name}.json", info)
     return pt
 
 
@@ -772,9 +773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = markdown_tables(summary, command, result["source_version"])
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    write_text(path, json.dumps(result, indent=1, default=_jsonable) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(md)
+        write_text(args.markdown, md)
     print(md)
     return 0
 

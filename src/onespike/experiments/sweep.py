@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from onespike._io import atomic_write, write_json
 from onespike.calibrate import SearchConfig
 from onespike.convert import convert
 from onespike.errors import OptionError, run_command
@@ -203,9 +204,9 @@ def plot(results: list[SweepResult], out: str | Path) -> None:
 
 def write(results: list[SweepResult], json_out: str | Path | None, png_out: str | Path | None):
     if json_out:
-        Path(json_out).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+        write_json(json_out, [r.to_dict() for r in results])
     if png_out:
-        plot(results, png_out)
+        atomic_write(png_out, lambda tmp: plot(results, tmp))
 
 
 def table(results: list[SweepResult]) -> str:

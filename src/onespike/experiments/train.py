@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import shlex
 import sys
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from onespike._io import atomic_write, write_json
 from onespike.data import fixed_subset, load_dataset
 from onespike.errors import OptionError, run_command
 from onespike.experiments.airbench import (
@@ -314,10 +314,9 @@ def _device_name(name: str) -> str:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` beside ``path``, then renamed (:func:`onespike._io.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _log(cfg: TrainConfig, msg: str) -> None:
@@ -667,9 +666,7 @@ def save_weights(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     info.update(extra)
-    with (out / f"{cfg.name}.json").open("w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
+    write_json(out / f"{cfg.name}.json", info)
     return info
 
 
@@ -700,7 +697,7 @@ def measure_weights(cfg: TrainConfig) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch_version": torch.__version__,
     }
-    js.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(js, info)
     return info
 
 
