@@ -10,11 +10,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import onespike
-import onespike.calibrate as calibrate_mod
+import onespike.observe as observe_mod
 from onespike import CalibrationError
-from onespike.calibrate import SCALE_PERCENTILES, _percentiles
+from onespike.calibrate import SCALE_PERCENTILES
 from onespike.errors import InputError
 from onespike.evaluate import evaluate
+from onespike.observe import percentiles
 from onespike.stream import as_batches
 from tests.nets import make
 
@@ -51,7 +52,7 @@ class Samples(Dataset):
 def test_streamed_calibration_gives_the_tensor_plan(model, monkeypatch, per_channel):
     """Statistics over the whole set come chunk by chunk (chunks of 50 here, so a loader of
     37-sample batches is re-cut): the plan and the outputs equal the tensor path's."""
-    monkeypatch.setattr(calibrate_mod, "STATS_CHUNK", 50)
+    monkeypatch.setattr(observe_mod, "STATS_CHUNK", 50)
     ref = _plan(model, X, per_channel=per_channel)
     loader = DataLoader(TensorDataset(X, Y), batch_size=37)
     sources = {
@@ -69,7 +70,7 @@ def test_streamed_calibration_gives_the_tensor_plan(model, monkeypatch, per_chan
 def test_streamed_options_give_the_tensor_plan(model, monkeypatch):
     """A tensor keeps each chunk's frontier (the network runs once), a loader runs the
     network again for every layer: the same operations, the same plan."""
-    monkeypatch.setattr(calibrate_mod, "STATS_CHUNK", 64)
+    monkeypatch.setattr(observe_mod, "STATS_CHUNK", 64)
     loader = DataLoader(TensorDataset(X), batch_size=50)
     for kw in (
         {"objective": "activation"},
@@ -86,16 +87,16 @@ def test_streamed_options_give_the_tensor_plan(model, monkeypatch):
 def test_a_dataset_is_read_in_order_not_all_at_once(model, monkeypatch):
     """Reads: one checking pass, one per spiking layer (the statistics), one for the plan's
     figures; the search holds only its first ``search_samples`` inputs."""
-    monkeypatch.setattr(calibrate_mod, "STATS_CHUNK", 100)
+    monkeypatch.setattr(observe_mod, "STATS_CHUNK", 100)
     ds = Samples()
     seen = []
-    real = calibrate_mod._StreamStats.positives
+    real = observe_mod.StreamStats.positives
 
     def spy(self, node, chosen, per_channel):
-        seen.append(max(x.shape[0] for x, _ in self.data.chunks(calibrate_mod.STATS_CHUNK)))
+        seen.append(max(x.shape[0] for x, _ in self.data.chunks(observe_mod.STATS_CHUNK)))
         return real(self, node, chosen, per_channel)
 
-    monkeypatch.setattr(calibrate_mod._StreamStats, "positives", spy)
+    monkeypatch.setattr(observe_mod.StreamStats, "positives", spy)
     snn = _plan(model, ds)
     assert seen and max(seen) == 100  # the statistics never saw more than one chunk at once
     assert ds.reads >= 300 * (len(snn.plan.layers) + 2)
@@ -165,9 +166,9 @@ def test_percentiles_equal_numpy_to_the_bit():
         v = torch.randn(shape)
         v[:, 0] = -1.0  # a dead channel gets scale 1
         chans = v.transpose(0, 1).reshape(v.shape[1], -1).double().numpy()
-        for q, got in zip(qs, _percentiles(v, qs, True)):
+        for q, got in zip(qs, percentiles(v, qs, True)):
             row = [np.percentile(c[c > 0], q) if (c > 0).any() else 1.0 for c in chans]
             assert torch.equal(got, torch.tensor(row, dtype=torch.float32))
         flat = v.reshape(-1).double().numpy()
-        for q, got in zip(qs, _percentiles(v, qs, False)):
+        for q, got in zip(qs, percentiles(v, qs, False)):
             assert torch.equal(got, torch.tensor(float(np.percentile(flat[flat > 0], q))))

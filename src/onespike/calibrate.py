@@ -24,9 +24,7 @@ base shared by every layer, scored by the error of the logits.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,11 +33,21 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from onespike import distributed
-from onespike.codes import binary
+from onespike import distributed, observe
 from onespike.codes import phase as pc
 from onespike.errors import OptionError
 from onespike.graph import Region, Runner
+from onespike.observe import (
+    Code,
+    Positives,
+    StreamStats,
+    converted_runner,
+    encode_input,
+    layer_figures,
+    percentiles,
+    quantizer_of,
+    rel_err,
+)
 from onespike.plan import LayerPlan, Plan
 from onespike.stream import Batches, as_batches
 from onespike.trace import TracedModel
@@ -178,151 +186,24 @@ SEARCH_PRESETS: dict[str, SearchConfig] = {
 }
 
 
-def _rel_err(a: Tensor, ref: Tensor) -> float:
-    den = float((ref.double() ** 2).sum())
-    num = float(((a.double() - ref.double()) ** 2).sum())
-    return num / den if den > 0 else num
-
-
-def channel_scales(per_channel: bool | str, values: Tensor) -> bool:
-    """Whether a layer whose activations are ``values`` gets one scale per channel.
-
-    ``"auto"`` (the default): feature maps (``[N, C, ...]`` with positions, i.e. the
-    outputs of convolutions) get one scale per channel, pooled over all positions;
-    ``[N, C]`` activations (Linear layers, graph convolutions) keep one scale per layer,
-    since a unit's percentile would rest on only ``N`` calibration values.
-    """
-    if per_channel == "auto":
-        return values.dim() > 2
-    return bool(per_channel) and values.dim() >= 2
-
-
-@dataclass
-class Positives:
-    """The positive values of a layer's input, the statistics its scale candidates come
-    from: one flat tensor per channel (``channel``) or one for the whole layer, in the
-    order of ``values.transpose(0, 1)`` resp. ``values.reshape(-1)``. Built from one
-    tensor or, chunk by chunk, from a stream (:meth:`extend`): the same values in the
-    same order either way."""
-
-    channel: bool
-    parts: list[list[Tensor]]
-
-    @classmethod
-    def of(cls, values: Tensor, per_channel: bool | str) -> Positives:
-        out = cls(channel_scales(per_channel, values), [])
-        out.extend(values)
-        return out
-
-    def extend(self, values: Tensor) -> None:
-        if self.channel:
-            flat = values.transpose(0, 1).reshape(values.shape[1], -1)
-            rows = [ch[ch > 0] for ch in flat]
-        else:
-            flat = values.reshape(-1)
-            rows = [flat[flat > 0]]
-        if not self.parts:
-            self.parts = [[] for _ in rows]
-        for acc, r in zip(self.parts, rows):
-            acc.append(r)
-
-    def values(self) -> list[Tensor]:
-        return [p[0] if len(p) == 1 else torch.cat(p) for p in self.parts]
-
-
-def _percentile(sorted_vals: Tensor, q: float) -> float:
-    """``numpy.percentile(v, q)`` (linear method) of sorted float64 values, to the bit,
-    on the values' device."""
-    n = sorted_vals.numel()
-    v = (n - 1) * (q / 100)
-    if v >= n - 1:
-        return float(sorted_vals[-1])
-    lo = math.floor(v)
-    g = v - lo
-    a, b = sorted_vals[lo : lo + 2].tolist()
-    d = b - a
-    return b - d * (1 - g) if g >= 0.5 else a + d * g
-
-
-def _percentiles(
-    values: Tensor | Positives, qs: Sequence[float], per_channel: bool | str
-) -> list[Tensor]:
-    """Percentiles of the positive values (per channel along dim 1 if asked)."""
-    pos = values if isinstance(values, Positives) else Positives.of(values, per_channel)
-    rows = pos.values()
-    dev = rows[0].device
-    if pos.channel:
-        srt = [r.double().sort().values for r in rows]
-        out = []
-        for q in qs:
-            row = [_percentile(r, q) if r.numel() else 0.0 for r in srt]
-            out.append(torch.tensor(row, dtype=torch.float32, device=dev))
-        return [_safe_scale(s) for s in out]
-    flat = rows[0].double()
-    if flat.numel() > 2_000_000:  # a fixed random sample, and the maximum
-        gen = np.random.default_rng(0)
-        idx = torch.from_numpy(gen.choice(flat.numel(), 2_000_000, replace=False)).to(dev)
-        flat = torch.cat([flat[idx], flat.max().reshape(1)])
-    if flat.numel() == 0:
-        return [torch.tensor(1.0, device=dev)]
-    srt = flat.sort().values
-    return [_safe_scale(torch.tensor(_percentile(srt, q), device=dev)) for q in qs]
-
-
-def _safe_scale(s: Tensor) -> Tensor:
-    """Scales must be > 0: a dead channel gets scale 1 (it never fires anyway)."""
-    s = s.to(torch.float32)
-    return torch.where(s > 0, s, torch.ones_like(s))
-
-
-@dataclass(frozen=True)
-class _Code:
-    """What a search codes with: the windows, the threshold rule, the input coding.
-
-    ``phases`` is the nominal window ``T`` (the input's window, and every spiking
-    layer's unless ``windows`` names the layer: its own window ``T_l``, by node name).
-    """
-
-    phases: int
-    shift: bool
-    input_coding: str
-    windows: tuple[tuple[str, int], ...] = ()
-
-    def window(self, node: Node) -> int:
-        """The window of spiking layer ``node`` (the input's: ``phases``)."""
-        return dict(self.windows).get(node.name, self.phases)
-
-    def with_windows(self, windows: dict[str, int]) -> _Code:
-        """This code with the layers' windows ``windows`` (by node name)."""
-        return dataclasses.replace(self, windows=tuple(sorted(windows.items())))
-
-
-def _quantizer(
-    scale: Tensor, base: float, code: _Code, node: Node | None = None
-) -> Callable[[Tensor], Tensor]:
-    """The code of one layer (``node``; None: the input) as a function of its pre-activation."""
-    phases = code.phases if node is None else code.window(node)
-    shift = code.shift
-
-    def q(pre: Tensor) -> Tensor:
-        return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
-
-    return q
-
-
-def _encode_input(
-    x: Tensor, input_node: Node, chosen: dict[Node, tuple[Tensor, float]], code: _Code
-) -> Tensor:
-    """The input as the converted network's first layers receive it."""
-    if code.input_coding == "binary":
-        return binary.decode(binary.encode(x, code.phases), code.phases)
-    if code.input_coding == "single" and input_node in chosen:
-        s, b = chosen[input_node]
-        return _quantizer(s, b, code, input_node)(x)
-    return x
-
-
 class _Search:
+    """The layer-by-layer search on the search samples ``x`` (held in memory).
+
+    Holds the ANN's value of every node on ``x`` (the references), the network
+    converted so far (a cache of node values, :meth:`env_with`, computed by one
+    :class:`~onespike.graph.Runner` up to the node needed), and for every spiking layer
+    (and the input) where its spikes arrive: ``consumers`` (the spiking layers and the
+    output whose regions it feeds), ``derived`` (the max-pools and reshapes of its
+    spikes) and ``regions`` (each consumer's dendritic region). :meth:`run_sequential`
+    chooses the layers' codes in topological order (:meth:`search_layer`: candidate
+    scales from :func:`~onespike.observe.percentiles` of what the layer codes, bases
+    from the grid, scored by the objective in :meth:`score`); :meth:`set_windows`
+    changes the layers' windows (``windows=`` and ``"auto"``); :meth:`logits` and
+    :meth:`held_out` measure a choice on other inputs. ``stats_source`` (set by
+    :func:`calibrate` when the set is larger than the search samples) gives the
+    candidate scales over every sample instead of ``x`` alone.
+    """
+
     def __init__(
         self,
         traced: TracedModel,
@@ -337,10 +218,10 @@ class _Search:
         self.cfg = cfg
         self.phases = phases
         self.input_coding = input_coding
-        self.code = _Code(phases, cfg.threshold_shift, input_coding)
+        self.code = Code(phases, cfg.threshold_shift, input_coding)
         self.x = x
         self.progress = progress
-        self.stats_source: _StreamStats | None = None  # candidate scales from a larger set
+        self.stats_source: StreamStats | None = None  # candidate scales from a larger set
         self.runner = Runner(traced.module)
         r = self.runner
         self.relus = traced.relus
@@ -365,6 +246,7 @@ class _Search:
                 self.derived[self._root(n)].append(n)
 
     def _root(self, src: Node) -> Node | None:
+        """The spiking layer (or the input) whose spikes ``src`` carries; None: no spikes."""
         if src.op == "placeholder":
             return src
         if not self.runner.is_spiking(src):
@@ -373,7 +255,12 @@ class _Search:
 
     # --- the converted network so far -------------------------------------------------
     def quantizer(self, scale: Tensor, base: float, node: Node) -> Callable[[Tensor], Tensor]:
-        return _quantizer(scale, base, self.code, node)
+        """The code of spiking layer ``node`` at its current window."""
+        return quantizer_of(scale, base, self.code, node)
+
+    def converted(self, chosen: dict[Node, tuple[Tensor, float]]) -> Runner:
+        """A runner of the network with the ``chosen`` layers coded, the others ReLU."""
+        return converted_runner(self.traced.module, chosen, self.code, self.input)
 
     def set_windows(self, windows: dict[str, int]) -> None:
         """Code the spiking layers with these windows (by node name) from now on; every
@@ -405,21 +292,12 @@ class _Search:
             first = 0 if self.input in changed else min(order[n] for n in changed)
             self._invalidate_from(first)
         self._env_chosen = dict(chosen)
-        repl = {n: self.quantizer(s, b, n) for n, (s, b) in chosen.items() if n is not self.input}
-        runner = Runner(self.traced.module, repl)
-        env = self._env
-        stop = len(runner.nodes) if upto is None else order[upto] + 1
         with torch.no_grad():
-            for n in runner.nodes[:stop]:
-                if n not in env:
-                    env[n] = (
-                        self.encode_input(chosen)
-                        if n.op == "placeholder"
-                        else runner.run_node(n, env)
-                    )
-        return dict(env)
+            self.converted(chosen).run_upto(self._env, upto, lambda: self.encode_input(chosen))
+        return dict(self._env)
 
     def _invalidate_from(self, first: int) -> None:
+        """Forget the cached values of the nodes from topological position ``first`` on."""
         order = self.runner.order
         self._env = {n: v for n, v in self._env.items() if order[n] < first}
 
@@ -428,13 +306,14 @@ class _Search:
         self._invalidate_from(self.runner.order[node] + 1)
 
     def encode_input(self, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
-        return _encode_input(self.x, self.input, chosen, self.code)
+        """The search samples as the first layers receive them (the input's code)."""
+        return encode_input(self.x, self.input, chosen, self.code)
 
     def score(self, node: Node, q: Tensor, env: dict[Node, object]) -> float:
         """Relative squared error at the consumers of ``node`` when it outputs ``q``."""
         if self.cfg.objective == "activation":
             ref = self.ann[node]
-            return _rel_err(q, ref)
+            return rel_err(q, ref)
         if self.cfg.objective == "output":  # the logits, the later layers still ReLU
             order = self.runner.order
             pre = self.regions[self.output].pre
@@ -443,7 +322,7 @@ class _Search:
             rest = [n for n in self.runner.nodes if order[node] < order[n] <= order[pre]]
             with torch.no_grad():
                 self.runner.run(env, rest)
-            return _rel_err(env[pre], self.ann[pre])
+            return rel_err(env[pre], self.ann[pre])
         env = dict(env)
         env[node] = q
         with torch.no_grad():
@@ -452,13 +331,15 @@ class _Search:
             for t in self.consumers[node]:
                 reg = self.regions[t]
                 self.runner.run(env, reg.nodes)
-                total += _rel_err(env[reg.pre], self.ann[reg.pre])
+                total += rel_err(env[reg.pre], self.ann[reg.pre])
         return total
 
     # --- the search ------------------------------------------------------------------
     def candidates_for(
         self, layer_index: int, values: Tensor | Positives
     ) -> tuple[list[Tensor], list[float]]:
+        """The candidate scales (percentiles of ``values``) and bases of the
+        ``layer_index``-th spiking layer, as the config allows."""
         cfg = self.cfg
         if isinstance(cfg.base, tuple):
             bases = [cfg.base[layer_index]]
@@ -472,7 +353,7 @@ class _Search:
             qs = (100.0,)
         else:
             qs = (float(cfg.scale),)
-        return _percentiles(values, qs, cfg.per_channel), bases
+        return percentiles(values, qs, cfg.per_channel), bases
 
     def layer_input(self, node: Node, env: dict[Node, object]) -> Tensor:
         """What layer ``node`` codes: its pre-activation (converted or ANN), or the input."""
@@ -561,6 +442,10 @@ class _Search:
                 m.bias.data -= mean.to(m.bias.dtype)
 
     def run_sequential(self, bases_override: list[float] | None = None, desc: str = "calibrate"):
+        """Search every layer (the input first with the single-spike input code) in
+        topological order, each seeing the layers before it converted as chosen; with
+        ``bases_override``, only those bases. Returns the chosen ``(scale, base)`` and
+        the search error of every layer."""
         chosen: dict[Node, tuple[Tensor, float]] = {}
         errors: dict[Node, float] = {}
         order = ([self.input] if self.input_coding == "single" else []) + list(self.relus)
@@ -585,34 +470,23 @@ class _Search:
         return chosen, errors
 
     def output_error(self, chosen: dict[Node, tuple[Tensor, float]]) -> float:
+        """The relative squared error of the logits on the search samples, ``chosen``
+        converted (at the current windows)."""
         env = self.env_with(chosen)
         pre = self.regions[self.output].pre
-        return _rel_err(env[pre], self.ann[pre])
+        return rel_err(env[pre], self.ann[pre])
 
     def logits(self, x: Tensor, chosen: dict[Node, tuple[Tensor, float]] | None) -> Tensor:
         """The logits on other inputs ``x`` (chunk by chunk): of the network converted
         with ``chosen`` at the current windows, or of the ANN (None)."""
         pre = self.regions[self.output].pre
-        repl = (
-            {}
-            if chosen is None
-            else {n: self.quantizer(s, b, n) for n, (s, b) in chosen.items() if n is not self.input}
-        )
-        runner = Runner(self.traced.module, repl)
-        stop = runner.order[pre] + 1
+        runner = self.converted(chosen or {})
         out = []
         with torch.no_grad():
-            for i in range(0, x.shape[0], STATS_CHUNK):
-                xc = x[i : i + STATS_CHUNK]
-                env: dict[Node, object] = {}
-                for n in runner.nodes[:stop]:
-                    if n.op != "placeholder":
-                        env[n] = runner.run_node(n, env)
-                    elif chosen is None:
-                        env[n] = xc
-                    else:
-                        env[n] = _encode_input(xc, self.input, chosen, self.code)
-                out.append(env[pre])
+            for i in range(0, x.shape[0], observe.STATS_CHUNK):
+                xc = x[i : i + observe.STATS_CHUNK]
+                xin = xc if chosen is None else encode_input(xc, self.input, chosen, self.code)
+                out.append(runner.run_upto({}, pre, xin)[pre])
         return torch.cat(out)
 
     def held_out(
@@ -622,7 +496,7 @@ class _Search:
         top-1 agreement with the ANN's logits ``ann_logits`` and the logits error."""
         q = self.logits(x, chosen)
         same = q.argmax(1) == ann_logits.argmax(1) if q.dim() > 1 else torch.zeros(0)
-        return HeldOut(int(same.sum()), int(same.numel()), _rel_err(q, ann_logits))
+        return HeldOut(int(same.sum()), int(same.numel()), rel_err(q, ann_logits))
 
 
 def batch_independent(runner: Runner) -> bool:
@@ -691,172 +565,6 @@ def fire_steps(
     else:
         latency = max((src_end(s) for s in reg.spike_sources), default=input_steps)
     return start, latency
-
-
-#: Samples per chunk when the calibration statistics are read from the whole set.
-STATS_CHUNK = 512
-
-
-class _StreamStats:
-    """Statistics of the whole calibration set, read chunk by chunk.
-
-    The search scores its candidates on the first ``search_samples`` inputs; the
-    candidate scales come from every input. For each spiking layer this runs the
-    network converted so far on every chunk of :data:`STATS_CHUNK` samples, up to the
-    layer's input, and keeps only the layer's positive input values
-    (:class:`Positives`).
-
-    A stream (a DataLoader, a Dataset, a list) is read once per layer and nothing of a
-    chunk is kept but those values. A tensor is already in memory: each chunk's
-    *frontier* (the values later nodes still need) is kept, so the network runs once
-    in all instead of once per layer. Both do the same operations on the same chunks
-    (:meth:`Batches.chunks`), so a tensor and a loader of the same samples give the
-    same plan bit for bit.
-
-    Under a process group (:mod:`onespike.distributed`) ``data`` is this rank's shard
-    (``None``: an empty one), cut at multiples of :data:`STATS_CHUNK`: each rank runs
-    its own chunks and :meth:`positives` gathers every rank's values, in rank order,
-    which is the order of the chunks in one process. The percentiles are those of the
-    whole set, bit for bit.
-    """
-
-    def __init__(self, traced: TracedModel, data: Batches | None, cfg: SearchConfig, code: _Code):
-        self.traced = traced
-        self.data = data
-        self.cfg = cfg
-        self.code = code
-        self.runner = Runner(traced.module)
-        self.input = traced.input_node
-        self.keep_frontier = data is not None and data.in_memory
-        # the ANN's values (objective "activation") come from the ANN as it was before
-        # any bias correction, as in the search
-        fixed = cfg.objective == "activation" and cfg.bias_correction
-        self.ann_module = copy.deepcopy(traced.module) if fixed else traced.module
-        self._ann_nodes = {n.name: n for n in self.ann_module.graph.nodes}
-        self._frontier: dict[bool, list[list]] = {}  # per chunk: [next node index, values]
-        self._chosen_seen: dict[Node, object] = {}
-
-    def set_code(self, code: _Code) -> None:
-        """Code with ``code`` (other windows) from now on: the kept values are forgotten."""
-        self.code = code
-        self._frontier = {}
-        self._chosen_seen = {}
-
-    def env(
-        self,
-        x: Tensor,
-        chosen: dict[Node, tuple[Tensor, float]],
-        stop: Node | None = None,
-    ) -> dict[Node, object]:
-        """Node values for a chunk ``x``, the chosen layers converted (up to ``stop``)."""
-        runner = self._runner(chosen, ann=False)
-        env: dict[Node, object] = {}
-        last = len(runner.nodes) if stop is None else runner.order[stop] + 1
-        with torch.no_grad():
-            for n in runner.nodes[:last]:
-                env[n] = (
-                    self._placeholder(x, chosen)
-                    if n.op == "placeholder"
-                    else runner.run_node(n, env)
-                )
-        return env
-
-    def _runner(self, chosen: dict[Node, tuple[Tensor, float]], ann: bool) -> Runner:
-        if ann:
-            return Runner(self.ann_module)
-        repl = {
-            n: _quantizer(s, b, self.code, n) for n, (s, b) in chosen.items() if n is not self.input
-        }
-        return Runner(self.traced.module, repl)
-
-    def _placeholder(self, x: Tensor, chosen: dict[Node, tuple[Tensor, float]]) -> Tensor:
-        return _encode_input(x, self.input, chosen, self.code)
-
-    def _values_of(
-        self, pre: Node, chosen: dict[Node, tuple[Tensor, float]], ann: bool
-    ) -> Iterator[Tensor]:
-        """The value of node ``pre`` on every chunk, in order."""
-        if any(chosen.get(n) is not v for n, v in self._chosen_seen.items()):
-            self._frontier = {}  # a new search (base="global" runs one per base)
-        self._chosen_seen = dict(chosen)
-        runner = self._runner(chosen, ann)
-        if ann:  # the same node of the ANN's graph (a copy when biases get corrected)
-            pre = self._ann_nodes[pre.name]
-        stop = runner.order[pre]
-        chunks = distributed.chunks(self.data, STATS_CHUNK)
-        if not self.keep_frontier:
-            for x, _ in chunks:
-                env: dict[Node, object] = {}
-                with torch.no_grad():
-                    for n in runner.nodes[: stop + 1]:
-                        is_input = n.op == "placeholder"
-                        value = (x if ann else self._placeholder(x, chosen)) if is_input else None
-                        env[n] = value if is_input else runner.run_node(n, env)
-                yield env[pre]
-            return
-        states = self._frontier.setdefault(ann, [])
-        for i, (x, _) in enumerate(chunks):
-            if i == len(states):
-                states.append([0, {}])
-            pos, env = states[i]
-            with torch.no_grad():
-                for n in runner.nodes[pos : stop + 1]:
-                    is_input = n.op == "placeholder"
-                    value = (x if ann else self._placeholder(x, chosen)) if is_input else None
-                    env[n] = value if is_input else runner.run_node(n, env)
-            done = max(pos, stop + 1)
-            yield env[pre]
-            order = runner.order  # keep what a node not yet computed needs
-            states[i] = [
-                done,
-                {n: v for n, v in env.items() if any(order[u] >= done for u in n.users)},
-            ]
-
-    def positives(
-        self, node: Node, chosen: dict[Node, tuple[Tensor, float]], per_channel: bool | str
-    ) -> Positives:
-        """What layer ``node`` codes (as :meth:`_Search.layer_input`), over every sample."""
-        if node is self.input:
-            values: Iterable[Tensor] = (x for x, _ in distributed.chunks(self.data, STATS_CHUNK))
-        else:
-            ann = self.cfg.objective == "activation"  # the ANN's value, not converted
-            values = self._values_of(node.args[0], chosen, ann)
-        out: Positives | None = None
-        for v in values:
-            if out is None:
-                out = Positives.of(v, per_channel)
-            else:
-                out.extend(v)
-        if distributed.active():  # every rank's values, in the order of the chunks
-            mine = None if out is None else out.channel
-            channel = next(c for c in distributed.gather_objects(mine) if c is not None)
-            rows = distributed.all_gather_rows(None if out is None else out.values())
-            return Positives(channel, [[r] for r in rows])
-        assert out is not None  # the data is not empty (checked by as_batches)
-        return out
-
-
-def _layer_figures(
-    env: dict[Node, object],
-    x: Tensor,
-    chosen: dict[Node, tuple[Tensor, float]],
-    relus: Sequence[Node],
-    input_node: Node,
-    code: _Code,
-    sums: dict[Node, list[float]],
-    caps: dict[Node, float],
-) -> None:
-    """Add each layer's ``|q - a|^2``, ``|a|^2`` and neuron count on one chunk to ``sums``."""
-    items = [(n, env[n.args[0]], None) for n in relus]
-    if code.input_coding == "single":
-        items.append((input_node, x, x))
-    for n, pre, act in items:
-        s, b = chosen[n]
-        q = _quantizer(s, b, code, n)(pre)
-        a = act if act is not None else pre.clamp(min=0, max=caps.get(n))
-        acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
-        acc[0] += float(((q.double() - a.double()) ** 2).sum())
-        acc[1] += float((a.double() ** 2).sum())
 
 
 #: ``windows="auto"`` measures every layer at the windows ``T - AUTO_SPAN .. T + AUTO_SPAN``
@@ -1169,7 +877,7 @@ def calibrate(
     ``x``: a tensor, or a :class:`~onespike.stream.Batches` (a DataLoader, a Dataset, a
     list of batches, wrapped by :func:`~onespike.stream.as_batches`). The search holds
     the first ``cfg.search_samples`` inputs in memory; the statistics over the whole set
-    (candidate scales, the plan's errors) are read chunk by chunk (:class:`_StreamStats`),
+    (candidate scales, the plan's errors) are read chunk by chunk (:class:`StreamStats`),
     so a stream larger than memory is never materialised. Unless ``search_samples`` is
     None or the model mixes samples (a GCN): then the search needs the whole set at once.
 
@@ -1196,10 +904,14 @@ def calibrate(
         n_search is None or data.count <= n_search or not batch_independent(Runner(traced.module))
     )
     x_search = data.head(None if whole else n_search)
-    code = _Code(phases, cfg.threshold_shift, input_coding)
+    code = Code(phases, cfg.threshold_shift, input_coding)
     search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
-    shard = None if whole else distributed.shard(data, STATS_CHUNK)
-    stream = None if whole else _StreamStats(traced, shard, cfg, code)
+    stream = None
+    if not whole:
+        shard = distributed.shard(data, observe.STATS_CHUNK)
+        stream = StreamStats(
+            traced, shard, code, objective=cfg.objective, bias_correction=cfg.bias_correction
+        )
     search.stats_source = stream
     relus = list(search.relus)
     window_info: dict | None = None
@@ -1244,21 +956,9 @@ def calibrate(
     sums: dict[Node, list[float]] = {}
     if stream is None:
         env = search.env_with(chosen)
-        _layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
+        layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
     else:  # chunk by chunk (on this rank's shard), then added up in the chunks' order
-        per_chunk = []
-        for xc, _ in distributed.chunks(shard, STATS_CHUNK):
-            env = stream.env(xc, chosen)
-            one: dict[Node, list[float]] = {}
-            _layer_figures(env, xc, chosen, search.relus, search.input, code, one, traced.caps)
-            per_chunk.append({n.name: v for n, v in one.items()})
-        by_name = {n.name: n for n in [search.input, *search.relus]}
-        for part in distributed.gather_objects(per_chunk):
-            for one_chunk in part:
-                for name, (num, den, neurons) in one_chunk.items():
-                    acc = sums.setdefault(by_name[name], [0.0, 0.0, neurons])
-                    acc[0] += num
-                    acc[1] += den
+        sums = stream.figures(chosen, search.relus, code)
     fire, _ = fire_windows(search.runner, search.relus)
     _, latency = fire_steps(search.runner, relus, [code.window(n) for n in relus], input_steps)
 

@@ -101,12 +101,35 @@ class Runner:
             env[n] = self.run_node(n, env, bias=bias)
         return env
 
+    def run_upto(
+        self,
+        env: dict[Node, object],
+        stop: Node | None,
+        x: Tensor | Callable[[], Tensor],
+        *,
+        start: int = 0,
+    ) -> dict[Node, object]:
+        """Run the graph up to ``stop`` (included; None: to the output) with the input ``x``.
+
+        Evaluates, in topological order, every node from position ``start`` up to
+        ``stop`` that ``env`` does not hold yet (a cache or a chunk's frontier keeps
+        what was computed before); the input node takes ``x``: a tensor, or a function
+        that makes it (the input as the converted network's first layers receive it,
+        encoded only when the input node is evaluated). Returns ``env``.
+        """
+        last = len(self.nodes) if stop is None else self.order[stop] + 1
+        for n in self.nodes[start:last]:
+            if n in env:
+                continue
+            if n.op == "placeholder":
+                env[n] = x() if callable(x) else x
+            else:
+                env[n] = self.run_node(n, env)
+        return env
+
     def forward_all(self, x: Tensor) -> dict[Node, object]:
         """Every node's value for input ``x`` (placeholder included)."""
-        env: dict[Node, object] = {}
-        for n in self.nodes:
-            env[n] = x if n.op == "placeholder" else self.run_node(n, env)
-        return env
+        return self.run_upto({}, None, x)
 
     def is_source(self, node: Node) -> bool:
         """Nodes whose value a region takes as given: input, spikes, constants."""
