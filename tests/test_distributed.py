@@ -43,15 +43,15 @@ PAPER = {"phases": 6, "search": "paper", "bias_correction": True, "progress": Fa
 REFINE_CAL = 128
 REFINE = {
     "shift-flip, held out": RefineConfig(
-        iterations=20, batch_size=16, holdout=0.25, checks=4, augment="shift-flip"
-    ),
+        iterations=20, batch_size=16, holdout=0.25, checks=4, augment="shift-flip", margin=0
+    ),  # margin 0: the steps are compared (32 held-out images cannot show a clear gain)
     # 15 = 7 + 8 rows: a global batch that does not divide by the 2 ranks
     "odd batch, mix, drop": RefineConfig(
         iterations=20, batch_size=15, holdout=0.0, augment="mix", drop=0.3
     ),
     "reconstruct, features, mse": RefineConfig(
         iterations=10, batch_size=15, holdout=0.25, checks=4, reconstruct=5, features=0.5,
-        loss="mse", lr=1e-3,
+        loss="mse", lr=1e-3, margin=0,
     ),
 }  # fmt: skip
 #: 1 vs 2 ranks: the sums of the gradients are rounded in another order, and each rank
@@ -369,7 +369,11 @@ def test_torchrun_cli_refines_on_two_ranks_like_one_process(tmp_path):
     xc, _ = calibration_set("mnist", REFINE_CAL, 0)
     one = convert(model, xc, phases=2, refine={"iterations": 5}, progress=False)
     one_info = one.plan.search["refine"]
-    assert info["kept_step"] == one_info["kept_step"] > 0
+    assert info["kept_step"] == one_info["kept_step"]
+    # every held-out check (step, kind, samples agreeing) is the same on 2 ranks as in one
+    # process, the unrefined network's and the refined steps'
+    assert len(one_info["held_out_checks"]) > 1
+    assert [c[:3] for c in info["held_out_checks"]] == [c[:3] for c in one_info["held_out_checks"]]
     assert info["loss_before"] == one_info["loss_before"]
     for lp, mine in zip(one.plan.layers, figures["plan"]["layers"]):
         torch.testing.assert_close(
