@@ -411,14 +411,29 @@ def test_bad_group_settings_are_one_clear_error(monkeypatch, env, needle):
 
 
 def test_commands_without_shards_refuse_torchrun(monkeypatch, capsys):
+    """Every rank finds a wrong option alike: rank 0 says it, once; the others exit with the
+    same status, quietly."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", "0")
     assert main(["ablation", "--model", "mnist_cnn"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: onespike ablation runs in one process: launch it without torchrun "
         "(convert, evaluate and demo run on several)"
     ]
+    monkeypatch.setenv("RANK", "1")
+    assert main(["ablation", "--model", "mnist_cnn"]) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_a_mistake_of_one_rank_is_reported_with_its_rank(monkeypatch, capsys):
+    from onespike.cli import _report_on_ranks
+    from onespike.errors import InputError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _report_on_ranks(InputError("its shard holds a NaN")) == 2
+    assert capsys.readouterr().err == "error (rank 1): its shard holds a NaN\n"
 
 
 @pytest.mark.parametrize("n,align,world", [(600, 512, 2), (10, 3, 3), (5, 4, 3), (1000, 1, 7)])

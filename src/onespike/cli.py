@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,13 @@ from onespike._version import __version__
 from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
 from onespike.data import DATASETS, SUBSETS, calibration_set, load_dataset, subset_indices
-from onespike.errors import OnespikeError, OptionError, check_phase_bound, report_error
+from onespike.errors import (
+    OnespikeError,
+    OptionError,
+    OutputError,
+    check_phase_bound,
+    report_error,
+)
 from onespike.evaluate import EvalResult, evaluate
 from onespike.models import load_user_model, resolve_model
 from onespike.network import SpikingNetwork
@@ -347,14 +354,14 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
 
 def _search_config(args: argparse.Namespace) -> SearchConfig:
     """The :class:`~onespike.calibrate.SearchConfig` of ``--search`` and the flags that
-    change it (:func:`_add_search_flags`; ``--no-shift`` where the command has it)."""
+    change it (:func:`_add_search_flags`; ``--no-threshold-shift`` where the command has it)."""
     changes = {
         "base": None if args.base is None else _parse_base(args.base),
         "scale": None if args.scale is None else _parse_scale(args.scale),
         "objective": args.objective,
         "per_channel": args.per_channel,
         "bias_correction": args.bias_correction,
-        "threshold_shift": False if getattr(args, "no_shift", False) else None,
+        "threshold_shift": False if getattr(args, "no_threshold_shift", False) else None,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.search_samples is not None:
@@ -397,7 +404,7 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool) -> None:
         help="how the input is sent (default analog; binary: multi-spike base-2 code; "
         "single: single-spike phase code)",
     )
-    p.add_argument("--no-shift", action="store_true", help="floor instead of rounding")
+    p.add_argument("--no-threshold-shift", action="store_true", help="floor instead of rounding")
     _add_search_flags(p)
     p.add_argument("--calibration", type=_count, default=1000, help="calibration images")
     p.add_argument("--test", type=_count, default=None, help="only N test images (see --subset)")
@@ -667,10 +674,26 @@ def main(argv: list[str] | None = None) -> int:
         finished = code == 0  # every rank got here: they may meet at a barrier
         return code
     except OnespikeError as e:  # a user's mistake; anything else is a bug: its traceback shows
-        return report_error(e)
+        return _report_on_ranks(e)
     finally:
         if made_group:
             distributed.close(synchronize=finished)
+
+
+def _report_on_ranks(e: OnespikeError) -> int:
+    """Report a user's mistake once under torchrun. A wrong option or output path is found
+    by every rank alike (they parse the same arguments and check the same paths): rank 0
+    says it and the others exit quietly with the same status. Any other mistake can be one
+    rank's alone (its shard of the data): every rank that meets it says so, with its rank."""
+    if not distributed.launched():
+        return report_error(e)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return report_error(e)
+    if isinstance(e, (OptionError, OutputError)):
+        return 2
+    print(f"error (rank {rank}): {str(e).strip()}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
