@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from onespike.engine import ClockedNeurons, Ops
+from onespike.accounting import Ops
+from onespike.engine import ClockedNeurons
 from onespike.errors import OnespikeError
 from onespike.experiments.compare import (
     Node,

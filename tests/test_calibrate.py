@@ -97,8 +97,16 @@ def test_cli_search_preset_and_flags_reach_the_plan(tmp_path):
     assert onespike.cli.main([*argv, "--search", "paper", "--json", str(j)]) == 0
     search = json.loads(j.read_text())["plan"]["search"]
     assert search["objective"] == "activation" and search["per_channel"] is False
-    argv += ["--search", "paper", "--objective", "output", "--no-shift", "--search-samples", "0"]
+    argv += [
+        "--search",
+        "paper",
+        "--objective",
+        "output",
+        "--no-threshold-shift",
+        "--search-samples",
+        "0",
+    ]
     assert onespike.cli.main([*argv, "--json", str(j)]) == 0
     search = json.loads(j.read_text())["plan"]["search"]
     assert search["objective"] == "output" and search["per_channel"] is False
-    assert search["shift"] is False and search["search_samples"] is None
+    assert search["threshold_shift"] is False and search["search_samples"] is None

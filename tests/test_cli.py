@@ -195,8 +195,8 @@ def test_ablation_variants_run():
     assert seen == [1, 2]
     assert len(res["rows"]) == len(some)
     floor = next(r for r in res["rows"] if "floor" in r["variant"])
-    shift = next(r for r in res["rows"] if r["variant"].startswith("2 "))
-    assert floor["loss"][3] > shift["loss"][3]  # rounding beats floor at T=3
+    threshold_shift = next(r for r in res["rows"] if r["variant"].startswith("2 "))
+    assert floor["loss"][3] > threshold_shift["loss"][3]  # rounding beats floor at T=3
     assert "T=3" in ablation_table([res])
     reloaded = json.loads(json.dumps([res]))  # JSON turns the T keys into strings
     assert ablation_table(reloaded) == ablation_table([res])

@@ -124,12 +124,12 @@ def test_binary_neuron_saturates_at_all_bits():
 # --------------------------------------------------------------------------------------
 # TTFS (linear latency code)
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("threshold_shift", [True, False])
 @pytest.mark.parametrize("phases", [1, 2, 5, 16, 64])
-def test_ttfs_step_dynamics_equal_the_closed_form(phases, shift):
+def test_ttfs_step_dynamics_equal_the_closed_form(phases, threshold_shift):
     z = _z(n=5000)
-    ph, upd = ttfs.fire(z, phases, shift=shift)
-    assert torch.equal(ph, ttfs.encode(z, phases, shift=shift))
+    ph, upd = ttfs.fire(z, phases, threshold_shift=threshold_shift)
+    assert torch.equal(ph, ttfs.encode(z, phases, threshold_shift=threshold_shift))
     assert torch.equal(upd, torch.where(ph >= 0, ph + 1, torch.full_like(ph, phases)))
 
 
@@ -154,7 +154,7 @@ def test_ttfs_with_shift_rounds_to_the_nearest_level(phases):
     z = _z(lo=0.0, hi=1.0)
     val = ttfs.quantize(z, 1.0, phases)
     assert float((val - z).abs().max()) <= 0.5 / phases + 1e-9
-    floor = ttfs.quantize(z, 1.0, phases, shift=False)
+    floor = ttfs.quantize(z, 1.0, phases, threshold_shift=False)
     assert float((z - floor).min()) >= -1e-9  # without the shift: never above the input
     assert float((z - floor).max()) < 1.0 / phases + 1e-9
     levels = ttfs.decode(torch.arange(phases), phases, 1.0)

@@ -14,9 +14,9 @@ windows = st.integers(min_value=1, max_value=24)
 values = st.floats(min_value=0.0, max_value=3.0, allow_nan=False)
 
 
-def _code(z: float, base: float, T: int, shift: bool = True) -> tuple[int, float]:
+def _code(z: float, base: float, T: int, threshold_shift: bool = True) -> tuple[int, float]:
     zt = torch.tensor([z], dtype=torch.float64)
-    ph = pc.encode(zt, base, T, shift=shift)
+    ph = pc.encode(zt, base, T, threshold_shift=threshold_shift)
     return int(ph[0]), float(pc.decode(ph, base, torch.tensor(1.0, dtype=torch.float64))[0])
 
 
@@ -39,17 +39,17 @@ def test_relative_error_bound_inside_range(z, base, T):
 
 @given(z=st.floats(min_value=0.0, max_value=1.0), base=bases, T=windows)
 def test_floor_never_overestimates_and_bound(z, base, T):
-    _, q = _code(z, base, T, shift=False)
+    _, q = _code(z, base, T, threshold_shift=False)
     assert q <= z + 1e-15
     if z >= base ** -(T - 1):
-        assert (z - q) / z <= pc.max_relative_error(base, shift=False) + 1e-12
+        assert (z - q) / z <= pc.max_relative_error(base, threshold_shift=False) + 1e-12
 
 
-@given(a=values, b=values, base=bases, T=windows, shift=st.booleans())
-def test_monotonic(a, b, base, T, shift):
+@given(a=values, b=values, base=bases, T=windows, threshold_shift=st.booleans())
+def test_monotonic(a, b, base, T, threshold_shift):
     lo, hi = min(a, b), max(a, b)
-    ka, qa = _code(lo, base, T, shift)
-    kb, qb = _code(hi, base, T, shift)
+    ka, qa = _code(lo, base, T, threshold_shift)
+    kb, qb = _code(hi, base, T, threshold_shift)
     assert qa <= qb
     if ka >= 0 and kb >= 0:
         assert kb <= ka  # a larger value fires earlier
@@ -119,12 +119,14 @@ def test_window_rule_helpers(base, T):
     assert torch.equal(pc.phase_from_reached(r, T), ph)
 
 
-@pytest.mark.parametrize(("base", "T", "shift"), [(2.0, 5, True), (1.37, 8, False), (1.8, 3, True)])
-def test_fire_step_by_step_gives_the_phases_of_encode(base, T, shift):
+@pytest.mark.parametrize(
+    ("base", "T", "threshold_shift"), [(2.0, 5, True), (1.37, 8, False), (1.8, 3, True)]
+)
+def test_fire_step_by_step_gives_the_phases_of_encode(base, T, threshold_shift):
     """The phase neuron's per-step update (one compare and one multiply per step) fires
     at the phase the event path's encode gives, once at most."""
     z = torch.rand(4000, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1.2
-    phase, count = pc.fire(z, base, T, shift=shift)
-    assert torch.equal(phase, pc.encode(z, base, T, shift=shift))
+    phase, count = pc.fire(z, base, T, threshold_shift=threshold_shift)
+    assert torch.equal(phase, pc.encode(z, base, T, threshold_shift=threshold_shift))
     assert torch.equal(count, (phase >= 0).to(torch.int64))
     assert (phase >= 0).any() and (phase < 0).any()

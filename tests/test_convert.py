@@ -36,7 +36,7 @@ def test_plan_contents(model, x):
     # relu1 -> relu2, relu3 -> relu4 -> relu5: the fire windows and the latency
     assert [lp.fire_window for lp in plan.layers] == [1, 2, 2, 3, 4]
     assert plan.latency_steps == (4 + 1) * 6
-    assert {(lp.phases, lp.shift) for lp in plan.layers} == {(6, True)}
+    assert {(lp.phases, lp.threshold_shift) for lp in plan.layers} == {(6, True)}
     # per-channel scales on the 4-channel convolutions, one scale on the linear layer
     assert [len(lp.scale) if isinstance(lp.scale, tuple) else 1 for lp in plan.layers] == [
         4, 4, 4, 4, 1
@@ -48,7 +48,7 @@ def test_plan_contents(model, x):
         "objective": "next",
         "per_channel": "auto",
         "bias_correction": False,
-        "shift": True,
+        "threshold_shift": True,
         "search_samples": 256,
     }
     # relu1's recorded error is its code's on the calibration data (its input is exact)

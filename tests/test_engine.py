@@ -5,18 +5,17 @@ import pytest
 import torch
 
 import onespike
-from onespike.engine import (
+from onespike.accounting import (
     E_ADD,
     E_MAC,
     E_MEM,
     E_MUL,
     Ops,
-    SpikeGraph,
     ann_energy,
     energy_compute,
     energy_total,
-    phase_window,
 )
+from onespike.engine import SpikeGraph, phase_window
 from onespike.experiments import compare as C
 from onespike.simulate_codes import CodeNet, simulate_windowed
 from onespike.trace import trace

@@ -134,7 +134,7 @@ RESIGNED = {
     "scale negative": (_set_layer(3, "scale", -1.0), "scale"),
     "scale nan": (_set_layer(3, "scale", {"$float": "nan"}), "scale"),
     "per-channel scale short": (_set_layer(0, "scale", {"$tuple": [1.0]}), "scale"),
-    "shift not a bool": (_set_layer(0, "shift", 3), "shift"),
+    "shift not a bool": (_set_layer(0, "threshold_shift", 3), "threshold_shift"),
     "input coding": (_edit_plan(lambda p: p.__setitem__("input_coding", "morse")), "coding"),
     "a layer missing": (_edit_plan(lambda p: p["layers"].pop()), "layers|ReLU"),
     "padding": (_edit_graph_padding, "plan does not fit|shape"),

@@ -13,19 +13,19 @@ from onespike.trace import trace
 from tests.nets import make
 
 
-def _lp(scale, base=1.4, phases=5, shift=True):
-    return LayerPlan("relu1", 3, scale, base, phases, shift, 0.0, 0.0, 1)
+def _lp(scale, base=1.4, phases=5, threshold_shift=True):
+    return LayerPlan("relu1", 3, scale, base, phases, threshold_shift, 0.0, 0.0, 1)
 
 
 PRE = torch.randn(64, 3, 4, generator=torch.Generator().manual_seed(0)) * 1.5
 
 
 @pytest.mark.parametrize("scale", [0.8, (0.5, 1.0, 2.0)])
-@pytest.mark.parametrize("shift", [True, False])
-def test_spike_layer_is_the_phase_code(scale, shift):
-    layer = SpikeLayer(_lp(scale, shift=shift))
+@pytest.mark.parametrize("threshold_shift", [True, False])
+def test_spike_layer_is_the_phase_code(scale, threshold_shift):
+    layer = SpikeLayer(_lp(scale, threshold_shift=threshold_shift))
     s = pc.channel_shape(torch.tensor(scale), PRE.dim())
-    phase = pc.encode(PRE / s, 1.4, 5, shift=shift)
+    phase = pc.encode(PRE / s, 1.4, 5, threshold_shift=threshold_shift)
     assert torch.equal(layer.encode(PRE), phase)
     expected = pc.decode(phase, 1.4, s, 5)
     assert torch.allclose(layer(PRE), expected, rtol=1e-6, atol=0)

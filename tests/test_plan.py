@@ -55,7 +55,7 @@ def test_to_dict_is_json_and_rebuilds_the_plan():
         "scale": [0.25, 2.0],
         "base": 1.5,
         "phases": 4,
-        "shift": True,
+        "threshold_shift": True,
         "act_error": 0.0125,
         "out_error": 0.00031,
         "fire_window": 1,

@@ -162,7 +162,7 @@ def test_methods_and_file_layout(tmp_path):
     assert json.loads(meta["input_shape"]) == [2, 8, 8]
     plan = json.loads(meta["plan"])
     assert plan["phases"] == 4 and len(plan["layers"]) == len(snn.plan.layers)
-    assert {"name", "scale", "base", "shift", "fire_window"} <= set(plan["layers"][0])
+    assert {"name", "scale", "base", "threshold_shift", "fire_window"} <= set(plan["layers"][0])
     graph = json.loads(meta["graph"])
     assert graph["modules"]["conv1"]["type"] == "Conv2d"
     assert "ann/conv1.weight" in names

@@ -53,7 +53,11 @@ class _LearnedCode(nn.Module):
     ):
         super().__init__()
         self.cap = cap  # the ANN's activation there: ReLU, or a ReLU clipped at cap
-        self.base, self.phases, self.shift = layer.base, layer.phases, layer.shift
+        self.base, self.phases, self.threshold_shift = (
+            layer.base,
+            layer.phases,
+            layer.threshold_shift,
+        )
         log_s = layer.scale.detach().clone().log()
         self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
         # the spiking layer's own cached thresholds and levels (codes/phase.py, float64)
@@ -90,7 +94,7 @@ class _LearnedCode(nn.Module):
             out = s * (zc + (q - zc).detach())
         else:  # the exact code of the current base; the levels carry the base's gradient
             th = pc.ascending_thresholds(
-                float(b.detach()), self.phases, shift=self.shift, dtype=b.dtype
+                float(b.detach()), self.phases, threshold_shift=self.threshold_shift, dtype=b.dtype
             )
             table = pc.value_table_of(b, self.phases).to(pre.dtype)
             q = table.index_select(0, pc.reached(z.detach(), th).reshape(-1)).view_as(z)
@@ -100,8 +104,8 @@ class _LearnedCode(nn.Module):
                 keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
             else:
                 lo, hi, n = self.rows
-                whole = torch.rand((n, *pre.shape[1:]), generator=self.gen, device=pre.device)
-                keep = whole[lo:hi] < self.drop
+                draw = torch.rand((n, *pre.shape[1:]), generator=self.gen, device=pre.device)
+                keep = draw[lo:hi] < self.drop
             out = torch.where(keep, pre.clamp(0.0, self.cap), out)
         if self.tap is not None:
             self.tap.append(out)
@@ -146,8 +150,8 @@ class _Tap(nn.Module):
         return out
 
 
-def _chunks(n: int, whole: bool, size: int = 256) -> list[slice]:
-    return [slice(None)] if whole else [slice(i, i + size) for i in range(0, n, size)]
+def _chunks(n: int, mixes_samples: bool, size: int = 256) -> list[slice]:
+    return [slice(None)] if mixes_samples else [slice(i, i + size) for i in range(0, n, size)]
 
 
 # --- the rank split: one process runs each mini-batch whole, several share out its rows ----
@@ -192,11 +196,11 @@ class _RankSplit:
         return lv
 
 
-def _rank_split(whole: bool) -> _RankSplit:
+def _rank_split(mixes_samples: bool) -> _RankSplit:
     """Several ranks share out the rows of every mini-batch, but for graph models (whose
     samples interact), which every rank runs whole."""
     world = distributed.world_size()
-    return _RankSplit(world if world > 1 and not whole else 1)
+    return _RankSplit(world if world > 1 and not mixes_samples else 1)
 
 
 class _Rows:
@@ -338,19 +342,19 @@ class _Calibration:
     """The training inputs on the network's device, the ANN's logits on them
     (``targets``), the classes a candidate must get right (``labels``: the ANN's top-1
     for refine, the labels for finetune) and the split into the samples fitted and
-    those held out. ``whole``: a graph model, whose samples interact: every pass runs
+    those held out. ``mixes_samples``: a graph model, whose samples interact: every pass runs
     all of them."""
 
     ann: nn.Module
     x: Tensor
     targets: Tensor
     labels: Tensor
-    whole: bool
+    mixes_samples: bool
     fit_idx: Tensor
     hold_idx: Tensor
 
     def outputs(self, gm: nn.Module, idx: Tensor) -> Tensor:
-        if self.whole:  # run them all, score the chosen rows
+        if self.mixes_samples:  # run them all, score the chosen rows
             return gm(self.x)[idx.to(self.x.device)]
         return gm(self.x[idx.to(self.x.device)])
 
@@ -400,7 +404,7 @@ def _held_out(
         return _Score(float("nan"), 0, 0), torch.zeros(0, dtype=torch.bool)
     dev = data.x.device
     with torch.no_grad():
-        parts = _chunks(len(idx), data.whole)
+        parts = _chunks(len(idx), data.mixes_samples)
         lo, hi = (0, len(parts))
         if split.shared:
             lo, hi = distributed.shard_range(len(parts), distributed.rank(), split.ranks)
@@ -423,7 +427,7 @@ def _held_out(
         tot = 0.0
         for c, v in zip(parts, vals):
             tot += v * len(idx[c])
-    loss = vals[0] if data.whole else tot / len(idx)
+    loss = vals[0] if data.mixes_samples else tot / len(idx)
     return _Score(loss, counts[0], len(idx), counts[1], counts[2]), hits
 
 

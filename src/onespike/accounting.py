@@ -39,25 +39,76 @@ from torch import fx, nn
 
 from onespike.codes import binary
 from onespike.codes import phase as pc
-from onespike.engine import (
-    E_ADD,
-    E_MAC,
-    E_MEM,
-    E_MUL,
-    SpikeGraph,
-    ann_counts,
-    ann_energy,
-    count_region,
-    energy_compute,
-    energy_ratio,
-    energy_total,
-)
+from onespike.engine import SpikeGraph, ann_counts, count_region
 from onespike.errors import OptionError
 from onespike.network import SpikingNetwork
 from onespike.simulate import SimulationResult
 
 Node = fx.Node
 Tensor = torch.Tensor
+
+#: Unit energies in pJ, 45 nm CMOS (Horowitz 2014).
+E_ADD = 0.9  # pJ
+E_MUL = 3.7
+E_MAC = 4.6
+E_MEM = 5.0
+
+
+# --------------------------------------------------------------------------------------
+# energy: the one formula (every cost figure of the library and the comparison)
+# --------------------------------------------------------------------------------------
+def energy_compute(acs: float, macs: float, muls: float, adds: float, fire: float = 0.0) -> float:
+    """pJ without memory: AC 0.9, MAC 4.6, multiply 3.7, add or compare 0.9, and ``fire``
+    fire-window steps of onespike's neurons (one multiply and one compare each)."""
+    return acs * E_ADD + macs * E_MAC + muls * E_MUL + adds * E_ADD + fire * (E_MUL + E_ADD)
+
+
+def energy_total(compute: float, acs: float, macs: float, *updates: float) -> float:
+    """pJ with memory: ``compute`` plus one access (5 pJ) per AC, MAC and neuron update
+    (the ``updates``, summed in the order given)."""
+    accesses = acs + macs
+    for u in updates:
+        accesses += u
+    return compute + accesses * E_MEM
+
+
+def ann_energy(macs: float) -> tuple[float, float]:
+    """(compute-only, with memory) pJ of an ANN doing ``macs`` MACs (one weight read each)."""
+    compute = macs * E_MAC
+    return compute, energy_total(compute, macs, 0.0)
+
+
+def energy_ratio(ann: float, snn: float) -> float:
+    """ANN energy over SNN energy (infinite for an SNN that spends nothing)."""
+    return ann / snn if snn else float("inf")
+
+
+@dataclass
+class Ops:
+    """Operations of one inference (or summed over a batch), and their energy."""
+
+    acs: float = 0.0
+    macs: float = 0.0
+    muls: float = 0.0
+    adds: float = 0.0  # adds, compares and subtracts of the neurons
+    updates: float = 0.0  # neuron updates (one membrane access each)
+    spikes: float = 0.0  # spikes of the hidden spiking neurons
+
+    def __iadd__(self, other: Ops) -> Ops:
+        for f in self.__dataclass_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        return self
+
+    def scaled(self, k: float) -> Ops:
+        return Ops(**{f: getattr(self, f) * k for f in self.__dataclass_fields__})
+
+    def energy_compute(self) -> float:
+        """pJ without memory (:func:`energy_compute`)."""
+        return energy_compute(self.acs, self.macs, self.muls, self.adds)
+
+    def energy_total(self) -> float:
+        """pJ with one memory access per AC, MAC and neuron update (:func:`energy_total`)."""
+        return energy_total(self.energy_compute(), self.acs, self.macs, self.updates)
 
 
 @dataclass

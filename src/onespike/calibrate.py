@@ -147,7 +147,7 @@ class SearchConfig:
             "objective": self.objective,
             "per_channel": self.per_channel,
             "bias_correction": self.bias_correction,
-            "shift": self.threshold_shift,
+            "threshold_shift": self.threshold_shift,
             "search_samples": self.search_samples,
         }
 
@@ -900,14 +900,14 @@ def calibrate(
     input_steps = check_input_window(input_window, input_coding, phases, windows)
     data = as_batches(x)
     n_search = cfg.search_samples
-    whole = (
+    search_all = (
         n_search is None or data.count <= n_search or not batch_independent(Runner(traced.module))
     )
-    x_search = data.head(None if whole else n_search)
+    x_search = data.head(None if search_all else n_search)
     code = Code(phases, cfg.threshold_shift, input_coding)
     search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
     stream = None
-    if not whole:
+    if not search_all:
         shard = distributed.shard(data, observe.STATS_CHUNK)
         stream = StreamStats(
             traced, shard, code, objective=cfg.objective, bias_correction=cfg.bias_correction
@@ -925,7 +925,7 @@ def calibrate(
         # the budget: the latency of the uniform network (every window T, the input's too)
         budget = fire_steps(search.runner, relus, [phases] * len(relus), phases)[1]
         held_x = None
-        if not whole and data.count > n_search:  # the samples the search never scores
+        if not search_all and data.count > n_search:  # the samples the search never scores
             held_x = data.window(n_search, min(data.count, n_search + AUTO_HOLDOUT)).head(None)
         chosen, errors, _, window_info = _auto_windows(
             search, traced, phases, budget, latency_of, held_x
@@ -972,7 +972,7 @@ def calibrate(
             scale=scale,
             base=float(b),
             phases=code.window(node),
-            shift=cfg.threshold_shift,
+            threshold_shift=cfg.threshold_shift,
             act_error=num / den if den > 0 else num,
             out_error=float(errors[node]),
             fire_window=window,

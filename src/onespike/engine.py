@@ -1,4 +1,10 @@
-"""The engine: one walk over a network's graph, one cost model, one energy formula.
+"""The engine: the one walk over a network's spike nodes, and the operation counts.
+
+It holds what every simulator and counter shares: the walk (:class:`SpikeGraph`), the
+two protocols other codes plug into (:class:`FireWindow`, :class:`ClockedNeurons`), and
+the counting of a region's operations (:func:`count_region`, :func:`ann_counts`). The
+energy those counts cost (the unit energies, :class:`~onespike.accounting.Ops`) is in
+:mod:`onespike.accounting`, beside the cost report.
 
 Seen from its spikes, a traced network (the folded ANN, or the converted network
 whose ReLUs are spiking layers) is a short list of *spike nodes* in topological
@@ -29,18 +35,14 @@ single-spike code run in windows: onespike's phase code, :func:`phase_window`, a
 TTFS) and :class:`ClockedNeurons` (neurons updated at every step: rate, burst and the
 binary multi-spike code).
 
-The cost model: :func:`count_region` (accumulates and multiply-accumulates of a
-region, from the spikes of its sources), :func:`ann_counts` (the ANN's MACs), and the
-energy of an operation count (:func:`energy_compute`, :func:`energy_total`,
-:func:`ann_energy`; :class:`Ops` holds one count). Unit energies, 45 nm CMOS
-(Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ, memory access 5 pJ.
+The operation counts: :func:`count_region` (accumulates and multiply-accumulates of
+a region, from the spikes of its sources) and :func:`ann_counts` (the ANN's MACs).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -54,11 +56,6 @@ from onespike.trace import is_add, op_of
 
 Node = fx.Node
 Tensor = torch.Tensor
-
-E_ADD = 0.9  # pJ
-E_MUL = 3.7
-E_MAC = 4.6
-E_MEM = 5.0
 
 #: The kinds of node :meth:`SpikeGraph.walk` visits (module docstring).
 SPIKE_NODE_KINDS = ("input", "encoder", "const", "layer", "pool", "reshape", "shape", "output")
@@ -174,7 +171,7 @@ def phase_window(lp: LayerPlan) -> FireWindow:
 
     def fire(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         s = pc.channel_shape(scale.to(pre.dtype), pre.dim())
-        ph = pc.encode(pre / s, lp.base, lp.phases, shift=lp.shift)
+        ph = pc.encode(pre / s, lp.base, lp.phases, threshold_shift=lp.threshold_shift)
         value = pc.decode(ph, lp.base, s, lp.phases)
         upd = pc.fire_updates(ph, lp.phases)
         return value, (ph >= 0).to(pre.dtype), upd.to(pre.dtype)
@@ -282,81 +279,15 @@ def ann_counts(runner: Runner, reg: Region, env: dict[Node, object]) -> tuple[fl
     return dense, nonzero
 
 
-# --------------------------------------------------------------------------------------
-# energy
-# --------------------------------------------------------------------------------------
-def energy_compute(acs: float, macs: float, muls: float, adds: float, fire: float = 0.0) -> float:
-    """pJ without memory: AC 0.9, MAC 4.6, multiply 3.7, add or compare 0.9, and ``fire``
-    fire-window steps of onespike's neurons (one multiply and one compare each)."""
-    return acs * E_ADD + macs * E_MAC + muls * E_MUL + adds * E_ADD + fire * (E_MUL + E_ADD)
-
-
-def energy_total(compute: float, acs: float, macs: float, *updates: float) -> float:
-    """pJ with memory: ``compute`` plus one access (5 pJ) per AC, MAC and neuron update
-    (the ``updates``, summed in the order given)."""
-    accesses = acs + macs
-    for u in updates:
-        accesses += u
-    return compute + accesses * E_MEM
-
-
-def ann_energy(macs: float) -> tuple[float, float]:
-    """(compute-only, with memory) pJ of an ANN doing ``macs`` MACs (one weight read each)."""
-    compute = macs * E_MAC
-    return compute, energy_total(compute, macs, 0.0)
-
-
-def energy_ratio(ann: float, snn: float) -> float:
-    """ANN energy over SNN energy (infinite for an SNN that spends nothing)."""
-    return ann / snn if snn else float("inf")
-
-
-@dataclass
-class Ops:
-    """Operations of one inference (or summed over a batch), and their energy."""
-
-    acs: float = 0.0
-    macs: float = 0.0
-    muls: float = 0.0
-    adds: float = 0.0  # adds, compares and subtracts of the neurons
-    updates: float = 0.0  # neuron updates (one membrane access each)
-    spikes: float = 0.0  # spikes of the hidden spiking neurons
-
-    def __iadd__(self, other: Ops) -> Ops:
-        for f in self.__dataclass_fields__:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-        return self
-
-    def scaled(self, k: float) -> Ops:
-        return Ops(**{f: getattr(self, f) * k for f in self.__dataclass_fields__})
-
-    def energy_compute(self) -> float:
-        """pJ without memory (:func:`energy_compute`)."""
-        return energy_compute(self.acs, self.macs, self.muls, self.adds)
-
-    def energy_total(self) -> float:
-        """pJ with one memory access per AC, MAC and neuron update (:func:`energy_total`)."""
-        return energy_total(self.energy_compute(), self.acs, self.macs, self.updates)
-
-
 NeuronFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # a FireWindow as a plain function
 
 __all__ = [
-    "E_ADD",
-    "E_MAC",
-    "E_MEM",
-    "E_MUL",
     "SPIKE_NODE_KINDS",
     "ClockedNeurons",
     "FireWindow",
     "NeuronFn",
-    "Ops",
     "SpikeGraph",
     "ann_counts",
-    "ann_energy",
     "count_region",
-    "energy_compute",
-    "energy_ratio",
-    "energy_total",
     "phase_window",
 ]

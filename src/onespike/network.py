@@ -52,12 +52,14 @@ class SpikeLayer(nn.Module):
         self.name = lp.name
         self.base = float(lp.base)
         self.phases = int(lp.phases)
-        self.shift = bool(lp.shift)
+        self.threshold_shift = bool(lp.threshold_shift)
         scale = lp.scale if isinstance(lp.scale, tuple) else float(lp.scale)
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32, device=device))
         # cached in float64, cast to the input's dtype per call
         f64 = torch.float64
-        th = pc.ascending_thresholds(self.base, self.phases, shift=self.shift, dtype=f64)
+        th = pc.ascending_thresholds(
+            self.base, self.phases, threshold_shift=self.threshold_shift, dtype=f64
+        )
         self.register_buffer("th_ascending", th.to(device), persistent=False)
         table = pc.value_table(self.base, self.phases, dtype=f64)
         self.register_buffer("table", table.to(device), persistent=False)
@@ -82,7 +84,12 @@ class SpikeLayer(nn.Module):
         """Spike phase of every neuron (int64, -1 = none) for pre-activations ``pre``."""
         tables = self._scaled_tables(pre.dtype)
         if tables is None:
-            return pc.encode(pre / self.scale_for(pre), self.base, self.phases, shift=self.shift)
+            return pc.encode(
+                pre / self.scale_for(pre),
+                self.base,
+                self.phases,
+                threshold_shift=self.threshold_shift,
+            )
         return pc.phase_from_reached(pc.reached(pre, tables[0]), self.phases)
 
     def decode(self, phase: Tensor, like: Tensor) -> Tensor:
@@ -105,7 +112,10 @@ class SpikeLayer(nn.Module):
         return pc.quantize_normalised(pre, *tables)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, shift={self.shift}"
+        return (
+            f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, "
+            f"threshold_shift={self.threshold_shift}"
+        )
 
 
 class InputEncoder(nn.Module):

@@ -37,7 +37,7 @@ Metadata (``node.metadata``; ``graph.metadata`` for the whole network):
   each spike worth ``2^-T`` at the window's end, the membrane doubling every step) or
   ``"single"`` (see the ``IF`` node ``input_encoder``).
 - ``IF``: ``onespike_role`` (``"spiking_layer"`` or ``"input_encoder"``), ``name``
-  (the plan's layer name), ``base`` ``B``, ``phases`` ``T``, ``shift``, ``scale`` (a
+  (the plan's layer name), ``base`` ``B``, ``phases`` ``T``, ``threshold_shift``, ``scale`` (a
   scalar or one per channel, float64), ``fire_thresholds`` (``T`` values, normalised),
   ``input_window`` and ``fire_window`` (window indices: steps ``w*T .. w*T+T-1`` when
   every window is ``T``), ``input_start`` and ``fire_start`` (steps: the layer listens
@@ -274,12 +274,12 @@ class _Exporter:
             d = window - w
             key = (e, d)
             if key not in self.delays:
-                whole = d % self.T == 0  # always, when every window is T
-                name = f"{e}_delay{d // self.T}" if whole else f"{e}_delay{d}steps"
+                whole_windows = d % self.T == 0  # always, when every window is T
+                name = f"{e}_delay{d // self.T}" if whole_windows else f"{e}_delay{d}steps"
                 shape = self.shapes[e]
                 delay = self.nir.Delay(np.full(tuple(shape), float(d)))
                 delay.metadata = {"onespike_role": "window_delay", "steps": d}
-                if whole:
+                if whole_windows:
                     delay.metadata["windows"] = d // self.T
                 self.delays[key] = self.add(name, delay, after=e)
                 self.edges.append((e, name))
@@ -308,7 +308,9 @@ class _Exporter:
         scale = np.array(lp.scale, dtype=np.float64)  # a scalar or one per channel
         per = scale.reshape((-1,) + (1,) * (len(shape) - 1)) if scale.ndim else scale
         full = np.broadcast_to(per, shape).astype(np.float32)
-        mth = pc.membrane_thresholds(lp.base, T, shift=lp.shift, dtype=torch.float64)
+        mth = pc.membrane_thresholds(
+            lp.base, T, threshold_shift=lp.threshold_shift, dtype=torch.float64
+        )
         node = self.nir.IF(
             r=(1.0 / full).astype(np.float32),
             v_threshold=np.full(shape, float(mth[0]), dtype=np.float32),
@@ -319,7 +321,7 @@ class _Exporter:
             "name": lp.name,
             "base": float(lp.base),
             "phases": int(T),
-            "shift": bool(lp.shift),
+            "threshold_shift": bool(lp.threshold_shift),
             "scale": scale if scale.ndim else float(scale),  # h5py: no 0-d arrays
             "fire_thresholds": mth.numpy(),
             "threshold_rule": (
@@ -697,7 +699,7 @@ def _layer_plan(meta: dict) -> LayerPlan:
         scale=tuple(float(s) for s in scale) if scale.ndim else float(scale),
         base=float(meta["base"]),
         phases=int(meta["phases"]),
-        shift=bool(meta["shift"]),
+        threshold_shift=bool(meta["threshold_shift"]),
         act_error=float(meta["act_error"]),
         out_error=float(meta["out_error"]),
         fire_window=int(meta["fire_window"]),
@@ -750,7 +752,10 @@ def _check_thresholds(g) -> None:
         if "fire_thresholds" not in md:
             continue
         want = pc.membrane_thresholds(
-            float(md["base"]), int(md["phases"]), shift=bool(md["shift"]), dtype=torch.float64
+            float(md["base"]),
+            int(md["phases"]),
+            threshold_shift=bool(md["threshold_shift"]),
+            dtype=torch.float64,
         ).numpy()
         got = np.asarray(md["fire_thresholds"], dtype=np.float64)
         if got.shape != want.shape or not np.array_equal(got, want):

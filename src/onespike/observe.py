@@ -146,7 +146,7 @@ class Code:
     """
 
     phases: int
-    shift: bool
+    threshold_shift: bool
     input_coding: str
     windows: tuple[tuple[str, int], ...] = ()
 
@@ -164,10 +164,12 @@ def quantizer_of(
 ) -> Callable[[Tensor], Tensor]:
     """The code of one layer (``node``; None: the input) as a function of its pre-activation."""
     phases = code.phases if node is None else code.window(node)
-    shift = code.shift
+    threshold_shift = code.threshold_shift
 
     def q(pre: Tensor) -> Tensor:
-        return pc.quantize(pre, pc.channel_shape(scale, pre.dim()), base, phases, shift=shift)
+        return pc.quantize(
+            pre, pc.channel_shape(scale, pre.dim()), base, phases, threshold_shift=threshold_shift
+        )
 
     return q
 

@@ -43,7 +43,7 @@ class LayerPlan:
     scale: float | tuple[float, ...]
     base: float
     phases: int
-    shift: bool
+    threshold_shift: bool
     act_error: float
     out_error: float
     fire_window: int = 0

@@ -254,9 +254,11 @@ def _feature_distance(snn_feats: list[Tensor], ann_feats: list[Tensor]) -> Tenso
     return torch.stack(terms).mean()
 
 
-def _batches(idx: Tensor, cfg: RefineConfig, gen: torch.Generator, whole: bool) -> Iterator[Tensor]:
+def _batches(
+    idx: Tensor, cfg: RefineConfig, gen: torch.Generator, mixes_samples: bool
+) -> Iterator[Tensor]:
     """Every step's mini-batch of ``idx``: reshuffled epochs (all of them for graph models)."""
-    if whole:
+    if mixes_samples:
         while True:
             yield idx
     bs = min(cfg.batch_size, len(idx))
@@ -328,11 +330,11 @@ def _calibration(
     x: Tensor,
     holdout: float,
     gen: torch.Generator,
-    whole: bool,
+    mixes_samples: bool,
 ) -> _Calibration:
     with torch.no_grad():
-        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), whole)])
-        probe = x if whole else x[:2]
+        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), mixes_samples)])
+        probe = x if mixes_samples else x[:2]
         if targets.shape[1:] != snn(probe).shape[1:]:
             raise OptionError(
                 f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
@@ -346,7 +348,7 @@ def _calibration(
             f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
             f"{holdout:.0%}; pass more samples"
         )
-    return _Calibration(ann, x, targets, targets.argmax(-1), whole, fit_idx, hold_idx)
+    return _Calibration(ann, x, targets, targets.argmax(-1), mixes_samples, fit_idx, hold_idx)
 
 
 # --- the losses: a mini-batch's, a layer's, the held-out samples' --------------------------
@@ -372,7 +374,7 @@ def _step_loss(
                 xb = xb[r.lo : r.hi] if split.shared else xb
                 with torch.no_grad():
                     tb = data.ann(xb)
-            elif data.whole:
+            elif data.mixes_samples:
                 xb, tb = x, data.targets[idx.to(dev)]
             else:
                 rows = idx[r.lo : r.hi].to(dev)
@@ -381,7 +383,7 @@ def _step_loss(
                 with torch.no_grad():
                     tr.ref(xb)
             out = tr.gm(xb)
-            if data.whole:
+            if data.mixes_samples:
                 out = out[idx.to(dev)]
             if split.shared:
                 loss = _distance_sum(out, tb, cfg.loss, cfg.temperature) / n
@@ -391,7 +393,7 @@ def _step_loss(
             fs, fa = tr.feats
             if split.shared:
                 return loss + cfg.features * _feature_distance_rows(fs, fa, n)
-            if data.whole:
+            if data.mixes_samples:
                 rows = idx.to(dev)
                 fs, fa = [f[rows] for f in fs], [f[rows] for f in fa]
             loss = loss + cfg.features * _feature_distance(fs, fa)
@@ -416,7 +418,7 @@ def _layer_loss(
     x, dev, n = data.x, data.x.device, len(idx)
     assert tr.ref is not None
     with split.rows(tr.codes, n) as r:
-        if data.whole:
+        if data.mixes_samples:
             xb = x
         elif augment:  # the whole batch's draw, as one process makes it; this rank's rows
             xb = _shift_flip(x[idx.to(dev)], gen, mix=cfg.augment == "mix")
@@ -430,7 +432,7 @@ def _layer_loss(
             q = _run_to(tr.gm, xb)
         finally:
             tr.gm.train(False)
-    if data.whole:
+    if data.mixes_samples:
         rows = idx.to(dev)
         q, a = q[rows], a[rows]
     if not split.shared:
@@ -557,14 +559,14 @@ def refine(
     """
     _check_network(snn, ann)
     cfg = _configured(config, overrides)
-    whole = not batch_independent(Runner(snn.ann_graph))
+    mixes_samples = not batch_independent(Runner(snn.ann_graph))
     # graph models: the calibration set is one graph, every node of it is needed
-    x = collect_calibration(calibration, None if whole else cfg.max_samples)
+    x = collect_calibration(calibration, None if mixes_samples else cfg.max_samples)
     try:
         check_batch(x, snn.input_shape, what="calibration data")
     except ValueError as e:
         raise CalibrationError(str(e)) from None
-    split = _rank_split(whole)
+    split = _rank_split(mixes_samples)
     progress = progress and distributed.is_main()
     same = {"model": ann.state_dict(), "network": (snn.state_dict(), snn.plan)}
     distributed.check_same({**same, "options": cfg, "calibration data": x})
@@ -575,7 +577,7 @@ def refine(
     gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     tr = _trainable(snn, cfg, gen_dev)
     # a held-out part of the calibration set chooses the step to keep (step 0: unrefined)
-    data = _calibration(snn, ann, x, cfg.holdout, gen, whole)
+    data = _calibration(snn, ann, x, cfg.holdout, gen, mixes_samples)
     split.check(min(cfg.batch_size, len(data.fit_idx)))
     n_hold = len(data.hold_idx)
 
@@ -591,8 +593,8 @@ def refine(
         tr, lambda base: measure(data.hold_idx, base), n_hold > 0, cfg.margin, candidates=offers
     )
     start = time.perf_counter()
-    batches = _batches(data.fit_idx, cfg, gen, whole)
-    augment = cfg.augment != "none" and x.dim() == 4 and not whole
+    batches = _batches(data.fit_idx, cfg, gen, mixes_samples)
+    augment = cfg.augment != "none" and x.dim() == 4 and not mixes_samples
     recon: dict | None = None
     if cfg.reconstruct:
         recon = _reconstruct(tr, data, batches, cfg, gen, augment, split)

@@ -23,7 +23,7 @@ The file's string metadata (the safetensors header, readable without torch):
 - ``input_shape``: JSON list, the per-sample input shape;
 - ``plan``: JSON of the frozen :class:`~onespike.plan.Plan` (every
   :class:`~onespike.plan.LayerPlan` field: scale or per-channel scales, base, phases,
-  shift, fire window, errors; the input coding, latency and the ``search`` record);
+  threshold_shift, fire window, errors; the input coding, latency and the ``search`` record);
 - ``graph``: JSON of the folded ANN's ``torch.fx`` graph, node by node (op, target,
   arguments with references to earlier nodes), and of every module it calls (type
   from an allow-list and constructor arguments);
@@ -426,8 +426,10 @@ def _check_layer_plan(lp: object, what: str) -> None:
     _check_number(lp.phases, f"{what}'s window (phases)", 1, MAX_PHASES, integer=True)
     _check_number(lp.neurons, f"{what}'s neuron count", 0, math.inf, integer=True)
     _check_number(lp.fire_window, f"{what}'s fire window", 0, 1 << 30, integer=True)
-    if not isinstance(lp.shift, bool):
-        raise ValueError(f"{what} has threshold shift {lp.shift!r}; it must be true or false")
+    if not isinstance(lp.threshold_shift, bool):
+        raise ValueError(
+            f"{what} has threshold_shift {lp.threshold_shift!r}; it must be true or false"
+        )
     scales = lp.scale if isinstance(lp.scale, tuple) else (lp.scale,)
     if not scales:
         raise ValueError(f"{what} has no scale")

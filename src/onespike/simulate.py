@@ -201,7 +201,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
                 lp = plan.input
                 assert lp is not None, "single-spike input coding without a layer plan"
                 z = x / _scale(lp, x)
-                phase, count = pc.fire(z, lp.base, lp.phases, shift=lp.shift)
+                phase, count = pc.fire(z, lp.base, lp.phases, threshold_shift=lp.threshold_shift)
                 unit = (_scale(lp, x) * pc.unit_value(lp.base, lp.phases)).expand(x.shape)
                 sources[node] = _Source("single", lp.base, phase, unit.to(dtype), phases=lp.phases)
                 input_spikes = count
@@ -213,7 +213,9 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             reg = walk.regions[node]
             u = _integrate(runner, reg, sources, env_const, dtype)
             z = u / _scale(lp, u)
-            phase, count = pc.fire(z, lp.base, lp.phases, shift=lp.shift)  # the layer's own window
+            phase, count = pc.fire(
+                z, lp.base, lp.phases, threshold_shift=lp.threshold_shift
+            )  # the layer's own window
             unit = (_scale(lp, u) * pc.unit_value(lp.base, lp.phases)).expand(u.shape).to(dtype)
             sources[node] = _Source("single", lp.base, phase, unit, phases=lp.phases)
             env_const[node] = phase  # shape queries (x.size(0)) read it

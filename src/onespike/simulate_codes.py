@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.accounting import Ops
 from onespike.codes import binary as binary_code
 from onespike.codes import burst as burst_code
 from onespike.codes import phase as pc
@@ -41,7 +42,6 @@ from onespike.engine import (
     ClockedNeurons,
     FireWindow,
     NeuronFn,
-    Ops,
     SpikeGraph,
     ann_counts,
     phase_window,
@@ -374,13 +374,13 @@ def simulate_windowed(
 
 
 def ttfs_neurons(
-    net: CodeNet, scales: dict[Node, float], phases: int, shift: bool = True
+    net: CodeNet, scales: dict[Node, float], phases: int, threshold_shift: bool = True
 ) -> dict[Node, NeuronFn]:
     """TTFS fire windows (step by step, :func:`onespike.codes.ttfs.fire`) of every layer."""
 
     def make(lam: float) -> NeuronFn:
         def f(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            phase, upd = ttfs_code.fire(pre / lam, phases, shift=shift)
+            phase, upd = ttfs_code.fire(pre / lam, phases, threshold_shift=threshold_shift)
             value = ttfs_code.decode(phase, phases, lam).to(pre.dtype)
             return value, (phase >= 0).to(pre.dtype), upd.to(pre.dtype)
 

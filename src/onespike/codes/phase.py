@@ -62,16 +62,16 @@ def levels(base: float, phases: int, *, dtype: torch.dtype = torch.float32) -> T
 
 
 def thresholds(
-    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+    base: float, phases: int, *, threshold_shift: bool = True, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Normalised firing threshold of each phase (shape ``[T]``, strictly decreasing).
 
-    With ``shift`` the threshold of phase ``k`` is the midpoint between level
+    With ``threshold_shift`` the threshold of phase ``k`` is the midpoint between level
     ``k`` and the next level down (0 after the last one), so the code rounds to
     the nearest level; without it the threshold is the level itself (floor).
     """
     lv = levels(base, phases, dtype=torch.float64)
-    if shift:
+    if threshold_shift:
         below = torch.cat([lv[1:], lv.new_zeros(1)])
         th = (lv + below) / 2
     else:
@@ -80,7 +80,7 @@ def thresholds(
 
 
 def membrane_thresholds(
-    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+    base: float, phases: int, *, threshold_shift: bool = True, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Thresholds seen by a membrane that is multiplied by ``B`` at every fire-window step.
 
@@ -89,7 +89,7 @@ def membrane_thresholds(
     step ``k`` it holds ``u * B^k`` and is compared with ``thresholds[k] * B^k``
     (a constant ``(1 + 1/B) / 2`` with the shift, except the last step).
     """
-    th = thresholds(base, phases, shift=shift, dtype=torch.float64)
+    th = thresholds(base, phases, threshold_shift=threshold_shift, dtype=torch.float64)
     k = torch.arange(phases, dtype=torch.float64, device="cpu")
     return (th * float(base) ** k).to(dtype)
 
@@ -116,7 +116,7 @@ def fire_updates(phase: Tensor, phases: int) -> Tensor:
     return torch.where(phase >= 0, phase + 1, torch.full_like(phase, phases))
 
 
-def fire(z: Tensor, base: float, phases: int, *, shift: bool = True):
+def fire(z: Tensor, base: float, phases: int, *, threshold_shift: bool = True):
     """The fire window of a layer of phase neurons, step by step: ``(phase, count)``.
 
     ``z``: the membranes at the end of the input window, normalised by the layer's
@@ -126,7 +126,7 @@ def fire(z: Tensor, base: float, phases: int, *, shift: bool = True):
     before its spike (:data:`NO_SPIKE` if none); ``count`` counts the spikes as they
     happen (0 or 1, int64). The event path's :func:`encode` gives the same phases.
     """
-    mth = membrane_thresholds(base, phases, shift=shift, dtype=z.dtype).tolist()
+    mth = membrane_thresholds(base, phases, threshold_shift=threshold_shift, dtype=z.dtype).tolist()
     narrow = torch.uint8 if phases < 255 else torch.int32
     count = torch.zeros(z.shape, dtype=narrow, device=z.device)  # spikes, as they happen
     waited = torch.zeros(z.shape, dtype=narrow, device=z.device)  # steps spent silent
@@ -169,10 +169,12 @@ def maxpool_spikes(pool: Callable[[Tensor], Tensor], spiked: Tensor) -> Tensor:
 
 
 def ascending_thresholds(
-    base: float, phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32
+    base: float, phases: int, *, threshold_shift: bool = True, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """The thresholds in ascending order, for :func:`reached` (cache it for speed)."""
-    return thresholds(base, phases, shift=shift, dtype=dtype).flip(0).contiguous()
+    return (
+        thresholds(base, phases, threshold_shift=threshold_shift, dtype=dtype).flip(0).contiguous()
+    )
 
 
 def reached(z: Tensor, th_ascending: Tensor) -> Tensor:
@@ -192,13 +194,15 @@ def value_table(base: float, phases: int, *, dtype: torch.dtype = torch.float32)
     return torch.cat([lv.new_zeros(1), lv.flip(0)])
 
 
-def encode(z: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
+def encode(z: Tensor, base: float, phases: int, *, threshold_shift: bool = True) -> Tensor:
     """Spike phase of every neuron for normalised input current ``z``.
 
     Returns an ``int64`` tensor shaped like ``z``: the smallest ``k`` whose
     threshold ``z`` reaches, or ``-1`` (no spike). Memory: no ``T``-fold copy.
     """
-    r = reached(z, ascending_thresholds(base, phases, shift=shift, dtype=z.dtype))
+    r = reached(
+        z, ascending_thresholds(base, phases, threshold_shift=threshold_shift, dtype=z.dtype)
+    )
     return phase_from_reached(r, phases)
 
 
@@ -246,13 +250,13 @@ def quantize_normalised(z: Tensor, th_ascending: Tensor, table: Tensor) -> Tenso
 
 
 def quantize(
-    x: Tensor, scale: Tensor | float, base: float, phases: int, *, shift: bool = True
+    x: Tensor, scale: Tensor | float, base: float, phases: int, *, threshold_shift: bool = True
 ) -> Tensor:
     """ReLU then the code: ``decode(encode(x / scale))``. Same shape and dtype as ``x``."""
     if not isinstance(scale, Tensor):
         scale = torch.tensor(float(scale), dtype=x.dtype, device=x.device)
     scale = scale.to(dtype=x.dtype, device=x.device)
-    th = ascending_thresholds(base, phases, shift=shift, dtype=x.dtype)
+    th = ascending_thresholds(base, phases, threshold_shift=threshold_shift, dtype=x.dtype)
     return quantize_normalised(x / scale, th, value_table(base, phases, dtype=x.dtype)) * scale
 
 
@@ -263,13 +267,13 @@ def channel_shape(scale: Tensor, ndim: int) -> Tensor:
     return scale.reshape((-1,) + (1,) * (ndim - 2))
 
 
-def max_relative_error(base: float, *, shift: bool = True) -> float:
+def max_relative_error(base: float, *, threshold_shift: bool = True) -> float:
     """Worst-case relative error for a value inside the code's range.
 
     ``(B-1)/(B+1)`` with the threshold shift, ``(B-1)/B`` without.
     """
     b = float(base)
-    return (b - 1) / (b + 1) if shift else (b - 1) / b
+    return (b - 1) / (b + 1) if threshold_shift else (b - 1) / b
 
 
 @dataclass(frozen=True)
@@ -278,16 +282,16 @@ class PhaseCode:
 
     base: float
     phases: int
-    shift: bool = True
+    threshold_shift: bool = True
 
     def __post_init__(self) -> None:
         check_params(self.base, self.phases)
 
     def encode(self, z: Tensor) -> Tensor:
-        return encode(z, self.base, self.phases, shift=self.shift)
+        return encode(z, self.base, self.phases, threshold_shift=self.threshold_shift)
 
     def decode(self, phase: Tensor, scale: Tensor | float = 1.0) -> Tensor:
         return decode(phase, self.base, scale)
 
     def quantize(self, x: Tensor, scale: Tensor | float) -> Tensor:
-        return quantize(x, scale, self.base, self.phases, shift=self.shift)
+        return quantize(x, scale, self.base, self.phases, threshold_shift=self.threshold_shift)

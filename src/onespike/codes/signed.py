@@ -41,7 +41,7 @@ NO_SPIKE = pc.NO_SPIKE
 
 
 def encode_signed(
-    x: Tensor, scale: Tensor | float, base: float, phases: int, *, shift: bool = True
+    x: Tensor, scale: Tensor | float, base: float, phases: int, *, threshold_shift: bool = True
 ) -> tuple[Tensor, Tensor]:
     """``(phase, sign)`` of signed neurons for values ``x``: the phase code of ``|x| /
     scale`` (:func:`onespike.codes.phase.encode`) and the sign of ``x`` (int8: -1, 0 or +1;
@@ -49,7 +49,7 @@ def encode_signed(
     if not isinstance(scale, Tensor):
         scale = torch.tensor(float(scale), dtype=x.dtype, device=x.device)
     z = (x.abs() / scale.to(x.device, x.dtype)).contiguous()
-    phase = pc.encode(z, base, phases, shift=shift)
+    phase = pc.encode(z, base, phases, threshold_shift=threshold_shift)
     sign = torch.sign(x).to(torch.int8).masked_fill_(phase < 0, 0)
     return phase, sign
 
@@ -64,15 +64,17 @@ def decode_signed(
 
 
 def quantize_signed(
-    x: Tensor, scale: Tensor | float, base: float, phases: int, *, shift: bool = True
+    x: Tensor, scale: Tensor | float, base: float, phases: int, *, threshold_shift: bool = True
 ) -> Tensor:
     """The signed code without the phases: ``sign(x) * phase.quantize(|x|)``; equal to
     ``decode_signed(*encode_signed(x))``. Same shape and dtype as ``x``."""
-    return torch.sign(x) * pc.quantize(x.abs().contiguous(), scale, base, phases, shift=shift)
+    return torch.sign(x) * pc.quantize(
+        x.abs().contiguous(), scale, base, phases, threshold_shift=threshold_shift
+    )
 
 
 def fire_signed(
-    z: Tensor, base: float, phases: int, *, shift: bool = True
+    z: Tensor, base: float, phases: int, *, threshold_shift: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A layer of signed neurons step by step: ``(phase, sign, count)``.
 
@@ -80,7 +82,7 @@ def fire_signed(
     Each neuron runs the phase neuron's fire window (:func:`onespike.codes.phase.fire`) on
     its magnitude and fires with the sign of its membrane; ``count`` is 0 or 1 per neuron.
     """
-    phase, count = pc.fire(z.abs(), base, phases, shift=shift)
+    phase, count = pc.fire(z.abs(), base, phases, threshold_shift=threshold_shift)
     sign = torch.sign(z).to(torch.int8).masked_fill_(count == 0, 0)
     return phase, sign, count
 

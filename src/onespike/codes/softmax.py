@@ -36,33 +36,35 @@ Tensor = torch.Tensor
 BASES = tuple(round(1.05 + 0.05 * i, 2) for i in range(20))  # 1.05 .. 2.0
 
 
-def exp_phases(scores: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
+def exp_phases(scores: Tensor, base: float, phases: int, *, threshold_shift: bool = True) -> Tensor:
     """Phase of each exponential neuron (-1: silent): the phase code of
     ``exp(scores - rowmax)`` (last dimension) with scale 1."""
     gap = scores.amax(dim=-1, keepdim=True) - scores
-    return pc.encode(torch.exp(-gap).contiguous(), base, phases, shift=shift)
+    return pc.encode(torch.exp(-gap).contiguous(), base, phases, threshold_shift=threshold_shift)
 
 
-def exp_values(scores: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
+def exp_values(scores: Tensor, base: float, phases: int, *, threshold_shift: bool = True) -> Tensor:
     """Decoded values ``B**-phase`` (0 when silent) of the exponential neurons: the
     spike-shift approximation of ``exp(scores - rowmax)``."""
-    ph = exp_phases(scores, base, phases, shift=shift)
+    ph = exp_phases(scores, base, phases, threshold_shift=threshold_shift)
     return pc.decode(ph, base, torch.ones((), dtype=scores.dtype, device=scores.device), phases)
 
 
-def spike_softmax(scores: Tensor, base: float, phases: int, *, shift: bool = True) -> Tensor:
+def spike_softmax(
+    scores: Tensor, base: float, phases: int, *, threshold_shift: bool = True
+) -> Tensor:
     """Softmax over the last dimension by spike timing: the exponential neurons' values
     divided by their row sum (at least 1: the winner's spike)."""
-    e = exp_values(scores, base, phases, shift=shift)
+    e = exp_values(scores, base, phases, threshold_shift=threshold_shift)
     return e / e.sum(dim=-1, keepdim=True)
 
 
 def spike_attention(
-    scores: Tensor, v: Tensor, base: float, phases: int, *, shift: bool = True
+    scores: Tensor, v: Tensor, base: float, phases: int, *, threshold_shift: bool = True
 ) -> Tensor:
     """``softmax(scores) @ v`` the event way: ``(E @ v) / rowsum(E)``, one division per
     output row (``E`` from :func:`exp_values`; ``v`` the decoded values)."""
-    e = exp_values(scores, base, phases, shift=shift)
+    e = exp_values(scores, base, phases, threshold_shift=threshold_shift)
     return signed.event_matmul(e, v) / e.sum(dim=-1, keepdim=True)
 
 
@@ -73,13 +75,13 @@ def spike_attention_steps(
     base: float,
     phases: int,
     *,
-    shift: bool = True,
+    threshold_shift: bool = True,
 ) -> Tensor:
     """:func:`spike_attention` the step way: the exponential neurons fire on the same clock
     as ``v``'s neurons; ``E @ v`` accumulates by traces (:func:`onespike.codes.signed.
     trace_matmul`), the row sum by adding each spike's value at its step, and the division
     comes once at the end of the window."""
-    ph = exp_phases(scores, base, phases, shift=shift)
+    ph = exp_phases(scores, base, phases, threshold_shift=threshold_shift)
     e = pc.decode(ph, base, torch.ones((), dtype=scores.dtype, device=scores.device), phases)
     steps = max(phases, int(v_phase.max()) + 1 if v_phase.numel() else 0)
     num = signed.trace_matmul(ph, e, v_phase, v_value, steps)
@@ -101,14 +103,16 @@ def softmax_bound(scores: Tensor, base: float, phases: int) -> Tensor:
 
 
 def search_base(
-    scores: Tensor, phases: int, bases: tuple[float, ...] = BASES, *, shift: bool = True
+    scores: Tensor, phases: int, bases: tuple[float, ...] = BASES, *, threshold_shift: bool = True
 ) -> tuple[float, dict[float, float]]:
     """The base of the exponential neurons that makes :func:`spike_softmax` closest to
     ``torch.softmax`` on calibration ``scores`` (mean absolute error over all entries):
     ``(best base, {base: error})``. Ties go to the smaller base."""
     ref = torch.softmax(scores, dim=-1)
     errors = {
-        float(b): float((spike_softmax(scores, b, phases, shift=shift) - ref).abs().mean())
+        float(b): float(
+            (spike_softmax(scores, b, phases, threshold_shift=threshold_shift) - ref).abs().mean()
+        )
         for b in bases
     }
     best = min(errors, key=lambda b: (errors[b], b))

@@ -40,25 +40,27 @@ def levels(phases: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
     return ((phases - k) / phases).to(dtype)
 
 
-def ramp_threshold(phases: int, *, shift: bool = True) -> float:
+def ramp_threshold(phases: int, *, threshold_shift: bool = True) -> float:
     """The constant threshold ``theta`` of the rising membrane (``1 - 1/(2T)`` with the shift)."""
     pc.check_phases(phases)
-    return 1.0 - 0.5 / phases if shift else 1.0
+    return 1.0 - 0.5 / phases if threshold_shift else 1.0
 
 
-def thresholds(phases: int, *, shift: bool = True, dtype: torch.dtype = torch.float32) -> Tensor:
+def thresholds(
+    phases: int, *, threshold_shift: bool = True, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Equivalent threshold on ``z`` of each step, ``theta - k/T`` (strictly decreasing)."""
     k = torch.arange(phases, dtype=torch.float64)
-    return (ramp_threshold(phases, shift=shift) - k / phases).to(dtype)
+    return (ramp_threshold(phases, threshold_shift=threshold_shift) - k / phases).to(dtype)
 
 
-def encode(z: Tensor, phases: int, *, shift: bool = True) -> Tensor:
+def encode(z: Tensor, phases: int, *, threshold_shift: bool = True) -> Tensor:
     """Spike step of every neuron for normalised input ``z`` (closed form), ``-1`` for none."""
-    th = thresholds(phases, shift=shift, dtype=torch.float64)
+    th = thresholds(phases, threshold_shift=threshold_shift, dtype=torch.float64)
     return pc.phase_from_reached(pc.reached(z.to(torch.float64), th.flip(0)), phases)
 
 
-def fire(z: Tensor, phases: int, *, shift: bool = True) -> tuple[Tensor, Tensor]:
+def fire(z: Tensor, phases: int, *, threshold_shift: bool = True) -> tuple[Tensor, Tensor]:
     """Fire window step by step: ``(phases, steps_until_fire)``.
 
     The membrane starts at ``z`` and rises by ``1/T`` after every step; a
@@ -67,7 +69,7 @@ def fire(z: Tensor, phases: int, *, shift: bool = True) -> tuple[Tensor, Tensor]
     (``k + 1`` if it fired at step ``k``, ``T`` if it never fired).
     """
     pc.check_phases(phases)
-    theta = ramp_threshold(phases, shift=shift)
+    theta = ramp_threshold(phases, threshold_shift=threshold_shift)
     phase = torch.full(z.shape, NO_SPIKE, dtype=torch.int64, device=z.device)
     v = z.clone()
     slope = 1.0 / phases
@@ -85,14 +87,16 @@ def decode(phase: Tensor, phases: int, scale: Tensor | float = 1.0) -> Tensor:
     return torch.where(phase >= 0, val, torch.zeros_like(val)) * scale
 
 
-def quantize(x: Tensor, scale: Tensor | float, phases: int, *, shift: bool = True) -> Tensor:
+def quantize(
+    x: Tensor, scale: Tensor | float, phases: int, *, threshold_shift: bool = True
+) -> Tensor:
     """ReLU then the code: ``decode(encode(x / scale))``, same shape and dtype as ``x``."""
     s = (
         scale
         if isinstance(scale, Tensor)
         else torch.tensor(float(scale), dtype=x.dtype, device=x.device)
     )
-    return decode(encode(x / s, phases, shift=shift), phases, s.to(x.dtype))
+    return decode(encode(x / s, phases, threshold_shift=threshold_shift), phases, s.to(x.dtype))
 
 
 __all__ = [

@@ -8,7 +8,7 @@ graph (:class:`~onespike.engine.SpikeGraph`), one accumulate (AC) per spike and
 outgoing synapse (:func:`~onespike.engine.count_region` with the real spike counts),
 one MAC per synapse of a layer fed analog values, the neuron updates of each code (its
 :class:`~onespike.engine.ClockedNeurons` or :class:`~onespike.engine.FireWindow`), and
-the one energy formula (:class:`~onespike.engine.Ops`). The codes:
+the one energy formula (:class:`~onespike.accounting.Ops`). The codes:
 
 ``onespike``
     the package's own single-spike phase code: :func:`onespike.convert` at
@@ -94,18 +94,10 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from onespike._io import write_json
+from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, Ops, ann_energy, energy_ratio
 from onespike.codes import burst as burst_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
-from onespike.engine import (
-    E_ADD,
-    E_MAC,
-    E_MEM,
-    E_MUL,
-    ClockedNeurons,
-    Ops,
-    ann_energy,
-    energy_ratio,
-)
+from onespike.engine import ClockedNeurons
 from onespike.errors import OnespikeError, OptionError, run_command
 from onespike.experiments.compare_plot import plot
 from onespike.models import resolve_model
@@ -147,7 +139,7 @@ class CodeSpec:
     period: int = 8  # binary (multi-phase): phases per period
     beta: float = 2.0  # burst constant
     max_burst: int = 5  # burst: spikes of growing weight at most
-    shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
+    threshold_shift: bool = True  # TTFS: round to the nearest level (onespike's threshold shift)
     refine: bool = False  # onespike: refine the converted network (onespike.refine defaults)
 
     def __post_init__(self) -> None:
@@ -168,7 +160,7 @@ class CodeSpec:
             p = burst_code.BurstParams(self.beta, self.max_burst)
             d.update(beta=self.beta, max_burst=self.max_burst, theta="scale / g_max", g_max=p.g_max)
         if self.kind == "ttfs":
-            d["shift"] = self.shift
+            d["threshold_shift"] = self.threshold_shift
         if self.kind == "onespike":
             d["convert"] = "onespike.convert defaults (base and scale searched per layer)"
             if self.refine:
@@ -208,7 +200,7 @@ def parse_codes(spec: str | Sequence[str]) -> list[CodeSpec]:
 
 
 # --------------------------------------------------------------------------------------
-# results (operations and energy: onespike.engine.Ops, the cost model's formula)
+# results (operations and energy: onespike.accounting.Ops, the cost model's formula)
 # --------------------------------------------------------------------------------------
 @dataclass
 class Point:
@@ -339,7 +331,7 @@ def run_ttfs(net: CodeNet, spec: CodeSpec, scales: dict[Node, float], task: _Tas
     windows = net.latency_windows()
     points = []
     for T in tqdm(task.window_grid(windows), desc=spec.name, disable=not task.progress):
-        neurons = ttfs_neurons(net, scales, T, spec.shift)
+        neurons = ttfs_neurons(net, scales, T, spec.threshold_shift)
         tl = _Tally()
         for sl in task.batches():
             task.score(tl, sl, *simulate_windowed(net, neurons, task.x[sl], T))
