@@ -53,6 +53,25 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path, capsys, no_work)
         (["sweep", "--model", "mnist_cnn", "--plot", str(tmp_path / "p")], "--plot", ".png"),
         (["sweep", "--model", "mnist_cnn", "--json", missing], "--json", "does not exist"),
         (["ablation", "--model", "mnist_cnn", "--json", folder], "--json", "is a folder"),
+        # compare's --out is a folder it makes
+        (
+            [
+                "compare",
+                "--model",
+                "mnist_cnn",
+                "--dataset",
+                "mnist",
+                "--out",
+                str(tmp_path / "a_file"),
+            ],
+            "--out",
+            "not a folder",
+        ),
+        (
+            ["compare", "--model", "mnist_cnn", "--dataset", "mnist", "--out", missing],
+            "--out",
+            "does not exist",
+        ),
     ]
     for argv, flag, needle in cases:
         t0 = time.time()

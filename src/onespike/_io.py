@@ -55,6 +55,44 @@ def check_output(
     return p
 
 
+def check_output_folder(
+    path: str | os.PathLike, what: str | None = None, error: type[OnespikeError] = OutputError
+) -> Path:
+    """``path`` as a ``Path`` if it is a writable folder or one that can be made (its parent
+    exists and is writable); else ``error`` (one sentence). Nothing is created."""
+    p = Path(path)
+    name = f"{what} {path}" if what else f"cannot write into '{path}'"
+    if str(path) == "":
+        raise error(f"{name}: give a folder")
+    if p.exists():
+        if not p.is_dir():
+            raise error(f"{name}: it exists and is not a folder; give a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise error(f"{name}: no permission to write in it")
+        return p
+    parent = p.parent
+    if not parent.is_dir():
+        missing = "is not a folder" if parent.exists() else "does not exist"
+        raise error(f"{name}: the folder '{parent}' {missing}; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise error(f"{name}: no permission to make a folder in '{parent}'")
+    return p
+
+
+def make_output_folder(
+    path: str | os.PathLike, what: str | None = None, error: type[OnespikeError] = OutputError
+) -> Path:
+    """Check ``path`` (:func:`check_output_folder`) and make it; a failure (a read-only or
+    special file system) is ``error`` in one sentence."""
+    p = check_output_folder(path, what, error)
+    try:
+        p.mkdir(exist_ok=True)
+    except OSError as e:
+        name = f"{what} {path}" if what else f"cannot make the folder '{path}'"
+        raise error(f"{name}: cannot make the folder ({_reason(e)})") from None
+    return p
+
+
 def _new_file_mode(target: Path) -> int:
     try:
         return stat.S_IMODE(target.stat().st_mode)  # replacing a file: keep its mode

@@ -27,7 +27,7 @@ from pathlib import Path
 from torch import nn
 
 from onespike import distributed
-from onespike._io import atomic_write, check_output, check_output_folder, write_json
+from onespike._io import atomic_write, check_output, make_output_folder, write_json
 from onespike._version import __version__
 from onespike.calibrate import OBJECTIVES, SEARCH_PRESETS, SearchConfig
 from onespike.convert import convert
@@ -185,8 +185,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         for t in value if isinstance(value, list) else [value] if value is not None else []:
             check_phase_bound(t, f"--{flag.replace('_', '-')}")
-    if args.cmd == "compare":  # its --out is a folder it makes
-        check_output_folder(args.out, "--out")
+    if args.cmd == "compare":  # its --out is a folder: made here, before any work
+        make_output_folder(args.out, "--out")
         return
     for flag in ("out", "nir", "json", "plot"):
         path = getattr(args, flag, None)
