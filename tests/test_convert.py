@@ -58,7 +58,7 @@ def test_plan_contents(model, x):
     relu1 = next(n for n in snn.ann_graph.graph.nodes if n.name == "relu1")
     a = env[relu1].double()
     with torch.no_grad():
-        q = snn.spikes["s0"](env[relu1.args[0]]).double()
+        q = snn.spikes["relu1"](env[relu1.args[0]]).double()
     assert plan.layers[0].act_error == pytest.approx(
         float(((q - a) ** 2).sum() / (a**2).sum()), rel=1e-12
     )

@@ -60,7 +60,7 @@ def _every_entry_point(device: str, tmp_path, model=None, loader=None) -> dict:
 def test_every_entry_point_on_cpu(tmp_path):
     out = _every_entry_point("cpu", tmp_path)
     snn, rep, res, _ = out["analog"]
-    assert snn.spikes["s0"].scale.device.type == "cpu"
+    assert snn.spikes["relu1"].scale.device.type == "cpu"
     assert rep.totals["snn_acs"] > 0 and res.samples == 160
 
 
@@ -70,7 +70,7 @@ def test_every_entry_point_on_cuda(tmp_path):
     cpu = _every_entry_point("cpu", tmp_path)
     for coding in out:
         snn, rep, res, _ = out[coding]
-        assert snn.spikes["s0"].scale.device.type == "cuda"
+        assert snn.spikes["relu1"].scale.device.type == "cuda"
         # the same network up to float rounding: accuracies within two images of 160
         assert abs(res.snn_accuracy - cpu[coding][2].snn_accuracy) <= 100 * 2 / 160
         assert rep.totals["ann_macs"] == cpu[coding][1].totals["ann_macs"]

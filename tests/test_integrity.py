@@ -160,7 +160,7 @@ def test_a_resigned_edit_that_is_consistent_loads_as_written(saved, tmp_path):
     out = tmp_path / "other_base.safetensors"
     _rewrite(path, out, _set_layer(0, "base", 1.5), resign=True)
     net = onespike.load(out)
-    assert net.plan.layers[0].base == 1.5 and net.spikes["s0"].base == 1.5
+    assert net.plan.layers[0].base == 1.5 and net.spikes["relu1"].base == 1.5
     ev, st = net.simulate(x.double(), dtype=torch.float64), None
     st = net.simulate(x.double(), mode="step", dtype=torch.float64)
     for k in ev.spike_phases:

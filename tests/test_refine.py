@@ -244,8 +244,8 @@ def test_feature_term_and_producers_of_a_residual_block():
     x = torch.rand(64, 2, 6, 6, generator=torch.Generator().manual_seed(2))
     snn = onespike.convert(ann, x, phases=3, progress=False)
     gm = snn.graph_module
-    assert _producers(gm, "spikes_s0") == ["conv1"]
-    assert sorted(_producers(gm, "spikes_s1")) == ["conv2", "short"]
+    assert _producers(gm, "spikes_relu") == ["conv1"]
+    assert sorted(_producers(gm, "spikes_relu_1")) == ["conv2", "short"]
     r = onespike.refine(
         snn, ann, x, iterations=30, features=1.0, reconstruct=10, augment="none", progress=False
     )

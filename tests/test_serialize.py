@@ -77,7 +77,7 @@ def test_shipped_mnist_cnn_round_trip(mnist, tmp_path):
     conv = loaded.plan.layers[0]
     assert isinstance(conv.scale, tuple) and len(conv.scale) == 16
     assert conv.scale == snn.plan.layers[0].scale
-    assert _bits(loaded.spikes["s0"].scale) == _bits(snn.spikes["s0"].scale)
+    assert _bits(loaded.spikes["relu1"].scale) == _bits(snn.spikes["relu1"].scale)
 
 
 def test_residual_net_round_trip(tmp_path):
@@ -138,7 +138,7 @@ def test_float64_network_keeps_its_precision(tmp_path):
     x = torch.rand(16, 2, 8, 8, dtype=torch.float64)
     snn = onespike.convert(make(6), x.float(), phases=4, progress=False).double()
     loaded = _round_trip(snn, tmp_path)
-    assert loaded.spikes["s0"].scale.dtype == torch.float64
+    assert loaded.spikes["relu1"].scale.dtype == torch.float64
     assert loaded.graph_module.conv1.weight.dtype == torch.float64
     assert_identical(snn, loaded, x)
 

@@ -33,7 +33,30 @@ __all__ = [
     "SpikeLayer",
     "SpikingNetwork",
     "channel_shape",
+    "layer_keys",
 ]
+
+
+def layer_keys(names: list[str]) -> list[str]:
+    """The module key of each spiking layer, from its plan name: the one mapping between
+    the two (a plan name can hold dots, a module key cannot).
+
+    ``.`` becomes ``_`` (``layer1.0.relu`` -> ``layer1_0_relu``); a key already taken (a
+    ReLU module applied at several places gives layers of the same plan name) or the name
+    of an ``nn.ModuleDict`` attribute gets the first free suffix ``_2``, ``_3``, ... The
+    layer is ``snn.spikes[key]``, the submodule ``spikes_<key>`` of ``snn.graph_module``,
+    and its tensors are saved under those keys (``spikes.<key>.scale``, ...).
+    """
+    keys: list[str] = []
+    attributes = nn.ModuleDict()  # its methods and attributes (training, ...) are taken
+    for name in names:
+        stem = name.replace(".", "_")
+        key, k = stem, 1
+        while key in keys or hasattr(attributes, key):
+            k += 1
+            key = f"{stem}_{k}"
+        keys.append(key)
+    return keys
 
 
 class SpikeLayer(nn.Module):
@@ -208,8 +231,7 @@ class SpikingNetwork(nn.Module):
         # the spiking layers' scales live where the weights are
         tensors = (*traced_module.parameters(), *traced_module.buffers())
         device = next((t.device for t in tensors), None)
-        for i, (node, lp) in enumerate(zip(relus, plan.layers)):
-            key = f"s{i}"
+        for node, lp, key in zip(relus, plan.layers, layer_keys(self.layer_names)):
             self.spikes[key] = SpikeLayer(lp, device)
             gm.add_submodule(f"spikes_{key}", self.spikes[key])
             with gm.graph.inserting_after(node):

@@ -459,7 +459,7 @@ def _reconstruct(
     losses = []
     n = cfg.reconstruct
     for i, (code, tap) in enumerate(zip(tr.codes, tr.ref_taps)):
-        mods = _producers(gm, f"spikes_s{i}")
+        mods = _producers(gm, next(k for k, m in gm.named_children() if m is code))
         learn = [p for m in mods for p in gm.get_submodule(m).parameters()] if cfg.weights else []
         for p in params.values():
             p.requires_grad_(False)
