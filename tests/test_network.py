@@ -94,7 +94,11 @@ def test_a_relu_module_applied_twice_gives_two_keys(tmp_path):
     torch.manual_seed(0)
     x = torch.rand(32, 4)
     snn = onespike.convert(Twice().eval(), x, phases=4, progress=False)
-    assert snn.layer_names == ["relu", "relu"] and list(snn.spikes) == ["relu", "relu_2"]
+    # a module called twice: each call is its own layer, named by its fx node, so plans,
+    # results and files never key two layers alike
+    assert snn.layer_names == ["relu", "relu_1"] and list(snn.spikes) == ["relu", "relu_1"]
+    run = snn.simulate(x, mode="step")
+    assert list(run.spike_phases) == ["relu", "relu_1"]
     onespike.save(snn, tmp_path / "twice.safetensors")
     back = onespike.load(tmp_path / "twice.safetensors")
-    assert list(back.spikes) == ["relu", "relu_2"] and torch.equal(back(x), snn(x))
+    assert list(back.spikes) == ["relu", "relu_1"] and torch.equal(back(x), snn(x))

@@ -723,6 +723,26 @@ def layer_name(node: Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
 
 
+def unique_layer_names(relus: list[Node]) -> dict[Node, str]:
+    """Every spiking layer's plan name, unique: its :func:`layer_name`, except that the
+    calls of a module used more than once are named by their fx node (``relu``,
+    ``relu_1``, ...), and a name already taken gets ``_2``, ``_3``, ... Results, plans
+    and files key layers by these names, so two layers never share one."""
+    counts: dict[str, int] = {}
+    for n in relus:
+        counts[layer_name(n)] = counts.get(layer_name(n), 0) + 1
+    names: dict[Node, str] = {}
+    taken: set[str] = set()
+    for n in relus:
+        name = layer_name(n) if counts[layer_name(n)] == 1 else n.name
+        base, k = name, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        names[n] = name
+    return names
+
+
 def trace(model: nn.Module) -> TracedModel:
     """Trace, fold and check a copy of ``model``.
 
@@ -760,7 +780,7 @@ def trace(model: nn.Module) -> TracedModel:
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     products = [n for n in gm.graph.nodes if role(n, modules) == "product"]
     softmaxes = [n for n in gm.graph.nodes if role(n, modules) == "softmax"]
-    names = {n: layer_name(n) for n in relus}
+    names = unique_layer_names(relus)
     return TracedModel(gm, placeholder, relus, names, caps, products, softmaxes)
 
 
