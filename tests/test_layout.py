@@ -171,3 +171,15 @@ def test_the_readme_layout_lists_every_module():
         if str(p.relative_to(SRC)) not in listed
     ]
     assert not missing, missing
+
+
+def test_no_function_over_150_lines():
+    """Long functions hide their steps: every function of the package fits in 150 lines."""
+    long = []
+    for p in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 150:
+                    long.append(f"{p.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

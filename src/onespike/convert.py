@@ -147,33 +147,13 @@ def convert(
             f"base has {len(cfg.base)} values but the model has {len(traced.relus)} spiking layers"
         )
     data = as_batches(calibration, limit=max_calibration, device=_device_of(model))
-    if input_coding != "analog" and (data.low < 0 or data.high > 1):
-        raise CalibrationError(
-            f"input coding {input_coding!r} needs inputs in [0, 1]; calibration data spans "
-            f"[{data.low:.3g}, {data.high:.3g}] (use input_coding='analog')"
-        )
-    first = data.first_batch()
-    _check_calibration_dtype(model, first)
-    distributed.check_same(
-        {
-            "model": model.state_dict(),
-            "options": (phases, cfg, input_coding, max_calibration, windows, input_window),
-            "calibration data": (data.count, data.sample_shape, first),
-        }
+    _check_calibration(
+        model,
+        traced,
+        data,
+        input_coding,
+        options=(phases, cfg, input_coding, max_calibration, windows, input_window),
     )
-    msg = None
-    for probe in (first[:1], first):  # the whole batch for models that mix samples (GCN)
-        try:
-            with torch.no_grad():
-                traced.module.forward(probe)  # .forward: fx prints no traceback
-            msg = None
-            break
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:
-            msg = msg or str(e).splitlines()[0]
-    if msg is not None:
-        raise CalibrationError(
-            f"calibration samples of shape {data.sample_shape} do not fit the model: {msg}"
-        ) from None
     plan = calibrate(
         traced,
         data,
@@ -188,6 +168,38 @@ def convert(
     if refine_cfg is not None:  # refinement takes the calibration set in memory
         snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)
     return snn
+
+
+def _check_calibration(model: nn.Module, traced, data, input_coding: str, options: tuple) -> None:
+    """The calibration data, before the search: in [0, 1] for a spiking input code, of the
+    model's float dtype, the same on every rank (with the model and ``options``), and of
+    a shape the model takes (one sample, or the whole first batch for models that mix
+    samples, such as GCNs)."""
+    if input_coding != "analog" and (data.low < 0 or data.high > 1):
+        raise CalibrationError(
+            f"input coding {input_coding!r} needs inputs in [0, 1]; calibration data spans "
+            f"[{data.low:.3g}, {data.high:.3g}] (use input_coding='analog')"
+        )
+    first = data.first_batch()
+    _check_calibration_dtype(model, first)
+    distributed.check_same(
+        {
+            "model": model.state_dict(),
+            "options": options,
+            "calibration data": (data.count, data.sample_shape, first),
+        }
+    )
+    msg = None
+    for probe in (first[:1], first):
+        try:
+            with torch.no_grad():
+                traced.module.forward(probe)  # .forward: fx prints no traceback
+            return
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            msg = msg or str(e).splitlines()[0]
+    raise CalibrationError(
+        f"calibration samples of shape {data.sample_shape} do not fit the model: {msg}"
+    ) from None
 
 
 def _check_attention(traced, name: str) -> None:
