@@ -17,18 +17,15 @@ command skips the runs already there, so a stopped job resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 import onespike
-from onespike._io import write_text
-from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.data import calibration_set
 from onespike.evaluate import evaluate, measure_costs
-from onespike.models import load_pretrained, pretrained_info
+from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
 
 
 def _run_one(ann, x, y, x_cost, dataset: str, T: int, seed: int, args) -> dict:
@@ -110,49 +107,29 @@ def table(rows: list[dict], bounds: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    out = Path(args.json)
-    rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
-    have = {(r["phases"], r["seed"]) for r in rows}
-    ann = load_pretrained(args.model)
-    dataset = pretrained_info(args.model).get("dataset", "mnist")
-    x, y = load_dataset(dataset, "test")
-    if args.test is not None:
-        idx = fixed_subset(x.shape[0], args.test)
-        x, y = x[idx], y[idx]
-    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    rows = Rows(args.json)
+    ev = shipped_eval(args.model, args.test, args.cost_images)
     for T in [int(t) for t in args.phases.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            if (T, seed) in have:
+            if rows.have(T, seed):
                 continue
-            row = _run_one(ann, x, y, x_cost, dataset, T, seed, args)
-            rows.append(row)
-            write_text(out, json.dumps(rows, indent=2) + "\n")
+            row = _run_one(ev.ann, ev.x, ev.y, ev.x_cost, ev.dataset, T, seed, args)
+            rows.add(row)
             print(f"T={T} seed={seed}: loss {row['loss']:+.2f}", file=sys.stderr, flush=True)
-    print(table(rows, args.bounds))
+    print(table(rows.rows, args.bounds))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, fast_vgg, ...)")
-    p.add_argument("--phases", default="4,6,8,12,16,24,32")
-    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
-    p.add_argument("--calibration", type=int, default=1000)
-    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
-    p.add_argument("--cost-images", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
+    p = draw_parser(__doc__, phases="4,6,8,12,16,24,32")
     p.add_argument("--bounds", default="0.5,0.1", help="loss bounds in points")
-    p.add_argument("--json", help="results file (resumed if it exists)")
-    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
-    args = p.parse_args(argv)
-    args.bounds = [float(b) for b in str(args.bounds).split(",")]
-    if args.table:
-        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
-        print(table(rows, args.bounds))
-        return 0
-    if not args.model or not args.json:
-        p.error("--model and --json are needed (or --table FILES)")
-    return run(args)
+    bounds = [float(b) for b in p.parse_known_args(argv)[0].bounds.split(",")]
+
+    def run_with_bounds(args: argparse.Namespace) -> int:
+        args.bounds = bounds
+        return run(args)
+
+    return table_or_run(p, argv, lambda rows: table(rows, bounds), run_with_bounds)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import onespike
-from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.data import calibration_set, fixed_subset
 from onespike.evaluate import evaluate, measure_costs
-from onespike.models import load_pretrained, pretrained_info
+from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
 
 
 def _costs(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
@@ -46,22 +45,15 @@ def _step_check(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    out = Path(args.json)
-    done: list[dict] = json.loads(out.read_text()) if out.exists() else []
-    have = {(r["phases"], r["seed"]) for r in done}
-    ann = load_pretrained(args.model)
-    dataset = pretrained_info(args.model).get("dataset", "mnist")
-    x, y = load_dataset(dataset, "test")
-    if args.test is not None:
-        idx = fixed_subset(x.shape[0], args.test)
-        x, y = x[idx], y[idx]
-    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    done = Rows(args.json)
+    shipped = shipped_eval(args.model, args.test, args.cost_images)
+    ann, dataset, x, y, x_cost = shipped.ann, shipped.dataset, shipped.x, shipped.y, shipped.x_cost
     x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
     overrides = json.loads(args.refine) if args.refine else {}
     ann_acc = None
     for T in [int(t) for t in args.phases.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            if (T, seed) in have:
+            if done.have(T, seed):
                 continue
             xc, where = calibration_set(dataset, args.calibration, seed)
             t0 = time.perf_counter()
@@ -98,14 +90,13 @@ def run(args: argparse.Namespace) -> int:
                 "cost_images": int(x_cost.shape[0]),
                 "refined_step_check": _step_check(ref, x_step),
             }
-            done.append(row)
-            out.write_text(json.dumps(done, indent=2))
+            done.add(row)
             print(
                 f"{args.model} T={T} seed {seed}: loss {ev.loss:+.2f} -> {er.loss:+.2f} "
                 f"(refine {t_ref:.0f} s, kept step {row['refine']['kept_step']})",
                 flush=True,
             )
-    print(table(done))
+    print(table(done.rows))
     return 0
 
 
@@ -142,31 +133,15 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="shipped model name (resnet20, vgg11_bn_w0.5, mnist_cnn)")
-    p.add_argument("--phases", default="8")
-    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
-    p.add_argument("--calibration", type=int, default=1000)
-    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
-    p.add_argument("--cost-images", type=int, default=1000)
+    p = draw_parser(__doc__, phases="8", threads=2)
     p.add_argument("--step-images", type=int, default=200)
     p.add_argument(
         "--refine",
         default=None,
         help="RefineConfig overrides as JSON, e.g. '{\"iterations\": 300}'",
     )
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--json", help="results file (resumed if it exists)")
-    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
-    args = p.parse_args(argv)
-    if args.table:
-        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
-        print(table(rows))
-        return 0
-    if not (args.model and args.json):
-        p.error("--model and --json are needed (or --table FILES)")
-    return run(args)
+    return table_or_run(p, argv, table, run)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,16 @@ already there.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import onespike
-from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.data import calibration_set
 from onespike.evaluate import evaluate, measure_costs
-from onespike.models import load_pretrained, pretrained_info
+from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
 
 
 def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
@@ -53,20 +51,13 @@ def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    out = Path(args.json)
-    done: list[dict] = json.loads(out.read_text()) if out.exists() else []
-    have = {(r["phases"], r["seed"]) for r in done}
-    ann = load_pretrained(args.model)
-    dataset = pretrained_info(args.model).get("dataset", "mnist")
-    x, y = load_dataset(dataset, "test")
-    if args.test is not None:
-        idx = fixed_subset(x.shape[0], args.test)
-        x, y = x[idx], y[idx]
-    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    done = Rows(args.json)
+    ev = shipped_eval(args.model, args.test, args.cost_images)
+    ann, dataset, x, y, x_cost = ev.ann, ev.dataset, ev.x, ev.y, ev.x_cost
     ann_acc = None
     for T in [int(t) for t in args.phases.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            if (T, seed) in have:
+            if done.have(T, seed):
                 continue
             xc, where = calibration_set(dataset, args.calibration, seed)
             row: dict = {
@@ -101,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
                     row["auto"]["held_out_samples"] = info["held_out_samples"]
                     row["auto"]["candidates"] = info["candidates"]
             assert row["auto"]["latency_steps"] <= row["uniform"]["latency_steps"]
-            done.append(row)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(done, indent=2))
+            done.add(row)
             u, u1, a = row["uniform"], row["uniform_input_1"], row["auto"]
             print(
                 f"{args.model} T={T} seed {seed}: loss {u['loss']:+.2f} (uniform, "
@@ -112,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{a['latency_steps']} steps, kept {a['kept']})",
                 flush=True,
             )
-    print(table(done))
+    print(table(done.rows))
     return 0
 
 
@@ -159,24 +148,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, ...)")
-    p.add_argument("--phases", default="3,4", help="uniform windows T, comma-separated")
-    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
-    p.add_argument("--calibration", type=int, default=1000)
-    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
-    p.add_argument("--cost-images", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="results file (resumed if it exists)")
-    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
-    args = p.parse_args(argv)
-    if args.table:
-        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
-        print(table(rows))
-        return 0
-    if not (args.model and args.json):
-        p.error("--model and --json are needed (or --table FILES)")
-    return run(args)
+    return table_or_run(draw_parser(__doc__, phases="3,4", threads=2), argv, table, run)
 
 
 if __name__ == "__main__":

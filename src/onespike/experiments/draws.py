@@ -1,0 +1,99 @@
+"""What the per-draw result scripts share (``scripts/refine_results.py``,
+``windows_results.py``, ``lossless_window.py``, ``frontier.py``): a shipped model with its
+test set, a results file that a stopped run resumes, and the common command line.
+
+Each script measures something for every window ``T`` and calibration draw (a seed of
+:func:`onespike.data.calibration_set`), appends one row per ``(T, seed)`` to a JSON list
+written after every run (beside, then renamed), and prints a markdown table; ``--table
+FILES`` only prints the table of finished files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from onespike._io import write_text
+from onespike.data import fixed_subset, load_dataset
+from onespike.models import load_pretrained, pretrained_info
+
+__all__ = ["Rows", "ShippedEval", "draw_parser", "shipped_eval", "table_or_run"]
+
+
+@dataclass
+class ShippedEval:
+    """A shipped model and the images it is measured on."""
+
+    ann: nn.Module
+    dataset: str
+    x: torch.Tensor  # the test images (all, or a fixed random subset)
+    y: torch.Tensor
+    x_cost: torch.Tensor  # a fixed random subset of those, for spikes and energy
+
+
+def shipped_eval(model: str, test: int | None, cost_images: int) -> ShippedEval:
+    """``model`` (a shipped name) in eval mode with its data set's test split: all of it,
+    or a fixed random ``test`` images; ``cost_images`` of those for the cost figures."""
+    ann = load_pretrained(model)
+    dataset = pretrained_info(model).get("dataset", "mnist")
+    x, y = load_dataset(dataset, "test")
+    if test is not None:
+        idx = fixed_subset(x.shape[0], test)
+        x, y = x[idx], y[idx]
+    x_cost = x[fixed_subset(x.shape[0], min(cost_images, x.shape[0]))]
+    return ShippedEval(ann, dataset, x, y, x_cost)
+
+
+class Rows:
+    """The rows of a results file, one per ``(phases, seed)``; :meth:`add` rewrites the
+    file after every row, so rerunning the same command skips what is there."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def have(self, phases: int, seed: int) -> bool:
+        return any(r["phases"] == phases and r["seed"] == seed for r in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        write_text(self.path, json.dumps(self.rows, indent=2) + "\n")
+
+
+def draw_parser(doc: str, phases: str, threads: int = 1) -> argparse.ArgumentParser:
+    """The options every per-draw script takes (``--model``, ``--phases``, ``--seeds``,
+    ``--calibration``, ``--test``, ``--cost-images``, ``--threads``, ``--json``,
+    ``--table``); a script adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, fast_vgg, ...)")
+    p.add_argument("--phases", default=phases, help="windows T, comma-separated")
+    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
+    p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
+    p.add_argument("--cost-images", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--json", help="results file (resumed if it exists)")
+    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
+    return p
+
+
+def table_or_run(
+    p: argparse.ArgumentParser,
+    argv: list[str] | None,
+    table: Callable[[list[dict]], str],
+    run: Callable[[argparse.Namespace], int],
+) -> int:
+    """Parse ``argv``; with ``--table FILES`` print ``table`` of their rows, else ``run``."""
+    args = p.parse_args(argv)
+    if args.table:
+        print(table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        return 0
+    if not (args.model and args.json):
+        p.error("--model and --json are needed (or --table FILES)")
+    return run(args)
