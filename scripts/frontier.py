@@ -1,0 +1,282 @@
+"""The frontier: loss against latency for uniform, auto, refined and fine-tuned windows.
+
+For every window T (``--phases``) and calibration draw (``--seeds``: ``--calibration``
+training images drawn with that seed) the shipped model is converted and measured at
+four points: (1) ``uniform``: every layer's window T (``convert(ann, xc, phases=T)``);
+(2) ``auto``: ``windows="auto"`` (per-layer windows, latency at most the uniform
+one's); (3) ``refined``: (2) then ``onespike.refine(snn, ann, xc)`` on the same
+calibration images; (4) ``finetuned``: (3) then ``onespike.finetune(snn, ann, (x, y),
+epochs=--finetune-epochs)`` on a fixed random ``--finetune-samples`` subset of the data
+set's **training** split, drawn with the draw's seed (never the test set; left out with
+``--no-finetune``). Each point is measured on the test set (event path, all of it unless
+``--test N``): the loss (ANN accuracy minus SNN accuracy, in points), the latency in
+steps, the windows, the spikes per neuron and the energy ratios ANN/SNN (compute and
+total, on ``--cost-images`` test images), the seconds its step took and what refine /
+finetune kept (``plan.search[...]["kept"]``). Results go to ``--json`` after every
+point; rerunning the same command skips the points already there (a stopped job
+resumes). ``--plot`` draws loss against latency, one line per method through the mean
+over draws, each draw as a faint point.
+
+    python scripts/frontier.py --model mnist_cnn --phases 2,3,4 --seeds 0,7 --threads 1 \\
+        --json docs/results/frontier_mnist_cnn.json --plot docs/results/frontier_mnist_cnn.png
+    python scripts/frontier.py --table docs/results/frontier_mnist_cnn.json  # markdown only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import onespike
+from onespike._io import atomic_write, write_text
+from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike.evaluate import evaluate, measure_costs
+from onespike.models import load_pretrained, pretrained_info
+
+METHODS = ("uniform", "auto", "refined", "finetuned")
+LABELS = {
+    "uniform": "uniform windows",
+    "auto": "auto windows",
+    "refined": "auto + refine",
+    "finetuned": "auto + refine + finetune",
+}
+
+
+def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
+    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
+    t = measure_costs(snn, x_cost).totals
+    return {
+        "ann_accuracy": ev.ann_accuracy,
+        "snn_accuracy": ev.snn_accuracy,
+        "loss": ev.loss,
+        "latency_steps": snn.plan.latency_steps,
+        "windows": list(snn.plan.windows),
+        "input_window": snn.plan.input_steps,
+        "spikes_per_neuron": t["spikes_per_neuron_mean"],
+        "energy_ratio_compute": t["energy_ratio_compute"],
+        "energy_ratio_total": t["energy_ratio_total"],
+    }
+
+
+def _train_subset(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    x, y = load_dataset(dataset, "train")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=g)[: min(n, x.shape[0])].sort().values
+    return x[idx], y[idx], f"{dataset} train: {len(idx)} of {x.shape[0]} (seed {seed})"
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.json)
+    rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    have = {(r["phases"], r["seed"], r["method"]) for r in rows}
+    methods = METHODS[:3] if args.no_finetune else METHODS
+    ann = load_pretrained(args.model).eval()
+    dataset = pretrained_info(args.model).get("dataset", "mnist")
+    x, y = load_dataset(dataset, "test")
+    if args.test is not None:
+        idx = fixed_subset(x.shape[0], args.test)
+        x, y = x[idx], y[idx]
+    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    ann_acc = None
+    for T in [int(t) for t in args.phases.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            todo = [m for m in methods if (T, seed, m) not in have]
+            if not todo:
+                continue
+            xc, where = calibration_set(dataset, args.calibration, seed)
+            base = {
+                "model": args.model,
+                "dataset": dataset,
+                "phases": T,
+                "seed": seed,
+                "calibration": where,
+                "test_images": int(x.shape[0]),
+                "cost_images": int(x_cost.shape[0]),
+                "threads": args.threads,
+            }
+            snn = None
+            for method in methods[: max(methods.index(m) for m in todo) + 1]:
+                t0 = time.perf_counter()
+                extra: dict = {}
+                if method == "uniform":
+                    net = onespike.convert(ann, xc, phases=T, progress=False)
+                elif method == "auto":
+                    snn = onespike.convert(ann, xc, phases=T, windows="auto", progress=False)
+                    net = snn
+                    extra["auto_kept"] = snn.plan.search["auto_windows"]["kept"]
+                elif method == "refined":
+                    snn = onespike.refine(snn, ann, xc, progress=False)
+                    net = snn
+                    info = snn.plan.search["refine"]
+                    extra["refine_kept"] = info["kept"]
+                    extra["refine_kept_because"] = info["kept_because"]
+                    extra["refine_held_out_agreement"] = [
+                        info["held_out_agreement_before"],
+                        info["held_out_agreement_after"],
+                    ]
+                else:
+                    xt, yt, twhere = _train_subset(dataset, args.finetune_samples, seed)
+                    snn = onespike.finetune(
+                        snn, ann, (xt, yt), epochs=args.finetune_epochs, seed=seed,
+                        progress=False,
+                    )  # fmt: skip
+                    net = snn
+                    info = snn.plan.search["finetune"]
+                    extra["finetune_kept"] = info["kept"]
+                    extra["finetune_kept_because"] = info["kept_because"]
+                    extra["finetune_held_out_accuracy"] = [
+                        info["held_out_accuracy_before"],
+                        info["held_out_accuracy_after"],
+                    ]
+                    extra["finetune_steps"] = info["steps"]
+                    extra["finetune_data"] = twhere
+                    extra["finetune_epochs"] = args.finetune_epochs
+                secs = time.perf_counter() - t0
+                if (T, seed, method) in have:
+                    continue  # rebuilt only as the start of a later point
+                row = {**base, "method": method, **_measure(ann, net, x, y, x_cost, ann_acc)}
+                row["seconds"] = round(secs, 1)
+                row.update(extra)
+                ann_acc = row["ann_accuracy"]
+                rows.append(row)
+                have.add((T, seed, method))
+                write_text(out, json.dumps(rows, indent=2) + "\n")
+                kept = {k: v for k, v in extra.items() if k.endswith("_kept")}
+                print(
+                    f"{args.model} T={T} seed {seed} {method}: loss {row['loss']:+.2f}, "
+                    f"{row['latency_steps']} steps, windows {row['windows']}, "
+                    f"{row['spikes_per_neuron']:.3f} spikes/neuron, {secs:.0f} s {kept}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if args.plot:
+        plot(rows, args.plot)
+    print(table(rows))
+    return 0
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, int, str], list[dict]]:
+    by: dict[tuple[str, int, str], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["model"], r["phases"], r["method"]), []).append(r)
+    for rs in by.values():
+        rs.sort(key=lambda r: r["seed"])
+    return by
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model, T and method, latency, each draw's loss, mean / worst, costs."""
+    lines = [
+        "| model | T | method | latency (steps) | windows (per draw) | loss per draw | "
+        "mean / worst | spikes/neuron | energy ANN/SNN compute; total | kept (per draw) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {m: i for i, m in enumerate(METHODS)}
+    by = _groups(rows)
+    for (model, T, method), rs in sorted(by.items(), key=lambda kv: (*kv[0][:2], order[kv[0][2]])):
+        losses = [r["loss"] for r in rs]
+        per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rs))
+        lat = "/".join(sorted({str(r["latency_steps"]) for r in rs}, key=int))
+        wins = ", ".join("(" + ",".join(str(w) for w in r["windows"]) + ")" for r in rs)
+        if len({tuple(r["windows"]) for r in rs}) == 1:
+            wins = "(" + ",".join(str(w) for w in rs[0]["windows"]) + ")"
+        key = {"auto": "auto_kept", "refined": "refine_kept", "finetuned": "finetune_kept"}
+        kept = ", ".join(str(r.get(key.get(method, ""), "")) for r in rs) if method in key else ""
+        spikes = statistics.fmean(r["spikes_per_neuron"] for r in rs)
+        en_c = statistics.fmean(r["energy_ratio_compute"] for r in rs)
+        en_t = statistics.fmean(r["energy_ratio_total"] for r in rs)
+        lines.append(
+            f"| {model} | {T} | {LABELS[method]} | {lat} | {wins} | {per} | "
+            f"{statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
+            f"{en_c:.2f}x; {en_t:.2f}x | {kept} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Loss against latency, one line per method (mean over draws), draws as faint points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    by = _groups(rows)
+    models = sorted({r["model"] for r in rows})
+    markers = {"uniform": "o", "auto": "s", "refined": "^", "finetuned": "D"}
+    for i, method in enumerate(METHODS):
+        keys = sorted((k for k in by if k[2] == method), key=lambda k: k[1])
+        if not keys:
+            continue
+        pts = []
+        for k in keys:
+            rs = by[k]
+            lat = statistics.fmean(r["latency_steps"] for r in rs)
+            pts.append((lat, statistics.fmean(r["loss"] for r in rs)))
+            ax.scatter(
+                [r["latency_steps"] for r in rs],
+                [r["loss"] for r in rs],
+                color=f"C{i}",
+                alpha=0.3,
+                s=18,
+                marker=markers[method],
+            )
+        pts.sort()
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            color=f"C{i}",
+            marker=markers[method],
+            label=LABELS[method] + " (mean)",
+        )
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    n = sorted({r["test_images"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    ax.set_xlabel("latency (time steps)")
+    ax.set_ylabel("loss (ANN - SNN accuracy, points)")
+    ax.set_title(
+        f"{', '.join(models)}: {'/'.join(map(str, n))} test images, draws {seeds}", fontsize=10
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, ...)")
+    p.add_argument("--phases", default="2,3,4", help="uniform windows T, comma-separated")
+    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
+    p.add_argument("--calibration", type=int, default=1000)
+    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
+    p.add_argument("--cost-images", type=int, default=1000)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--finetune-samples", type=int, default=10000)
+    p.add_argument("--no-finetune", action="store_true", help="only the first three points")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="results file (resumed if it exists)")
+    p.add_argument("--plot", default=None, help="write the frontier plot here (.png)")
+    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
+    args = p.parse_args(argv)
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
+        if args.plot:
+            plot(rows, args.plot)
+        print(table(rows))
+        return 0
+    if not (args.model and args.json):
+        p.error("--model and --json are needed (or --table FILES)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
