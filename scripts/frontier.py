@@ -25,19 +25,17 @@ over draws, each draw as a faint point.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import onespike
-from onespike._io import atomic_write, write_text
-from onespike.data import calibration_set, fixed_subset, load_dataset
+from onespike._io import atomic_write
+from onespike.data import calibration_set, load_dataset
 from onespike.evaluate import evaluate, measure_costs
-from onespike.models import load_pretrained, pretrained_info
+from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
 
 METHODS = ("uniform", "auto", "refined", "finetuned")
 LABELS = {
@@ -73,21 +71,14 @@ def _train_subset(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    out = Path(args.json)
-    rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
-    have = {(r["phases"], r["seed"], r["method"]) for r in rows}
+    done = Rows(args.json)
     methods = METHODS[:3] if args.no_finetune else METHODS
-    ann = load_pretrained(args.model).eval()
-    dataset = pretrained_info(args.model).get("dataset", "mnist")
-    x, y = load_dataset(dataset, "test")
-    if args.test is not None:
-        idx = fixed_subset(x.shape[0], args.test)
-        x, y = x[idx], y[idx]
-    x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
+    shipped = shipped_eval(args.model, args.test, args.cost_images)
+    ann, dataset, x, y, x_cost = shipped.ann, shipped.dataset, shipped.x, shipped.y, shipped.x_cost
     ann_acc = None
     for T in [int(t) for t in args.phases.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            todo = [m for m in methods if (T, seed, m) not in have]
+            todo = [m for m in methods if not done.have(T, seed, method=m)]
             if not todo:
                 continue
             xc, where = calibration_set(dataset, args.calibration, seed)
@@ -139,15 +130,13 @@ def run(args: argparse.Namespace) -> int:
                     extra["finetune_data"] = twhere
                     extra["finetune_epochs"] = args.finetune_epochs
                 secs = time.perf_counter() - t0
-                if (T, seed, method) in have:
+                if done.have(T, seed, method=method):
                     continue  # rebuilt only as the start of a later point
                 row = {**base, "method": method, **_measure(ann, net, x, y, x_cost, ann_acc)}
                 row["seconds"] = round(secs, 1)
                 row.update(extra)
                 ann_acc = row["ann_accuracy"]
-                rows.append(row)
-                have.add((T, seed, method))
-                write_text(out, json.dumps(rows, indent=2) + "\n")
+                done.add(row)
                 kept = {k: v for k, v in extra.items() if k.endswith("_kept")}
                 print(
                     f"{args.model} T={T} seed {seed} {method}: loss {row['loss']:+.2f}, "
@@ -157,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     if args.plot:
-        plot(rows, args.plot)
-    print(table(rows))
+        plot(done.rows, args.plot)
+    print(table(done.rows))
     return 0
 
 
@@ -252,30 +241,19 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, ...)")
-    p.add_argument("--phases", default="2,3,4", help="uniform windows T, comma-separated")
-    p.add_argument("--seeds", default="0,7,11", help="calibration draws")
-    p.add_argument("--calibration", type=int, default=1000)
-    p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
-    p.add_argument("--cost-images", type=int, default=1000)
+    p = draw_parser(__doc__, phases="2,3,4", threads=2)
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-samples", type=int, default=10000)
     p.add_argument("--no-finetune", action="store_true", help="only the first three points")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="results file (resumed if it exists)")
     p.add_argument("--plot", default=None, help="write the frontier plot here (.png)")
-    p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
-    args = p.parse_args(argv)
-    if args.table:
-        rows = [r for f in args.table for r in json.loads(Path(f).read_text())]
-        if args.plot:
-            plot(rows, args.plot)
-        print(table(rows))
-        return 0
-    if not (args.model and args.json):
-        p.error("--model and --json are needed (or --table FILES)")
-    return run(args)
+    plot_to = p.parse_known_args(argv)[0].plot
+
+    def table_and_plot(rows: list[dict]) -> str:
+        if plot_to:
+            plot(rows, plot_to)
+        return table(rows)
+
+    return table_or_run(p, argv, table_and_plot, run)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,14 @@ class Rows:
         self.path = Path(path)
         self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
 
-    def have(self, phases: int, seed: int) -> bool:
-        return any(r["phases"] == phases and r["seed"] == seed for r in self.rows)
+    def have(self, phases: int, seed: int, **match: object) -> bool:
+        """A row for ``phases`` and ``seed`` (and the fields of ``match``) is there."""
+        return any(
+            r["phases"] == phases
+            and r["seed"] == seed
+            and all(r.get(k) == v for k, v in match.items())
+            for r in self.rows
+        )
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
