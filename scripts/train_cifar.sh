@@ -9,9 +9,10 @@
 #   scripts/train_cifar.sh fast_vgg   the airbench94-style VGG (--recipe airbench,
 #                                     docs/MODELS.md), 16 epochs of batches of 1024 (bar: 93.5 %)
 #
-# Both write a checkpoint after every epoch and resume from it when rerun. On one CPU thread
-# a ResNet-20 epoch takes 3-10 minutes (200 epochs: 10-30 hours, across sessions) and a
-# fast_vgg epoch 8-13 minutes; on a GPU (DEVICE=cuda) seconds. THREADS (default 1) and
+# Both write a checkpoint after every epoch and resume from it when rerun. A ResNet-20 epoch
+# takes about 85 s with THREADS=2 on 2 quiet cores (200 epochs: about 5 hours) and 3-16
+# minutes on one thread beside other jobs; a fast_vgg epoch 8-17 minutes on a shared CPU;
+# on a GPU (DEVICE=cuda) seconds. Give the training the cores: beside other jobs it crawls. THREADS (default 1) and
 # DEVICE (default cpu) are passed through.
 #
 # A CPU run outlives one working session through git: checkpoints/carry/ is tracked (only
