@@ -34,8 +34,7 @@ import torch
 import onespike
 from onespike._io import atomic_write
 from onespike.data import calibration_set, load_dataset
-from onespike.evaluate import evaluate, measure_costs
-from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
+from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
 
 METHODS = ("uniform", "auto", "refined", "finetuned")
 LABELS = {
@@ -44,22 +43,6 @@ LABELS = {
     "refined": "auto + refine",
     "finetuned": "auto + refine + finetune",
 }
-
-
-def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
-    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
-    t = measure_costs(snn, x_cost).totals
-    return {
-        "ann_accuracy": ev.ann_accuracy,
-        "snn_accuracy": ev.snn_accuracy,
-        "loss": ev.loss,
-        "latency_steps": snn.plan.latency_steps,
-        "windows": list(snn.plan.windows),
-        "input_window": snn.plan.input_steps,
-        "spikes_per_neuron": t["spikes_per_neuron_mean"],
-        "energy_ratio_compute": t["energy_ratio_compute"],
-        "energy_ratio_total": t["energy_ratio_total"],
-    }
 
 
 def _train_subset(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -132,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 secs = time.perf_counter() - t0
                 if done.have(T, seed, method=method):
                     continue  # rebuilt only as the start of a later point
-                row = {**base, "method": method, **_measure(ann, net, x, y, x_cost, ann_acc)}
+                row = {**base, "method": method, **measure(ann, net, x, y, x_cost, ann_acc)}
                 row["seconds"] = round(secs, 1)
                 row.update(extra)
                 ann_acc = row["ann_accuracy"]

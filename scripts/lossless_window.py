@@ -24,15 +24,12 @@ import torch
 
 import onespike
 from onespike.data import calibration_set
-from onespike.evaluate import evaluate, measure_costs
-from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
+from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
 
 
 def _run_one(ann, x, y, x_cost, dataset: str, T: int, seed: int, args) -> dict:
     xc, where = calibration_set(dataset, args.calibration, seed)
     snn = onespike.convert(ann, xc, phases=T, progress=False)
-    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False)
-    t = measure_costs(snn, x_cost).totals
     return {
         "model": args.model,
         "dataset": dataset,
@@ -41,13 +38,7 @@ def _run_one(ann, x, y, x_cost, dataset: str, T: int, seed: int, args) -> dict:
         "calibration": where,
         "test_images": int(x.shape[0]),
         "cost_images": int(x_cost.shape[0]),
-        "ann_accuracy": ev.ann_accuracy,
-        "snn_accuracy": ev.snn_accuracy,
-        "loss": ev.loss,
-        "latency_steps": snn.plan.latency_steps,
-        "spikes_per_neuron": t["spikes_per_neuron_mean"],
-        "energy_ratio_compute": t["energy_ratio_compute"],
-        "energy_ratio_total": t["energy_ratio_total"],
+        **measure(ann, snn, x, y, x_cost),
     }
 
 

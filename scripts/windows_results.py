@@ -30,23 +30,7 @@ import torch
 
 import onespike
 from onespike.data import calibration_set
-from onespike.evaluate import evaluate, measure_costs
-from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
-
-
-def _measure(ann, snn, x, y, x_cost, ann_acc) -> dict:
-    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
-    t = measure_costs(snn, x_cost).totals
-    return {
-        "ann_accuracy": ev.ann_accuracy,
-        "snn_accuracy": ev.snn_accuracy,
-        "loss": ev.loss,
-        "latency_steps": snn.plan.latency_steps,
-        "windows": list(snn.plan.windows),
-        "input_window": snn.plan.input_steps,
-        "spikes_per_neuron": t["spikes_per_neuron_mean"],
-        "energy_ratio_compute": t["energy_ratio_compute"],
-    }
+from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                     ann, xc, phases=T, windows=windows, input_window=in_win, progress=False
                 )
                 secs = time.perf_counter() - t0
-                row[key] = _measure(ann, snn, x, y, x_cost, ann_acc)
+                row[key] = measure(ann, snn, x, y, x_cost, ann_acc)
                 row[key]["convert_seconds"] = round(secs, 1)
                 ann_acc = row[key]["ann_accuracy"]
                 if windows == "auto":

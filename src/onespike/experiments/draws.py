@@ -21,9 +21,10 @@ from torch import nn
 
 from onespike._io import write_text
 from onespike.data import fixed_subset, load_dataset
+from onespike.evaluate import evaluate, measure_costs
 from onespike.models import load_pretrained, pretrained_info
 
-__all__ = ["Rows", "ShippedEval", "draw_parser", "shipped_eval", "table_or_run"]
+__all__ = ["Rows", "ShippedEval", "draw_parser", "measure", "shipped_eval", "table_or_run"]
 
 
 @dataclass
@@ -48,6 +49,32 @@ def shipped_eval(model: str, test: int | None, cost_images: int) -> ShippedEval:
         x, y = x[idx], y[idx]
     x_cost = x[fixed_subset(x.shape[0], min(cost_images, x.shape[0]))]
     return ShippedEval(ann, dataset, x, y, x_cost)
+
+
+def measure(
+    ann: nn.Module,
+    snn: object,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_cost: torch.Tensor,
+    ann_acc: float | None = None,
+) -> dict:
+    """One converted network's figures: accuracy and loss on ``(x, y)`` (event path;
+    ``ann_acc`` skips the ANN's pass when known), latency and windows, and spikes per
+    neuron and energy ratios on ``x_cost``."""
+    ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
+    t = measure_costs(snn, x_cost).totals
+    return {
+        "ann_accuracy": ev.ann_accuracy,
+        "snn_accuracy": ev.snn_accuracy,
+        "loss": ev.loss,
+        "latency_steps": snn.plan.latency_steps,
+        "windows": list(snn.plan.windows),
+        "input_window": snn.plan.input_steps,
+        "spikes_per_neuron": t["spikes_per_neuron_mean"],
+        "energy_ratio_compute": t["energy_ratio_compute"],
+        "energy_ratio_total": t["energy_ratio_total"],
+    }
 
 
 class Rows:
