@@ -59,6 +59,7 @@ def test_to_dict_is_json_and_rebuilds_the_plan():
         "act_error": 0.0125,
         "out_error": 0.00031,
         "fire_window": 1,
+        "kind": "relu",
     }
     layers = tuple(
         LayerPlan(

@@ -150,6 +150,7 @@ def test_the_operator_table_is_complete():
     from onespike.trace import COSTS, OPS
 
     roles = {"relu", "weighted", "maxpool", "linear", "shape", "drop", "product", "softmax"}
+    roles.add("signed")
     for op in OPS:
         assert op.kind in ("module", "function", "method"), op
         assert op.role in roles | {"refused"}, op

@@ -1,5 +1,5 @@
-"""Tracing the transformer idioms of issue 27 (item 1), and converting the ones the
-converter handles today (everything but products of two activations and softmax)."""
+"""Tracing the transformer idioms of issue 27 (item 1), and converting the token idioms
+(attention itself: tests/test_transformer_convert.py)."""
 
 import pytest
 import torch
@@ -159,16 +159,6 @@ def test_attention_traces_with_products_and_softmax(softmax, product):
     assert first < order.index(traced.softmaxes[0]) < second
 
 
-def test_convert_refuses_attention_before_any_data():
-    model = Attn().eval()
-    bad_data = torch.rand(3, 99)  # would fail on use: the refusal comes first
-    with pytest.raises(UnsupportedModelError) as e:
-        onespike.convert(model, bad_data, phases=4, progress=False)
-    msg = str(e.value)
-    assert "'matmul' (product of two activations)" in msg
-    assert "'softmax' (softmax)" in msg and "not converted" in msg
-
-
 def test_softmax_over_another_dimension_is_refused():
     class Bad(nn.Module):
         def __init__(self):
@@ -261,13 +251,15 @@ def test_nir_export_names_the_token_node_it_cannot_write(tmp_path):
 
 
 def test_product_sites_find_where_signed_neurons_go():
-    from onespike.graph import product_sites
+    from onespike.trace import product_sites
 
     traced = trace(Attn().eval())
     sites = product_sites(traced.module)
     assert [s.product for s in sites] == traced.products
     (qk, av) = sites
-    assert [n.target for n in qk.sites] == ["qkv", "qkv"] and qk.kinds == ("signed", "signed")
+    # trace puts signed neurons (a SignedSite, the identity in the ANN) after qkv
+    assert [n.target for n in qk.sites] == ["qkv_signed"] * 2 and qk.kinds == ("signed",) * 2
+    assert qk.sites[0].args[0].target == "qkv"
     assert av.sites[0] is traced.softmaxes[0] and av.kinds == ("softmax", "signed")
 
     class ReluAttention(nn.Module):  # separate q/k/v, q scaled, ReLU attention / tokens
@@ -282,5 +274,6 @@ def test_product_sites_find_where_signed_neurons_go():
             return (a @ self.v(x)).mean(1)
 
     sites = product_sites(trace(ReluAttention()).module)
-    assert [[n.target for n in s.sites] for s in sites] == [["q", "k"], ["relu", "v"]]
+    targets = [[n.target for n in s.sites] for s in sites]
+    assert targets == [["q_signed", "k_signed"], ["relu", "v_signed"]]
     assert [s.kinds for s in sites] == [("signed", "signed"), ("relu", "signed")]

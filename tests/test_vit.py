@@ -48,16 +48,19 @@ def test_traces_with_every_batchnorm_folded(pool):
         torch.testing.assert_close(traced.module(x), model(x), rtol=1e-4, atol=1e-5)
     kinds = [type(m).__name__ for m in traced.module.modules()]
     assert "BatchNorm1d" not in kinds  # norm1 -> qkv, norm2 -> fc1, norm -> head
-    assert len(traced.relus) == 4  # one ReLU per MLP
+    assert len(traced.relus) == 12  # per block: signed qkv, softmax, the MLP's ReLU
+    assert sorted(traced.kinds.values()) == ["signed"] * 4 + ["softmax"] * 4
     assert len(traced.products) == 8 and len(traced.softmaxes) == 4  # two per block
     names = [n.name for n in traced.softmaxes]
     assert names == ["softmax", "softmax_1", "softmax_2", "softmax_3"]
 
 
-def test_convert_refuses_attention_with_a_clear_error():
+def test_converts_with_signed_and_softmax_layers():
     model, x = _warm(vit_tiny())
-    with pytest.raises(UnsupportedModelError, match=r"attention is traced but not converted"):
-        onespike.convert(model, x, phases=8, progress=False)
+    snn = onespike.convert(model, x, phases=4, progress=False)
+    kinds = snn.plan.kinds
+    assert kinds == ("signed", "softmax", "relu") * 4  # per block: qkv, softmax, MLP
+    assert [lp.name for lp in snn.plan.layers][:2] == ["blocks_0_attn_qkv_signed", "softmax"]
 
 
 def test_layernorm_gelu_variant_refused_naming_both():

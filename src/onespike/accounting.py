@@ -21,6 +21,18 @@ SNN:
   per-layer windows a compartment is updated over the longest window among its
   senders and a layer fires over its own (``LayerPlan.phases``).
 - spikes per neuron of every spiking layer (mean and max).
+- transformers (issue 27): signed neurons cost what phase neurons cost (a spike's sign
+  rides on the synapse: still one AC). A product of two spiking tensors by traces costs
+  one AC per pair of spikes (:func:`onespike.engine.count_region`) in the row of the
+  first layer whose region holds it, and there too its accumulators' updates: two per
+  output and step of the product's clock (the term fed by each factor's spikes is
+  multiplied by that factor's base every step, as an input-window compartment is, so a
+  spike adds its partner's trace without a multiply), counted as multiplies. A softmax's
+  exponential is its neurons' timing (no MAC: the fire window's steps, as for any
+  layer); its row sum is one add per spike (in its own row, as adds); the division of a
+  product by the row sums is one reciprocal per output row and one multiply per output
+  (multiplies, in the product's row). A product's ANN MACs are ``n k m`` per
+  ``[n, k] @ [k, m]``, counted once like the SNN's.
 
 Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
 memory access 5 pJ. Compute-only: ANN = MACs x 4.6; SNN = ACs x 0.9 + MACs x
@@ -37,12 +49,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx, nn
 
+from onespike.calibrate import fire_steps
 from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.engine import SpikeGraph, ann_counts, count_region
 from onespike.errors import OptionError
 from onespike.network import SpikingNetwork
 from onespike.simulate import SimulationResult
+from onespike.trace import product_sites
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -219,11 +233,14 @@ def cost(
     tags, bases, windows = _spike_tags(spk, run, x)
     consts = {k: v[1] for k, v in tags.items() if v[0] in ("const", "shape")}
     synaptic = spk.synaptic_ops(tags, consts)
+    shapes = {k.name: v.shape for k, v in ann_env.items() if isinstance(v, Tensor)}
+    attention = _attention_ops(spk, snn, run, shapes)
+    seen: set[Node] = set()
     rows: list[LayerCost] = []
     for a_t, s_t in zip(ann_g.targets, spk.targets):
         a_reg = ann_g.regions[a_t]
-        dense, nonzero = ann_counts(ann_g.runner, a_reg, ann_env)
-        srcs = spk.regions[s_t].spike_sources
+        dense, nonzero = ann_counts(ann_g.runner, a_reg, ann_env, seen)
+        srcs = runner.direct_sources(spk.regions[s_t])  # a product's factors: no compartment
         acs, macs = synaptic[s_t]
         neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
         # one compartment per sender base, updated at each step of its senders' longest window
@@ -234,6 +251,8 @@ def cost(
         analog = any(tags[s][0] == "dense" for s in srcs)
         in_mul = sum(spike_comps.values()) * neurons * n
         in_add = (snn.plan.input_steps * neurons * n) if analog else 0  # the input's window
+        muls, adds = attention.get(s_t, (0.0, 0.0))
+        in_mul, in_add = in_mul + muls, in_add + adds
         if s_t.op == "output":
             name, fire, spikes, mean, mx = "output", 0.0, 0.0, 0.0, 0
         else:
@@ -263,6 +282,40 @@ def cost(
     report = CostReport(T, snn.plan.latency_steps, n, rows, in_spk)
     report.totals = _totals(rows)
     return report
+
+
+def _attention_ops(
+    spk: SpikeGraph, snn: SpikingNetwork, run: SimulationResult, shapes: dict[str, tuple]
+) -> dict[Node, tuple[float, float]]:
+    """The neuron-side costs of attention (module docstring), summed over the batch, by
+    the target whose row they go to: ``(multiplies, adds)``. ``shapes``: the shape of
+    every node's value in the ANN, by node name."""
+    out: dict[Node, tuple[float, float]] = {}
+
+    def add(t: Node, muls: float, adds: float) -> None:
+        m, a = out.get(t, (0.0, 0.0))
+        out[t] = (m + muls, a + adds)
+
+    runner = spk.runner
+    layers = {n: runner.modules[n.target] for n in spk.layers}
+    for node, mod in layers.items():
+        if mod.kind == "softmax":  # the row sum: one add per spike
+            add(node, 0.0, float(run.spike_counts[mod.name].sum()))
+    where = spk.product_regions()
+    if not where:
+        return out
+    starts, _ = fire_steps(runner, spk.layers, snn.plan.windows, snn.plan.input_steps)
+    for ps in product_sites(snn.graph_module):
+        t = where[ps.product]
+        shape = shapes[ps.product.name]
+        outputs = float(math.prod(shape))
+        spans = [(starts[s], starts[s] + layers[s].phases) for s in ps.sites if s in starts]
+        steps = max(e for _, e in spans) - min(b for b, _ in spans) if spans else 1
+        muls = 2.0 * outputs * steps
+        if ps.kinds[0] == "softmax":  # one reciprocal per output row, one multiply per output
+            muls += outputs + outputs / shape[-1]
+        add(t, muls, 0.0)
+    return out
 
 
 def _spike_tags(

@@ -41,6 +41,7 @@ from onespike.observe import (
     Code,
     Positives,
     StreamStats,
+    coded_values,
     converted_runner,
     encode_input,
     layer_figures,
@@ -218,7 +219,7 @@ class _Search:
         self.cfg = cfg
         self.phases = phases
         self.input_coding = input_coding
-        self.code = Code(phases, cfg.threshold_shift, input_coding)
+        self.code = code_of(traced, phases, cfg.threshold_shift, input_coding)
         self.x = x
         self.progress = progress
         self.stats_source: StreamStats | None = None  # candidate scales from a larger set
@@ -241,8 +242,7 @@ class _Search:
                     self.consumers[root].append(t)
         self.derived: dict[Node, list[Node]] = {n: [] for n in [self.input, *self.relus]}
         for n in r.nodes:
-            role = r.role(n)
-            if n.op != "placeholder" and role in ("maxpool", "linear") and r.is_source(n):
+            if n.op != "placeholder" and (r.role(n) == "maxpool" or r.moves_spikes(n)):
                 self.derived[self._root(n)].append(n)
 
     def _root(self, src: Node) -> Node | None:
@@ -336,10 +336,12 @@ class _Search:
 
     # --- the search ------------------------------------------------------------------
     def candidates_for(
-        self, layer_index: int, values: Tensor | Positives
+        self, layer_index: int, values: Tensor | Positives, node: Node | None = None
     ) -> tuple[list[Tensor], list[float]]:
         """The candidate scales (percentiles of ``values``) and bases of the
-        ``layer_index``-th spiking layer, as the config allows."""
+        ``layer_index``-th spiking layer (``node``), as the config allows. Exponential
+        neurons (a softmax) have the scale 1: their values are ``exp(score - rowmax)``,
+        the winner's is 1; only their base is searched."""
         cfg = self.cfg
         if isinstance(cfg.base, tuple):
             bases = [cfg.base[layer_index]]
@@ -353,6 +355,8 @@ class _Search:
             qs = (100.0,)
         else:
             qs = (float(cfg.scale),)
+        if self.code.kind(node) == "softmax":
+            return [torch.tensor(1.0, device=self.x.device)], bases
         return percentiles(values, qs, cfg.per_channel), bases
 
     def layer_input(self, node: Node, env: dict[Node, object]) -> Tensor:
@@ -376,7 +380,7 @@ class _Search:
         if stats is None:
             scales, bases = self.candidates[node]
         else:
-            scales, bases = self.candidates_for(index, stats)
+            scales, bases = self.candidates_for(index, stats, node)
             self.candidates[node] = (scales, bases)
         cap = self.traced.caps.get(node)
         if cap is not None:  # a clipped ReLU: its activations never exceed the cap
@@ -455,9 +459,10 @@ class _Search:
             env = self.env_with(chosen, upto)
             idx = i - (1 if self.input_coding == "single" else 0)
             full = self.stats_source
+            kind = self.code.kind(node)
             stats = (
-                self.layer_input(node, env)
-                if full is None
+                coded_values(kind, self.layer_input(node, env))
+                if full is None or kind == "softmax"  # a softmax's scale is 1: no statistics
                 else full.positives(node, chosen, self.cfg.per_channel)
             )
             s, b, e = self.search_layer(node, idx, env, bases_override, stats)
@@ -497,6 +502,13 @@ class _Search:
         q = self.logits(x, chosen)
         same = q.argmax(1) == ann_logits.argmax(1) if q.dim() > 1 else torch.zeros(0)
         return HeldOut(int(same.sum()), int(same.numel()), rel_err(q, ann_logits))
+
+
+def code_of(traced: TracedModel, phases: int, threshold_shift: bool, input_coding: str) -> Code:
+    """The :class:`~onespike.observe.Code` a search of ``traced`` starts from: every window
+    ``phases``, and the kind of every spiking layer that is not a ReLU."""
+    kinds = tuple((n.name, k) for n, k in traced.kinds.items())
+    return Code(phases, threshold_shift, input_coding, kinds=kinds)
 
 
 def batch_independent(runner: Runner) -> bool:
@@ -904,7 +916,7 @@ def calibrate(
         n_search is None or data.count <= n_search or not batch_independent(Runner(traced.module))
     )
     x_search = data.head(None if search_all else n_search)
-    code = Code(phases, cfg.threshold_shift, input_coding)
+    code = code_of(traced, phases, cfg.threshold_shift, input_coding)
     search = _Search(traced, x_search, cfg, progress, phases=phases, input_coding=input_coding)
     stream = None
     if not search_all:
@@ -976,6 +988,7 @@ def calibrate(
             act_error=num / den if den > 0 else num,
             out_error=float(errors[node]),
             fire_window=window,
+            kind=traced.kind(node) if node is not search.input else "relu",
         )
 
     layers = [lp_for(n, traced.names[n], fire[n]) for n in search.relus]

@@ -15,7 +15,6 @@ from onespike.errors import (
     CalibrationError,
     ModelError,
     OptionError,
-    UnsupportedModelError,
     check_phase_bound,
 )
 from onespike.network import SpikingNetwork
@@ -140,7 +139,6 @@ def convert(
     windows = check_windows(windows)  # the format before the model is traced
     check_input_window(input_window, input_coding, phases, windows)
     traced = trace(model)  # fails here, before any data, on unsupported layers
-    _check_attention(traced, type(model).__name__)
     windows = check_windows(windows, len(traced.relus))  # one per spiking layer
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
         raise OptionError(
@@ -200,20 +198,6 @@ def _check_calibration(model: nn.Module, traced, data, input_coding: str, option
     raise CalibrationError(
         f"calibration samples of shape {data.sample_shape} do not fit the model: {msg}"
     ) from None
-
-
-def _check_attention(traced, name: str) -> None:
-    """Refuse, before any data, what is traced but not converted yet (issue 27): products
-    of two activations and softmax (the pure spike functions are in
-    :mod:`onespike.codes.signed` and :mod:`onespike.codes.softmax`)."""
-    nodes = [f"'{n.name}' (product of two activations)" for n in traced.products]
-    nodes += [f"'{n.name}' (softmax)" for n in traced.softmaxes]
-    if nodes:
-        raise UnsupportedModelError(
-            f"cannot convert {name} yet: attention is traced but not converted to spikes "
-            f"(nodes {', '.join(nodes)}); convert the model without attention, or wait for "
-            "issue 27's converter"
-        )
 
 
 def _check_model(model: object) -> None:

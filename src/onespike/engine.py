@@ -52,7 +52,7 @@ from torch import fx
 from onespike.codes import phase as pc
 from onespike.graph import Region, Runner, weighted_call
 from onespike.plan import LayerPlan
-from onespike.trace import is_add, op_of
+from onespike.trace import SPIKING, is_add, op_of
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -94,9 +94,9 @@ class SpikeGraph:
             return "output"
         if role in ("input", "const"):
             return "encoder" if role == "input" else "const"
-        if role == "relu":
+        if role in SPIKING:
             return "layer"
-        if r.is_source(node):  # spikes of a layer, max-pooled or reshaped
+        if r.is_source(node) or r.moves_spikes(node):  # spikes max-pooled, reshaped, indexed
             return "pool" if role == "maxpool" else "reshape"
         if role == "shape":
             return "shape"
@@ -121,9 +121,21 @@ class SpikeGraph:
         """``(accumulates, multiply-accumulates)`` of every target's region, summed over the
         batch, given ``tags`` of its spike sources (:func:`count_region`)."""
         out = {}
+        seen: set[Node] = set()  # products counted once, in the first region holding them
         for t in self.targets:
             reg = self.regions[t]
-            out[t] = count_region(self.runner, reg, {s: tags[s] for s in reg.spike_sources}, consts)
+            srcs = {s: tags[s] for s in reg.spike_sources}
+            out[t] = count_region(self.runner, reg, srcs, consts, seen)
+        return out
+
+    def product_regions(self) -> dict[Node, Node]:
+        """Every product of two spiking tensors and the first target whose region holds it
+        (where its costs are counted)."""
+        out: dict[Node, Node] = {}
+        for t in self.targets:
+            for n in self.regions[t].nodes:
+                if self.runner.role(n) == "product":
+                    out.setdefault(n, t)
         return out
 
 
@@ -213,7 +225,11 @@ def _weighted_input(node: Node) -> Node:
 
 
 def count_region(
-    runner: Runner, reg: Region, tags: dict[Node, tuple[str, Tensor]], const_env: dict
+    runner: Runner,
+    reg: Region,
+    tags: dict[Node, tuple[str, Tensor]],
+    const_env: dict,
+    seen: set[Node] | None = None,
 ) -> tuple[float, float]:
     """(accumulates, multiply-accumulates) of a region, summed over the batch.
 
@@ -225,6 +241,15 @@ def count_region(
     sparse aggregation of a GCN); they cost one AC each where they land on a
     membrane (the region's end, or an add such as an identity shortcut). A
     weighted layer on dense values costs one MAC per synapse.
+
+    A product of two spiking tensors (issue 27) accumulates by traces: each pair of
+    spikes ``(a_ik, b_kj)`` adds the trace of the earlier spike once, at the later one: one
+    AC per pair (the count's product: pairs that both spiked); its output is an
+    accumulated value, dense for what follows (a Linear after it does MACs). The
+    multiplies of its accumulators (each multiplied by its factor's base every step) and
+    the softmax division are neuron-side costs, counted by :func:`onespike.accounting.cost`.
+    A product that several regions hold (a residual stream) is counted in the first only
+    (``seen``: the products counted so far, updated).
     """
     kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
     val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
@@ -240,7 +265,14 @@ def count_region(
             continue
         ins = [a for a in n.all_input_nodes if kind.get(a) in ("events", "dense")]
         kinds = {kind[a] for a in ins}
-        if r == "weighted":
+        if r == "product":
+            if kinds == {"events"} and (seen is None or n not in seen):
+                acs += float(runner.run_node(n, val).sum())  # pairs that both spiked
+            if seen is not None:
+                seen.add(n)
+            val[n] = runner.run_node(n, val)
+            kind[n] = "dense"
+        elif r == "weighted":
             arg = _weighted_input(n)
             m = val[arg]
             if kind[arg] == "events":
@@ -266,11 +298,24 @@ def count_region(
     return acs, macs
 
 
-def ann_counts(runner: Runner, reg: Region, env: dict[Node, object]) -> tuple[float, float]:
-    """(MACs, MACs whose input is non-zero) of the weighted layers of an ANN region."""
+def ann_counts(
+    runner: Runner, reg: Region, env: dict[Node, object], seen: set[Node] | None = None
+) -> tuple[float, float]:
+    """(MACs, MACs whose input is non-zero) of the weighted layers and the products of two
+    activations of an ANN region (a product ``[.., n, k] @ [.., k, m]`` does ``n k m`` MACs,
+    non-zero where both factors are; counted in the first region holding it, ``seen``)."""
     dense = nonzero = 0.0
     consts = {k: v for k, v in env.items() if k.op == "get_attr"}
     for n in reg.nodes:
+        if runner.role(n) == "product":
+            if seen is not None and n in seen:
+                continue
+            if seen is not None:
+                seen.add(n)
+            a, b = (env[x] for x in n.args[:2])
+            dense += float((torch.ones_like(a) @ torch.ones_like(b)).sum())
+            nonzero += float(((a != 0).to(a.dtype) @ (b != 0).to(b.dtype)).sum())
+            continue
         if runner.role(n) != "weighted":
             continue
         x = env[_weighted_input(n)]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from onespike.trace import is_reshape, role
+from onespike.trace import SPIKING, is_reshape, role
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -132,23 +132,32 @@ class Runner:
         return self.run_upto({}, None, x)
 
     def is_source(self, node: Node) -> bool:
-        """Nodes whose value a region takes as given: input, spikes, constants."""
+        """Nodes whose value a region takes as given: input, spikes, constants. Spikes
+        moved by a reshape or an index are spikes; a ``chunk``/``split`` of spikes (a tuple)
+        is not a source itself, each piece taken from it is."""
         r = self.role(node)
-        if r in ("input", "relu", "const"):
+        if r in ("input", "const", "maxpool") or r in SPIKING:
             return True
-        if r == "maxpool":
-            return True
-        return r == "linear" and is_reshape(node, self.modules) and self.is_spiking(node.args[0])
+        return self.moves_spikes(node) and not _multi(node)
+
+    def moves_spikes(self, node: Node) -> bool:
+        """A reshape (``view``, ``transpose``, ``chunk``, ...) or an index (``x[:, 0]``, a
+        piece of ``chunk``) of spikes: the same spikes, moved."""
+        r = self.role(node)
+        if r != "linear":
+            return False
+        moves = is_reshape(node, self.modules) or node.target is operator.getitem
+        return moves and self.is_spiking(node.args[0])
 
     def is_spiking(self, node: object) -> bool:
         if not isinstance(node, Node):
             return False
         r = self.role(node)
-        if r == "relu":
+        if r in SPIKING:
             return True
-        if r == "maxpool" or (r == "linear" and is_reshape(node, self.modules)):
+        if r == "maxpool":
             return self.is_spiking(node.args[0])
-        return False
+        return self.moves_spikes(node)
 
     def region(self, target: Node) -> Region:
         """Nodes feeding ``target``'s input from the nearest sources (the dendritic tree).
@@ -172,12 +181,36 @@ class Runner:
         srcs = sorted(sources, key=self.order.__getitem__)
         return Region(target, target.args[0], nodes, srcs)
 
+    def direct_sources(self, reg: Region) -> list[Node]:
+        """The spike sources of ``reg`` whose spikes reach its target other than through a
+        product of two spiking tensors (those land on a membrane; a product's factors
+        feed its accumulator instead)."""
+        inner = set(reg.nodes)
+        found: set[Node] = set()
+        stack, seen = [reg.pre], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in reg.spike_sources:
+                found.add(n)
+            elif n in inner and self.role(n) != "product":
+                stack.extend(n.all_input_nodes)
+        return [s for s in reg.spike_sources if s in found]
+
     def spiking_chain(self, node: Node) -> list[Node]:
         """Spike nodes derived from a source by max-pool/reshape, in order (source first)."""
         chain = [node]
-        while self.role(chain[-1]) != "relu" and self.role(chain[-1]) != "input":
+        while self.role(chain[-1]) not in SPIKING and self.role(chain[-1]) != "input":
             chain.append(chain[-1].args[0])
         return chain[::-1]
+
+
+def _multi(node: Node) -> bool:
+    """``chunk`` / ``split`` (method or function): a tuple of tensors."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and name in ("chunk", "split")
 
 
 @dataclass
@@ -192,52 +225,3 @@ class Region:
     @property
     def spike_sources(self) -> list[Node]:
         return [s for s in self.sources if s.op != "get_attr"]
-
-
-# --------------------------------------------------------------------------------------
-# attention (issue 27): where the operands of a product of two activations come from
-# --------------------------------------------------------------------------------------
-_SCALING = (operator.mul, torch.mul, operator.truediv)
-
-
-@dataclass(frozen=True)
-class ProductSite:
-    """The two operands of a product of two activations, each traced back through
-    reshapes, indexing and scaling by a number (``q.view(...).transpose(1, 2)``,
-    ``qkv.chunk(3)[0]``, ``k.transpose(-2, -1)``, ``q * scale``) to the node that makes
-    its values: ``sites``. ``kinds`` says what each site is: ``"softmax"`` (exponential
-    neurons, positive), ``"relu"`` (already single-spike neurons, positive), ``"input"``,
-    or ``"signed"`` (any other value: a layer of signed single-spike neurons goes there)."""
-
-    product: Node
-    sites: tuple[Node, Node]
-    kinds: tuple[str, str]
-
-
-def _value_site(node: Node, modules: dict[str, nn.Module]) -> Node:
-    """``node`` traced back through what moves or scales values without combining them."""
-    while isinstance(node, Node):
-        r = role(node, modules)
-        moves = r == "linear" and (is_reshape(node, modules) or node.target is operator.getitem)
-        scales = r == "linear" and node.target in _SCALING and isinstance(node.args[0], Node)
-        if not (moves or scales):
-            return node
-        node = node.args[0]  # the tensor (a size argument is never args[0] here)
-    return node
-
-
-def product_sites(gm: fx.GraphModule) -> list[ProductSite]:
-    """Every product of two activations in ``gm`` (topological order) with its operands'
-    sites (:class:`ProductSite`): where a converter puts signed neurons for attention."""
-    modules = dict(gm.named_modules())
-    out = []
-    for n in gm.graph.nodes:
-        if role(n, modules) != "product":
-            continue
-        sites = tuple(_value_site(a, modules) for a in n.args[:2])
-        kinds = tuple(
-            r if (r := role(s, modules)) in ("softmax", "relu", "input") else "signed"
-            for s in sites
-        )
-        out.append(ProductSite(n, sites, kinds))  # type: ignore[arg-type]
-    return out

@@ -18,11 +18,12 @@ from torch import fx, nn
 
 from onespike.codes import binary
 from onespike.codes import phase as pc
+from onespike.codes import softmax as smx
 from onespike.codes.phase import channel_shape
 from onespike.errors import InputError, OptionError, check_batch
 from onespike.plan import INPUT_CODINGS, LayerPlan, Plan, check_input_coding
 from onespike.simulate import SimulationResult, simulate_steps
-from onespike.trace import role
+from onespike.trace import SPIKING, role
 
 Tensor = torch.Tensor
 
@@ -60,18 +61,27 @@ def layer_keys(names: list[str]) -> list[str]:
 
 
 class SpikeLayer(nn.Module):
-    """A layer of single-spike neurons (replaces one ReLU).
+    """A layer of single-spike neurons (replaces one ReLU, signed site or softmax).
 
     Input: pre-activation (any shape ``[N, C, ...]``); output: the decoded value
     of each neuron's spike, ``scale * B^-phase`` or 0. With ``record`` set, the
     phases of the last call are kept in ``last_phase`` (int64, -1 = no spike).
-    """
 
-    _onespike_role = "relu"
+    Its ``kind`` (:attr:`onespike.plan.LayerPlan.kind`, also its graph role):
+    ``"relu"`` phase neurons; ``"signed"`` signed neurons, ``sign(x) * code(|x|)``
+    (:mod:`onespike.codes.signed`; the signs of the last call in ``last_sign``);
+    ``"softmax"`` exponential neurons over the last dimension, scale 1: the spike-shift
+    code of ``exp(x - rowmax)`` divided by its row sum (:func:`onespike.codes.softmax.
+    spike_softmax`; the event path divides each value, the step simulator the product
+    it feeds, once per row).
+    """
 
     def __init__(self, lp: LayerPlan, device: torch.device | str | None = None):
         super().__init__()
         device = torch.device("cpu") if device is None else device
+        self.kind = lp.kind
+        self._onespike_role = lp.kind  # its role in the graph (onespike.trace.SPIKING)
+        self.last_sign: Tensor | None = None
         self.name = lp.name
         self.base = float(lp.base)
         self.phases = int(lp.phases)
@@ -104,7 +114,12 @@ class SpikeLayer(nn.Module):
         return self._tables
 
     def encode(self, pre: Tensor) -> Tensor:
-        """Spike phase of every neuron (int64, -1 = none) for pre-activations ``pre``."""
+        """Spike phase of every neuron (int64, -1 = none) for pre-activations ``pre``
+        (signed neurons: of ``|pre|``; exponential neurons: of ``exp(pre - rowmax)``)."""
+        if self.kind == "softmax":
+            return smx.exp_phases(pre, self.base, self.phases, threshold_shift=self.threshold_shift)
+        if self.kind == "signed":
+            pre = pre.abs()
         tables = self._scaled_tables(pre.dtype)
         if tables is None:
             return pc.encode(
@@ -116,7 +131,16 @@ class SpikeLayer(nn.Module):
         return pc.phase_from_reached(pc.reached(pre, tables[0]), self.phases)
 
     def decode(self, phase: Tensor, like: Tensor) -> Tensor:
-        """Decoded values (same arithmetic as ``forward``: bit-identical outputs)."""
+        """Decoded values (same arithmetic as ``forward``: bit-identical outputs); ``like``
+        is the pre-activation (its dtype; the signs of signed neurons)."""
+        if self.kind == "signed":
+            return torch.sign(like) * self._decode(phase, like)
+        if self.kind == "softmax":
+            e = self._decode(phase, like)
+            return e / e.sum(dim=-1, keepdim=True)
+        return self._decode(phase, like)
+
+    def _decode(self, phase: Tensor, like: Tensor) -> Tensor:
         tables = self._scaled_tables(like.dtype)
         if tables is None:
             return pc.decode(phase, self.base, self.scale_for(like), self.phases)
@@ -124,10 +148,18 @@ class SpikeLayer(nn.Module):
         return tables[1].index_select(0, r.reshape(-1)).view_as(phase)
 
     def forward(self, pre: Tensor) -> Tensor:
-        if self.record:
+        if self.record or self.kind == "softmax":
             phase = self.encode(pre)
-            self.last_phase = phase
+            if self.record:
+                self.last_phase = phase
+                if self.kind == "signed":
+                    self.last_sign = torch.sign(pre).to(torch.int8).masked_fill_(phase < 0, 0)
             return self.decode(phase, pre)
+        if self.kind == "signed":
+            return torch.sign(pre) * self._quantize(pre.abs())
+        return self._quantize(pre)
+
+    def _quantize(self, pre: Tensor) -> Tensor:
         tables = self._scaled_tables(pre.dtype)
         if tables is None:
             scale = self.scale_for(pre)
@@ -136,7 +168,7 @@ class SpikeLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"name={self.name!r}, base={self.base:.3f}, phases={self.phases}, "
+            f"name={self.name!r}, kind={self.kind!r}, base={self.base:.3f}, phases={self.phases}, "
             f"threshold_shift={self.threshold_shift}"
         )
 
@@ -223,7 +255,12 @@ class SpikingNetwork(nn.Module):
         self.input_shape = tuple(input_shape)  # per-sample shape seen at calibration
         self.spikes = nn.ModuleDict()
         modules = dict(gm.named_modules())
-        relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
+        relus = [n for n in gm.graph.nodes if role(n, modules) in SPIKING]
+        kinds = tuple(role(n, modules) for n in relus)
+        if kinds != plan.kinds and len(relus) == len(plan.layers):
+            raise OptionError(
+                f"the plan's spiking layers are of kinds {plan.kinds}, the model's {kinds}"
+            )
         if len(relus) != len(plan.layers):
             raise OptionError(
                 f"the plan has {len(plan.layers)} spiking layers, the model {len(relus)} ReLUs"
@@ -299,6 +336,7 @@ class SpikingNetwork(nn.Module):
         for m in self.spikes.values():
             m.record = flag
             m.last_phase = None
+            m.last_sign = None
         self.input_encoder.record = flag
         self.input_encoder.last_code = None
 
@@ -327,6 +365,7 @@ class SpikingNetwork(nn.Module):
         try:
             out = self.graph_module(x)
             phases = {m.name: m.last_phase for m in self.spikes.values()}
+            signs = {m.name: m.last_sign for m in self.spikes.values() if m.kind == "signed"}
             code = self.input_encoder.last_code
         finally:
             self._set_record(False)
@@ -338,7 +377,7 @@ class SpikingNetwork(nn.Module):
                 if self.plan.input_coding == "binary"
                 else (code >= 0).to(torch.int64)
             )
-        return SimulationResult(out, phases, counts, "event", in_spikes)
+        return SimulationResult(out, phases, counts, "event", in_spikes, signs)
 
     #: The network file format, :mod:`onespike.serialize`, which sets itself here when
     #: it is imported (``import onespike`` does): it builds on this module, so this

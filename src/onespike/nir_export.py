@@ -180,6 +180,27 @@ def _exportable() -> str:
     return ", ".join(dict.fromkeys(names))
 
 
+def _check_attention(runner: Runner) -> None:
+    """One :class:`NIRExportError` naming every node of attention (issue 27) that NIR has
+    no node for: signed neurons, exponential (softmax) neurons, products of two spiking
+    tensors."""
+    what = {
+        "signed": "signed single-spike neurons",
+        "softmax": "a softmax by spike timing",
+        "product": "a product of two spiking tensors",
+    }
+    found = [
+        f"'{getattr(runner.modules.get(n.target), 'name', n.name)}' ({what[r]})"
+        for n in runner.nodes
+        if (r := runner.role(n)) in what
+    ]
+    if found:
+        raise NIRExportError(
+            f"NIR has no node for {', '.join(found)}: networks with attention can be saved "
+            "(SpikingNetwork.save) but not exported to NIR"
+        )
+
+
 def _leaves(expr) -> list[str]:
     if isinstance(expr, str):
         return [expr]
@@ -198,6 +219,7 @@ class _Exporter:
                     f"node '{n.name}' multiplies the activations by a fixed matrix, which "
                     "mixes samples (a graph convolution); NIR has no form for it"
                 )
+        _check_attention(self.runner)
         for n in self.runner.nodes:
             if n.op == "get_attr":
                 raise NIRExportError(f"node '{n.name}' reads a constant tensor; NIR has no form")

@@ -32,6 +32,8 @@ from torch import fx
 from onespike import distributed
 from onespike.codes import binary
 from onespike.codes import phase as pc
+from onespike.codes import signed as sc
+from onespike.codes import softmax as smx
 from onespike.graph import Runner
 from onespike.stream import Batches
 from onespike.trace import TracedModel
@@ -149,10 +151,17 @@ class Code:
     threshold_shift: bool
     input_coding: str
     windows: tuple[tuple[str, int], ...] = ()
+    #: the kind of each spiking layer that is not a ReLU (by node name): ``"signed"``
+    #: or ``"softmax"`` (:attr:`onespike.trace.TracedModel.kinds`)
+    kinds: tuple[tuple[str, str], ...] = ()
 
     def window(self, node: Node) -> int:
         """The window of spiking layer ``node`` (the input's: ``phases``)."""
         return dict(self.windows).get(node.name, self.phases)
+
+    def kind(self, node: Node | None) -> str:
+        """The kind of spiking layer ``node`` (``"relu"``; the input: ``"relu"`` too)."""
+        return "relu" if node is None else dict(self.kinds).get(node.name, "relu")
 
     def with_windows(self, windows: dict[str, int]) -> Code:
         """This code with the layers' windows ``windows`` (by node name)."""
@@ -165,13 +174,34 @@ def quantizer_of(
     """The code of one layer (``node``; None: the input) as a function of its pre-activation."""
     phases = code.phases if node is None else code.window(node)
     threshold_shift = code.threshold_shift
+    kind = code.kind(node)
+    if kind == "softmax":  # exponential neurons: scale 1 (the row maximum), E / rowsum(E)
+        return lambda pre: smx.spike_softmax(pre, base, phases, threshold_shift=threshold_shift)
+    quantize = sc.quantize_signed if kind == "signed" else pc.quantize
 
     def q(pre: Tensor) -> Tensor:
-        return pc.quantize(
+        return quantize(
             pre, pc.channel_shape(scale, pre.dim()), base, phases, threshold_shift=threshold_shift
         )
 
     return q
+
+
+def coded_values(kind: str, pre: Tensor) -> Tensor:
+    """What a layer of ``kind`` codes from its pre-activation ``pre``, whose positive values
+    its candidate scales come from: ``pre`` (a ReLU layer: its positive part), ``|pre|``
+    (signed neurons code the magnitude)."""
+    return pre.abs() if kind == "signed" else pre
+
+
+def activation_of(kind: str, pre: Tensor, cap: float | None = None) -> Tensor:
+    """The ANN's activation a layer of ``kind`` stands for: ``relu(pre)`` (clipped at
+    ``cap``), ``pre`` itself (signed) or ``softmax(pre)`` over the last dimension."""
+    if kind == "signed":
+        return pre
+    if kind == "softmax":
+        return torch.softmax(pre, dim=-1)
+    return pre.clamp(min=0, max=cap)
 
 
 def encode_input(
@@ -311,7 +341,10 @@ class StreamStats:
         if node is self.input:
             values: Iterable[Tensor] = (x for x, _ in distributed.chunks(self.data, STATS_CHUNK))
         else:
-            values = self._values_of(node.args[0], chosen, self.ann_input)
+            kind = self.code.kind(node)
+            values = (
+                coded_values(kind, v) for v in self._values_of(node.args[0], chosen, self.ann_input)
+            )
         out: Positives | None = None
         for v in values:
             if out is None:
@@ -366,7 +399,7 @@ def layer_figures(
     for n, pre, act in items:
         s, b = chosen[n]
         q = quantizer_of(s, b, code, n)(pre)
-        a = act if act is not None else pre.clamp(min=0, max=caps.get(n))
+        a = act if act is not None else activation_of(code.kind(n), pre, caps.get(n))
         acc = sums.setdefault(n, [0.0, 0.0, float(a[0].numel())])
         acc[0] += float(((q.double() - a.double()) ** 2).sum())
         acc[1] += float((a.double() ** 2).sum())

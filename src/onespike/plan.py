@@ -11,6 +11,10 @@ from onespike.errors import OptionError
 #: ``single`` (the single-spike phase code of the hidden layers).
 INPUT_CODINGS = ("analog", "binary", "single")
 
+#: The kinds of spiking layer (:attr:`LayerPlan.kind`), the roles of
+#: :data:`onespike.trace.SPIKING`.
+LAYER_KINDS = ("relu", "signed", "softmax")
+
 
 def check_input_coding(coding: object) -> str:
     """The input coding named by a user: one of :data:`INPUT_CODINGS`."""
@@ -36,6 +40,11 @@ class LayerPlan:
     windows before the one the layer fires in (1 for a layer fed by the input); its
     fire window starts at step ``fire_window * T`` when every window is ``T``
     (:func:`onespike.calibrate.fire_steps` gives the start step in general).
+
+    ``kind`` (issue 27): ``"relu"`` (phase neurons, a ReLU of the ANN), ``"signed"``
+    (signed neurons, one spike of either sign: :mod:`onespike.codes.signed`; ``scale``
+    codes ``|x|``) or ``"softmax"`` (exponential neurons of a softmax by spike timing:
+    :mod:`onespike.codes.softmax`; ``scale`` is 1, the row maximum's value).
     """
 
     name: str
@@ -47,6 +56,7 @@ class LayerPlan:
     act_error: float
     out_error: float
     fire_window: int = 0
+    kind: str = "relu"
 
     @property
     def scale_summary(self) -> str:
@@ -107,7 +117,7 @@ class Plan:
         for lp in entries:
             rows.append(
                 (
-                    lp.name,
+                    lp.name if lp.kind == "relu" else f"{lp.name} ({lp.kind})",
                     str(lp.neurons),
                     lp.scale_summary,
                     f"{lp.base:.3f}",
@@ -136,3 +146,8 @@ class Plan:
 
     def __str__(self) -> str:
         return self.table()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Each spiking layer's kind, in the order of ``layers``."""
+        return tuple(lp.kind for lp in self.layers)

@@ -70,8 +70,8 @@ from torch import fx, nn
 from onespike._io import atomic_write, check_output
 from onespike.errors import MAX_PHASES, OnespikeError, check_device
 from onespike.network import SpikingNetwork
-from onespike.plan import LayerPlan, Plan
-from onespike.trace import OPS
+from onespike.plan import LAYER_KINDS, LayerPlan, Plan
+from onespike.trace import OPS, SPIKING
 
 Tensor = torch.Tensor
 
@@ -426,6 +426,10 @@ def _check_layer_plan(lp: object, what: str) -> None:
     _check_number(lp.phases, f"{what}'s window (phases)", 1, MAX_PHASES, integer=True)
     _check_number(lp.neurons, f"{what}'s neuron count", 0, math.inf, integer=True)
     _check_number(lp.fire_window, f"{what}'s fire window", 0, 1 << 30, integer=True)
+    if getattr(lp, "kind", "relu") not in LAYER_KINDS:
+        raise ValueError(f"{what} has kind {lp.kind!r}; a kind is one of {LAYER_KINDS}")
+    if lp.kind == "softmax" and lp.scale != 1.0:
+        raise ValueError(f"{what} is a softmax of scale {lp.scale!r}; its scale is 1")
     if not isinstance(lp.threshold_shift, bool):
         raise ValueError(
             f"{what} has threshold_shift {lp.threshold_shift!r}; it must be true or false"
@@ -480,9 +484,15 @@ def check_plan(net: SpikingNetwork) -> None:
         if plan.input.phases != plan.phases or plan.input.fire_window != 0:
             raise ValueError("the input layer's window or fire window is not the plan's")
     runner = Runner(net.ann_graph)
-    relus = [n for n in runner.nodes if runner.role(n) == "relu"]
+    relus = [n for n in runner.nodes if runner.role(n) in SPIKING]
     if len(relus) != len(plan.layers):
         raise ValueError(f"the plan has {len(plan.layers)} spiking layers, the graph {len(relus)}")
+    for node, lp in zip(relus, plan.layers):
+        if runner.role(node) != lp.kind:
+            raise ValueError(
+                f"layer '{lp.name}' is of kind {lp.kind!r}; its place in the graph is a "
+                f"{runner.role(node)!r} layer"
+            )
     fire, out_window = calibrate.fire_windows(runner, relus)
     for node, lp in zip(relus, plan.layers):
         if lp.fire_window != fire[node]:

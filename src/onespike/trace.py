@@ -34,9 +34,18 @@ its shift). Any other BatchNorm is reported.
 - ``"shape"``: integer bookkeeping (``x.size()``, ``x.shape``, indexing a size, ``+ - * //``
   on sizes).
 - ``"product"``: a matrix product of two activations (``q @ k.transpose(-2, -1)``,
-  ``torch.matmul``, ``torch.bmm``); ``"softmax"``: a softmax over the last dimension.
-  Traced (:attr:`TracedModel.products`, :attr:`TracedModel.softmaxes`) for issue 27's
-  transformers; :func:`onespike.convert` does not convert them yet and says so.
+  ``torch.matmul``, ``torch.bmm``): spike x spike, the product of the decoded values in
+  the event path, by traces in the step simulator (issue 27).
+- ``"softmax"``: a softmax over the last dimension, a spiking layer of exponential
+  neurons (the spike-shift code of :mod:`onespike.codes.softmax`).
+- ``"signed"``: a :class:`SignedSite` that :func:`trace` inserts where an operand of a
+  product can be negative (:func:`product_sites`, kind ``"signed"``: the
+  ``qkv`` Linear of a ViT): the identity in the ANN, a spiking layer of signed
+  single-spike neurons (:mod:`onespike.codes.signed`) once converted.
+
+The spiking layers are the nodes of the roles :data:`SPIKING` (``relu``, ``signed``,
+``softmax``): :attr:`TracedModel.relus` lists them all, :attr:`TracedModel.kinds` says
+which of the three each is.
 - ``"refused"``: LayerNorm, GELU, ``nn.MultiheadAttention``, recognised only to be
   reported with what to write instead (``Op.instead``).
 - ``"const"``: ``get_attr`` of a parameter or buffer.
@@ -46,6 +55,7 @@ its shift). Any other BatchNorm is reported.
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 from dataclasses import dataclass, field
 
@@ -70,8 +80,10 @@ Tensor = torch.Tensor
 #: (spikes stay spikes); ``"pass"`` events pass through the operator as computed;
 #: ``"neurons"`` a spiking layer (counted by its neurons, not in a region); ``"free"``
 #: integer bookkeeping or an operator that tracing removes.
-#: ``"product"`` a product of two activations (spike x spike, issue 27: traced, not yet
-#: converted); ``"softmax"`` a softmax over the last dimension (spike timing, issue 27).
+#: ``"product"`` a product of two activations (spike x spike by traces: one accumulate
+#: per pair of spikes, :func:`onespike.engine.count_region`); ``"softmax"`` a softmax over
+#: the last dimension (exponential neurons by spike timing: counted as a spiking layer,
+#: plus one division per row, :func:`onespike.accounting.cost`).
 COSTS = ("synapses", "membrane", "pool_area", "reshape", "pass", "neurons", "free")
 COSTS += ("product", "softmax")
 
@@ -137,6 +149,7 @@ _TORCH_F = "torch.nn.functional."
 _RM = "removed by tracing"
 _NO_PRODUCT = "NIR has no product of two activations"
 _NO_SOFTMAX = "NIR has no softmax"
+_NO_SIGNED = "NIR has no signed single-spike neuron"
 _NO_MOVE = "NIR has no transpose/permute/split of activations"
 _USE_BN = "use BatchNorm1d over the features instead (it is folded into a Linear)"
 _USE_RELU = "use ReLU instead (only ReLU becomes single-spike neurons)"
@@ -144,6 +157,23 @@ _USE_ATTN = (
     "write the attention explicitly with Linear layers, matmul (@) and softmax over the "
     "last dimension"
 )
+
+
+class SignedSite(nn.Module):
+    """Where signed single-spike neurons go (issue 27): the identity in the ANN.
+
+    :func:`trace` inserts one after each node whose values feed a product of two
+    activations and can be negative (:func:`product_sites`, kind
+    ``"signed"``); the converter makes it a layer of signed neurons
+    (:class:`onespike.network.SpikeLayer` of kind ``"signed"``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+#: The roles of spiking layers: ReLU neurons (the phase code), signed neurons (one spike
+#: of either sign) and exponential neurons (a softmax by spike timing).
+SPIKING = ("relu", "signed", "softmax")
 
 
 def _refused(kind: str, target: object, instead: str) -> Op:
@@ -187,6 +217,7 @@ OPS: tuple[Op, ...] = (
     _f(F.softmax, _TORCH_F + "softmax", "softmax", None, "softmax", _NO_SOFTMAX),
     _f(torch.softmax, "torch.softmax", "softmax", None, "softmax", _NO_SOFTMAX),
     _me("softmax", "softmax", None, "softmax", no_nir=_NO_SOFTMAX),
+    _m(SignedSite, "signed", None, "neurons", no_nir=_NO_SIGNED),
     # max-pooling of spikes
     _m(nn.MaxPool1d, "maxpool", None, "pass", no_nir=_NO_MAXPOOL, args=_MAXPOOL),
     _m(nn.MaxPool2d, "maxpool", "SumPool2d", "pass", args=_MAXPOOL),
@@ -335,10 +366,16 @@ class TracedModel:
     relus: list[Node]  # topological order
     names: dict[Node, str]  # readable name of every spiking layer
     caps: dict[Node, float] = field(default_factory=dict)  # clipped ReLUs: the bound c
-    # issue 27 (traced, not yet converted): products of two activations (q @ k^T,
-    # attention @ v) and softmaxes over the last dimension, topological order
+    # issue 27: products of two activations (q @ k^T, attention @ v) and softmaxes over
+    # the last dimension, topological order
     products: list[Node] = field(default_factory=list)
     softmaxes: list[Node] = field(default_factory=list)
+    # the kind of every spiking layer (the role: "relu", "signed" or "softmax")
+    kinds: dict[Node, str] = field(default_factory=dict)
+
+    def kind(self, node: Node) -> str:
+        """The kind of spiking layer ``node`` (``"relu"`` unless signed or softmax)."""
+        return self.kinds.get(node, "relu")
 
     def modules(self) -> dict[str, nn.Module]:
         return dict(self.module.named_modules())
@@ -542,7 +579,7 @@ def _is_spiking(node: object, modules: dict[str, nn.Module]) -> bool:
     if not isinstance(node, Node):
         return False
     r = role(node, modules)
-    if r == "relu":
+    if r in SPIKING:
         return True
     if r == "maxpool":
         return _is_spiking(node.args[0], modules)
@@ -769,9 +806,10 @@ def trace(model: nn.Module) -> TracedModel:
     _fold_bn(gm)
     _drop_passthrough(gm)
     _canonical_clips(gm)
+    _insert_signed_sites(gm)
     gm.delete_all_unused_submodules()
     modules = dict(gm.named_modules())
-    relus = [n for n in gm.graph.nodes if role(n, modules) == "relu"]
+    relus = [n for n in gm.graph.nodes if role(n, modules) in SPIKING]
     caps = {n: c for n in relus if (c := relu_cap(n, modules)) is not None}
     if not relus:
         raise UnsupportedModelError(
@@ -780,8 +818,32 @@ def trace(model: nn.Module) -> TracedModel:
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     products = [n for n in gm.graph.nodes if role(n, modules) == "product"]
     softmaxes = [n for n in gm.graph.nodes if role(n, modules) == "softmax"]
+    kinds = {n: r for n in relus if (r := role(n, modules)) != "relu"}
     names = unique_layer_names(relus)
-    return TracedModel(gm, placeholder, relus, names, caps, products, softmaxes)
+    return TracedModel(gm, placeholder, relus, names, caps, products, softmaxes, kinds)
+
+
+def _insert_signed_sites(gm: fx.GraphModule) -> None:
+    """A :class:`SignedSite` after every node whose values feed a product of two
+    activations and can be negative (kind ``"signed"`` of
+    :func:`product_sites`, or the network input itself), once per node,
+    taking all its uses: the values that node sends are carried by signed single-spike
+    neurons (both factors of a product are spikes)."""
+    sites: list[Node] = []
+    for ps in product_sites(gm):
+        for site, kind in zip(ps.sites, ps.kinds):
+            if kind in ("signed", "input") and site not in sites:
+                sites.append(site)
+    for site in sites:
+        name = f"{site.name}_signed"
+        while hasattr(gm, name):
+            name = f"{name}_"
+        gm.add_submodule(name, SignedSite())
+        with gm.graph.inserting_after(site):
+            new = gm.graph.call_module(name, (site,))
+        site.replace_all_uses_with(new, delete_user_cb=functools.partial(operator.is_not, new))
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _canonical_clips(gm: fx.GraphModule) -> None:
@@ -802,3 +864,52 @@ def _canonical_clips(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+
+
+# --------------------------------------------------------------------------------------
+# attention (issue 27): where the operands of a product of two activations come from
+# --------------------------------------------------------------------------------------
+_SCALING = (operator.mul, torch.mul, operator.truediv)
+
+
+@dataclass(frozen=True)
+class ProductSite:
+    """The two operands of a product of two activations, each traced back through
+    reshapes, indexing and scaling by a number (``q.view(...).transpose(1, 2)``,
+    ``qkv.chunk(3)[0]``, ``k.transpose(-2, -1)``, ``q * scale``) to the node that makes
+    its values: ``sites``. ``kinds`` says what each site is: ``"softmax"`` (exponential
+    neurons, positive), ``"relu"`` (already single-spike neurons, positive), ``"input"``,
+    or ``"signed"`` (any other value: a layer of signed single-spike neurons goes there)."""
+
+    product: Node
+    sites: tuple[Node, Node]
+    kinds: tuple[str, str]
+
+
+def _value_site(node: Node, modules: dict[str, nn.Module]) -> Node:
+    """``node`` traced back through what moves or scales values without combining them."""
+    while isinstance(node, Node):
+        r = role(node, modules)
+        moves = r == "linear" and (is_reshape(node, modules) or node.target is operator.getitem)
+        scales = r == "linear" and node.target in _SCALING and isinstance(node.args[0], Node)
+        if not (moves or scales):
+            return node
+        node = node.args[0]  # the tensor (a size argument is never args[0] here)
+    return node
+
+
+def product_sites(gm: fx.GraphModule) -> list[ProductSite]:
+    """Every product of two activations in ``gm`` (topological order) with its operands'
+    sites (:class:`ProductSite`): where a converter puts signed neurons for attention."""
+    modules = dict(gm.named_modules())
+    out = []
+    for n in gm.graph.nodes:
+        if role(n, modules) != "product":
+            continue
+        sites = tuple(_value_site(a, modules) for a in n.args[:2])
+        kinds = tuple(
+            r if (r := role(s, modules)) in ("softmax", "relu", "input") else "signed"
+            for s in sites
+        )
+        out.append(ProductSite(n, sites, kinds))  # type: ignore[arg-type]
+    return out

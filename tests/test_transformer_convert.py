@@ -1,0 +1,278 @@
+"""Converting attention (issue 27, items 2-5 and 7): signed neurons at the operands of
+products, products of two spiking tensors (exact in the event path, by traces step by
+step), softmax by spike timing, their costs, save/load and the NIR refusal."""
+
+import pytest
+import torch
+from torch import nn
+
+import onespike
+from onespike.codes import phase as pc
+from onespike.codes import signed
+from onespike.codes import softmax as sm
+from onespike.errors import UnsupportedModelError
+from onespike.graph import Runner
+from onespike.models.vit import ViT
+
+
+def _tiny_vit(seed=0, pool="mean"):
+    """A 2-block BN/ReLU ViT on 8x8 images (4 tokens of 4x4 patches, width 8, 2 heads),
+    its BatchNorms warmed to statistics that are not the identity."""
+    torch.manual_seed(seed)
+    model = ViT(image_size=8, patch=4, num_classes=3, dim=8, depth=2, heads=2, mlp_dim=16,
+                pool=pool)  # fmt: skip
+    x = torch.rand(96, 1, 8, 8)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval(), x
+
+
+@pytest.fixture(scope="module")
+def vit():
+    model, x = _tiny_vit()
+    snn = onespike.convert(model, x, phases=8, progress=False)
+    return model, x, snn
+
+
+def _layer(snn, kind, i=0):
+    return [m for m in snn.spikes.values() if m.kind == kind][i]
+
+
+def test_tiny_vit_converts_with_signed_and_softmax_layers(vit):
+    model, x, snn = vit
+    assert snn.plan.kinds == ("signed", "softmax", "relu") * 2
+    for lp in snn.plan.layers:
+        if lp.kind == "softmax":
+            assert lp.scale == 1.0  # the winner's value: only the base is searched
+    assert "(signed)" in snn.plan.table() and "(softmax)" in snn.plan.table()
+    # every layer one window after its sources: qkv 1, softmax 2, relu 3, next block 4..
+    assert [lp.fire_window for lp in snn.plan.layers] == [1, 2, 3, 4, 5, 6]
+    assert snn.plan.latency_steps == 7 * 8
+    with torch.no_grad():
+        out, ref = snn(x), model(x)
+    rel = float((out - ref).norm() / ref.norm())
+    assert 0 < rel < 0.15, rel  # really spiking, and close
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.85
+
+
+def test_step_equals_event_on_the_tiny_vit(vit):
+    _, x, snn = vit
+    with torch.no_grad():
+        ev = snn.simulate(x[:24])
+        st = snn.simulate(x[:24], mode="step")
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-5)
+    assert ev.spike_phases.keys() == st.spike_phases.keys()
+    for name in ev.spike_phases:
+        assert torch.equal(ev.spike_phases[name], st.spike_phases[name]), name
+        assert torch.equal(ev.spike_counts[name], st.spike_counts[name]), name
+    signed_layers = {"blocks_0_attn_qkv_signed", "blocks_1_attn_qkv_signed"}
+    assert ev.spike_signs.keys() == st.spike_signs.keys() == signed_layers
+    for name in ev.spike_signs:
+        assert torch.equal(ev.spike_signs[name], st.spike_signs[name]), name
+
+
+def test_step_equals_event_in_float64(vit):
+    _, x, snn = vit
+    with torch.no_grad():
+        ev = snn.simulate(x[:8], dtype=torch.float64)
+        st = snn.simulate(x[:8], mode="step", dtype=torch.float64)
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
+
+
+def test_signed_neurons_fire_one_spike_of_either_sign(vit):
+    _, x, snn = vit
+    with torch.no_grad():
+        st = snn.simulate(x[:24], mode="step")
+    for name, sign in st.spike_signs.items():
+        count = st.spike_counts[name]
+        assert int(count.max()) == 1  # at most one spike per neuron
+        assert bool(((sign != 0) == (count == 1)).all())  # a sign exactly where a spike is
+        assert int((sign > 0).sum()) > 0 and int((sign < 0).sum()) > 0  # both signs
+
+
+def test_signed_layer_value_is_its_decoded_spikes(vit):
+    """The event path's signed layer outputs ``sign * scale * B**-phase``: the decoded
+    spikes (codes.signed), and the search picked its scale on |x|."""
+    _, x, snn = vit
+    layer = _layer(snn, "signed")
+    with torch.no_grad():
+        ev = snn.simulate(x[:8])
+    phase, sign = ev.spike_phases[layer.name], ev.spike_signs[layer.name]
+    pre = Runner(snn.graph_module).forward_all(x[:8])
+    node = next(n for n in snn.graph_module.graph.nodes if n.target == f"spikes_{layer.name}")
+    value = pre[node]
+    scale = layer.scale_for(value)
+    want = signed.decode_signed(phase, sign, layer.base, scale, layer.phases)
+    torch.testing.assert_close(value, want, rtol=1e-6, atol=0)
+    lp = snn.plan.layer(layer.name)
+    assert lp.kind == "signed" and lp.scale is not None
+
+
+def test_event_product_is_the_product_of_decoded_values_and_traces_agree(vit):
+    """q @ k^T in the converted network is the product of the decoded spikes (event form),
+    and the trace form over the spikes' steps gives the same."""
+    _, x, snn = vit
+    env = Runner(snn.graph_module).forward_all(x[:8])
+    products = [n for n in snn.graph_module.graph.nodes if n.name.startswith("matmul")]
+    qk = products[0]
+    q, kt = (env[a] for a in qk.args[:2])
+    torch.testing.assert_close(env[qk], signed.event_matmul(q, kt), rtol=0, atol=0)
+    layer = _layer(snn, "signed")
+    with torch.no_grad():
+        ev = snn.simulate(x[:8])
+    ph = ev.spike_phases[layer.name]
+    val = signed.decode_signed(ph, ev.spike_signs[layer.name], layer.base,
+                               layer.scale_for(ph.double()).double(), layer.phases)  # fmt: skip
+    heads = lambda t: t.view(8, 4, 2, 4).transpose(1, 2)  # noqa: E731
+    (qp, kp, _), (qv, kv, _) = (tuple(heads(c) for c in t.chunk(3, -1)) for t in (ph, val))
+    kp, kv = kp.transpose(-2, -1), kv.transpose(-2, -1)
+    traced = signed.trace_matmul(qp, qv, kp, kv, layer.phases)
+    torch.testing.assert_close(traced, qv @ kv, rtol=0, atol=1e-12)
+    torch.testing.assert_close(traced.float(), q @ kt, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_neurons_one_spike_winner_first(vit):
+    _, x, snn = vit
+    layer = _layer(snn, "softmax")
+    with torch.no_grad():
+        st = snn.simulate(x[:24], mode="step")
+    ph, count = st.spike_phases[layer.name], st.spike_counts[layer.name]
+    assert int(count.max()) == 1
+    assert bool((ph.amin(dim=-1) == 0).all())  # in every row the winner fires at phase 0
+    # the event layer: E / rowsum(E), E the spike-shift code of exp(score - rowmax)
+    scores = torch.randn(5, 2, 4, 4)
+    want = sm.spike_softmax(scores, layer.base, layer.phases)
+    torch.testing.assert_close(layer(scores), want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(layer(scores).sum(-1), torch.ones(5, 2, 4))
+
+
+def test_search_picks_the_softmax_base_by_the_objective(vit):
+    """The softmax's base comes from the search's grid, and its recorded errors are those
+    of the spike softmax against the ANN's softmax."""
+    _, _, snn = vit
+    lp = next(lp for lp in snn.plan.layers if lp.kind == "softmax")
+    assert lp.base in [round(1.05 + 0.05 * i, 2) for i in range(20)]
+    assert 0 < lp.act_error < 0.05
+
+
+def test_cost_counts_trace_products_and_softmax(vit):
+    model, x, snn = vit
+    xb = x[:16]
+    with torch.no_grad():
+        ev = snn.simulate(xb)
+        rep = onespike.cost(model, snn, xb, run=ev)
+    rows = {r.name: r for r in rep.layers}
+    qkv = _layer(snn, "signed")
+    ph = ev.spike_phases[qkv.name]
+    heads = lambda t: t.view(16, 4, 2, 4).transpose(1, 2)  # noqa: E731
+    qp, kp, _ = (heads(c) for c in ph.chunk(3, -1))
+    pairs = float(signed.product_pairs(qp, kp.transpose(-2, -1)))
+    # q @ k^T lands on the softmax: one AC per pair of spikes, nothing else
+    sm_row = rows["softmax"]
+    assert sm_row.snn_acs * 16 == pytest.approx(pairs)
+    assert sm_row.snn_macs == 0
+    # its ANN MACs: 2 heads x 4 x 4 outputs x 4 terms
+    assert sm_row.ann_macs == 2 * 4 * 4 * 4
+    # accumulator updates: 2 per output and step (one window: q and k fire together),
+    # plus the softmax row sums (one add per spike)
+    spikes = float(ev.spike_counts["softmax"].sum()) / 16
+    assert sm_row.input_updates == pytest.approx(2 * 32 * 8)
+    assert sm_row.input_adds == pytest.approx(spikes)
+    assert rep.totals["spikes_per_neuron_max"] == 1
+
+
+def test_save_load_bit_identical(vit, tmp_path):
+    _, x, snn = vit
+    snn.save(tmp_path / "vit.safetensors")
+    back = onespike.load(tmp_path / "vit.safetensors")
+    assert back.plan == snn.plan and back.plan.kinds == snn.plan.kinds
+    with torch.no_grad():
+        assert torch.equal(back(x), snn(x))
+        a, b = back.simulate(x[:8], mode="step"), snn.simulate(x[:8], mode="step")
+    assert torch.equal(a.output, b.output)
+    assert all(torch.equal(a.spike_phases[k], b.spike_phases[k]) for k in a.spike_phases)
+
+
+def test_nir_export_names_the_attention_nodes(vit, tmp_path):
+    _, _, snn = vit
+    with pytest.raises(onespike.NIRExportError) as e:
+        onespike.export_nir(snn, tmp_path / "v.nir")
+    msg = str(e.value)
+    assert "'blocks_0_attn_qkv_signed' (signed single-spike neurons)" in msg
+    assert "'softmax' (a softmax by spike timing)" in msg
+    assert "'matmul' (a product of two spiking tensors)" in msg
+    assert not (tmp_path / "v.nir").exists()
+
+
+def test_class_token_vit_converts_step_equals_event():
+    model, x = _tiny_vit(seed=1, pool="cls")
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    with torch.no_grad():
+        ev, st = snn.simulate(x[:16]), snn.simulate(x[:16], mode="step")
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-5)
+    assert all(int(c.max()) <= 1 for c in st.spike_counts.values())
+
+
+class ReluAttention(nn.Module):
+    """Attention trained with relu(scores) / N in place of softmax, q scaled before the
+    product, separate q, k, v Linears."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(4, d), nn.Linear(4, d), nn.Linear(4, d)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        q = self.q(x) * 0.5
+        a = self.relu(q @ self.k(x).transpose(1, 2)) / x.shape[1]
+        return self.head((a @ self.v(x)).mean(1))
+
+
+def test_relu_attention_converts():
+    torch.manual_seed(4)
+    model = ReluAttention().eval()
+    x = torch.randn(128, 5, 4)
+    snn = onespike.convert(model, x, phases=8, progress=False)
+    assert snn.plan.kinds == ("signed", "signed", "relu", "signed")  # q, k, relu, v
+    with torch.no_grad():
+        out, ref = snn(x), model(x)
+        st = snn.simulate(x[:16], mode="step")
+    torch.testing.assert_close(st.output, out[:16], rtol=0, atol=1e-5)
+    assert float((out - ref).norm() / ref.norm()) < 0.15
+
+
+def test_global_base_and_fixed_base_reach_the_softmax():
+    model, x = _tiny_vit(seed=2)
+    snn = onespike.convert(model, x, phases=6, base=1.5, progress=False)
+    assert {lp.base for lp in snn.plan.layers} == {1.5}
+    with torch.no_grad():
+        ev, st = snn.simulate(x[:8]), snn.simulate(x[:8], mode="step")
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-5)
+
+
+def test_layernorm_gelu_vit_refused_before_calibration_naming_both():
+    model, _ = _tiny_vit()
+    model.blocks[0].norm1 = nn.LayerNorm(8)
+    model.blocks[1].relu = nn.GELU()
+    with pytest.raises(UnsupportedModelError) as e:
+        onespike.convert(model, torch.rand(3, 99), phases=8, progress=False)  # bad data: unread
+    msg = str(e.value)
+    assert "'blocks.0.norm1' (LayerNorm): not convertible; use BatchNorm1d" in msg
+    assert "'blocks.1.relu' (GELU): not convertible; use ReLU" in msg
+
+
+def test_exponential_phase_rule_is_the_phase_code():
+    """The softmax layer's phases are the phase code of exp(score - rowmax) (codes.phase),
+    the step simulator's fire window gives the same."""
+    scores = torch.randn(6, 3, 5) * 2
+    z = torch.exp(scores - scores.amax(-1, keepdim=True))
+    ph, count = pc.fire(z, 1.4, 8)
+    assert torch.equal(ph, sm.exp_phases(scores, 1.4, 8))
+    assert torch.equal(count, (ph >= 0).to(torch.int64))
