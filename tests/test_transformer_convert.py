@@ -276,3 +276,91 @@ def test_exponential_phase_rule_is_the_phase_code():
     ph, count = pc.fire(z, 1.4, 8)
     assert torch.equal(ph, sm.exp_phases(scores, 1.4, 8))
     assert torch.equal(count, (ph >= 0).to(torch.int64))
+
+
+def test_refine_tiny_vit_keeps_softmax_scale_and_base():
+    model, x = _tiny_vit(seed=3)
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    cfg = onespike.RefineConfig(iterations=20, batch_size=32, reconstruct=3, drop=0.2,
+                                bases=True, holdout=0.0, margin=0)  # fmt: skip
+    r = onespike.refine(snn, model, x, cfg, progress=False)
+    for old, new in zip(snn.plan.layers, r.plan.layers):
+        assert new.kind == old.kind
+        if new.kind == "softmax":
+            assert new.scale == 1.0 and new.base == old.base
+    with torch.no_grad():
+        ev, st = r.simulate(x[:8]), r.simulate(x[:8], mode="step")
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-5)
+
+
+def test_bias_correction_on_token_linears():
+    """Bias correction shifts a Linear's bias per feature (the last dimension of a token
+    tensor), and the converted network stays consistent."""
+    model, x = _tiny_vit(seed=4)
+    plain = onespike.convert(model, x, phases=6, progress=False)
+    snn = onespike.convert(model, x, phases=6, bias_correction=True, progress=False)
+    changed = [
+        k for k, v in snn.graph_module.state_dict().items()
+        if k.endswith("bias") and not torch.equal(v, plain.graph_module.state_dict()[k])
+    ]  # fmt: skip
+    assert changed
+    with torch.no_grad():
+        ev, st = snn.simulate(x[:8]), snn.simulate(x[:8], mode="step")
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-5)
+
+
+def _dist_worker(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+    import traceback
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    result: dict = {}
+    try:
+        wait = datetime.timedelta(seconds=30)
+        url = f"tcp://127.0.0.1:{port}"
+        dist.init_process_group("gloo", init_method=url, rank=rank, world_size=world, timeout=wait)
+        result.update(_dist_job())
+        dist.destroy_process_group()
+    except Exception:
+        result["crash"] = traceback.format_exc()
+    torch.save(result, f"{out}/rank{rank}.pt")
+
+
+def _dist_job() -> dict:
+    """What the distributed test compares: the plan of a conversion from 600 samples (more
+    than the 256 search samples and the 512 of a statistics chunk: the ranks share out the
+    statistics) and an evaluation with the step simulator and costs."""
+    from onespike.evaluate import evaluate
+
+    model, _ = _tiny_vit(seed=5)
+    x = torch.rand(600, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    plan = [(lp.name, lp.kind, lp.base, lp.scale, lp.act_error, lp.out_error)
+            for lp in snn.plan.layers]  # fmt: skip
+    y = model(x[:96]).argmax(1)
+    res = evaluate(model, snn, x[:96], y, batch_size=32, progress=False)
+    return {"plan": plan, "eval": (res.snn_accuracy, res.step_accuracy, res.phase_mismatches,
+                                   res.max_spikes_per_neuron, res.cost.totals)}  # fmt: skip
+
+
+def test_two_ranks_convert_and_evaluate_the_tiny_vit_like_one_process(tmp_path):
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("no torch.distributed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dist_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for r, res in enumerate(ranks):
+        assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
+    one = _dist_job()
+    assert ranks[0]["plan"] == ranks[1]["plan"] == one["plan"]  # bit for bit
+    assert ranks[0]["eval"] == ranks[1]["eval"] == one["eval"]
+    assert one["eval"][3] == 1  # one spike per neuron at most

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from onespike import distributed
 from onespike.codes import phase as pc
+from onespike.codes import softmax as smx
 from onespike.errors import OptionError
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
-from onespike.trace import relu_cap, role
+from onespike.trace import SPIKING, relu_cap, role
 
 #: The settings object the functions below read: :class:`onespike.refine.RefineConfig` (or
 #: finetune's config built on it). Typed loosely here so this module, which refine imports,
@@ -40,7 +41,12 @@ Tensor = torch.Tensor
 
 
 class _LearnedCode(nn.Module):
-    """A spiking layer made trainable: the exact code forward, straight-through backward."""
+    """A spiking layer made trainable: the exact code forward, straight-through backward.
+
+    Its kind is the layer's: phase neurons (the gradient of the clipped identity), signed
+    neurons (that of the identity clipped to ``[-scale, scale]``: the code of ``|x|`` with
+    the sign of ``x``) or exponential neurons (that of the softmax; the scale stays 1 and
+    the base is not learned)."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class _LearnedCode(nn.Module):
         learn_base: bool = False,
     ):
         super().__init__()
+        self.kind = layer.kind
         self.cap = cap  # the ANN's activation there: ReLU, or a ReLU clipped at cap
         self.base, self.phases, self.threshold_shift = (
             layer.base,
@@ -59,13 +66,14 @@ class _LearnedCode(nn.Module):
             layer.threshold_shift,
         )
         log_s = layer.scale.detach().clone().log()
+        learn_scale = learn_scale and self.kind != "softmax"  # exponential neurons: 1
         self.log_scale = nn.Parameter(log_s, requires_grad=learn_scale)
         # the spiking layer's own cached thresholds and levels (codes/phase.py, float64)
         self.register_buffer("th", layer.th_ascending.clone())
         self.register_buffer("table", layer.table.clone())
         # a learned base: B = 1 + sigmoid(u), u in float64 (the plan's base is a float)
         self.base_logit: nn.Parameter | None = None
-        if learn_base:
+        if learn_base and self.kind != "softmax":
             b1 = min(max(float(layer.base) - 1.0, 1e-6), 1.0 - 1e-6)
             u = torch.tensor(math.log(b1 / (1.0 - b1)), dtype=torch.float64)
             self.base_logit = nn.Parameter(u.to(layer.scale.device))
@@ -85,8 +93,16 @@ class _LearnedCode(nn.Module):
         return None if self.base_logit is None else 1.0 + torch.sigmoid(self.base_logit)
 
     def forward(self, pre: Tensor) -> Tensor:
+        if self.kind == "softmax":
+            soft = torch.softmax(pre, dim=-1)
+            spikes = smx.spike_softmax(pre.detach(), self.base, self.phases,
+                                       threshold_shift=self.threshold_shift)  # fmt: skip
+            return self._finish(pre, soft + (spikes - soft).detach(), soft)
         s = channel_shape(self.scale().to(pre.dtype), pre.dim())
         z = pre / s
+        sign = None
+        if self.kind == "signed":  # the code of |z| with the sign of z
+            sign, z = torch.sign(z).detach(), z * torch.sign(z).detach()
         zc = z.clamp(0.0, 1.0)
         b = self.base_value()
         if b is None:
@@ -99,6 +115,13 @@ class _LearnedCode(nn.Module):
             table = pc.value_table_of(b, self.phases).to(pre.dtype)
             q = table.index_select(0, pc.reached(z.detach(), th).reshape(-1)).view_as(z)
             out = s * (zc - zc.detach() + q)
+        if sign is not None:
+            out = out * sign
+        return self._finish(pre, out, pre if sign is not None else pre.clamp(0.0, self.cap))
+
+    def _finish(self, pre: Tensor, out: Tensor, ann: Tensor) -> Tensor:
+        """Drop (the ANN's activation ``ann`` in place of the code at random), the tap and
+        the stop of a reconstruction."""
         if self.training and self.drop > 0:
             if self.rows is None:
                 keep = torch.rand(pre.shape, generator=self.gen, device=pre.device) < self.drop
@@ -106,7 +129,7 @@ class _LearnedCode(nn.Module):
                 lo, hi, n = self.rows
                 draw = torch.rand((n, *pre.shape[1:]), generator=self.gen, device=pre.device)
                 keep = draw[lo:hi] < self.drop
-            out = torch.where(keep, pre.clamp(0.0, self.cap), out)
+            out = torch.where(keep, ann, out)
         if self.tap is not None:
             self.tap.append(out)
         if self.stop:
@@ -135,14 +158,20 @@ class _Tap(nn.Module):
     """The ANN's activation (a ReLU, clipped at ``cap`` if given) in place of a spiking
     layer, recording its output."""
 
-    def __init__(self, cap: float | None = None) -> None:
+    def __init__(self, cap: float | None = None, kind: str = "relu") -> None:
         super().__init__()
         self.cap = cap
+        self.kind = kind  # signed: the identity; softmax: the softmax
         self.tap: list[Tensor] | None = None
         self.stop = False
 
     def forward(self, pre: Tensor) -> Tensor:
-        out = pre.clamp(0.0, self.cap)
+        if self.kind == "signed":
+            out = pre
+        elif self.kind == "softmax":
+            out = torch.softmax(pre, dim=-1)
+        else:
+            out = pre.clamp(0.0, self.cap)
         if self.tap is not None:
             self.tap.append(out)
         if self.stop:
@@ -288,7 +317,7 @@ class _Trainable:
         for p in self.weights:
             p.requires_grad_(cfg.weights)
         for c in self.codes:
-            c.log_scale.requires_grad_(cfg.scales)
+            c.log_scale.requires_grad_(cfg.scales and c.kind != "softmax")
             if c.base_logit is not None:
                 c.base_logit.requires_grad_(True)
 
@@ -298,9 +327,11 @@ class _Trainable:
         if cfg.weights and self.weights:
             groups.append({"params": self.weights, "lr": cfg.lr})
         if cfg.scales:
-            groups.append({"params": [c.log_scale for c in self.codes], "lr": cfg.scale_lr})
+            scales = [c.log_scale for c in self.codes if c.kind != "softmax"]  # 1: fixed
+            groups.append({"params": scales, "lr": cfg.scale_lr})
         if cfg.bases:
-            groups.append({"params": [c.base_logit for c in self.codes], "lr": cfg.base_lr})
+            bases = [c.base_logit for c in self.codes if c.base_logit is not None]  # no softmax
+            groups.append({"params": bases, "lr": cfg.base_lr})
         opt = torch.optim.Adam(groups)
         return opt, [g["lr"] for g in groups]
 
@@ -310,7 +341,8 @@ def _trainable(snn: SpikingNetwork, cfg: RefineConfig, gen: torch.Generator) -> 
     drop masks."""
     gm = copy.deepcopy(snn.graph_module)
     modules = dict(snn.ann_graph.named_modules())
-    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) == "relu"]
+    nodes = snn.ann_graph.graph.nodes
+    caps = [relu_cap(n, modules) for n in nodes if role(n, modules) in SPIKING]
     codes: list[_LearnedCode] = []
     for key, layer in snn.spikes.items():
         code = _LearnedCode(layer, cfg.scales, cfg.drop, gen, caps[len(codes)], cfg.bases)
@@ -322,8 +354,8 @@ def _trainable(snn: SpikingNetwork, cfg: RefineConfig, gen: torch.Generator) -> 
     tr.learn(cfg)
     if cfg.features > 0 or cfg.reconstruct:
         ref = copy.deepcopy(snn.graph_module)
-        for key in snn.spikes:
-            t = _Tap(caps[len(tr.ref_taps)])
+        for key, layer in snn.spikes.items():
+            t = _Tap(caps[len(tr.ref_taps)], layer.kind)
             setattr(ref, f"spikes_{key}", t)
             tr.ref_taps.append(t)
         if hasattr(ref, "input_encoder"):

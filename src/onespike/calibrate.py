@@ -441,7 +441,9 @@ class _Search:
                     continue
                 self.runner.run(env, reg.nodes)
                 diff = (env[reg.pre] - self.ann[reg.pre]).double()
-                dims = [d for d in range(diff.dim()) if d != 1] if diff.dim() > 1 else [0]
+                # a Linear's channels are the last dimension ([N, tokens, d] too)
+                ch = diff.dim() - 1 if isinstance(m, torch.nn.Linear) else 1
+                dims = [d for d in range(diff.dim()) if d != ch] if diff.dim() > 1 else [0]
                 mean = diff.mean(dim=dims)
                 m.bias.data -= mean.to(m.bias.dtype)
 

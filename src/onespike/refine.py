@@ -468,7 +468,7 @@ def _reconstruct(
             for p in learn:
                 p.requires_grad_(True)
             groups.append({"params": learn, "lr": cfg.reconstruct_lr})
-        if cfg.scales:
+        if cfg.scales and code.kind != "softmax":  # a softmax's scale is 1
             code.log_scale.requires_grad_(True)
             groups.append({"params": [code.log_scale], "lr": cfg.scale_lr})
         if not groups:

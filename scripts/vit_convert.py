@@ -1,0 +1,159 @@
+"""Issue 27's held-out check: the shipped vit_tiny (MNIST) converted by onespike.convert.
+
+Attention included: q, k, v as signed single-spike neurons (the qkv Linear's output), the
+products q @ k^T and attention @ v of spikes, the softmax by spike timing with its own
+searched base, the MLPs' ReLU layers; every layer's scale and base searched by
+onespike.calibrate (default search). For each T: the loss against the ANN on all 10,000
+MNIST test images (event path), spikes per neuron (max and mean over the test images,
+per layer kind), step == event on the first --step-images test images (outputs, spike
+phases and signs), and the cost report (ops, energy) on the first --cost-images.
+
+    python scripts/vit_convert.py --phases 8 16 --calibration 2048 \
+        --json docs/results/vit_convert.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+import onespike
+from onespike.data import calibration_set, load_mnist
+from onespike.models import load_pretrained
+
+
+def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]:
+    """Event-path logits on ``x`` and, per spiking layer, the most spikes any neuron fired
+    on any image and the mean spikes per neuron (counted, not assumed)."""
+    logits, per = [], {}
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            run = snn.simulate(x[i : i + batch])
+            logits.append(run.output)
+            for name, c in run.spike_counts.items():
+                mx, tot, n = per.get(name, (0, 0.0, 0))
+                per[name] = (max(mx, int(c.max())), tot + float(c.sum()), n + c.numel())
+    kinds = {lp.name: lp.kind for lp in snn.plan.layers}
+    layers = {k: {"kind": kinds[k], "max": m, "mean": t / n} for k, (m, t, n) in per.items()}
+    total = sum(t for _, t, _ in per.values()) / sum(n for _, _, n in per.values())
+    by_kind = {}
+    for kind in ("signed", "softmax", "relu"):
+        rows = [v for v in per if kinds[v] == kind]
+        if rows:
+            spikes = sum(per[r][1] for r in rows)
+            neurons = sum(per[r][2] for r in rows)
+            by_kind[kind] = {"max": max(per[r][0] for r in rows), "mean": spikes / neurons}
+    figures = {
+        "max": max(m for m, _, _ in per.values()),
+        "mean": total,
+        "by_kind": by_kind,
+        "layers": layers,
+    }
+    return torch.cat(logits), figures
+
+
+def step_event(snn, x: torch.Tensor) -> dict:
+    """The step simulator against the event path on ``x``, in float32 (a membrane within
+    rounding of a threshold can fire one phase apart: counted) and in float64."""
+    out = {"images": int(x.shape[0])}
+    for dtype in (torch.float32, torch.float64):
+        with torch.no_grad():
+            ev = snn.simulate(x, dtype=dtype)
+            st = snn.simulate(x, mode="step", dtype=dtype)
+        phases = sum(int((st.spike_phases[k] != v).sum()) for k, v in ev.spike_phases.items())
+        signs = sum(int((st.spike_signs[k] != v).sum()) for k, v in ev.spike_signs.items())
+        neurons = sum(v.numel() for v in ev.spike_phases.values())
+        out[str(dtype).removeprefix("torch.")] = {
+            "max_abs_output_diff": float((ev.output - st.output).abs().max()),
+            "same_predictions": int((ev.output.argmax(1) == st.output.argmax(1)).sum()),
+            "phase_mismatches": phases,
+            "sign_mismatches": signs,
+            "neurons": neurons,
+            "step_max_spikes": max(int(c.max()) for c in st.spike_counts.values()),
+        }
+    return out
+
+
+def run(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    model = load_pretrained("vit_tiny").eval()
+    cal, where = calibration_set("mnist", args.calibration, args.seed)
+    x, y = load_mnist("test")
+    x, y = x[: args.test], y[: args.test]
+    with torch.no_grad():
+        ann = torch.cat([model(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
+    ann_acc = 100 * float((ann.argmax(1) == y).float().mean())
+    print(f"ANN vit_tiny: {ann_acc:.2f} % on {len(x)} test images; calibration: {where}")
+    rows = []
+    for T in args.phases:
+        t0 = time.perf_counter()
+        snn = onespike.convert(model, cal, phases=T, progress=False)
+        seconds = time.perf_counter() - t0
+        logits, spikes = spike_figures(snn, x, args.batch)
+        acc = 100 * float((logits.argmax(1) == y).float().mean())
+        agree = 100 * float((logits.argmax(1) == ann.argmax(1)).float().mean())
+        se = step_event(snn, x[: args.step_images])
+        rep = onespike.cost(model, snn, x[: args.cost_images])
+        row = {
+            "phases": T,
+            "latency_steps": snn.plan.latency_steps,
+            "ann_accuracy": ann_acc,
+            "snn_accuracy": acc,
+            "loss_points": ann_acc - acc,
+            "agreement_with_ann": agree,
+            "spikes_per_neuron": spikes,
+            "step_event": se,
+            "bases": {lp.name: lp.base for lp in snn.plan.layers},
+            "kinds": {lp.name: lp.kind for lp in snn.plan.layers},
+            "convert_seconds": round(seconds, 1),
+            "cost": rep.totals,
+            "cost_images": args.cost_images,
+        }
+        rows.append(row)
+        print(snn.plan)
+        print(
+            f"T={T}: SNN {acc:.2f} % (loss {ann_acc - acc:+.2f} points, agreement {agree:.2f} %),"
+            f" latency {snn.plan.latency_steps} steps; spikes per neuron max {spikes['max']}, "
+            f"mean {spikes['mean']:.3f} {spikes['by_kind']}; step vs event on "
+            f"{se['images']} images: float32 {se['float32']}, float64 {se['float64']}; "
+            f"energy ratio (compute) "
+            f"{rep.totals['energy_ratio_compute']:.2f}x; converted in {seconds:.0f} s"
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phases", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--calibration", type=int, default=2048, help="training images")
+    ap.add_argument("--seed", type=int, default=0, help="the calibration draw")
+    ap.add_argument("--test", type=int, default=10_000, help="the first N test images")
+    ap.add_argument("--step-images", type=int, default=64)
+    ap.add_argument("--cost-images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    rows = run(args)
+    if args.json:
+        record = {
+            "command": "python scripts/vit_convert.py "
+            + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items()
+                if k != "json" and v is not None
+            ),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "rows": rows,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
