@@ -364,3 +364,15 @@ def test_two_ranks_convert_and_evaluate_the_tiny_vit_like_one_process(tmp_path):
     assert ranks[0]["plan"] == ranks[1]["plan"] == one["plan"]  # bit for bit
     assert ranks[0]["eval"] == ranks[1]["eval"] == one["eval"]
     assert one["eval"][3] == 1  # one spike per neuron at most
+
+
+def test_ann_macs_count_each_layer_once(vit):
+    """The residual stream has no ReLU, so every later region holds it; the ANN still
+    computes each layer once: the report's MACs are the ViT's own count."""
+    model, x, snn = vit
+    rep = onespike.cost(model, snn, x[:4])
+    embed = 4 * 8 * 16  # 4 tokens x 8 channels x a 4x4 patch
+    block = 4 * 8 * 24 + 2 * (2 * 4 * 4 * 4) + 4 * 8 * 8 + 4 * 8 * 16 + 4 * 16 * 8
+    assert rep.totals["ann_macs"] == embed + 2 * block + 8 * 3  # qkv, 2 products, proj, MLP
+    # the analog patch embedding's MACs are counted once on the SNN side too
+    assert rep.layers[0].snn_macs == embed + 4 * 8 * 24  # and qkv on the dense stream

@@ -32,7 +32,13 @@ SNN:
   layer); its row sum is one add per spike (in its own row, as adds); the division of a
   product by the row sums is one reciprocal per output row and one multiply per output
   (multiplies, in the product's row). A product's ANN MACs are ``n k m`` per
-  ``[n, k] @ [k, m]``, counted once like the SNN's.
+  ``[n, k] @ [k, m]``, counted once like the SNN's. The ANN computes every layer once:
+  a layer that several regions hold (the residual stream of a transformer has no ReLU,
+  so every later spiking layer's region holds it) costs its MACs in the first; so does
+  a layer of the SNN on dense values (the analog input's patch embedding). Spikes keep
+  the walk's rule: each region's events travel its synaptic paths (those through the
+  residual stream again in every region holding them), an upper bound for a network
+  whose residual stream is not held in neurons.
 
 Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
 memory access 5 pJ. Compute-only: ANN = MACs x 4.6; SNN = ACs x 0.9 + MACs x

@@ -248,8 +248,11 @@ def count_region(
     accumulated value, dense for what follows (a Linear after it does MACs). The
     multiplies of its accumulators (each multiplied by its factor's base every step) and
     the softmax division are neuron-side costs, counted by :func:`onespike.accounting.cost`.
-    A product that several regions hold (a residual stream) is counted in the first only
-    (``seen``: the products counted so far, updated).
+    A product, or a weighted layer on dense values, that several regions hold (a
+    transformer's residual stream) computes the same values for each: it is counted in
+    the first only (``seen``: the nodes counted so far, updated). Events keep the rule
+    above in every region (their synaptic paths, an upper bound where a residual stream
+    is not held in neurons).
     """
     kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
     val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
@@ -278,8 +281,11 @@ def count_region(
             if kind[arg] == "events":
                 val[n] = _ones_op(runner, n, m, val)
                 kind[n] = "events"
-            else:
-                macs += float(_ones_op(runner, n, torch.ones_like(m), val).sum())
+            else:  # dense values are computed once: counted in the first region
+                if seen is None or n not in seen:
+                    macs += float(_ones_op(runner, n, torch.ones_like(m), val).sum())
+                if seen is not None:
+                    seen.add(n)
                 val[n] = runner.run_node(n, {**val, arg: m}, bias=False)
                 kind[n] = "dense"
         elif kinds == {"events"} and not is_add(n):
@@ -303,15 +309,17 @@ def ann_counts(
 ) -> tuple[float, float]:
     """(MACs, MACs whose input is non-zero) of the weighted layers and the products of two
     activations of an ANN region (a product ``[.., n, k] @ [.., k, m]`` does ``n k m`` MACs,
-    non-zero where both factors are; counted in the first region holding it, ``seen``)."""
+    non-zero where both factors are). The ANN computes each layer once: with ``seen`` (the
+    nodes counted so far, updated), a node that several regions hold (a transformer's
+    residual stream, which has no ReLU) is counted in the first only."""
     dense = nonzero = 0.0
     consts = {k: v for k, v in env.items() if k.op == "get_attr"}
     for n in reg.nodes:
-        if runner.role(n) == "product":
-            if seen is not None and n in seen:
+        if seen is not None and runner.role(n) in ("weighted", "product"):
+            if n in seen:
                 continue
-            if seen is not None:
-                seen.add(n)
+            seen.add(n)
+        if runner.role(n) == "product":
             a, b = (env[x] for x in n.args[:2])
             dense += float((torch.ones_like(a) @ torch.ones_like(b)).sum())
             nonzero += float(((a != 0).to(a.dtype) @ (b != 0).to(b.dtype)).sum())

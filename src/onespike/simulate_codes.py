@@ -46,7 +46,7 @@ from onespike.engine import (
     ann_counts,
     phase_window,
 )
-from onespike.errors import OptionError
+from onespike.errors import OptionError, UnsupportedModelError
 from onespike.graph import Region, Runner
 from onespike.trace import TracedModel
 
@@ -63,6 +63,14 @@ class CodeNet(SpikeGraph):
     with what the comparison asks of it."""
 
     def __init__(self, traced: TracedModel):
+        if traced.kinds or traced.products:
+            names = [traced.names[n] for n in traced.kinds] + [n.name for n in traced.products]
+            raise UnsupportedModelError(
+                "the code comparison simulates ReLU networks only: its rate, burst, binary "
+                "and TTFS neurons have no signed or softmax form and no products of two "
+                f"spiking tensors (here: {', '.join(names)}); convert attention with "
+                "onespike.convert"
+            )
         super().__init__(traced.module)
         self.traced = traced
         self.relus: list[Node] = self.layers
