@@ -59,6 +59,7 @@ from onespike.calibrate import fire_steps
 from onespike.codes import binary
 from onespike.codes import phase as pc
 from onespike.codes import signed as sc
+from onespike.codes import softmax as smx
 from onespike.engine import SpikeGraph
 from onespike.graph import Region, Runner
 from onespike.plan import LayerPlan, Plan
@@ -259,7 +260,7 @@ def _fire(lp: LayerPlan, u: Tensor) -> tuple[Tensor, Tensor, _Source]:
     exponential neurons on ``exp(u - rowmax)`` (scale 1) with their row sums."""
     shift = lp.threshold_shift
     if lp.kind == "softmax":
-        z = torch.exp(u - u.amax(dim=-1, keepdim=True))
+        z = smx.shifted_exp(u)
         phase, count = pc.fire(z, lp.base, lp.phases, threshold_shift=shift)
         unit = torch.full_like(u, pc.unit_value(lp.base, lp.phases))
         src = _Source("single", lp.base, phase, unit, phases=lp.phases)

@@ -36,11 +36,17 @@ Tensor = torch.Tensor
 BASES = tuple(round(1.05 + 0.05 * i, 2) for i in range(20))  # 1.05 .. 2.0
 
 
+def shifted_exp(scores: Tensor) -> Tensor:
+    """``exp(scores - rowmax)`` over the last dimension: what the exponential neurons code
+    (scale 1; the winner's value is 1). The step simulator's membranes, normalised."""
+    gap = scores.amax(dim=-1, keepdim=True) - scores
+    return torch.exp(-gap).contiguous()
+
+
 def exp_phases(scores: Tensor, base: float, phases: int, *, threshold_shift: bool = True) -> Tensor:
     """Phase of each exponential neuron (-1: silent): the phase code of
     ``exp(scores - rowmax)`` (last dimension) with scale 1."""
-    gap = scores.amax(dim=-1, keepdim=True) - scores
-    return pc.encode(torch.exp(-gap).contiguous(), base, phases, threshold_shift=threshold_shift)
+    return pc.encode(shifted_exp(scores), base, phases, threshold_shift=threshold_shift)
 
 
 def exp_values(scores: Tensor, base: float, phases: int, *, threshold_shift: bool = True) -> Tensor:
