@@ -376,3 +376,17 @@ def test_ann_macs_count_each_layer_once(vit):
     assert rep.totals["ann_macs"] == embed + 2 * block + 8 * 3  # qkv, 2 products, proj, MLP
     # the analog patch embedding's MACs are counted once on the SNN side too
     assert rep.layers[0].snn_macs == embed + 4 * 8 * 24  # and qkv on the dense stream
+
+
+def test_per_layer_windows_step_equals_event():
+    """Windows of their own: attention @ v pairs v's spikes (the qkv layer's window) with
+    the softmax's (a later, longer one) on the global clock; step == event in float64."""
+    model, x = _tiny_vit(seed=6)
+    snn = onespike.convert(model, x, phases=6, windows=[4, 7, 5, 6, 3, 8], progress=False)
+    assert snn.plan.windows == (4, 7, 5, 6, 3, 8)
+    assert snn.plan.latency_steps == 6 + 4 + 7 + 5 + 6 + 3 + 8  # the input's window, then each
+    with torch.no_grad():
+        ev = snn.simulate(x[:8], dtype=torch.float64)
+        st = snn.simulate(x[:8], mode="step", dtype=torch.float64)
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
+    assert all(torch.equal(ev.spike_phases[k], st.spike_phases[k]) for k in ev.spike_phases)
