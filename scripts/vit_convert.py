@@ -7,6 +7,8 @@ onespike.calibrate (default search). For each T: the loss against the ANN on all
 MNIST test images (event path), spikes per neuron (max and mean over the test images,
 per layer kind), step == event on the first --step-images test images (outputs, spike
 phases and signs), and the cost report (ops, energy) on the first --cost-images.
+With --refine, each conversion is refined (onespike.refine's defaults, never worse than
+unrefined on held-out calibration images).
 
     python scripts/vit_convert.py --phases 8 16 --calibration 2048 \
         --json docs/results/vit_convert.json
@@ -91,7 +93,7 @@ def run(args) -> list[dict]:
     rows = []
     for T in args.phases:
         t0 = time.perf_counter()
-        snn = onespike.convert(model, cal, phases=T, progress=False)
+        snn = onespike.convert(model, cal, phases=T, refine=args.refine, progress=False)
         seconds = time.perf_counter() - t0
         logits, spikes = spike_figures(snn, x, args.batch)
         acc = 100 * float((logits.argmax(1) == y).float().mean())
@@ -110,6 +112,7 @@ def run(args) -> list[dict]:
             "bases": {lp.name: lp.base for lp in snn.plan.layers},
             "kinds": {lp.name: lp.kind for lp in snn.plan.layers},
             "convert_seconds": round(seconds, 1),
+            "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "cost": rep.totals,
             "cost_images": args.cost_images,
         }
@@ -136,17 +139,24 @@ def main() -> None:
     ap.add_argument("--cost-images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = run(args)
     if args.json:
+        flags = []
+        for k, v in vars(args).items():
+            flag = "--" + k.replace("_", "-")
+            if k == "json" or v is None or v is False:
+                continue
+            if v is True:
+                flags.append(flag)
+            elif isinstance(v, list):
+                flags.append(f"{flag} {' '.join(map(str, v))}")
+            else:
+                flags.append(f"{flag} {v}")
         record = {
-            "command": "python scripts/vit_convert.py "
-            + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items()
-                if k != "json" and v is not None
-            ),
+            "command": "python scripts/vit_convert.py " + " ".join(flags),
             "torch": torch.__version__,
             "machine": platform.machine(),
             "rows": rows,

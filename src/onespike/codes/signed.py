@@ -126,8 +126,9 @@ def product_pairs(a_phase: Tensor, b_phase: Tensor) -> Tensor:
     """Pairs ``(a_ik, b_kj)`` that both spiked, summed over the batch and outputs: the
     additions of :func:`trace_matmul`'s three terms over the window (each pair enters once,
     at its later spike). A spike's magnitude ``lam * B**-t`` is common to every spike of a
-    step, so these are signed accumulates of traces (ACs); the factor is one multiply per
-    output and step (cost accounting of products is issue 27's item 5)."""
+    step, so these are signed accumulates of traces (ACs): each of the product's two
+    accumulators (the terms fed by each factor's spikes) is multiplied by its factor's
+    base once per step instead (:func:`onespike.accounting.cost` counts both)."""
     fa = (a_phase >= 0).to(torch.float64)
     fb = (b_phase >= 0).to(torch.float64)
     return (fa @ fb).sum()
