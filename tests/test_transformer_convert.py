@@ -390,3 +390,39 @@ def test_per_layer_windows_step_equals_event():
         st = snn.simulate(x[:8], mode="step", dtype=torch.float64)
     torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
     assert all(torch.equal(ev.spike_phases[k], st.spike_phases[k]) for k in ev.spike_phases)
+
+
+@pytest.mark.parametrize(
+    ("layer", "key", "value", "needle"),
+    [
+        (0, "kind", "relu", "'blocks_0_attn_qkv_signed' is of kind 'relu' in the plan; its"),
+        (1, "kind", "signed", "'softmax' is of kind 'signed' in the plan; its place in the"),
+        (2, "kind", "gelu", "'blocks.0.relu' is of kind 'gelu' in the plan"),
+        (1, "scale", 2.0, "'softmax' is a softmax of scale 2.0; its scale is 1"),
+    ],
+)
+def test_a_file_whose_kinds_disagree_with_its_graph_is_refused(vit, tmp_path, layer, key,
+                                                               value, needle):  # fmt: skip
+    """An edited plan (checksum recomputed) cannot make a signed layer a ReLU layer or a
+    softmax's scale other than 1: load names the layer."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from onespike import serialize
+
+    _, _, snn = vit
+    src, dst = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    snn.save(src)
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(src))
+    plan = json.loads(meta["plan"])
+    plan["layers"][layer][key] = value
+    meta["plan"] = json.dumps(plan, separators=(",", ":"))
+    meta["sha256"] = serialize.file_digest(meta, tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    with pytest.raises(serialize.CorruptFileError, match="damaged") as e:
+        onespike.load(dst)
+    assert needle in str(e.value)

@@ -18,10 +18,14 @@ them (:meth:`SpikeGraph.walk`):
 ``"const"``
     a constant (a buffer: a bias used as ``h + b``, a graph's adjacency);
 ``"layer"``
-    a spiking layer (a ReLU of the ANN, a SpikeLayer of the converted network), fed by
-    its region (:meth:`SpikeGraph.regions`: the nodes between its spike sources and it);
+    a spiking layer (a ReLU, a signed site or a softmax of the ANN, a SpikeLayer of the
+    converted network: the roles :data:`onespike.trace.SPIKING`), fed by its region
+    (:meth:`SpikeGraph.regions`: the nodes between its spike sources and it; a product of
+    two spiking tensors lies inside a region);
 ``"pool"``, ``"reshape"``
-    max-pooling or a reshape of spikes: spike sources derived from a layer's spikes;
+    max-pooling, a reshape or an index of spikes: spike sources derived from a layer's
+    spikes (a ``chunk``/``split`` of spikes, a tuple, is walked too: its pieces are the
+    sources);
 ``"shape"``
     a shape query (``x.size(0)``);
 ``"output"``

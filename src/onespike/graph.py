@@ -4,7 +4,10 @@ The calibration search, the step-by-step simulator and the cost model all
 evaluate *regions*: the nodes between the spike sources feeding a layer (or
 the output) and that layer. A region is affine in its sources' values, so it
 can be evaluated with its biases (the ANN) or without them (the synaptic part
-that spikes travel through).
+that spikes travel through). A product of two spiking tensors (attention) inside a
+region is not: the region is affine in the product's value, which the step simulator
+accumulates by traces and the cost model counts by pairs (:meth:`Runner.direct_sources`
+are the sources that reach the target other than through one).
 """
 
 from __future__ import annotations

@@ -256,11 +256,12 @@ class SpikingNetwork(nn.Module):
         self.spikes = nn.ModuleDict()
         modules = dict(gm.named_modules())
         relus = [n for n in gm.graph.nodes if role(n, modules) in SPIKING]
-        kinds = tuple(role(n, modules) for n in relus)
-        if kinds != plan.kinds and len(relus) == len(plan.layers):
-            raise OptionError(
-                f"the plan's spiking layers are of kinds {plan.kinds}, the model's {kinds}"
-            )
+        for node, lp in zip(relus, plan.layers):
+            if role(node, modules) != lp.kind:
+                raise OptionError(
+                    f"spiking layer '{lp.name}' is of kind {lp.kind!r} in the plan; its place "
+                    f"in the graph is a {role(node, modules)!r} layer"
+                )
         if len(relus) != len(plan.layers):
             raise OptionError(
                 f"the plan has {len(plan.layers)} spiking layers, the model {len(relus)} ReLUs"

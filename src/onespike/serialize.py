@@ -23,7 +23,8 @@ The file's string metadata (the safetensors header, readable without torch):
 - ``input_shape``: JSON list, the per-sample input shape;
 - ``plan``: JSON of the frozen :class:`~onespike.plan.Plan` (every
   :class:`~onespike.plan.LayerPlan` field: scale or per-channel scales, base, phases,
-  threshold_shift, fire window, errors; the input coding, latency and the ``search`` record);
+  threshold_shift, fire window, errors, kind (ReLU, signed or softmax neurons); the input
+  coding, latency and the ``search`` record);
 - ``graph``: JSON of the folded ANN's ``torch.fx`` graph, node by node (op, target,
   arguments with references to earlier nodes), and of every module it calls (type
   from an allow-list and constructor arguments);
@@ -36,7 +37,8 @@ The file's string metadata (the safetensors header, readable without torch):
   version 1 checked the tensors only; its files are refused ("save it again").
 
 On load the plan is also checked against itself and the graph
-(:func:`check_plan`): bases in (1, 2], windows in ``[1, MAX_PHASES]``, finite scales
+(:func:`check_plan`): each layer's kind that of its place in the graph (a softmax's
+scale 1), bases in (1, 2], windows in ``[1, MAX_PHASES]``, finite scales
 (one per channel where per channel), the fire windows and the latency those of the
 graph, the neuron counts and tensor shapes those of the modules. So even a file whose
 checksum was recomputed after an edit cannot make the event path and the step
