@@ -7,7 +7,9 @@ onespike.calibrate (default search). For each T: the loss against the ANN on all
 MNIST test images (event path), spikes per neuron (max and mean over the test images,
 per layer kind), step == event on the first --step-images test images (outputs, spike
 phases and signs), and the cost report (ops, energy) on the first --cost-images.
-With --refine, each conversion is refined (onespike.refine's defaults, never worse than
+With --signed inputs, signed neurons carry the residual stream and attention's output
+too (every Linear but the patch embedding reads spikes). With --refine, each conversion is
+refined (onespike.refine's defaults, never worse than
 unrefined on held-out calibration images).
 
     python scripts/vit_convert.py --phases 8 16 --calibration 2048 \
@@ -93,7 +95,9 @@ def run(args) -> list[dict]:
     rows = []
     for T in args.phases:
         t0 = time.perf_counter()
-        snn = onespike.convert(model, cal, phases=T, refine=args.refine, progress=False)
+        snn = onespike.convert(
+            model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False
+        )
         seconds = time.perf_counter() - t0
         logits, spikes = spike_figures(snn, x, args.batch)
         acc = 100 * float((logits.argmax(1) == y).float().mean())
@@ -112,6 +116,7 @@ def run(args) -> list[dict]:
             "bases": {lp.name: lp.base for lp in snn.plan.layers},
             "kinds": {lp.name: lp.kind for lp in snn.plan.layers},
             "convert_seconds": round(seconds, 1),
+            "signed": args.signed,
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "cost": rep.totals,
             "cost_images": args.cost_images,
@@ -139,6 +144,13 @@ def main() -> None:
     ap.add_argument("--cost-images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--signed",
+        default="operands",
+        choices=("operands", "inputs"),
+        help="where signed neurons go (convert's signed=): 'inputs' also on the residual "
+        "stream and attention's output",
+    )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

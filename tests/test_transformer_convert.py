@@ -426,3 +426,34 @@ def test_a_file_whose_kinds_disagree_with_its_graph_is_refused(vit, tmp_path, la
     with pytest.raises(serialize.CorruptFileError, match="damaged") as e:
         onespike.load(dst)
     assert needle in str(e.value)
+
+
+def test_signed_inputs_put_the_residual_stream_on_spikes(tmp_path):
+    """signed="inputs": signed neurons also on the residual stream, attention's output and
+    the token mean, so every Linear but the patch embedding reads spikes (ACs, no MACs);
+    step == event, save/load bit-identical."""
+    model, x = _tiny_vit(seed=0)
+    snn = onespike.convert(model, x, phases=8, signed="inputs", progress=False)
+    assert snn.plan.search["signed"] == "inputs"
+    per_block = ("signed", "signed", "softmax", "signed", "signed", "relu")
+    assert snn.plan.kinds == per_block * 2 + ("signed",)  # stream, qkv, sm, out, stream, mlp
+    assert snn.plan.latency_steps == (1 + 13) * 8
+    rep = onespike.cost(model, snn, x[:8])
+    assert rep.layers[0].snn_macs == 4 * 8 * 16  # the patch embedding on the analog input
+    assert sum(r.snn_macs for r in rep.layers[1:]) == 0
+    with torch.no_grad():
+        out, ref = snn(x), model(x)
+        ev = snn.simulate(x[:8], dtype=torch.float64)
+        st = snn.simulate(x[:8], mode="step", dtype=torch.float64)
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
+    assert float((out - ref).norm() / ref.norm()) < 0.15  # measured 0.084 (operands: 0.020)
+    snn.save(tmp_path / "s.safetensors")
+    back = onespike.load(tmp_path / "s.safetensors")
+    with torch.no_grad():
+        assert torch.equal(back(x), out)
+
+
+def test_signed_option_checked_before_any_data():
+    model, _ = _tiny_vit()
+    with pytest.raises(onespike.OptionError, match=r"signed must be one of \('operands', "):
+        onespike.convert(model, torch.rand(3, 99), phases=8, signed="all", progress=False)

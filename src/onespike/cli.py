@@ -46,6 +46,7 @@ from onespike.nir_export import export_nir, require_nir
 from onespike.plan import INPUT_CODINGS, check_input_coding
 from onespike.refine import LOSSES
 from onespike.serialize import load, save
+from onespike.trace import SIGNED_SITES
 
 __all__ = [
     "DATASETS",
@@ -233,6 +234,7 @@ def run_conversion(args: argparse.Namespace, model: nn.Module, name: str) -> int
         phases=args.phases,
         input_coding=args.input_coding,
         windows=getattr(args, "windows", None),
+        signed=getattr(args, "signed", "operands"),
         **_search_kwargs(args),
     )
     if getattr(args, "finetune_epochs", None):  # with labels: the chosen data's training set
@@ -519,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="per-layer windows: 'auto' (chosen by measured sensitivity, latency at most "
         "the uniform --phases network's) or one integer per spiking layer, e.g. 3,4,2",
+    )
+    c.add_argument(
+        "--signed",
+        choices=SIGNED_SITES,
+        default="operands",
+        help="transformers: where signed neurons go (default operands: attention's q, k, v; "
+        "inputs: also the residual stream and attention's output, so Linears read spikes)",
     )
     c.add_argument(
         "--finetune-epochs",

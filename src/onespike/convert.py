@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ def convert(
     progress: bool = True,
     windows: str | Sequence[int] | None = None,
     input_window: int | None = None,
+    signed: str = "operands",
 ) -> SpikingNetwork:
     """Convert a trained ReLU network into a single-spike phase-coded SNN.
 
@@ -103,6 +105,13 @@ def convert(
             steps saved go to the spiking layers, the latency counts the input's
             step), ``phases`` otherwise. The binary and single-spike input codes keep
             ``phases``.
+        signed: where signed single-spike neurons (one spike of either sign) carry values
+            that can be negative (transformers): ``"operands"`` (default) at the factors
+            of products of two activations (attention's q, k, v); ``"inputs"`` also at
+            the input of every Conv/Linear that reads neither spikes nor the network
+            input (a transformer's residual stream, attention's output), so that those
+            layers do accumulates instead of MACs (:data:`onespike.trace.SIGNED_SITES`).
+            The plan records ``"inputs"`` in ``plan.search["signed"]``.
 
     Under a ``torch.distributed`` process group (``torchrun``): give every rank the same
     model, options and whole calibration set; the ranks check that they agree
@@ -138,7 +147,7 @@ def convert(
     progress = progress and distributed.is_main()
     windows = check_windows(windows)  # the format before the model is traced
     check_input_window(input_window, input_coding, phases, windows)
-    traced = trace(model)  # fails here, before any data, on unsupported layers
+    traced = trace(model, signed=signed)  # fails here, before any data, on unsupported ops
     windows = check_windows(windows, len(traced.relus))  # one per spiking layer
     if isinstance(cfg.base, tuple) and len(cfg.base) != len(traced.relus):
         raise OptionError(
@@ -150,7 +159,7 @@ def convert(
         traced,
         data,
         input_coding,
-        options=(phases, cfg, input_coding, max_calibration, windows, input_window),
+        options=(phases, cfg, input_coding, max_calibration, windows, input_window, signed),
     )
     plan = calibrate(
         traced,
@@ -162,6 +171,8 @@ def convert(
         windows=windows,
         input_window=input_window,
     )
+    if signed != "operands":
+        plan = dataclasses.replace(plan, search={**plan.search, "signed": signed})
     snn = SpikingNetwork(traced.module, plan, data.sample_shape)
     if refine_cfg is not None:  # refinement takes the calibration set in memory
         snn = refine_network(snn, model, data.head(None), refine_cfg, progress=progress)

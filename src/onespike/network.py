@@ -119,7 +119,7 @@ class SpikeLayer(nn.Module):
         if self.kind == "softmax":
             return smx.exp_phases(pre, self.base, self.phases, threshold_shift=self.threshold_shift)
         if self.kind == "signed":
-            pre = pre.abs()
+            pre = pre.abs().contiguous()
         tables = self._scaled_tables(pre.dtype)
         if tables is None:
             return pc.encode(
@@ -156,7 +156,7 @@ class SpikeLayer(nn.Module):
                     self.last_sign = torch.sign(pre).to(torch.int8).masked_fill_(phase < 0, 0)
             return self.decode(phase, pre)
         if self.kind == "signed":
-            return torch.sign(pre) * self._quantize(pre.abs())
+            return torch.sign(pre) * self._quantize(pre.abs().contiguous())
         return self._quantize(pre)
 
     def _quantize(self, pre: Tensor) -> Tensor:

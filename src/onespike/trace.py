@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from onespike.errors import OptionError
 from onespike.errors import UnsupportedModelError as UnsupportedModelError  # its old home
 
 Node = fx.Node
@@ -780,15 +781,26 @@ def unique_layer_names(relus: list[Node]) -> dict[Node, str]:
     return names
 
 
-def trace(model: nn.Module) -> TracedModel:
+#: Where :func:`trace` puts signed neurons: ``"operands"`` at the factors of products of
+#: two activations that can be negative (what attention needs); ``"inputs"`` also at the
+#: input of every Conv/Linear that reads values that are neither spikes nor the network
+#: input (a transformer's residual stream, an attention's output, a token mean), so that
+#: every weighted layer but the first reads spikes, as in SpikedAttention.
+SIGNED_SITES = ("operands", "inputs")
+
+
+def trace(model: nn.Module, *, signed: str = "operands") -> TracedModel:
     """Trace, fold and check a copy of ``model``.
 
     Raises :class:`UnsupportedModelError` listing every problem on one line (unsupported
     operator or activation with its place, unfoldable BatchNorm, max-pool on
-    non-spikes, ...) before anything else happens.
+    non-spikes, ...) before anything else happens. ``signed``: where signed neurons go
+    (:data:`SIGNED_SITES`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if signed not in SIGNED_SITES:
+        raise OptionError(f"signed must be one of {SIGNED_SITES}, got {signed!r}")
     model = copy.deepcopy(model).eval()
     try:
         gm = fx.symbolic_trace(model)
@@ -806,7 +818,7 @@ def trace(model: nn.Module) -> TracedModel:
     _fold_bn(gm)
     _drop_passthrough(gm)
     _canonical_clips(gm)
-    _insert_signed_sites(gm)
+    _insert_signed_sites(gm, inputs=signed == "inputs")
     gm.delete_all_unused_submodules()
     modules = dict(gm.named_modules())
     relus = [n for n in gm.graph.nodes if role(n, modules) in SPIKING]
@@ -823,17 +835,27 @@ def trace(model: nn.Module) -> TracedModel:
     return TracedModel(gm, placeholder, relus, names, caps, products, softmaxes, kinds)
 
 
-def _insert_signed_sites(gm: fx.GraphModule) -> None:
+def _insert_signed_sites(gm: fx.GraphModule, *, inputs: bool = False) -> None:
     """A :class:`SignedSite` after every node whose values feed a product of two
     activations and can be negative (kind ``"signed"`` of
     :func:`product_sites`, or the network input itself), once per node,
     taking all its uses: the values that node sends are carried by signed single-spike
-    neurons (both factors of a product are spikes)."""
+    neurons (both factors of a product are spikes). With ``inputs``, also after the node
+    that makes the values a Conv/Linear reads (traced back as a product's factor is),
+    unless they are spikes already or the network input."""
     sites: list[Node] = []
     for ps in product_sites(gm):
         for site, kind in zip(ps.sites, ps.kinds):
             if kind in ("signed", "input") and site not in sites:
                 sites.append(site)
+    modules = dict(gm.named_modules())
+    for n in gm.graph.nodes if inputs else ():
+        if n.op != "call_module" or role(n, modules) != "weighted":
+            continue
+        site = _value_site(n.args[0], modules)
+        dense = not _is_spiking(site, modules) and site.op != "placeholder"
+        if dense and site not in sites:
+            sites.append(site)
     for site in sites:
         name = f"{site.name}_signed"
         while hasattr(gm, name):
