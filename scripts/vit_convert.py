@@ -82,6 +82,11 @@ def step_event(snn, x: torch.Tensor) -> dict:
     return out
 
 
+def _base(text: str) -> str | float:
+    """``--base``: ``global`` (one searched base for every layer) or a number."""
+    return text if text in ("auto", "global") else float(text)
+
+
 def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     model = load_pretrained("vit_tiny").eval()
@@ -95,8 +100,9 @@ def run(args) -> list[dict]:
     rows = []
     for T in args.phases:
         t0 = time.perf_counter()
+        base = {} if args.base is None else {"base": _base(args.base)}
         snn = onespike.convert(
-            model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False
+            model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False, **base
         )
         seconds = time.perf_counter() - t0
         logits, spikes = spike_figures(snn, x, args.batch)
@@ -117,6 +123,7 @@ def run(args) -> list[dict]:
             "kinds": {lp.name: lp.kind for lp in snn.plan.layers},
             "convert_seconds": round(seconds, 1),
             "signed": args.signed,
+            "base_option": args.base or "auto",
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "cost": rep.totals,
             "cost_images": args.cost_images,
@@ -144,6 +151,12 @@ def main() -> None:
     ap.add_argument("--cost-images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--base",
+        default=None,
+        help="convert's base=: 'global' (one base for every layer, SpikedAttention's "
+        "choice) or a number; default: searched per layer",
+    )
     ap.add_argument(
         "--signed",
         default="operands",
