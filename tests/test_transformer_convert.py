@@ -457,3 +457,13 @@ def test_signed_option_checked_before_any_data():
     model, _ = _tiny_vit()
     with pytest.raises(onespike.OptionError, match=r"signed must be one of \('operands', "):
         onespike.convert(model, torch.rand(3, 99), phases=8, signed="all", progress=False)
+
+
+def test_code_comparison_refuses_attention_naming_the_layers():
+    from onespike.simulate_codes import CodeNet
+    from onespike.trace import trace
+
+    model, _ = _tiny_vit()
+    with pytest.raises(UnsupportedModelError, match=r"ReLU networks only") as e:
+        CodeNet(trace(model))
+    assert "blocks_0_attn_qkv_signed" in str(e.value) and "matmul_1" in str(e.value)
