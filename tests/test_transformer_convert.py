@@ -467,3 +467,16 @@ def test_code_comparison_refuses_attention_naming_the_layers():
     with pytest.raises(UnsupportedModelError, match=r"ReLU networks only") as e:
         CodeNet(trace(model))
     assert "blocks_0_attn_qkv_signed" in str(e.value) and "matmul_1" in str(e.value)
+
+
+def test_finetune_tiny_vit_with_labels():
+    model, x = _tiny_vit(seed=8)
+    y = model(x).argmax(1)
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    ft = onespike.finetune(snn, model, (x, y), epochs=2, margin=0, progress=False)
+    assert ft.plan.kinds == snn.plan.kinds
+    assert [lp.scale for lp in ft.plan.layers if lp.kind == "softmax"] == [1.0, 1.0]
+    with torch.no_grad():
+        ev = ft.simulate(x[:8], dtype=torch.float64)
+        st = ft.simulate(x[:8], mode="step", dtype=torch.float64)
+    torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
