@@ -480,3 +480,43 @@ def test_finetune_tiny_vit_with_labels():
         ev = ft.simulate(x[:8], dtype=torch.float64)
         st = ft.simulate(x[:8], mode="step", dtype=torch.float64)
     torch.testing.assert_close(st.output, ev.output, rtol=0, atol=1e-12)
+
+
+def _pairs(run, snn, i):
+    """Pairs of spikes of block ``i``'s two products (q @ k^T, softmax @ v), from the spike
+    counts: one AC each."""
+    qkv = [m for m in snn.spikes.values() if m.kind == "signed" and "qkv" in m.name][i]
+    smax = [m for m in snn.spikes.values() if m.kind == "softmax"][i]
+    c = run.spike_counts[qkv.name].double()
+    q, k, v = (t.view(*t.shape[:2], 2, 4).transpose(1, 2) for t in c.chunk(3, -1))
+    s = run.spike_counts[smax.name].double()
+    return float((q @ k.transpose(-2, -1)).sum() + (s @ v).sum())
+
+
+@pytest.mark.parametrize("mode", ["operands", "inputs"])
+def test_snn_acs_count_each_spike_once_where_it_is_consumed(mode):
+    """Each spike costs one AC per synapse of the Linear that receives it, once, however
+    many later regions hold the residual stream it lands on (a hand count from the spike
+    counts: fan-outs of the tiny ViT's Linears, pairs of the products)."""
+    model, x = _tiny_vit(seed=0)
+    snn = onespike.convert(model, x, phases=8, signed=mode, progress=False)
+    xb = x[:16]
+    with torch.no_grad():
+        run = snn.simulate(xb)
+        rep = onespike.cost(model, snn, xb, run=run)
+    # the Linear reading each spiking layer, by its out_features: qkv 24, fc1 16, proj and
+    # fc2 8, the head 3 (operands: only the MLP's ReLU feeds a Linear, fc2); the stream's
+    # signed spikes also land on the next add (the shortcut: one AC each)
+    fan_out = {"blocks.0.relu": 8, "blocks.1.relu": 8}
+    if mode == "inputs":  # the stream before qkv / fc1, attention's output, the token mean
+        fan_out |= {"add_signed": 24 + 1, "add_1_signed": 16 + 1, "add_2_signed": 24 + 1}
+        fan_out |= {"add_3_signed": 16 + 1, "matmul_1_signed": 8, "matmul_3_signed": 8}
+        fan_out |= {"mean_signed": 3}
+    hand = sum(_pairs(run, snn, i) for i in range(2))
+    hand += sum(float(run.spike_counts[name].sum()) * f for name, f in fan_out.items())
+    assert rep.totals["snn_acs"] * 16 == pytest.approx(hand, rel=1e-9)
+    assert sum(r.snn_acs for r in rep.layers) == pytest.approx(rep.totals["snn_acs"])
+    if mode == "operands":  # block 0's fc2 spikes land on the stream block 1's qkv reads
+        rows = {r.name: r for r in rep.layers}
+        relu0 = float(run.spike_counts["blocks.0.relu"].sum()) * 8
+        assert rows["blocks_1_attn_qkv_signed"].snn_acs * 16 == pytest.approx(relu0)

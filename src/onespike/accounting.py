@@ -35,10 +35,12 @@ SNN:
   ``[n, k] @ [k, m]``, counted once like the SNN's. The ANN computes every layer once:
   a layer that several regions hold (the residual stream of a transformer has no ReLU,
   so every later spiking layer's region holds it) costs its MACs in the first; so does
-  a layer of the SNN on dense values (the analog input's patch embedding). Spikes keep
-  the walk's rule: each region's events travel its synaptic paths (those through the
-  residual stream again in every region holding them), an upper bound for a network
-  whose residual stream is not held in neurons.
+  a layer of the SNN on dense values (the analog input's patch embedding). So do
+  spikes: each costs one AC per synapse of the weighted layer that receives it (one per
+  spike where it lands on an add directly, an identity shortcut), once, in the row of
+  the first layer whose region holds the node where it lands (a residual stream that
+  no neurons hold is an accumulated value the later regions read, not a path their
+  spikes travel again).
 
 Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
 memory access 5 pJ. Compute-only: ANN = MACs x 4.6; SNN = ACs x 0.9 + MACs x
@@ -355,8 +357,6 @@ def _spike_tags(
             else:
                 out = runner.run_node(node, vals)
             tags[node] = ("events", out)
-            bases[node] = bases[node.args[0]]
-            windows[node] = windows[node.args[0]]
             bases[node] = bases[node.args[0]]
             windows[node] = windows[node.args[0]]
         elif kind == "shape" and all(a in tags for a in node.all_input_nodes):

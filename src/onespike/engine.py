@@ -125,7 +125,7 @@ class SpikeGraph:
         """``(accumulates, multiply-accumulates)`` of every target's region, summed over the
         batch, given ``tags`` of its spike sources (:func:`count_region`)."""
         out = {}
-        seen: set[Node] = set()  # products counted once, in the first region holding them
+        seen: set[Node] = set()  # products, dense layers, landings: once, in the first region
         for t in self.targets:
             reg = self.regions[t]
             srcs = {s: tags[s] for s in reg.spike_sources}
@@ -254,9 +254,10 @@ def count_region(
     the softmax division are neuron-side costs, counted by :func:`onespike.accounting.cost`.
     A product, or a weighted layer on dense values, that several regions hold (a
     transformer's residual stream) computes the same values for each: it is counted in
-    the first only (``seen``: the nodes counted so far, updated). Events keep the rule
-    above in every region (their synaptic paths, an upper bound where a residual stream
-    is not held in neurons).
+    the first only (``seen``: the nodes counted so far, updated). So is a node where
+    events land (an add of the residual stream, whose accumulated value the later
+    regions read): each spike costs one AC per synapse of the weighted layer that
+    receives it, once, in the first region that holds the landing.
     """
     kind: dict[Node, str] = {s: k for s, (k, _) in tags.items()}
     val: dict[Node, object] = {**const_env, **{s: v for s, (_, v) in tags.items()}}
@@ -300,7 +301,10 @@ def count_region(
             val[n] = out
             kind[n] = "events"
         else:  # events land on membranes here (an add, a mix with dense values)
-            acs += sum(float(val[a].sum()) for a in ins if kind[a] == "events")
+            if seen is None or n not in seen:  # a landing several regions hold: once
+                acs += sum(float(val[a].sum()) for a in ins if kind[a] == "events")
+            if seen is not None:
+                seen.add(n)
             val[n] = runner.run_node(n, val)
             kind[n] = "dense"
     if kind.get(reg.pre) == "events":
