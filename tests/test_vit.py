@@ -8,7 +8,7 @@ import onespike
 from onespike.codes import signed
 from onespike.codes import softmax as sm
 from onespike.errors import UnsupportedModelError
-from onespike.models import MODELS, get_model, vit_tiny
+from onespike.models import MODELS, get_model, vit_tiny, vit_tiny_relu
 from onespike.models.vit import ViT
 from onespike.trace import trace
 
@@ -38,6 +38,27 @@ def test_registered_and_shaped():
     assert 100_000 < sum(p.numel() for p in model.parameters()) < 200_000
     with pytest.raises(ValueError, match="multiple of patch"):
         ViT(image_size=28, patch=5)
+
+
+def test_relu_attention_variant_registered_and_converts():
+    """vit_tiny_relu: relu(scores) / N in place of the softmax (same parameters); the
+    attention's ReLU converts as a ReLU layer between the signed qkv and the MLP's."""
+    assert MODELS["vit_tiny_relu"].dataset == "mnist"
+    model, x = _warm(vit_tiny_relu())
+    assert model.state_dict().keys() == vit_tiny().state_dict().keys()
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        h = torch.randn(2, 16, 64)
+        q, k, v = attn.qkv(h).view(2, 16, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        ref = (torch.relu(q @ k.transpose(-2, -1) * attn.scale) / 16) @ v
+        torch.testing.assert_close(attn(h), attn.proj(ref.transpose(1, 2).reshape(2, 16, 64)))
+    snn = onespike.convert(model, x, phases=6, progress=False)
+    assert snn.plan.kinds == ("signed", "relu", "relu") * 4
+    with torch.no_grad():
+        rel = float((snn(x) - model(x)).norm() / model(x).norm())
+    assert 0 < rel < 0.2, rel
+    with pytest.raises(ValueError, match="attention must be one of"):
+        ViT(attention="sigmoid")
 
 
 @pytest.mark.parametrize("pool", ["mean", "cls"])
@@ -103,15 +124,22 @@ def test_attention_with_spiking_operands_stays_close():
     assert 0 < rel < 0.05, rel  # measured 0.0195 (base searched: 1.05)
 
 
-def test_shipped_weights_accuracy_and_trace():
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_relu"])
+def test_shipped_weights_accuracy_and_trace(name):
     """The shipped vit_tiny: 98.50 % on the 10,000 MNIST test images (sidecar), 98.1 % on
-    the first 1,000; its trace computes the same logits."""
-    from onespike.data import load_mnist
-    from onespike.models import load_pretrained, pretrained_info
+    the first 1,000; vit_tiny_relu (ReLU attention): 98.74 % and 99.1 %; float32 weights
+    whose hash the sidecar records; the trace computes the same logits."""
+    import hashlib
 
-    info = pretrained_info("vit_tiny")
-    assert info["test_acc"] >= 98.5 and info["model"] == "vit_tiny"
-    model = load_pretrained("vit_tiny")
+    from onespike.data import load_mnist
+    from onespike.models import load_pretrained, pretrained_info, weights_dir
+
+    info = pretrained_info(name)
+    assert info["test_acc"] >= 98.5 and info["model"] == name
+    assert info["weights_dtype"] == "float32"
+    pt = weights_dir() / f"{name}.pt"
+    assert hashlib.sha256(pt.read_bytes()).hexdigest() == info["weights_sha256"]
+    model = load_pretrained(name)
     x, y = load_mnist("test")
     x, y = x[:1000], y[:1000]
     with torch.no_grad():

@@ -29,7 +29,7 @@ from onespike.models.registry import (
 from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
 from onespike.models.resolve import load_user_model, resolve_model
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
-from onespike.models.vit import ViT, vit_tiny
+from onespike.models.vit import ViT, vit_tiny, vit_tiny_relu
 
 __all__ = [
     "GCN",
@@ -62,5 +62,6 @@ __all__ = [
     "resolve_model",
     "vgg11_bn",
     "vit_tiny",
+    "vit_tiny_relu",
     "weights_dir",
 ]

@@ -24,7 +24,7 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
-from onespike.models.vit import vit_tiny
+from onespike.models.vit import vit_tiny, vit_tiny_relu
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -104,6 +104,16 @@ MODELS: dict[str, ModelSpec] = {
         (1, 28, 28),
         "python -m onespike.experiments.train --model vit_tiny --epochs 15 --seed 0 "
         "--batch-size 128 --lr 0.05 --threads 1 --checkpoint checkpoints/vit_tiny.ckpt "
+        "--resume --no-progress --out checkpoints/new",
+    ),
+    # the same ViT with ReLU attention (relu(scores) / N): the softmax ablation of issue 27
+    "vit_tiny_relu": ModelSpec(
+        "vit_tiny_relu",
+        vit_tiny_relu,
+        "mnist",
+        (1, 28, 28),
+        "python -m onespike.experiments.train --model vit_tiny_relu --epochs 15 --seed 0 "
+        "--batch-size 128 --lr 0.05 --threads 1 --checkpoint checkpoints/vit_tiny_relu.ckpt "
         "--resume --no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see

@@ -23,17 +23,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ViT", "vit_tiny"]
+__all__ = ["ATTENTIONS", "ViT", "vit_tiny", "vit_tiny_relu"]
+
+ATTENTIONS = ("softmax", "relu")
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention written with Linear, matmul and softmax."""
+    """Multi-head self-attention written with Linear, matmul and softmax, or with ReLU
+    attention (``attention="relu"``: ``relu(scores) / N`` over the ``N`` tokens in place of
+    the softmax; the ReLU a module, so it converts as a ReLU layer)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, attention: str = "softmax") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.heads = heads
+        self.attention = attention
+        self.act = nn.ReLU() if attention == "relu" else None
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -47,7 +55,8 @@ class Attention(nn.Module):
         k = k.view(b, n, self.heads, c // self.heads).transpose(1, 2)
         v = v.view(b, n, self.heads, c // self.heads).transpose(1, 2)
         attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
+        # ReLU attention: relu(scores) / N over the N tokens; else the softmax
+        attn = self.act(attn) / n if self.act is not None else attn.softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, n, c)
         return self.proj(out)
 
@@ -55,10 +64,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: BatchNorm1d over features, attention, ReLU MLP."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp_dim: int, attention: str = "softmax") -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm1d(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, attention)
         self.norm2 = nn.BatchNorm1d(dim)
         self.fc1 = nn.Linear(dim, mlp_dim)
         self.relu = nn.ReLU()
@@ -84,6 +93,7 @@ class ViT(nn.Module):
         heads: int = 4,
         mlp_dim: int = 128,
         pool: str = "mean",
+        attention: str = "softmax",
     ) -> None:
         super().__init__()
         if image_size % patch:
@@ -95,7 +105,7 @@ class ViT(nn.Module):
         self.embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
-        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_dim) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_dim, attention) for _ in range(depth)))
         self.norm = nn.BatchNorm1d(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -113,3 +123,9 @@ def vit_tiny(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") ->
     """A 4-block, 64-wide, 4-head ViT on 7x7 patches of 28x28 images (about 0.14 M
     parameters)."""
     return ViT(num_classes=num_classes, in_channels=in_channels, pool=pool)
+
+
+def vit_tiny_relu(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") -> ViT:
+    """:func:`vit_tiny` with ReLU attention (``relu(scores) / N`` in place of the softmax),
+    for the ablation of issue 27 (spike-shift softmax against ReLU attention)."""
+    return ViT(num_classes=num_classes, in_channels=in_channels, pool=pool, attention="relu")
