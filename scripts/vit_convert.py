@@ -33,7 +33,7 @@ from onespike.models import load_pretrained
 def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]:
     """Event-path logits on ``x`` and, per spiking layer, the most spikes any neuron fired
     on any image and the mean spikes per neuron (counted, not assumed)."""
-    logits, per = [], {}
+    logits, per, qkv = [], {}, {}
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
             run = snn.simulate(x[i : i + batch])
@@ -41,6 +41,10 @@ def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]
             for name, c in run.spike_counts.items():
                 mx, tot, n = per.get(name, (0, 0.0, 0))
                 per[name] = (max(mx, int(c.max())), tot + float(c.sum()), n + c.numel())
+                if name.endswith("qkv_signed"):  # q, k, v: the thirds of the last dimension
+                    for part, t in zip("qkv", c.chunk(3, dim=-1), strict=True):
+                        tot, n = qkv.get(part, (0.0, 0))
+                        qkv[part] = (tot + float(t.sum()), n + t.numel())
     kinds = {lp.name: lp.kind for lp in snn.plan.layers}
     layers = {k: {"kind": kinds[k], "max": m, "mean": t / n} for k, (m, t, n) in per.items()}
     total = sum(t for _, t, _ in per.values()) / sum(n for _, _, n in per.values())
@@ -55,6 +59,7 @@ def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]
         "max": max(m for m, _, _ in per.values()),
         "mean": total,
         "by_kind": by_kind,
+        "q_k_v": {part: t / n for part, (t, n) in qkv.items()},
         "layers": layers,
     }
     return torch.cat(logits), figures
@@ -89,18 +94,20 @@ def _base(text: str) -> str | float:
 
 def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
-    model = load_pretrained("vit_tiny").eval()
+    model = load_pretrained(args.model).eval()
     cal, where = calibration_set("mnist", args.calibration, args.seed)
     x, y = load_mnist("test")
     x, y = x[: args.test], y[: args.test]
     with torch.no_grad():
         ann = torch.cat([model(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
     ann_acc = 100 * float((ann.argmax(1) == y).float().mean())
-    print(f"ANN vit_tiny: {ann_acc:.2f} % on {len(x)} test images; calibration: {where}")
+    print(f"ANN {args.model}: {ann_acc:.2f} % on {len(x)} test images; calibration: {where}")
     rows = []
     for T in args.phases:
         t0 = time.perf_counter()
         base = {} if args.base is None else {"base": _base(args.base)}
+        if args.spike_tolerance is not None:
+            base["spike_tolerance"] = args.spike_tolerance
         snn = onespike.convert(
             model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False, **base
         )
@@ -124,6 +131,7 @@ def run(args) -> list[dict]:
             "convert_seconds": round(seconds, 1),
             "signed": args.signed,
             "base_option": args.base or "auto",
+            "spike_tolerance": args.spike_tolerance or 0.0,
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "cost": rep.totals,
             "cost_images": args.cost_images,
@@ -143,6 +151,7 @@ def run(args) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit_tiny", help="a shipped vit_ model")
     ap.add_argument("--phases", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--calibration", type=int, default=2048, help="training images")
     ap.add_argument("--seed", type=int, default=0, help="the calibration draw")
@@ -163,6 +172,13 @@ def main() -> None:
         choices=("operands", "inputs"),
         help="where signed neurons go (convert's signed=): 'inputs' also on the residual "
         "stream and attention's output",
+    )
+    ap.add_argument(
+        "--spike-tolerance",
+        type=float,
+        default=None,
+        help="convert's spike_tolerance=: each layer the fewest spikes while adding at most "
+        "(1 + t) times the least error it can add",
     )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument("--json", default=None)

@@ -520,3 +520,25 @@ def test_snn_acs_count_each_spike_once_where_it_is_consumed(mode):
         rows = {r.name: r for r in rep.layers}
         relu0 = float(run.spike_counts["blocks.0.relu"].sum()) * 8
         assert rows["blocks_1_attn_qkv_signed"].snn_acs * 16 == pytest.approx(relu0)
+
+
+def test_spike_tolerance_trades_error_for_fewer_spikes():
+    """spike_tolerance=t: each layer takes the fewest spikes among the candidates that add
+    at most (1 + t) times the least error it can add, so the network fires fewer spikes
+    and stays close to the ANN; recorded in the plan; a bad value is refused."""
+    model, x = _tiny_vit(seed=2)
+    base = onespike.convert(model, x, phases=8, progress=False)
+    sparse = onespike.convert(model, x, phases=8, spike_tolerance=0.5, progress=False)
+    assert sparse.plan.search["spike_tolerance"] == 0.5
+    assert "spike_tolerance" not in base.plan.search
+    with torch.no_grad():
+        a, b = base.simulate(x), sparse.simulate(x)
+    fired = {k: float(a.spike_counts[k].sum()) for k in a.spike_counts}
+    fewer = {k: float(b.spike_counts[k].sum()) for k in b.spike_counts}
+    assert sum(fewer.values()) < sum(fired.values())
+    ref = model(x).detach()
+    err = [float((r.output - ref).norm() / ref.norm()) for r in (a, b)]
+    assert err[1] < 0.15 and err[1] < 3 * err[0], err  # still close to the ANN
+    for bad in (-0.1, True, "x", float("inf")):
+        with pytest.raises(onespike.OptionError, match="spike_tolerance must be a number"):
+            onespike.convert(model, x, phases=8, spike_tolerance=bad, progress=False)

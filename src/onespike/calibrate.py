@@ -25,6 +25,7 @@ base shared by every layer, scored by the error of the logits.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from onespike.observe import (
     Code,
     Positives,
     StreamStats,
+    activation_of,
     coded_values,
     converted_runner,
     encode_input,
@@ -84,6 +86,13 @@ class SearchConfig:
         search_samples: score candidates on the first this many calibration samples
             (None: all of them); scales come from all of them. Ignored for models whose
             samples interact (graph models).
+        spike_tolerance: trade a little error for fewer spikes. ``0`` (default): each
+            layer takes the candidate of least error. A positive value ``t``: every base is
+            also scored at the best scale, and the layer takes, among the scored
+            candidates that add at most ``(1 + t)`` times the error the best one adds
+            (the error over the floor that the layers before it leave: the score with
+            this layer exact), the one whose code fires fewest spikes on the search
+            samples (a neuron whose value lies below its smallest level stays silent).
     """
 
     base: str | float | tuple[float, ...] = "auto"
@@ -93,6 +102,7 @@ class SearchConfig:
     per_channel: bool | str = "auto"
     bias_correction: bool = False
     search_samples: int | None = 256
+    spike_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", _check_base(self.base))
@@ -109,6 +119,9 @@ class SearchConfig:
         for name in ("threshold_shift", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        t = self.spike_tolerance
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < math.inf:
+            raise OptionError(f"spike_tolerance must be a number >= 0, got {t!r}")
         if self.base == "global" and self.bias_correction:
             raise OptionError("base='global' cannot be combined with bias_correction=True")
 
@@ -150,7 +163,7 @@ class SearchConfig:
             "bias_correction": self.bias_correction,
             "threshold_shift": self.threshold_shift,
             "search_samples": self.search_samples,
-        }
+        } | ({"spike_tolerance": self.spike_tolerance} if self.spike_tolerance else {})
 
 
 def _check_base(base: object) -> str | float | tuple[float, ...]:
@@ -389,9 +402,11 @@ class _Search:
             bases = bases_override
         best = (float("inf"), scales[0], bases[0])
         cache: dict[tuple[int, float], float] = {}
+        fired: dict[tuple[int, float], float] = {}  # spikes of each candidate's code
 
-        def score_of(i: int, b: float) -> float:
-            return self.score(node, self.quantizer(scales[i], b, node)(pre), env)
+        def score_of(i: int, b: float) -> tuple[float, float]:
+            q = self.quantizer(scales[i], b, node)(pre)
+            return self.score(node, q, env), float((q != 0).sum())
 
         def evaluate_all(pairs: Iterable[tuple[int, float]]) -> None:
             """Score the candidates not yet scored, then take the best in ``pairs``' order
@@ -407,7 +422,8 @@ class _Search:
             else:
                 got = {p: score_of(*p) for p in todo}
             for p in todo:
-                e = cache[p] = got[p]
+                e, fired[p] = got[p]
+                cache[p] = e
                 if e < best[0]:
                     best = (e, scales[p[0]], p[1])
 
@@ -425,6 +441,15 @@ class _Search:
             i, b = best_index()
             j = bases.index(b)
             evaluate_all((i, bb) for bb in bases[max(j - 2, 0) : j + 3])
+        tol = self.cfg.spike_tolerance
+        if tol > 0:  # fewest spikes while the error this layer adds grows by at most tol
+            i, _ = best_index()
+            evaluate_all((i, bb) for bb in bases)
+            exact = pre if node is self.input else activation_of(self.code.kind(node), pre, cap)
+            floor = min(self.score(node, exact, env), best[0])  # the error from upstream
+            ok = [p for p, e in cache.items() if e - floor <= (1 + tol) * (best[0] - floor)]
+            i, b = min(ok, key=lambda p: (fired[p], cache[p]))
+            return scales[i], b, cache[(i, b)]
         return best[1], best[2], best[0]
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:

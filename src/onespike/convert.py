@@ -51,6 +51,7 @@ def convert(
     bias_correction: bool = FROM_SEARCH,
     max_calibration: int | None = None,
     search_samples: int | None = FROM_SEARCH,
+    spike_tolerance: float = FROM_SEARCH,
     refine: bool | RefineConfig | dict = False,
     progress: bool = True,
     windows: str | Sequence[int] | None = None,
@@ -72,7 +73,7 @@ def convert(
             :class:`~onespike.calibrate.SearchConfig`, or the name of a preset
             (``"default"``, ``"paper"``: :data:`~onespike.calibrate.SEARCH_PRESETS`).
         base, scale, threshold_shift, objective, per_channel, bias_correction,
-            search_samples: change one field of ``search`` (see
+            search_samples, spike_tolerance: change one field of ``search`` (see
             :class:`~onespike.calibrate.SearchConfig`). The defaults: ``base="auto"``
             (searched per layer; ``"global"``, a number in (1, 2] or one per layer),
             ``scale="auto"`` (searched among high percentiles; ``"max"`` or a
@@ -81,7 +82,9 @@ def convert(
             ``"activation"``, the paper's, or ``"output"``, the logits, slower),
             ``per_channel="auto"`` (per channel for convolutions, per layer for Linear
             and graph layers), ``bias_correction=False``, ``search_samples=256``
-            (candidates scored on the first 256 calibration samples; None: all).
+            (candidates scored on the first 256 calibration samples; None: all),
+            ``spike_tolerance=0`` (the least error; ``t > 0``: the fewest spikes among
+            candidates within ``(1 + t)`` of the error the layer adds).
         input_coding: ``"analog"`` (pixels as a current; the first layer does
             MACs), ``"binary"`` (multi-spike base-2 code) or ``"single"`` (the hidden
             layers' single-spike code).
@@ -138,6 +141,7 @@ def convert(
         "per_channel": per_channel,
         "bias_correction": bias_correction,
         "search_samples": search_samples,
+        "spike_tolerance": spike_tolerance,
     }
     cfg = SearchConfig.of(search).replace(
         **{k: v for k, v in loose.items() if v is not FROM_SEARCH}
