@@ -108,6 +108,8 @@ def run(args) -> list[dict]:
         base = {} if args.base is None else {"base": _base(args.base)}
         if args.spike_tolerance is not None:
             base["spike_tolerance"] = args.spike_tolerance
+        if args.per_channel is not None:
+            base["per_channel"] = {"true": True, "false": False}[args.per_channel]
         snn = onespike.convert(
             model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False, **base
         )
@@ -132,6 +134,7 @@ def run(args) -> list[dict]:
             "signed": args.signed,
             "base_option": args.base or "auto",
             "spike_tolerance": args.spike_tolerance or 0.0,
+            "per_channel": snn.plan.search["per_channel"],
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "cost": rep.totals,
             "cost_images": args.cost_images,
@@ -179,6 +182,12 @@ def main() -> None:
         default=None,
         help="convert's spike_tolerance=: each layer the fewest spikes while adding at most "
         "(1 + t) times the least error it can add",
+    )
+    ap.add_argument(
+        "--per-channel",
+        default=None,
+        choices=("true", "false"),
+        help="convert's per_channel= (default 'auto': a scale per token of a token tensor)",
     )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument("--json", default=None)

@@ -80,6 +80,7 @@ def test_convert_search_flags_reach_the_plan(tmp_path):
         (["demo", "--base", "3"], "base must be in (1, 2]"),
         (["demo", "--base", "fast"], "--base must be"),
         (["demo", "--search-samples", "-3"], "search_samples must be an integer >= 1"),
+        (["demo", "--spike-tolerance", "-1"], "spike_tolerance must be a number >= 0"),
         (["demo", "--input-coding", "rate"], "--input-coding: invalid choice: 'rate'"),
         (["demo", "--input-coding", "phase"], "--input-coding: invalid choice: 'phase'"),
     ],

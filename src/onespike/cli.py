@@ -342,6 +342,13 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
         "(default 256; 0 = all of them)",
     )
     p.add_argument(
+        "--spike-tolerance",
+        type=float,
+        default=None,
+        help="fewer spikes for a little error: each layer the fewest spikes among the "
+        "candidates adding at most (1 + T) times the least error it can add (default 0)",
+    )
+    p.add_argument(
         "--refine",
         action="store_true",
         help="after the search, fit weights and scales to the ANN's logits (onespike.refine)",
@@ -364,6 +371,7 @@ def _search_config(args: argparse.Namespace) -> SearchConfig:
         "objective": args.objective,
         "per_channel": args.per_channel,
         "bias_correction": args.bias_correction,
+        "spike_tolerance": args.spike_tolerance,
         "threshold_shift": False if getattr(args, "no_threshold_shift", False) else None,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
