@@ -522,7 +522,7 @@ def test_snn_acs_count_each_spike_once_where_it_is_consumed(mode):
         assert rows["blocks_1_attn_qkv_signed"].snn_acs * 16 == pytest.approx(relu0)
 
 
-def test_spike_tolerance_trades_error_for_fewer_spikes():
+def test_spike_tolerance_trades_error_for_fewer_spikes(tmp_path):
     """spike_tolerance=t: each layer takes the fewest spikes among the candidates that add
     at most (1 + t) times the least error it can add, so the network fires fewer spikes
     and stays close to the ANN; recorded in the plan; a bad value is refused."""
@@ -539,6 +539,11 @@ def test_spike_tolerance_trades_error_for_fewer_spikes():
     ref = model(x).detach()
     err = [float((r.output - ref).norm() / ref.norm()) for r in (a, b)]
     assert err[1] < 0.15 and err[1] < 3 * err[0], err  # still close to the ANN
+    sparse.save(tmp_path / "s.safetensors")
+    back = onespike.load(tmp_path / "s.safetensors")
+    assert back.plan.search == sparse.plan.search
+    with torch.no_grad():
+        assert torch.equal(back(x), sparse(x))
     for bad in (-0.1, True, "x", float("inf")):
         with pytest.raises(onespike.OptionError, match="spike_tolerance must be a number"):
             onespike.convert(model, x, phases=8, spike_tolerance=bad, progress=False)
