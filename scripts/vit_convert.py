@@ -8,9 +8,11 @@ MNIST test images (event path), spikes per neuron (max and mean over the test im
 per layer kind), step == event on the first --step-images test images (outputs, spike
 phases and signs), and the cost report (ops, energy) on the first --cost-images.
 With --signed inputs, signed neurons carry the residual stream and attention's output
-too (every Linear but the patch embedding reads spikes). With --refine, each conversion is
-refined (onespike.refine's defaults, never worse than
-unrefined on held-out calibration images).
+too (every Linear but the patch embedding reads spikes). --model picks another shipped
+vit_ model (vit_tiny_relu: ReLU attention); --spike-tolerance and --per-channel are
+convert's spike_tolerance= and per_channel= (fewer spikes per neuron). With --refine,
+each conversion is refined (onespike.refine's defaults, never worse than unrefined on
+held-out calibration images).
 
     python scripts/vit_convert.py --phases 8 16 --calibration 2048 \
         --json docs/results/vit_convert.json
