@@ -547,3 +547,27 @@ def test_spike_tolerance_trades_error_for_fewer_spikes(tmp_path):
     for bad in (-0.1, True, "x", float("inf")):
         with pytest.raises(onespike.OptionError, match="spike_tolerance must be a number"):
             onespike.convert(model, x, phases=8, spike_tolerance=bad, progress=False)
+
+
+def test_stream_accumulators_counted_once():
+    """The residual stream that no neurons hold is accumulated once, where it is first
+    held, not in the compartments of every later layer that reads it by MACs (a hand
+    count on the tiny ViT at T = 8, windows of 8 steps: the input [0, 8), qkv [8, 16),
+    softmax [16, 24), block 0's ReLU [24, 32))."""
+    model, x = _tiny_vit(seed=0)
+    snn = onespike.convert(model, x, phases=8, progress=False)
+    with torch.no_grad():
+        rep = onespike.cost(model, snn, x[:16])
+    rows = {r.name: r for r in rep.layers}
+    stream = 4 * 8  # tokens x width
+    # block 0's ReLU: fc1 reads the stream (analog current accumulated there, 8 steps);
+    # its own row adds attention @ v's accumulators: 2 per output and step over the 16
+    # steps of v's and the softmax's windows, one multiply per output, one reciprocal per row
+    assert rows["blocks.0.relu"].input_adds == 8 * stream
+    assert rows["blocks.0.relu"].input_updates == 2 * 32 * 16 + 32 + 8
+    # block 1's qkv: block 0's fc2 spikes accumulated on the stream (one base, 8 steps)
+    assert rows["blocks_1_attn_qkv_signed"].input_updates == 8 * stream
+    assert rows["blocks_1_attn_qkv_signed"].input_adds == 0
+    assert rows["blocks.1.relu"].input_adds == 0  # the stream's current counted once
+    # the last stream add is held by the output's region alone: its three neurons integrate
+    assert rows["output"].input_updates == 8 * 3 and rows["output"].input_adds == 0

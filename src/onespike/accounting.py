@@ -40,7 +40,10 @@ SNN:
   spike where it lands on an add directly, an identity shortcut), once, in the row of
   the first layer whose region holds the node where it lands (a residual stream that
   no neurons hold is an accumulated value the later regions read, not a path their
-  spikes travel again).
+  spikes travel again). Its input-window compartments likewise: where spikes or the
+  analog current land on such a stream value (held by several regions, read by MACs),
+  one compartment per sender base and element of that value, once, in that first row;
+  the layers that read it by MACs have none for those senders (:func:`_compartments`).
 
 Energy, 45 nm CMOS (Horowitz 2014): add 0.9 pJ, multiply 3.7 pJ, MAC 4.6 pJ,
 memory access 5 pJ. Compute-only: ANN = MACs x 4.6; SNN = ACs x 0.9 + MACs x
@@ -60,11 +63,11 @@ from torch import fx, nn
 from onespike.calibrate import fire_steps
 from onespike.codes import binary
 from onespike.codes import phase as pc
-from onespike.engine import SpikeGraph, ann_counts, count_region
+from onespike.engine import SpikeGraph, _weighted_input, ann_counts, count_region
 from onespike.errors import OptionError
 from onespike.network import SpikingNetwork
 from onespike.simulate import SimulationResult
-from onespike.trace import product_sites
+from onespike.trace import is_add, product_sites
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -243,22 +246,28 @@ def cost(
     synaptic = spk.synaptic_ops(tags, consts)
     shapes = {k.name: v.shape for k, v in ann_env.items() if isinstance(v, Tensor)}
     attention = _attention_ops(spk, snn, run, shapes)
+    membranes, accumulators = _compartments(spk, tags)
     seen: set[Node] = set()
     rows: list[LayerCost] = []
     for a_t, s_t in zip(ann_g.targets, spk.targets):
         a_reg = ann_g.regions[a_t]
         dense, nonzero = ann_counts(ann_g.runner, a_reg, ann_env, seen)
-        srcs = runner.direct_sources(spk.regions[s_t])  # a product's factors: no compartment
         acs, macs = synaptic[s_t]
         neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
-        # one compartment per sender base, updated at each step of its senders' longest window
-        spike_comps: dict[float, int] = {}
-        for s in srcs:
-            if tags[s][0] == "events":
-                spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
-        analog = any(tags[s][0] == "dense" for s in srcs)
-        in_mul = sum(spike_comps.values()) * neurons * n
-        in_add = (snn.plan.input_steps * neurons * n) if analog else 0  # the input's window
+        in_mul = in_add = 0.0
+        # the target's neurons and the accumulators its region reads by MACs (first time)
+        for size, srcs in [(neurons, membranes[s_t])] + [
+            (int(math.prod(shapes[a.name][1:])), rs) for a, rs in accumulators[s_t]
+        ]:
+            # one compartment per sender base, updated at each step of its senders' longest
+            # window; the analog input's current added at each step of the input's window
+            spike_comps: dict[float, int] = {}
+            for s in srcs:
+                if tags[s][0] == "events":
+                    spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
+            in_mul += sum(spike_comps.values()) * size * n
+            if any(tags[s][0] == "dense" for s in srcs):
+                in_add += snn.plan.input_steps * size * n
         muls, adds = attention.get(s_t, (0.0, 0.0))
         in_mul, in_add = in_mul + muls, in_add + adds
         if s_t.op == "output":
@@ -290,6 +299,86 @@ def cost(
     report = CostReport(T, snn.plan.latency_steps, n, rows, in_spk)
     report.totals = _totals(rows)
     return report
+
+
+def _compartments(
+    spk: SpikeGraph, tags: dict[Node, tuple[str, object]]
+) -> tuple[dict[Node, list[Node]], dict[Node, list[tuple[Node, list[Node]]]]]:
+    """Where the input-window compartments are: for every target, the senders (spike
+    sources, or the analog input) whose spikes or current reach its neurons' membranes, and
+    the accumulators its region holds first, each with the senders accumulated there.
+
+    Events and the analog input's current pass reshapes, pooling, weighted layers and adds
+    to the target's membranes. Where they land on a dense value that several regions hold
+    and a weighted layer reads by MACs (a transformer's residual stream, which no neurons
+    hold), they are accumulated there, once: compartments for the elements of that value,
+    in the first region that holds it; they reach no membrane beyond it. A product's
+    factors feed its own accumulators (:func:`_attention_ops`). In networks where no
+    region shares a node (CNNs, GCNs) the membranes' senders are the region's direct
+    sources, as they were."""
+    runner = spk.runner
+    done: set[Node] = set()
+    holders: dict[Node, int] = {}  # how many regions hold each node
+    for reg in spk.regions.values():
+        for node in reg.nodes:
+            holders[node] = holders.get(node, 0) + 1
+    membranes: dict[Node, list[Node]] = {}
+    accumulators: dict[Node, list[tuple[Node, list[Node]]]] = {}
+    for t in spk.targets:
+        reg = spk.regions[t]
+        kind = {s: tags[s][0] if s in tags else "const" for s in reg.sources}
+        pure = {s: kind[s] != "events" for s in reg.sources}  # made from the input alone
+        for node in reg.nodes:
+            ins = [a for a in node.all_input_nodes if a in kind]
+            ks = {kind[a] for a in ins} - {"const", "shape"}
+            r = runner.role(node)
+            pure[node] = r != "product" and all(pure[a] for a in ins)
+            if r in ("shape", "const"):
+                kind[node] = "const"
+            elif r == "product":
+                kind[node] = "dense"
+            elif r == "weighted":
+                kind[node] = kind[_weighted_input(node)]
+            elif ks == {"events"} and not is_add(node):
+                kind[node] = "events"
+            else:
+                kind[node] = "dense" if ks else "const"
+        # the dense values read by MACs, and everything they are made of in the region
+        read: set[Node] = set()
+        stack = [
+            _weighted_input(w)
+            for w in reg.nodes
+            if runner.role(w) == "weighted"
+            and kind[_weighted_input(w)] == "dense"
+            and not pure[_weighted_input(w)]
+        ]
+        while stack:
+            node = stack.pop()
+            if node in read or node not in kind or node in reg.sources:
+                continue
+            read.add(node)
+            if runner.role(node) not in ("weighted", "product"):
+                stack.extend(node.all_input_nodes)
+        roots = {s: frozenset([s]) if kind[s] in ("events", "dense") else frozenset()
+                 for s in reg.sources}  # fmt: skip
+        found: list[tuple[Node, list[Node]]] = []
+        for node in reg.nodes:
+            ins = [a for a in node.all_input_nodes if a in roots]
+            r = runner.role(node)
+            rs = frozenset().union(*(roots[a] for a in ins))
+            if r in ("shape", "const", "product"):
+                rs = frozenset()
+            landing = kind[node] == "dense" and not pure[node] and rs
+            if node in done:  # accumulated in an earlier region
+                rs = frozenset()
+            elif landing and node in read and holders[node] > 1:  # accumulated here
+                done.add(node)
+                found.append((node, sorted(rs, key=lambda s: s.name)))
+                rs = frozenset()
+            roots[node] = rs
+        membranes[t] = [s for s in reg.sources if s in roots.get(reg.pre, frozenset())]
+        accumulators[t] = found
+    return membranes, accumulators
 
 
 def _attention_ops(
