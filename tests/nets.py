@@ -170,3 +170,18 @@ def train_briefly(
             F.cross_entropy(model(x[b]), y[b]).backward()
             opt.step()
     return model.eval()
+
+
+def warm_bn(model: nn.Module, x: torch.Tensor, passes: int = 3, bias: float = 0.2) -> nn.Module:
+    """``model`` in eval mode with BatchNorm1d running statistics from ``passes`` training
+    passes over ``x`` and affine parameters drawn away from the identity (weights in
+    [0.5, 1.5], biases in [-bias, bias]), so folding them is really checked."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            model(x)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-bias, bias)
+    return model.eval()

@@ -13,6 +13,7 @@ from onespike.codes import softmax as sm
 from onespike.errors import UnsupportedModelError
 from onespike.graph import Runner
 from onespike.models.vit import ViT
+from tests.nets import warm_bn
 
 
 def _tiny_vit(seed=0, pool="mean"):
@@ -22,15 +23,7 @@ def _tiny_vit(seed=0, pool="mean"):
     model = ViT(image_size=8, patch=4, num_classes=3, dim=8, depth=2, heads=2, mlp_dim=16,
                 pool=pool)  # fmt: skip
     x = torch.rand(96, 1, 8, 8)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval(), x
+    return warm_bn(model, x), x
 
 
 @pytest.fixture(scope="module")

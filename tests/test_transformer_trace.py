@@ -9,20 +9,13 @@ from torch import nn
 import onespike
 from onespike.errors import UnsupportedModelError
 from onespike.trace import role, trace
+from tests.nets import warm_bn
 
 
 def _warm_bn(model, x, seed=0):
     """Running statistics and affine parameters that are not the identity."""
     torch.manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model.eval()
+    return warm_bn(model, x, bias=0.3)
 
 
 class Tokens(nn.Module):

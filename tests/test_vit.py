@@ -11,20 +11,13 @@ from onespike.errors import UnsupportedModelError
 from onespike.models import MODELS, get_model, vit_tiny, vit_tiny_relu
 from onespike.models.vit import ViT
 from onespike.trace import trace
+from tests.nets import warm_bn
 
 
 def _warm(model, seed=0):
     torch.manual_seed(seed)
     x = torch.rand(16, 1, 28, 28)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(x)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval(), x
+    return warm_bn(model, x, passes=2), x
 
 
 def test_registered_and_shaped():
