@@ -28,8 +28,8 @@ import time
 import torch
 
 import onespike
-from onespike.data import calibration_set, load_mnist
-from onespike.models import load_pretrained
+from onespike.data import calibration_set, load_dataset
+from onespike.models import load_pretrained, pretrained_info
 
 
 def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]:
@@ -96,14 +96,18 @@ def _base(text: str) -> str | float:
 
 def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
-    model = load_pretrained(args.model).eval()
-    cal, where = calibration_set("mnist", args.calibration, args.seed)
-    x, y = load_mnist("test")
+    model = load_pretrained(args.model, args.weights_dir).eval()
+    dataset = pretrained_info(args.model, args.weights_dir).get("dataset", "mnist")
+    cal, where = calibration_set(dataset, args.calibration, args.seed)
+    x, y = load_dataset(dataset, "test")
     x, y = x[: args.test], y[: args.test]
     with torch.no_grad():
         ann = torch.cat([model(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
     ann_acc = 100 * float((ann.argmax(1) == y).float().mean())
-    print(f"ANN {args.model}: {ann_acc:.2f} % on {len(x)} test images; calibration: {where}")
+    print(
+        f"ANN {args.model} ({dataset}): {ann_acc:.2f} % on {len(x)} test images; "
+        f"calibration: {where}"
+    )
     rows = []
     for T in args.phases:
         t0 = time.perf_counter()
@@ -123,6 +127,7 @@ def run(args) -> list[dict]:
         rep = onespike.cost(model, snn, x[: args.cost_images])
         row = {
             "phases": T,
+            "dataset": dataset,
             "latency_steps": snn.plan.latency_steps,
             "ann_accuracy": ann_acc,
             "snn_accuracy": acc,
@@ -157,6 +162,12 @@ def run(args) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit_tiny", help="a shipped vit_ model")
+    ap.add_argument(
+        "--weights-dir",
+        default=None,
+        help="folder of {model}.pt/.json (default: the shipped weights); the data set is "
+        "the sidecar's",
+    )
     ap.add_argument("--phases", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--calibration", type=int, default=2048, help="training images")
     ap.add_argument("--seed", type=int, default=0, help="the calibration draw")

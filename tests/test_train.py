@@ -13,10 +13,11 @@ from onespike.experiments.train import (
     TrainConfig,
     evaluate,
     main,
+    spiking_activations,
     time_batches,
     train,
 )
-from onespike.models import MNISTCNN, load_pretrained, pretrained_info
+from onespike.models import MNISTCNN, load_pretrained, pretrained_info, vit_tiny
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,41 @@ def test_resume_rejects_other_settings(tmp_path: Path, mnist_train_256, mnist_te
         train(cfg, data=data)
 
 
+def _mean_abs_activations(model, x: torch.Tensor) -> float:
+    """The mean over :func:`spiking_activations` of each output's mean absolute value."""
+    seen: list[float] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: seen.append(float(out.abs().mean())))
+        for m in spiking_activations(model)
+    ]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return sum(seen) / len(seen)
+
+
+def test_activation_l1_makes_the_spiking_activations_sparser(
+    tmp_path: Path, mnist_train_256, mnist_test
+) -> None:
+    """--activation-l1 penalises what a conversion carries as spikes: every ReLU module and
+    a ViT attention's qkv output; the penalised run ends with smaller activations, the
+    sidecar records the weight, and a checkpoint refuses to resume with another."""
+    assert len(spiking_activations(MNISTCNN())) == 3
+    vit = vit_tiny()
+    sites = spiking_activations(vit)
+    assert len(sites) == 8 and sum(m is b.attn.qkv for b in vit.blocks for m in sites) == 4
+    data = (*mnist_train_256, *mnist_test)
+    plain = train(_tiny_cfg(tmp_path, "plain"), data=data)
+    sparse = train(_tiny_cfg(tmp_path, "l1", activation_l1=0.5), data=data)
+    x = mnist_test[0][:200]
+    assert _mean_abs_activations(sparse.model, x) < 0.8 * _mean_abs_activations(plain.model, x)
+    info = json.loads((tmp_path / "l1" / "mnist_cnn.json").read_text())
+    assert info["activation_l1"] == 0.5 and "--activation-l1" in " ".join(sparse.config.to_argv())
+    with pytest.raises(ValueError, match="activation_l1"):
+        train(_tiny_cfg(tmp_path, "l1", resume=True, activation_l1=0.1), data=data)
+
+
 def test_standard_recipe_defaults_and_old_checkpoints(
     tmp_path: Path, mnist_train_256, mnist_test
 ) -> None:
@@ -115,7 +151,7 @@ def test_standard_recipe_defaults_and_old_checkpoints(
     full = train(_tiny_cfg(tmp_path, "full"), data=data)
     train(_tiny_cfg(tmp_path, "old", stop_after=1), data=data)
     ckpt = torch.load(tmp_path / "old.ckpt", weights_only=True)
-    for key in ("recipe", "widths"):
+    for key in ("recipe", "widths", "activation_l1"):
         del ckpt["config"][key]
     torch.save(ckpt, tmp_path / "old.ckpt")
     resumed = train(_tiny_cfg(tmp_path, "old", resume=True), data=data)

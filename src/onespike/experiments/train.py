@@ -69,6 +69,7 @@ from onespike.models import (
     load_state_dict_file,
 )
 from onespike.models.fastvgg import FAST_VGG_WIDTHS
+from onespike.models.vit import Attention
 
 __all__ = [
     "RECIPES",
@@ -120,9 +121,10 @@ _RESUME_KEYS = (
     "width",
     "augment",
     "train_limit",
+    "activation_l1",
 )
 #: What a checkpoint written before a field existed implies for it.
-_RESUME_MISSING: dict[str, Any] = {"recipe": "standard", "widths": None}
+_RESUME_MISSING: dict[str, Any] = {"recipe": "standard", "widths": None, "activation_l1": 0.0}
 
 
 @dataclass
@@ -132,6 +134,9 @@ class TrainConfig:
 
     ``widths`` (``fast_vgg`` only) is a comma-separated string of the three block widths,
     e.g. ``"64,256,256"``; ``width`` is the channel multiplier of ``vgg11_bn``.
+    ``activation_l1`` adds that weight times the mean absolute value of every activation a
+    converted network carries as spikes (:func:`spiking_activations`) to the loss: sparser
+    activations, fewer spikes per neuron.
     """
 
     model: str = "mnist_cnn"
@@ -147,6 +152,7 @@ class TrainConfig:
     widths: str | None = None
     recipe: str = "standard"
     augment: bool | None = None
+    activation_l1: float = 0.0
     name: str | None = None
     out: str | None = None
     checkpoint: str | None = None
@@ -343,6 +349,37 @@ def _load_data(
     return x_tr, y_tr, x_te, y_te
 
 
+def spiking_activations(model: nn.Module) -> list[nn.Module]:
+    """The modules whose outputs a converted ``model`` carries as spikes, as far as the
+    training penalty sees them: every ``nn.ReLU`` module (functional ReLUs are not seen)
+    and the ``qkv`` Linear of each :class:`onespike.models.vit.Attention` (its q, k and v
+    become signed neurons)."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    return relus + [m.qkv for m in model.modules() if isinstance(m, Attention)]
+
+
+class ActivationL1:
+    """Forward hooks that collect, in training mode, the mean absolute value of each output
+    of :func:`spiking_activations`; :meth:`pop` returns their sum and starts again."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.terms: list[torch.Tensor] = []
+        self.handles = [m.register_forward_hook(self._hook) for m in spiking_activations(model)]
+        if not self.handles:
+            raise OptionError(
+                "--activation-l1: the model has no ReLU module or attention qkv to penalise"
+            )
+
+    def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self.terms.append(output.float().abs().mean())
+
+    def pop(self) -> torch.Tensor:
+        total = torch.stack(self.terms).sum()
+        self.terms = []
+        return total
+
+
 @dataclass
 class _Run:
     """The state of a training run: what a checkpoint saves, and what the steps use."""
@@ -359,6 +396,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     airbench: bool
+    activation_l1: ActivationL1 | None = None
 
 
 def _start_run(cfg: TrainConfig, x_tr: torch.Tensor, device: torch.device) -> _Run:
@@ -389,9 +427,10 @@ def _start_run(cfg: TrainConfig, x_tr: torch.Tensor, device: torch.device) -> _R
     criterion = nn.CrossEntropyLoss(
         label_smoothing=cfg.label_smoothing, reduction="sum" if airbench else "mean"
     )
+    l1 = ActivationL1(model) if cfg.activation_l1 else None
     return _Run(
         model, optimizer, scheduler, lookahead, whiten_bias, gen, criterion, device,
-        batch_size, steps_per_epoch, total_steps, airbench,
+        batch_size, steps_per_epoch, total_steps, airbench, l1,
     )  # fmt: skip
 
 
@@ -451,6 +490,8 @@ def _train_step(
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
         logits = run.model(xb)
         loss = run.criterion(logits.float(), yb)
+        if run.activation_l1 is not None:
+            loss = loss + cfg.activation_l1 * run.activation_l1.pop()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -644,6 +685,7 @@ def save_weights(
         "weight_decay": cfg.weight_decay,
         "label_smoothing": cfg.label_smoothing,
         "augment": cfg.augment,
+        "activation_l1": cfg.activation_l1,
         "schedule": "cosine (per batch), no warm-up",
         "train_size": train_size,
         "test_size": len(x_test),
@@ -829,6 +871,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg11_bn)")
     p.add_argument(
         "--widths", default=None, help="block widths of fast_vgg, e.g. 64,256,256 (the default)"
+    )
+    p.add_argument(
+        "--activation-l1",
+        type=float,
+        default=0.0,
+        help="weight of the L1 penalty on the activations carried as spikes (ReLU outputs, "
+        "attention q/k/v): fewer spikes per neuron (default 0: none)",
     )
     p.add_argument("--augment", dest="augment", action="store_true", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false")

@@ -24,7 +24,7 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
-from onespike.models.vit import vit_tiny, vit_tiny_relu
+from onespike.models.vit import vit_small, vit_tiny, vit_tiny_relu
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -115,6 +115,16 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.experiments.train --model vit_tiny_relu --epochs 15 --seed 0 "
         "--batch-size 128 --lr 0.05 --threads 1 --checkpoint checkpoints/vit_tiny_relu.ckpt "
         "--resume --no-progress --out checkpoints/new",
+    ),
+    # vit_tiny's blocks on 4x4 patches (49 tokens), trained with the activation penalty
+    "vit_small": ModelSpec(
+        "vit_small",
+        vit_small,
+        "mnist",
+        (1, 28, 28),
+        "python -m onespike.experiments.train --model vit_small --epochs 15 --seed 0 "
+        "--batch-size 128 --lr 0.05 --activation-l1 0.01 --threads 1 "
+        "--checkpoint checkpoints/vit_small.ckpt --resume --no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
