@@ -1,9 +1,10 @@
 """Run Keller Jordan's airbench94 reference, unmodified, on the CIFAR-10 copy onespike reads.
 
-This measures what the data costs, apart from onespike's own training code: airbench94 is
-published at 94.01 % (test-time augmentation, mean of 200 runs) on the original CIFAR-10;
-on the JPEG re-encoding in ``../shared/data`` it scores what this prints.  docs/MODELS.md
-records the figures ("What the data costs").  Needs a CUDA GPU, torchvision and the file
+This checks the data apart from onespike's own training code: airbench94 is published at
+94.01 % (test-time augmentation, mean of 200 runs) on the original CIFAR-10, which
+``../shared/data/cifar10/cifar-10-batches-py`` holds, so this should print about that (on a
+JPEG re-encoding used before, it printed 90.66 %).  docs/MODELS.md records the figures
+("What the data costs").  Needs a CUDA GPU, torchvision and the file
 ``legacy/airbench94.py`` of https://github.com/KellerJordan/cifar10-airbench (the figures
 in the docs: commit f1c599c); it is downloaded when ``--airbench`` is not given.
 

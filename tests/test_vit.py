@@ -117,26 +117,60 @@ def test_attention_with_spiking_operands_stays_close():
     assert 0 < rel < 0.05, rel  # measured 0.0195 (base searched: 1.05)
 
 
-@pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_relu"])
-def test_shipped_weights_accuracy_and_trace(name):
-    """The shipped vit_tiny: 98.50 % on the 10,000 MNIST test images (sidecar), 98.1 % on
-    the first 1,000; vit_tiny_relu (ReLU attention): 98.74 % and 99.1 %; float32 weights
-    whose hash the sidecar records; the trace computes the same logits."""
+SHIPPED_VITS = [
+    # (weight file, architecture, data set, the bar of issue 27)
+    ("vit_tiny", "vit_tiny", "mnist", 98.5),
+    ("vit_tiny_relu", "vit_tiny_relu", "mnist", 98.5),
+    ("vit_tiny_sparse", "vit_tiny", "mnist", 98.5),
+]
+
+
+@pytest.mark.parametrize(("name", "arch", "dataset", "bar"), SHIPPED_VITS)
+def test_shipped_weights_accuracy_and_trace(name, arch, dataset, bar):
+    """Each shipped vit_ file reaches its bar on all 10,000 test images (sidecar; vit_tiny
+    98.50 %, vit_tiny_relu 98.74 %, vit_tiny_sparse 98.61 %) and re-measures its
+    first-1,000 figure; float32 weights whose hash the sidecar records; the trace computes
+    the same logits."""
     import hashlib
 
-    from onespike.data import load_mnist
+    from onespike.data import load_dataset
     from onespike.models import load_pretrained, pretrained_info, weights_dir
 
     info = pretrained_info(name)
-    assert info["test_acc"] >= 98.5 and info["model"] == name
+    assert info["test_acc"] >= bar and info["model"] == arch and info["dataset"] == dataset
     assert info["weights_dtype"] == "float32"
     pt = weights_dir() / f"{name}.pt"
     assert hashlib.sha256(pt.read_bytes()).hexdigest() == info["weights_sha256"]
     model = load_pretrained(name)
-    x, y = load_mnist("test")
+    x, y = load_dataset(dataset, "test")
     x, y = x[:1000], y[:1000]
     with torch.no_grad():
         logits = model(x)
         acc = 100.0 * float((logits.argmax(1) == y).double().mean())
         assert abs(acc - info["acc_first1000"]) <= 0.1 + 1e-9
         torch.testing.assert_close(trace(model).module(x), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_vit_converts_with_at_most_half_a_spike_per_neuron():
+    """vit_tiny_sparse (vit_tiny trained with --activation-l1 0.05): converted at T = 8
+    with the default search, it fires at most one spike per neuron and at most 0.5 on
+    average while agreeing with its ANN (docs/TRANSFORMERS.md: 0.46 on all 10,000 test
+    images, +0.15 points); vit_tiny, trained without the penalty, fires more than 0.6."""
+    from onespike.data import calibration_set, fixed_subset, load_mnist
+    from onespike.models import load_pretrained
+
+    cal, _ = calibration_set("mnist", 512, 0)
+    x, _ = load_mnist("test")
+    x = x[fixed_subset(len(x), 300)]
+    means = {}
+    for name in ("vit_tiny_sparse", "vit_tiny"):
+        model = load_pretrained(name)
+        snn = onespike.convert(model, cal, phases=8, progress=False)
+        with torch.no_grad():
+            run = snn.simulate(x)
+            agree = float((run.output.argmax(1) == model(x).argmax(1)).double().mean())
+        counts = run.spike_counts.values()
+        assert max(int(c.max()) for c in counts) == 1
+        means[name] = sum(float(c.sum()) for c in counts) / sum(c.numel() for c in counts)
+        assert agree >= 0.98, (name, agree)
+    assert means["vit_tiny_sparse"] <= 0.5 < 0.6 < means["vit_tiny"], means
