@@ -174,3 +174,27 @@ def test_sparse_vit_converts_with_at_most_half_a_spike_per_neuron():
         means[name] = sum(float(c.sum()) for c in counts) / sum(c.numel() for c in counts)
         assert agree >= 0.98, (name, agree)
     assert means["vit_tiny_sparse"] <= 0.5 < 0.6 < means["vit_tiny"], means
+
+
+def test_conv_stem_vit_for_cifar_registered_and_converts():
+    """vit_cifar: a conv stem (32-64-128, to 8x8) before a 1x1 patch embedding, 64 tokens of
+    width 128; the stem's ReLUs convert as ordinary layers ahead of the attention's signed
+    and softmax neurons; vit_small: 4x4 patches, 49 tokens, vit_tiny's parameter count."""
+    from onespike.models import vit_cifar, vit_small
+
+    assert MODELS["vit_cifar"].dataset == "cifar10" and MODELS["vit_small"].dataset == "mnist"
+    small = vit_small()
+    assert small.pos.shape == (1, 49, 64) and small.stem is None
+    assert sum(p.numel() for p in small.parameters()) == 138_890
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    model = warm_bn(vit_cifar(), x, passes=2)
+    assert model.pos.shape == (1, 64, 128)
+    snn = onespike.convert(model, x, phases=4, progress=False)
+    kinds = snn.plan.kinds
+    assert kinds[:3] == ("relu",) * 3 and kinds[3:6] == ("signed", "softmax", "relu")
+    with torch.no_grad():
+        ev = snn.simulate(x[:2])
+        st = snn.simulate(x[:2], mode="step")
+    torch.testing.assert_close(ev.output, st.output, rtol=1e-4, atol=1e-4)
+    assert max(int(c.max()) for c in st.spike_counts.values()) <= 1

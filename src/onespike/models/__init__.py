@@ -29,7 +29,7 @@ from onespike.models.registry import (
 from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
 from onespike.models.resolve import load_user_model, resolve_model
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
-from onespike.models.vit import ViT, vit_small, vit_tiny, vit_tiny_relu
+from onespike.models.vit import ViT, vit_cifar, vit_small, vit_tiny, vit_tiny_relu
 
 __all__ = [
     "GCN",
@@ -61,6 +61,7 @@ __all__ = [
     "resnet20",
     "resolve_model",
     "vgg11_bn",
+    "vit_cifar",
     "vit_small",
     "vit_tiny",
     "vit_tiny_relu",

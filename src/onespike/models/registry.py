@@ -24,7 +24,7 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
-from onespike.models.vit import vit_small, vit_tiny, vit_tiny_relu
+from onespike.models.vit import vit_cifar, vit_small, vit_tiny, vit_tiny_relu
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -125,6 +125,16 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.experiments.train --model vit_small --epochs 15 --seed 0 "
         "--batch-size 128 --lr 0.05 --activation-l1 0.01 --threads 1 "
         "--checkpoint checkpoints/vit_small.ckpt --resume --no-progress --out checkpoints/new",
+    ),
+    # a ViT with a convolutional stem for CIFAR-10 (issue 27's CIFAR target)
+    "vit_cifar": ModelSpec(
+        "vit_cifar",
+        vit_cifar,
+        "cifar10",
+        (3, 32, 32),
+        "python -m onespike.experiments.train --model vit_cifar --epochs 60 --seed 0 "
+        "--threads 1 --channels-last --checkpoint checkpoints/vit_cifar.ckpt --resume "
+        "--no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
