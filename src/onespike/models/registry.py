@@ -132,9 +132,9 @@ MODELS: dict[str, ModelSpec] = {
         vit_cifar,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.experiments.train --model vit_cifar --epochs 60 --seed 0 "
-        "--threads 1 --channels-last --checkpoint checkpoints/vit_cifar.ckpt --resume "
-        "--no-progress --out checkpoints/new",
+        "python -m onespike.experiments.train --model vit_cifar --epochs 40 --seed 0 "
+        "--batch-size 128 --lr 0.05 --threads 1 --channels-last "
+        "--checkpoint checkpoints/vit_cifar.ckpt --resume --no-progress --out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...
