@@ -30,6 +30,7 @@ import torch
 import onespike
 from onespike.data import calibration_set, load_dataset
 from onespike.models import load_pretrained, pretrained_info
+from onespike.refine import RefineConfig
 
 
 def spike_figures(snn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, dict]:
@@ -116,8 +117,11 @@ def run(args) -> list[dict]:
             base["spike_tolerance"] = args.spike_tolerance
         if args.per_channel is not None:
             base["per_channel"] = {"true": True, "false": False}[args.per_channel]
+        refine = args.refine
+        if args.refine and args.refine_samples is not None:
+            refine = RefineConfig(max_samples=args.refine_samples)
         snn = onespike.convert(
-            model, cal, phases=T, refine=args.refine, signed=args.signed, progress=False, **base
+            model, cal, phases=T, refine=refine, signed=args.signed, progress=False, **base
         )
         seconds = time.perf_counter() - t0
         logits, spikes = spike_figures(snn, x, args.batch)
@@ -143,6 +147,9 @@ def run(args) -> list[dict]:
             "spike_tolerance": args.spike_tolerance or 0.0,
             "per_channel": snn.plan.search["per_channel"],
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
+            "refine_kept_because": (
+                snn.plan.search.get("refine", {}).get("kept_because") if args.refine else None
+            ),
             "cost": rep.totals,
             "cost_images": args.cost_images,
         }
@@ -203,6 +210,13 @@ def main() -> None:
         help="convert's per_channel= (default 'auto': a scale per token of a token tensor)",
     )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
+    ap.add_argument(
+        "--refine-samples",
+        type=int,
+        default=None,
+        help="with --refine: RefineConfig(max_samples=N), the calibration samples refinement "
+        "uses (a fifth held out; default 1024)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = run(args)
