@@ -135,6 +135,8 @@ def test_activation_l1_makes_the_spiking_activations_sparser(
     assert info["activation_l1"] == 0.5 and "--activation-l1" in " ".join(sparse.config.to_argv())
     with pytest.raises(ValueError, match="activation_l1"):
         train(_tiny_cfg(tmp_path, "l1", resume=True, activation_l1=0.1), data=data)
+    with pytest.raises(ValueError, match="activation_l1 must be a number >= 0"):
+        TrainConfig(activation_l1=-0.1).resolved()
 
 
 def test_standard_recipe_defaults_and_old_checkpoints(

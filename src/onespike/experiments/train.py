@@ -192,6 +192,8 @@ class TrainConfig:
                 cfg.name += "_w" + cfg.widths.replace(",", "-")
             if cfg.dataset != get_spec(cfg.model).dataset:
                 cfg.name += f"_{cfg.dataset.replace('-', '_')}"
+        if not 0 <= cfg.activation_l1 < float("inf"):
+            raise OptionError(f"activation_l1 must be a number >= 0, got {cfg.activation_l1!r}")
         if cfg.save_dtype not in ("float32", "float16"):
             raise OptionError(f"save_dtype must be float32 or float16, got {cfg.save_dtype!r}")
         return cfg
