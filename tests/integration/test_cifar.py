@@ -23,6 +23,9 @@ CIFAR_MODELS = {
     "resnet20_e200": 19,
     "fast_vgg": 7,
 }  # layers
+# The conversion is checked once per architecture: the two JPEG-era ResNet-20s differ only in
+# their weights, and each conversion costs one to two minutes of CI.
+CONVERTED = ("resnet20_e200", "fast_vgg")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_shipped_cifar_weights_reach_recorded_accuracy(name: str, cifar_test) ->
     assert acc > 80.0  # a trained model, not a checkpoint from early training
 
 
-@pytest.mark.parametrize("name", sorted(CIFAR_MODELS))
+@pytest.mark.parametrize("name", CONVERTED)
 def test_shipped_cifar_model_converts(name: str, cifar_test) -> None:
     ann = load_pretrained(name)
     xc, _ = calibration_set("cifar10", 1000)  # as the sweep; with 256 the loss broke the bound
