@@ -180,13 +180,18 @@ def test_sparse_vit_converts_with_at_most_half_a_spike_per_neuron():
 def test_conv_stem_vit_for_cifar_registered_and_converts():
     """vit_cifar: a conv stem (32-64-128, to 8x8) before a 1x1 patch embedding, 64 tokens of
     width 128; the stem's ReLUs convert as ordinary layers ahead of the attention's signed
-    and softmax neurons; vit_small: 4x4 patches, 49 tokens, vit_tiny's parameter count."""
-    from onespike.models import vit_cifar, vit_small
+    and softmax neurons; vit_small: 4x4 patches, 49 tokens, vit_tiny's parameter count;
+    vit_stem: vit_small's blocks behind a 16-32 stem (to 14x14) and 2x2 patches."""
+    from onespike.models import vit_cifar, vit_small, vit_stem
 
     assert MODELS["vit_cifar"].dataset == "cifar10" and MODELS["vit_small"].dataset == "mnist"
+    assert MODELS["vit_stem"].dataset == "fashion-mnist"
     small = vit_small()
     assert small.pos.shape == (1, 49, 64) and small.stem is None
     assert sum(p.numel() for p in small.parameters()) == 138_890
+    stem = vit_stem()
+    assert stem.pos.shape == (1, 49, 64) and len(stem.stem) == 6
+    assert stem(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
     model = warm_bn(vit_cifar(), x, passes=2)

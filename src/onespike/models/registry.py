@@ -24,7 +24,7 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
-from onespike.models.vit import vit_cifar, vit_small, vit_tiny, vit_tiny_relu
+from onespike.models.vit import vit_cifar, vit_small, vit_stem, vit_tiny, vit_tiny_relu
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -125,6 +125,16 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.experiments.train --model vit_small --epochs 15 --seed 0 "
         "--batch-size 128 --lr 0.05 --activation-l1 0.01 --threads 1 "
         "--checkpoint checkpoints/vit_small.ckpt --resume --no-progress --out checkpoints/new",
+    ),
+    # vit_small's blocks behind a convolutional stem: issue 27's Fashion-MNIST target
+    "vit_stem": ModelSpec(
+        "vit_stem",
+        vit_stem,
+        "fashion-mnist",
+        (1, 28, 28),
+        "python -m onespike.experiments.train --model vit_stem --dataset fashion-mnist "
+        "--epochs 20 --seed 0 --batch-size 128 --lr 0.05 --activation-l1 0.05 --threads 1 "
+        "--checkpoint checkpoints/vit_stem.ckpt --resume --no-progress --out checkpoints/new",
     ),
     # a ViT with a convolutional stem for CIFAR-10 (issue 27's CIFAR target)
     "vit_cifar": ModelSpec(

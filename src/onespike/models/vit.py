@@ -34,6 +34,7 @@ __all__ = [
     "conv_stem",
     "vit_cifar",
     "vit_small",
+    "vit_stem",
     "vit_tiny",
     "vit_tiny_relu",
 ]
@@ -170,6 +171,12 @@ def vit_small(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") -
     """:func:`vit_tiny`'s blocks on 4x4 patches: 49 tokens of a 28x28 image instead of 16
     (about 0.14 M parameters, about three times the compute), for Fashion-MNIST."""
     return ViT(patch=4, num_classes=num_classes, in_channels=in_channels, pool=pool)
+
+
+def vit_stem(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") -> ViT:
+    """:func:`vit_small`'s blocks behind a convolutional stem for 28x28 images: stem 16-32
+    (to 14x14), 2x2 patches of it, 49 tokens of width 64 (for Fashion-MNIST)."""
+    return ViT(patch=2, in_channels=in_channels, num_classes=num_classes, pool=pool, stem=(16, 32))
 
 
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, pool: str = "mean") -> ViT:
