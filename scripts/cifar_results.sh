@@ -7,6 +7,9 @@
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
 #   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
 #   scripts/cifar_results.sh refine resnet20_e100  # refinement at T = 8 and 12, three draws
+#   scripts/cifar_results.sh lossless resnet20     # the smallest lossless window, three draws
+#   scripts/cifar_results.sh frontier resnet20     # uniform / auto / refined / fine-tuned at
+#                                                  # the latency of T = 8, three draws
 #   scripts/cifar_results.sh all resnet20_e100     # every step above whose JSON is missing
 #                                                  # (hours; rerun to resume a stopped job)
 # (model: resnet20 | vgg11_bn_w0.5 | resnet20_e100 | fast_vgg)
@@ -22,6 +25,8 @@ if [ "${1:-}" = all ]; then
     "$SELF" refine "$2"
     [ -f "$OUT/ablation_$2.json" ] || "$SELF" ablation "$2"
     [ -f "$OUT/sweep_$2_per_layer.json" ] || "$SELF" per-layer "$2"
+    "$SELF" lossless "$2"
+    "$SELF" frontier "$2"
     exit 0
 fi
 case "${1:-}" in
@@ -51,12 +56,20 @@ merge)
         fi
     done
     ;;
+lossless)
+    "$PY" scripts/lossless_window.py --model "$2" --phases 8,12,6,16,24 --seeds 0,7,11 \
+        --threads 1 --json "$OUT/lossless_$2.json"
+    ;;
+frontier)
+    "$PY" scripts/frontier.py --model "$2" --phases 8 --seeds 0,7,11 --threads 1 \
+        --json "$OUT/frontier_$2.json" --plot "$OUT/frontier_$2.png"
+    ;;
 refine)
     "$PY" scripts/refine_results.py --model "$2" --phases 8,12 --seeds 0,7,11 --threads 1 \
         --json "$OUT/refine_$2.json"
     ;;
 *)
-    echo "usage: $0 sweep|per-layer|ablation|refine|all MODEL | merge [NAME MODEL...]" >&2
+    echo "usage: $0 sweep|per-layer|ablation|refine|lossless|frontier|all MODEL | merge [NAME MODEL...]" >&2
     exit 2
     ;;
 esac
