@@ -54,7 +54,8 @@ def test_plan_contents(model, x):
     # relu1's recorded error is its code's on the calibration data (its input is exact)
     from onespike.graph import Runner
 
-    env = Runner(snn.ann_graph).forward_all(x)
+    with torch.no_grad():
+        env = Runner(snn.ann_graph).forward_all(x)
     relu1 = next(n for n in snn.ann_graph.graph.nodes if n.name == "relu1")
     a = env[relu1].double()
     with torch.no_grad():
