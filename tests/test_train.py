@@ -303,3 +303,25 @@ def test_sidecar_says_which_epochs_ran_on_which_device() -> None:
         "unknown (epoch 1), cpu (epoch 2)"
     )
     assert _devices_used([], "cpu") == "cpu"
+
+
+def test_tta_logits_average_six_views_as_airbench():
+    """Level 2 is airbench94's six views: half the mirror pair, a quarter each mirror pair
+    of the image moved one pixel up-left and down-right (reflect padding); checked on a
+    linear model, whose TTA equals the model applied to the weighted mean of the views."""
+    from onespike.experiments.augment import tta_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 5 * 6, 4))
+    x = torch.randn(7, 3, 5, 6)
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up, down = p[..., 0:5, 0:6], p[..., 2:7, 2:8]
+    assert torch.equal(up[..., 1:, 1:], x[..., :-1, :-1])  # moved by one pixel
+    views = [x, x.flip(-1), up, up.flip(-1), down, down.flip(-1)]
+    weights = [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    mean = sum(wt * v for wt, v in zip(weights, views, strict=True))
+    torch.testing.assert_close(tta_logits(model, x, 2), model(mean))
+    torch.testing.assert_close(tta_logits(model, x, 1), model(0.5 * x + 0.5 * x.flip(-1)))
+    assert torch.equal(tta_logits(model, x, 0), model(x))
+    with pytest.raises(ValueError, match="level"):
+        tta_logits(model, x, 3)
