@@ -115,16 +115,19 @@ def test_bad_options_are_refused(weak):
         onespike.finetune(snn, ann, train, epochs=0, progress=False)
     with pytest.raises(ValueError, match="distill"):
         FinetuneConfig(distill=1.5)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        onespike.finetune(snn, ann, train, augment="rotate", progress=False)
     with pytest.raises(ValueError, match="unexpected keyword"):
         onespike.finetune(snn, ann, train, iters=3, progress=False)
     with pytest.raises(ValueError, match=r"made by onespike\.convert"):
         onespike.finetune(ann, ann, train, progress=False)
 
 
-def test_checkpoint_and_resume_give_the_uninterrupted_result(weak, tmp_path):
+@pytest.mark.parametrize("augment", ["none", "shift-flip"])
+def test_checkpoint_and_resume_give_the_uninterrupted_result(weak, tmp_path, augment):
     ann, snn, (x, y), _ = weak
     data = (x[:1500], y[:1500])
-    kw = {"epochs": 2, "batch_size": 32, "checks": 5, "progress": False}
+    kw = {"epochs": 2, "batch_size": 32, "checks": 5, "progress": False, "augment": augment}
     whole = onespike.finetune(snn, ann, data, **kw)
     ck = tmp_path / "ft.pt"
     cut = onespike.finetune(snn, ann, data, checkpoint=ck, time_budget=0.5, **kw)
@@ -158,3 +161,17 @@ def test_cli_finetune_flag_uses_the_training_split(tmp_path, monkeypatch, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error: " in err and "train" in err.split("error: ")[-1]
+
+
+def test_augmentation_fits_moved_copies_and_measures_the_held_out_as_they_are(weak):
+    """``augment="shift-flip"`` trains on shifted and mirrored copies (another network
+    than without it) while the held-out split is measured on the images themselves: the
+    first check, before any step, scores the input network identically either way."""
+    ann, snn, (x, y), _ = weak
+    kw = {"epochs": 1, "batch_size": 50, "checks": 2, "margin": 0, "progress": False}
+    a = onespike.finetune(snn, ann, (x[:600], y[:600]), **kw)
+    b = onespike.finetune(snn, ann, (x[:600], y[:600]), augment="shift-flip", **kw)
+    ia, ib = a.plan.search["finetune"], b.plan.search["finetune"]
+    assert ia["held_out_checks"][0] == ib["held_out_checks"][0]
+    assert ia["held_out_checks"][1:] != ib["held_out_checks"][1:]
+    assert ib["augment"] == "shift-flip"

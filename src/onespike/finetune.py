@@ -50,12 +50,15 @@ from onespike.calibrate import batch_independent
 from onespike.errors import InputError, OptionError, check_batch
 from onespike.graph import Runner
 from onespike.network import SpikingNetwork
-from onespike.refine import RefineConfig, _distance
+from onespike.refine import RefineConfig, _distance, _shift_flip
 
 Tensor = torch.Tensor
 
 #: The checkpoint's format tag (a file of another format is refused).
 CHECKPOINT_FORMAT = "onespike-finetune/1"
+
+#: The values of :attr:`FinetuneConfig.augment`.
+FINETUNE_AUGMENTS = ("none", "shift-flip")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,13 @@ class FinetuneConfig:
         margin: how clearly a step must beat the input network on held-out accuracy
             (as :attr:`onespike.RefineConfig.margin`).
         time_budget: stop after this many seconds (None: run every epoch).
-        seed: drives the split and the mini-batch order.
+        seed: drives the split, the mini-batch order and the augmentation.
+        augment: ``"none"``; ``"shift-flip"``: for image batches ``[N, C, H, W]``, each
+            step fits randomly shifted (up to 1/8 of the side, zero fill) and
+            horizontally flipped copies (as :attr:`onespike.RefineConfig.augment`), with
+            the labels as they are and the ANN's logits of each copy as the distillation
+            target. Only for data whose labels a mirror image keeps (natural images such
+            as CIFAR-10; not digits). The held-out samples are measured as they are.
     """
 
     epochs: int = 1
@@ -90,8 +99,13 @@ class FinetuneConfig:
     margin: float = 2.0
     time_budget: float | None = None
     seed: int = 0
+    augment: str = "none"
 
     def __post_init__(self) -> None:
+        if self.augment not in FINETUNE_AUGMENTS:
+            raise OptionError(
+                f"finetune: augment must be one of {FINETUNE_AUGMENTS}, got {self.augment!r}"
+            )
         for name in ("epochs", "batch_size", "checks"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -302,12 +316,21 @@ def finetune(
             save(steps)
 
     start = time.perf_counter()
+    augment = cfg.augment != "none" and x.dim() == 4
+    counter = [first]  # the step a batch belongs to: a resumed run draws what it would have
 
     def step_loss(idx: Tensor) -> Tensor:
+        i = idx.to(device)
+        xb, tb = x[i], targets[i]
+        if augment:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + counter[0])
+            xb = _shift_flip(xb, g)
+            with torch.no_grad():
+                tb = ann(xb)
+        counter[0] += 1
         tr.gm.train(True)
         try:
-            i = idx.to(device)
-            return _loss(tr.gm(x[i]), y[i], targets[i], cfg)
+            return _loss(tr.gm(xb), y[i], tb, cfg)
         finally:
             tr.gm.train(False)
 
