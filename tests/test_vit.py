@@ -183,8 +183,9 @@ def test_conv_stem_vit_for_cifar_registered_and_converts():
     """vit_cifar: a conv stem (32-64-128, to 8x8) before a 1x1 patch embedding, 64 tokens of
     width 128; the stem's ReLUs convert as ordinary layers ahead of the attention's signed
     and softmax neurons; vit_small: 4x4 patches, 49 tokens, vit_tiny's parameter count;
-    vit_stem: vit_small's blocks behind a 16-32 stem (to 14x14) and 2x2 patches."""
-    from onespike.models import vit_cifar, vit_small, vit_stem
+    vit_stem: vit_small's blocks behind a 16-32 stem (to 14x14) and 2x2 patches;
+    vit_stem_relu: the same with ReLU attention (no softmax neurons)."""
+    from onespike.models import vit_cifar, vit_small, vit_stem, vit_stem_relu
 
     assert MODELS["vit_cifar"].dataset == "cifar10" and MODELS["vit_small"].dataset == "mnist"
     assert MODELS["vit_stem"].dataset == "fashion-mnist"
@@ -194,6 +195,13 @@ def test_conv_stem_vit_for_cifar_registered_and_converts():
     stem = vit_stem()
     assert stem.pos.shape == (1, 49, 64) and len(stem.stem) == 6
     assert stem(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert MODELS["vit_stem_relu"].dataset == "fashion-mnist"
+    torch.manual_seed(0)
+    xs = torch.rand(8, 1, 28, 28)
+    relu = warm_bn(vit_stem_relu(), xs, passes=2)
+    assert sum(p.numel() for p in relu.parameters()) == 150_906
+    kinds = onespike.convert(relu, xs, phases=4, progress=False).plan.kinds
+    assert kinds[:4] == ("relu", "relu", "signed", "relu") and "softmax" not in kinds
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
     model = warm_bn(vit_cifar(), x, passes=2)

@@ -29,7 +29,15 @@ from onespike.models.registry import (
 from onespike.models.resnet import BasicBlock, CIFARResNet, resnet20
 from onespike.models.resolve import load_user_model, resolve_model
 from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
-from onespike.models.vit import ViT, vit_cifar, vit_small, vit_stem, vit_tiny, vit_tiny_relu
+from onespike.models.vit import (
+    ViT,
+    vit_cifar,
+    vit_small,
+    vit_stem,
+    vit_stem_relu,
+    vit_tiny,
+    vit_tiny_relu,
+)
 
 __all__ = [
     "GCN",
@@ -64,6 +72,7 @@ __all__ = [
     "vit_cifar",
     "vit_small",
     "vit_stem",
+    "vit_stem_relu",
     "vit_tiny",
     "vit_tiny_relu",
     "weights_dir",

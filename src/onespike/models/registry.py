@@ -24,7 +24,14 @@ from onespike.models.gcn import gcn, gcn_res
 from onespike.models.mnist import mnist_cnn
 from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
-from onespike.models.vit import vit_cifar, vit_small, vit_stem, vit_tiny, vit_tiny_relu
+from onespike.models.vit import (
+    vit_cifar,
+    vit_small,
+    vit_stem,
+    vit_stem_relu,
+    vit_tiny,
+    vit_tiny_relu,
+)
 from onespike.models.weights import (
     PretrainedWeightsNotFoundError,
     available_pretrained,
@@ -135,6 +142,17 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.experiments.train --model vit_stem --dataset fashion-mnist "
         "--epochs 20 --seed 0 --batch-size 128 --lr 0.05 --activation-l1 0.05 --threads 1 "
         "--checkpoint checkpoints/vit_stem.ckpt --resume --no-progress --out checkpoints/new",
+    ),
+    # vit_stem with ReLU attention: fewer spikes per neuron (issue 27's Fashion-MNIST target)
+    "vit_stem_relu": ModelSpec(
+        "vit_stem_relu",
+        vit_stem_relu,
+        "fashion-mnist",
+        (1, 28, 28),
+        "python -m onespike.experiments.train --model vit_stem_relu --dataset fashion-mnist "
+        "--epochs 20 --seed 0 --batch-size 128 --lr 0.05 --activation-l1 0.05 --threads 1 "
+        "--checkpoint checkpoints/vit_stem_relu.ckpt --resume --no-progress "
+        "--out checkpoints/new",
     ),
     # a ViT with a convolutional stem for CIFAR-10 (issue 27's CIFAR target)
     "vit_cifar": ModelSpec(

@@ -35,6 +35,7 @@ __all__ = [
     "vit_cifar",
     "vit_small",
     "vit_stem",
+    "vit_stem_relu",
     "vit_tiny",
     "vit_tiny_relu",
 ]
@@ -177,6 +178,19 @@ def vit_stem(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") ->
     """:func:`vit_small`'s blocks behind a convolutional stem for 28x28 images: stem 16-32
     (to 14x14), 2x2 patches of it, 49 tokens of width 64 (for Fashion-MNIST)."""
     return ViT(patch=2, in_channels=in_channels, num_classes=num_classes, pool=pool, stem=(16, 32))
+
+
+def vit_stem_relu(num_classes: int = 10, in_channels: int = 1, pool: str = "mean") -> ViT:
+    """:func:`vit_stem` with ReLU attention (``relu(scores) / N`` in place of the softmax):
+    its attention neurons stay silent on negative scores, for fewer spikes per neuron."""
+    return ViT(
+        patch=2,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        pool=pool,
+        stem=(16, 32),
+        attention="relu",
+    )
 
 
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, pool: str = "mean") -> ViT:
