@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,24 +316,7 @@ def finetune(
             save(steps)
 
     start = time.perf_counter()
-    augment = cfg.augment != "none" and x.dim() == 4
-    counter = [first]  # the step a batch belongs to: a resumed run draws what it would have
-
-    def step_loss(idx: Tensor) -> Tensor:
-        i = idx.to(device)
-        xb, tb = x[i], targets[i]
-        if augment:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + counter[0])
-            xb = _shift_flip(xb, g)
-            with torch.no_grad():
-                tb = ann(xb)
-        counter[0] += 1
-        tr.gm.train(True)
-        try:
-            return _loss(tr.gm(xb), y[i], tb, cfg)
-        finally:
-            tr.gm.train(False)
-
+    step_loss = _step_loss(tr, ann, (x, y, targets), cfg, first)
     steps = _fit(
         opt,
         step_loss,
@@ -358,19 +341,55 @@ def finetune(
         "total_steps": total,
         "resumed_from": first,
         "seconds": round(time.perf_counter() - start, 2),
-        "kept_step": keeper.step,
-        "kept": keeper.kind,
-        "kept_because": keeper.reason(steps),
+        **_kept_record(keeper, steps, after),
         "samples": len(x),
         "fit_samples": len(data_.fit_idx),
         "held_out_samples": n_hold,
+    }
+    return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
+
+
+def _step_loss(
+    tr, ann: nn.Module, data: tuple[Tensor, Tensor, Tensor], cfg: FinetuneConfig, first: int
+) -> Callable[[Tensor], Tensor]:
+    """The loss of one training step on the samples ``idx`` of ``data`` (inputs, labels,
+    the ANN's logits), through the network being trained; with ``cfg.augment``, on
+    shifted and mirrored copies drawn from ``(cfg.seed, step)``, so a run resumed at step
+    ``first`` draws what the uninterrupted run draws."""
+    x, y, targets = data
+    augment = cfg.augment != "none" and x.dim() == 4
+    counter = [first]
+
+    def step_loss(idx: Tensor) -> Tensor:
+        i = idx.to(x.device)
+        xb, tb = x[i], targets[i]
+        if augment:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + counter[0])
+            xb = _shift_flip(xb, g)
+            with torch.no_grad():
+                tb = ann(xb)
+        counter[0] += 1
+        tr.gm.train(True)
+        try:
+            return _loss(tr.gm(xb), y[i], tb, cfg)
+        finally:
+            tr.gm.train(False)
+
+    return step_loss
+
+
+def _kept_record(keeper: _Keeper, steps: int, after: _Score) -> dict:
+    """What the plan records of the step kept and the held-out checks."""
+    return {
+        "kept_step": keeper.step,
+        "kept": keeper.kind,
+        "kept_because": keeper.reason(steps),
         "held_out_accuracy_before": keeper.first.agreement,
         "held_out_accuracy_after": after.agreement,
         "held_out_loss_before": keeper.first.loss,
         "held_out_loss_after": after.loss,
         "held_out_checks": keeper.history,
     }
-    return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
 
 
 def _split(
