@@ -33,8 +33,16 @@ import torch
 
 import onespike
 from onespike._io import atomic_write
-from onespike.data import calibration_set, load_dataset
-from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
+from onespike.data import load_dataset
+from onespike.experiments.draws import (
+    Rows,
+    calibration_draw,
+    draw_parser,
+    grid,
+    measure,
+    shipped_eval,
+    table_or_run,
+)
 
 METHODS = ("uniform", "auto", "refined", "finetuned")
 LABELS = {
@@ -52,82 +60,76 @@ def _train_subset(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.
     return x[idx], y[idx], f"{dataset} train: {len(idx)} of {x.shape[0]} (seed {seed})"
 
 
+def _kept(info: dict, what: str, measured: str) -> dict:
+    """What refine or finetune (``what``) kept, why, and its held-out ``measured`` figure
+    before and after."""
+    return {
+        f"{what}_kept": info["kept"],
+        f"{what}_kept_because": info["kept_because"],
+        f"{what}_held_out_{measured}": [
+            info[f"held_out_{measured}_before"],
+            info[f"held_out_{measured}_after"],
+        ],
+    }
+
+
+def _point(method: str, ann, snn, xc, T: int, seed: int, dataset: str, args) -> tuple:
+    """One point of the frontier: the network of ``method`` (built on ``snn``, the previous
+    point of the chain auto -> refined -> finetuned) and what its step kept."""
+    if method == "uniform":
+        return onespike.convert(ann, xc, phases=T, progress=False), {}
+    if method == "auto":
+        net = onespike.convert(ann, xc, phases=T, windows="auto", progress=False)
+        return net, {"auto_kept": net.plan.search["auto_windows"]["kept"]}
+    if method == "refined":
+        net = onespike.refine(snn, ann, xc, progress=False)
+        return net, _kept(net.plan.search["refine"], "refine", "agreement")
+    xt, yt, twhere = _train_subset(dataset, args.finetune_samples, seed)
+    net = onespike.finetune(
+        snn, ann, (xt, yt), epochs=args.finetune_epochs, seed=seed, progress=False
+    )
+    info = net.plan.search["finetune"]
+    extra = _kept(info, "finetune", "accuracy")
+    extra.update(
+        finetune_steps=info["steps"], finetune_data=twhere, finetune_epochs=args.finetune_epochs
+    )
+    return net, extra
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     done = Rows(args.json)
     methods = METHODS[:3] if args.no_finetune else METHODS
     shipped = shipped_eval(args.model, args.test, args.cost_images)
-    ann, dataset, x, y, x_cost = shipped.ann, shipped.dataset, shipped.x, shipped.y, shipped.x_cost
+    ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
     ann_acc = None
-    for T in [int(t) for t in args.phases.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            todo = [m for m in methods if not done.have(T, seed, method=m)]
-            if not todo:
-                continue
-            xc, where = calibration_set(dataset, args.calibration, seed)
-            base = {
-                "model": args.model,
-                "dataset": dataset,
-                "phases": T,
-                "seed": seed,
-                "calibration": where,
-                "test_images": int(x.shape[0]),
-                "cost_images": int(x_cost.shape[0]),
-                "threads": args.threads,
-            }
-            snn = None
-            for method in methods[: max(methods.index(m) for m in todo) + 1]:
-                t0 = time.perf_counter()
-                extra: dict = {}
-                if method == "uniform":
-                    net = onespike.convert(ann, xc, phases=T, progress=False)
-                elif method == "auto":
-                    snn = onespike.convert(ann, xc, phases=T, windows="auto", progress=False)
-                    net = snn
-                    extra["auto_kept"] = snn.plan.search["auto_windows"]["kept"]
-                elif method == "refined":
-                    snn = onespike.refine(snn, ann, xc, progress=False)
-                    net = snn
-                    info = snn.plan.search["refine"]
-                    extra["refine_kept"] = info["kept"]
-                    extra["refine_kept_because"] = info["kept_because"]
-                    extra["refine_held_out_agreement"] = [
-                        info["held_out_agreement_before"],
-                        info["held_out_agreement_after"],
-                    ]
-                else:
-                    xt, yt, twhere = _train_subset(dataset, args.finetune_samples, seed)
-                    snn = onespike.finetune(
-                        snn, ann, (xt, yt), epochs=args.finetune_epochs, seed=seed,
-                        progress=False,
-                    )  # fmt: skip
-                    net = snn
-                    info = snn.plan.search["finetune"]
-                    extra["finetune_kept"] = info["kept"]
-                    extra["finetune_kept_because"] = info["kept_because"]
-                    extra["finetune_held_out_accuracy"] = [
-                        info["held_out_accuracy_before"],
-                        info["held_out_accuracy_after"],
-                    ]
-                    extra["finetune_steps"] = info["steps"]
-                    extra["finetune_data"] = twhere
-                    extra["finetune_epochs"] = args.finetune_epochs
-                secs = time.perf_counter() - t0
-                if done.have(T, seed, method=method):
-                    continue  # rebuilt only as the start of a later point
-                row = {**base, "method": method, **measure(ann, net, x, y, x_cost, ann_acc)}
-                row["seconds"] = round(secs, 1)
-                row.update(extra)
-                ann_acc = row["ann_accuracy"]
-                done.add(row)
-                kept = {k: v for k, v in extra.items() if k.endswith("_kept")}
-                print(
-                    f"{args.model} T={T} seed {seed} {method}: loss {row['loss']:+.2f}, "
-                    f"{row['latency_steps']} steps, windows {row['windows']}, "
-                    f"{row['spikes_per_neuron']:.3f} spikes/neuron, {secs:.0f} s {kept}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    for T, seed in grid(args):
+        todo = [m for m in methods if not done.have(T, seed, method=m)]
+        if not todo:
+            continue
+        xc, base = calibration_draw(args, shipped, T, seed)
+        snn = None
+        for method in methods[: max(methods.index(m) for m in todo) + 1]:
+            t0 = time.perf_counter()
+            net, extra = _point(method, ann, snn, xc, T, seed, shipped.dataset, args)
+            if method != "uniform":
+                snn = net
+            secs = time.perf_counter() - t0
+            if done.have(T, seed, method=method):
+                continue  # rebuilt only as the start of a later point
+            row = {**base, "method": method, **measure(ann, net, x, y, x_cost, ann_acc)}
+            row["seconds"] = round(secs, 1)
+            row.update(extra)
+            ann_acc = row["ann_accuracy"]
+            done.add(row)
+            kept = {k: v for k, v in extra.items() if k.endswith("_kept")}
+            print(
+                f"{args.model} T={T} seed {seed} {method}: loss {row['loss']:+.2f}, "
+                f"{row['latency_steps']} steps, windows {row['windows']}, "
+                f"{row['spikes_per_neuron']:.3f} spikes/neuron, {secs:.0f} s {kept}",
+                file=sys.stderr,
+                flush=True,
+            )
     if args.plot:
         plot(done.rows, args.plot)
     print(table(done.rows))

@@ -23,23 +23,22 @@ import sys
 import torch
 
 import onespike
-from onespike.data import calibration_set
-from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
+from onespike.experiments.draws import (
+    Rows,
+    ShippedEval,
+    calibration_draw,
+    draw_parser,
+    grid,
+    measure,
+    shipped_eval,
+    table_or_run,
+)
 
 
-def _run_one(ann, x, y, x_cost, dataset: str, T: int, seed: int, args) -> dict:
-    xc, where = calibration_set(dataset, args.calibration, seed)
-    snn = onespike.convert(ann, xc, phases=T, progress=False)
-    return {
-        "model": args.model,
-        "dataset": dataset,
-        "phases": T,
-        "seed": seed,
-        "calibration": where,
-        "test_images": int(x.shape[0]),
-        "cost_images": int(x_cost.shape[0]),
-        **measure(ann, snn, x, y, x_cost),
-    }
+def _run_one(ev: ShippedEval, T: int, seed: int, args: argparse.Namespace) -> dict:
+    xc, row = calibration_draw(args, ev, T, seed)
+    snn = onespike.convert(ev.ann, xc, phases=T, progress=False)
+    return {**row, **measure(ev.ann, snn, ev.x, ev.y, ev.x_cost)}
 
 
 def smallest(rows: list[dict], bound: float) -> dict | None:
@@ -100,13 +99,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     rows = Rows(args.json)
     ev = shipped_eval(args.model, args.test, args.cost_images)
-    for T in [int(t) for t in args.phases.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            if rows.have(T, seed):
-                continue
-            row = _run_one(ev.ann, ev.x, ev.y, ev.x_cost, ev.dataset, T, seed, args)
-            rows.add(row)
-            print(f"T={T} seed={seed}: loss {row['loss']:+.2f}", file=sys.stderr, flush=True)
+    for T, seed in grid(args):
+        if rows.have(T, seed):
+            continue
+        row = _run_one(ev, T, seed, args)
+        rows.add(row)
+        print(f"T={T} seed={seed}: loss {row['loss']:+.2f}", file=sys.stderr, flush=True)
     print(table(rows.rows, args.bounds))
     return 0
 

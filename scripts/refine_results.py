@@ -25,9 +25,16 @@ import time
 import torch
 
 import onespike
-from onespike.data import calibration_set, fixed_subset
+from onespike.data import fixed_subset
 from onespike.evaluate import evaluate, measure_costs
-from onespike.experiments.draws import Rows, draw_parser, shipped_eval, table_or_run
+from onespike.experiments.draws import (
+    Rows,
+    calibration_draw,
+    draw_parser,
+    grid,
+    shipped_eval,
+    table_or_run,
+)
 
 
 def _costs(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
@@ -47,55 +54,43 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     done = Rows(args.json)
     shipped = shipped_eval(args.model, args.test, args.cost_images)
-    ann, dataset, x, y, x_cost = shipped.ann, shipped.dataset, shipped.x, shipped.y, shipped.x_cost
+    ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
     x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
     overrides = json.loads(args.refine) if args.refine else {}
     ann_acc = None
-    for T in [int(t) for t in args.phases.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            if done.have(T, seed):
-                continue
-            xc, where = calibration_set(dataset, args.calibration, seed)
-            t0 = time.perf_counter()
-            snn = onespike.convert(ann, xc, phases=T, progress=False)
-            t_conv = time.perf_counter() - t0
-            ev = evaluate(
-                ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc
-            )
-            ann_acc = ev.ann_accuracy
-            t0 = time.perf_counter()
-            ref = onespike.refine(snn, ann, xc, progress=args.progress, **overrides)
-            t_ref = time.perf_counter() - t0
-            er = evaluate(
-                ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc
-            )
-            row = {
-                "model": args.model,
-                "dataset": dataset,
-                "phases": T,
-                "seed": seed,
-                "calibration": where,
-                "test_images": int(x.shape[0]),
-                "ann_accuracy": ann_acc,
-                "snn_accuracy": ev.snn_accuracy,
-                "refined_accuracy": er.snn_accuracy,
-                "loss": ev.loss,
-                "refined_loss": er.loss,
-                "convert_seconds": round(t_conv, 1),
-                "refine_seconds": round(t_ref, 1),
-                "threads": args.threads,
-                "refine": ref.plan.search["refine"],
-                "costs": _costs(snn, x_cost),
-                "refined_costs": _costs(ref, x_cost),
-                "cost_images": int(x_cost.shape[0]),
-                "refined_step_check": _step_check(ref, x_step),
-            }
-            done.add(row)
-            print(
-                f"{args.model} T={T} seed {seed}: loss {ev.loss:+.2f} -> {er.loss:+.2f} "
-                f"(refine {t_ref:.0f} s, kept step {row['refine']['kept_step']})",
-                flush=True,
-            )
+    for T, seed in grid(args):
+        if done.have(T, seed):
+            continue
+        xc, row = calibration_draw(args, shipped, T, seed)
+        t0 = time.perf_counter()
+        snn = onespike.convert(ann, xc, phases=T, progress=False)
+        t_conv = time.perf_counter() - t0
+        ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
+        ann_acc = ev.ann_accuracy
+        t0 = time.perf_counter()
+        ref = onespike.refine(snn, ann, xc, progress=args.progress, **overrides)
+        t_ref = time.perf_counter() - t0
+        er = evaluate(ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
+        row = {
+            **row,
+            "ann_accuracy": ann_acc,
+            "snn_accuracy": ev.snn_accuracy,
+            "refined_accuracy": er.snn_accuracy,
+            "loss": ev.loss,
+            "refined_loss": er.loss,
+            "convert_seconds": round(t_conv, 1),
+            "refine_seconds": round(t_ref, 1),
+            "refine": ref.plan.search["refine"],
+            "costs": _costs(snn, x_cost),
+            "refined_costs": _costs(ref, x_cost),
+            "refined_step_check": _step_check(ref, x_step),
+        }
+        done.add(row)
+        print(
+            f"{args.model} T={T} seed {seed}: loss {ev.loss:+.2f} -> {er.loss:+.2f} "
+            f"(refine {t_ref:.0f} s, kept step {row['refine']['kept_step']})",
+            flush=True,
+        )
     print(table(done.rows))
     return 0
 

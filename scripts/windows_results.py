@@ -29,62 +29,58 @@ import time
 import torch
 
 import onespike
-from onespike.data import calibration_set
-from onespike.experiments.draws import Rows, draw_parser, measure, shipped_eval, table_or_run
+from onespike.experiments.draws import (
+    Rows,
+    calibration_draw,
+    draw_parser,
+    grid,
+    measure,
+    shipped_eval,
+    table_or_run,
+)
 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     done = Rows(args.json)
     ev = shipped_eval(args.model, args.test, args.cost_images)
-    ann, dataset, x, y, x_cost = ev.ann, ev.dataset, ev.x, ev.y, ev.x_cost
+    ann, x, y, x_cost = ev.ann, ev.x, ev.y, ev.x_cost
     ann_acc = None
-    for T in [int(t) for t in args.phases.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            if done.have(T, seed):
-                continue
-            xc, where = calibration_set(dataset, args.calibration, seed)
-            row: dict = {
-                "model": args.model,
-                "dataset": dataset,
-                "phases": T,
-                "seed": seed,
-                "calibration": where,
-                "test_images": int(x.shape[0]),
-                "cost_images": int(x_cost.shape[0]),
-                "threads": args.threads,
-            }
-            runs = (("uniform", None, None), ("uniform_input_1", None, 1), ("auto", "auto", None))
-            for key, windows, in_win in runs:
-                t0 = time.perf_counter()
-                snn = onespike.convert(
-                    ann, xc, phases=T, windows=windows, input_window=in_win, progress=False
-                )
-                secs = time.perf_counter() - t0
-                row[key] = measure(ann, snn, x, y, x_cost, ann_acc)
-                row[key]["convert_seconds"] = round(secs, 1)
-                ann_acc = row[key]["ann_accuracy"]
-                if windows == "auto":
-                    info = snn.plan.search["auto_windows"]
-                    row["auto"]["kept"] = info["kept"]
-                    row["auto"]["allocated"] = info.get("allocated", row["auto"]["windows"])
-                    row["auto"]["calibration_output_error"] = {
-                        "uniform": info["uniform_output_error"],
-                        "allocated": info.get("allocated_output_error"),
-                    }
-                    row["auto"]["criterion"] = info["criterion"]
-                    row["auto"]["held_out_samples"] = info["held_out_samples"]
-                    row["auto"]["candidates"] = info["candidates"]
-            assert row["auto"]["latency_steps"] <= row["uniform"]["latency_steps"]
-            done.add(row)
-            u, u1, a = row["uniform"], row["uniform_input_1"], row["auto"]
-            print(
-                f"{args.model} T={T} seed {seed}: loss {u['loss']:+.2f} (uniform, "
-                f"{u['latency_steps']} steps; {u1['loss']:+.2f} in {u1['latency_steps']} "
-                f"steps with a 1-step input) -> {a['loss']:+.2f} (auto {a['windows']}, "
-                f"{a['latency_steps']} steps, kept {a['kept']})",
-                flush=True,
+    for T, seed in grid(args):
+        if done.have(T, seed):
+            continue
+        xc, row = calibration_draw(args, ev, T, seed)
+        runs = (("uniform", None, None), ("uniform_input_1", None, 1), ("auto", "auto", None))
+        for key, windows, in_win in runs:
+            t0 = time.perf_counter()
+            snn = onespike.convert(
+                ann, xc, phases=T, windows=windows, input_window=in_win, progress=False
             )
+            secs = time.perf_counter() - t0
+            row[key] = measure(ann, snn, x, y, x_cost, ann_acc)
+            row[key]["convert_seconds"] = round(secs, 1)
+            ann_acc = row[key]["ann_accuracy"]
+            if windows == "auto":
+                info = snn.plan.search["auto_windows"]
+                row["auto"]["kept"] = info["kept"]
+                row["auto"]["allocated"] = info.get("allocated", row["auto"]["windows"])
+                row["auto"]["calibration_output_error"] = {
+                    "uniform": info["uniform_output_error"],
+                    "allocated": info.get("allocated_output_error"),
+                }
+                row["auto"]["criterion"] = info["criterion"]
+                row["auto"]["held_out_samples"] = info["held_out_samples"]
+                row["auto"]["candidates"] = info["candidates"]
+        assert row["auto"]["latency_steps"] <= row["uniform"]["latency_steps"]
+        done.add(row)
+        u, u1, a = row["uniform"], row["uniform_input_1"], row["auto"]
+        print(
+            f"{args.model} T={T} seed {seed}: loss {u['loss']:+.2f} (uniform, "
+            f"{u['latency_steps']} steps; {u1['loss']:+.2f} in {u1['latency_steps']} "
+            f"steps with a 1-step input) -> {a['loss']:+.2f} (auto {a['windows']}, "
+            f"{a['latency_steps']} steps, kept {a['kept']})",
+            flush=True,
+        )
     print(table(done.rows))
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +20,20 @@ import torch
 from torch import nn
 
 from onespike._io import write_text
-from onespike.data import fixed_subset, load_dataset
+from onespike.data import calibration_set, fixed_subset, load_dataset
 from onespike.evaluate import evaluate, measure_costs
 from onespike.models import load_pretrained, pretrained_info
 
-__all__ = ["Rows", "ShippedEval", "draw_parser", "measure", "shipped_eval", "table_or_run"]
+__all__ = [
+    "Rows",
+    "ShippedEval",
+    "calibration_draw",
+    "draw_parser",
+    "grid",
+    "measure",
+    "shipped_eval",
+    "table_or_run",
+]
 
 
 @dataclass
@@ -49,6 +58,32 @@ def shipped_eval(model: str, test: int | None, cost_images: int) -> ShippedEval:
         x, y = x[idx], y[idx]
     x_cost = x[fixed_subset(x.shape[0], min(cost_images, x.shape[0]))]
     return ShippedEval(ann, dataset, x, y, x_cost)
+
+
+def grid(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
+    """Every ``(T, seed)`` of ``--phases`` x ``--seeds``, in the order given."""
+    for T in [int(t) for t in args.phases.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            yield T, seed
+
+
+def calibration_draw(
+    args: argparse.Namespace, shipped: ShippedEval, phases: int, seed: int
+) -> tuple[torch.Tensor, dict]:
+    """The calibration images of draw ``seed`` (``--calibration`` training images) and the
+    fields every row of that draw starts with: what was measured, on what, with what."""
+    xc, where = calibration_set(shipped.dataset, args.calibration, seed)
+    row = {
+        "model": args.model,
+        "dataset": shipped.dataset,
+        "phases": phases,
+        "seed": seed,
+        "calibration": where,
+        "test_images": int(shipped.x.shape[0]),
+        "cost_images": int(shipped.x_cost.shape[0]),
+        "threads": args.threads,
+    }
+    return xc, row
 
 
 def measure(
