@@ -6,13 +6,13 @@
 #   scripts/cifar_results.sh ablation resnet20     # the search ablation at T = 6, 8, 12
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
 #   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
-#   scripts/cifar_results.sh refine resnet20_e100  # refinement at T = 8 and 12, three draws
+#   scripts/cifar_results.sh refine fast_vgg       # refinement at T = 8 and 12, three draws
 #   scripts/cifar_results.sh lossless resnet20     # the smallest lossless window, three draws
 #   scripts/cifar_results.sh frontier resnet20     # uniform / auto / refined / fine-tuned at
 #                                                  # the latency of T = 8, three draws
-#   scripts/cifar_results.sh all resnet20_e100     # every step above whose JSON is missing
+#   scripts/cifar_results.sh all resnet20         # every step above whose JSON is missing
 #                                                  # (hours; rerun to resume a stopped job)
-# (model: resnet20 | vgg11_bn_w0.5 | resnet20_e100 | fast_vgg)
+# (model: any shipped CIFAR-10 model: resnet20 | fast_vgg)
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ ablation)
     ;;
 merge)
     name="${2:-cifar}"
-    if [ $# -gt 2 ]; then models=("${@:3}"); else models=(resnet20 vgg11_bn_w0.5); fi
+    if [ $# -gt 2 ]; then models=("${@:3}"); else models=(resnet20 fast_vgg); fi
     for v in "" _per_layer; do
         files=()
         for m in "${models[@]}"; do
