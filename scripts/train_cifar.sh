@@ -20,7 +20,8 @@
 # vit_cifar: about 330 s per epoch on one quiet thread (40 epochs: about 4 hours).
 #
 # A CPU run outlives one working session through git: checkpoints/carry/ is tracked
-# (ResNet-20's, 2.2 MB, and vit_cifar's, 7.8 MB; fast_vgg's 23 MB is not carried). The script
+# (vit_cifar's, 7.8 MB; ResNet-20's, 2.2 MB, until its run finished; fast_vgg's 23 MB is not
+# carried). The script
 # starts from the carried checkpoint when there is no local one; `scripts/train_cifar.sh
 # carry` copies the local checkpoints there, to be committed.
 set -euo pipefail
