@@ -6,7 +6,8 @@
 
 Arguments: a shipped image model (its sidecar's data set), window T, calibration seed
 (1,000 training images), epochs, output JSON; options ``--lr`` and ``--augment``
-(``FinetuneConfig``'s). Converts with the default search, measures the SNN on the whole
+(``FinetuneConfig``'s) and ``--bias-correction`` (``convert``'s). Converts with the default
+search, measures the SNN on the whole
 test split, runs ``onespike.finetune`` over the whole training split (a tenth held out)
 and measures the result; the JSON has both accuracies and finetune's record (held-out
 checks, the step kept and why).
@@ -31,6 +32,9 @@ p.add_argument("epochs", type=int)
 p.add_argument("out")
 p.add_argument("--lr", type=float, default=onespike.FinetuneConfig.lr)
 p.add_argument("--augment", default="none", choices=["none", "shift-flip"])
+p.add_argument(
+    "--bias-correction", action="store_true", help="convert with bias_correction=True first"
+)
 args = p.parse_args()
 torch.set_num_threads(1)
 name, T, seed, epochs, out = args.name, args.T, args.seed, args.epochs, args.out
@@ -40,7 +44,7 @@ xc, _ = calibration_set(dataset, 1000, seed)
 xtr, ytr = load_dataset(dataset, "train")
 xt, yt = load_dataset(dataset, "test")
 t0 = time.time()
-snn = onespike.convert(ann, xc, phases=T, progress=False)
+snn = onespike.convert(ann, xc, phases=T, progress=False, bias_correction=args.bias_correction)
 ann_acc = evaluate(ann, xt, yt)
 acc0 = evaluate(snn, xt, yt)
 print(f"ANN {ann_acc:.2f} SNN {acc0:.2f} loss {ann_acc - acc0:+.2f} ({time.time() - t0:.0f} s)")
@@ -53,7 +57,8 @@ rec = ft.plan.search["finetune"]
 print(f"finetuned {acc1:.2f} loss {ann_acc - acc1:+.2f} ({time.time() - t0:.0f} s)")
 print(rec["kept_because"])
 record = {"model": name, "dataset": dataset, "T": T, "seed": seed, "epochs": epochs}
-record |= {"lr": args.lr, "augment": args.augment, "ann": ann_acc, "snn": acc0}
+record |= {"lr": args.lr, "augment": args.augment, "bias_correction": args.bias_correction}
+record |= {"ann": ann_acc, "snn": acc0}
 record |= {"finetuned": acc1, "record": rec}
 with open(out, "w") as f:
     json.dump(record, f, indent=1, default=str)

@@ -14,8 +14,9 @@ steps, the windows, the spikes per neuron and the energy ratios ANN/SNN (compute
 total, on ``--cost-images`` test images), the seconds its step took and what refine /
 finetune kept (``plan.search[...]["kept"]``). Results go to ``--json`` after every
 point; rerunning the same command skips the points already there (a stopped job
-resumes). ``--plot`` draws loss against latency, one line per method through the mean
-over draws, each draw as a faint point.
+resumes). ``--bias-correction`` converts with ``bias_correction=True`` (each row records
+it; one setting per results file). ``--plot`` draws loss against latency, one line per
+method through the mean over draws, each draw as a faint point.
 
     python scripts/frontier.py --model mnist_cnn --phases 2,3,4 --seeds 0,7 --threads 1 \\
         --json docs/results/frontier_mnist_cnn.json --plot docs/results/frontier_mnist_cnn.png
@@ -76,10 +77,13 @@ def _kept(info: dict, what: str, measured: str) -> dict:
 def _point(method: str, ann, snn, xc, T: int, seed: int, dataset: str, args) -> tuple:
     """One point of the frontier: the network of ``method`` (built on ``snn``, the previous
     point of the chain auto -> refined -> finetuned) and what its step kept."""
+    bc = args.bias_correction
     if method == "uniform":
-        return onespike.convert(ann, xc, phases=T, progress=False), {}
+        return onespike.convert(ann, xc, phases=T, progress=False, bias_correction=bc), {}
     if method == "auto":
-        net = onespike.convert(ann, xc, phases=T, windows="auto", progress=False)
+        net = onespike.convert(
+            ann, xc, phases=T, windows="auto", progress=False, bias_correction=bc
+        )
         return net, {"auto_kept": net.plan.search["auto_windows"]["kept"]}
     if method == "refined":
         net = onespike.refine(snn, ann, xc, progress=False)
@@ -99,6 +103,8 @@ def _point(method: str, ann, snn, xc, T: int, seed: int, dataset: str, args) -> 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     done = Rows(args.json)
+    if any(r.get("bias_correction", False) != args.bias_correction for r in done.rows):
+        sys.exit(f"{args.json} holds rows of the other --bias-correction setting: use another file")
     methods = METHODS[:3] if args.no_finetune else METHODS
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             secs = time.perf_counter() - t0
             if done.have(T, seed, method=method):
                 continue  # rebuilt only as the start of a later point
-            row = {**base, "method": method, **measure(ann, net, x, y, x_cost, ann_acc)}
+            row = {**base, "method": method, "bias_correction": args.bias_correction}
+            row |= measure(ann, net, x, y, x_cost, ann_acc)
             row["seconds"] = round(secs, 1)
             row.update(extra)
             ann_acc = row["ann_accuracy"]
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-samples", type=int, default=10000)
     p.add_argument("--no-finetune", action="store_true", help="only the first three points")
+    p.add_argument(
+        "--bias-correction", action="store_true", help="convert with bias_correction=True"
+    )
     p.add_argument("--plot", default=None, help="write the frontier plot here (.png)")
     plot_to = p.parse_known_args(argv)[0].plot
 

@@ -100,6 +100,41 @@ def test_per_channel_and_bias_correction(model, x):
     assert not torch.equal(snn_bc.graph_module.conv4.bias, model.conv4.bias)
 
 
+def _node_value(gm, x, name):
+    """The value of the node ``name`` of the GraphModule ``gm`` on input ``x``."""
+    seen = {}
+
+    class Grab(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name == name:
+                seen["v"] = out
+            return out
+
+    with torch.no_grad():
+        Grab(gm).run(x)
+    return seen["v"]
+
+
+def test_bias_correction_reaches_the_sum_of_a_residual_block():
+    """A residual sum's error (the block's Conv and the shortcut's code) is corrected on the
+    block's Conv: its per-channel mean error at the sum shrinks."""
+    from tests.nets import MnistRes, randomize_bn
+
+    torch.manual_seed(3)
+    model = randomize_bn(MnistRes(), 3)
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    plain = onespike.convert(model, x, phases=3, progress=False)
+    bc = onespike.convert(model, x, phases=3, bias_correction=True, progress=False)
+    assert not torch.equal(bc.graph_module.conv3.bias, plain.graph_module.conv3.bias)
+    ann = _node_value(plain.ann_graph, x, "add")
+
+    def mean_err(snn):
+        return (_node_value(snn.graph_module, x, "add") - ann).mean(dim=(0, 2, 3)).abs().sum()
+
+    assert mean_err(bc) < 0.5 * mean_err(plain)
+
+
 def test_default_scales_per_channel_for_convolutions_only(model, x):
     """The default ("auto"): conv feature maps per channel, the Linear layer per layer."""
     auto = onespike.convert(model, x, phases=6, progress=False)

@@ -53,7 +53,7 @@ from onespike.observe import (
 )
 from onespike.plan import LayerPlan, Plan
 from onespike.stream import Batches, as_batches
-from onespike.trace import TracedModel
+from onespike.trace import TracedModel, op_of
 
 Node = fx.Node
 Tensor = torch.Tensor
@@ -453,24 +453,42 @@ class _Search:
         return best[1], best[2], best[0]
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:
-        """Shift the bias of each consumer's last Conv/Linear by the mean error per channel."""
+        """Shift the bias of each consumer's last Conv/Linear by the mean error per channel
+        of the consumer's pre-activation (:meth:`bias_site`: for a residual sum, of the
+        Conv/Linear term of the sum, so the error the shortcut carries is corrected too)."""
         with torch.no_grad():
             env = dict(env)
             self.runner.run(env, self.derived[node])
             for t in self.consumers[node]:
                 reg = self.regions[t]
-                if self.runner.role(reg.pre) != "weighted" or reg.pre.op != "call_module":
-                    continue
-                m = self.runner.modules[reg.pre.target]
-                if m.bias is None:
-                    continue
                 self.runner.run(env, reg.nodes)
+                m = self.bias_site(reg.pre, env)
+                if m is None:
+                    continue
                 diff = (env[reg.pre] - self.ann[reg.pre]).double()
                 # a Linear's channels are the last dimension ([N, tokens, d] too)
                 ch = diff.dim() - 1 if isinstance(m, torch.nn.Linear) else 1
                 dims = [d for d in range(diff.dim()) if d != ch] if diff.dim() > 1 else [0]
                 mean = diff.mean(dim=dims)
                 m.bias.data -= mean.to(m.bias.dtype)
+
+    def bias_site(self, pre: Node, env: dict[Node, object]) -> torch.nn.Module | None:
+        """The Conv/Linear module whose bias moves the pre-activation ``pre`` channel for
+        channel: ``pre``'s own module, or, when ``pre`` is a sum (a residual add), the
+        one term of it that is a Conv/Linear output of ``pre``'s shape; None if there is
+        none (or it has no bias)."""
+        runner = self.runner
+        terms = [pre]
+        entry = op_of(pre, runner.modules)
+        if entry is not None and entry.nir == "sum":
+            terms = [a for a in pre.args if isinstance(a, Node)]
+        for a in terms:
+            if runner.role(a) != "weighted" or a.op != "call_module":
+                continue
+            m = runner.modules[a.target]
+            if m.bias is not None and env[a].shape == env[pre].shape:
+                return m
+        return None
 
     def run_sequential(self, bases_override: list[float] | None = None, desc: str = "calibrate"):
         """Search every layer (the input first with the single-spike input code) in
