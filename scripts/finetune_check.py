@@ -1,8 +1,8 @@
 """Fine-tune one uniform-window conversion with labels on the whole training split.
 
     python scripts/finetune_check.py mnist_cnn 2 0 1 docs/results/finetune_mnist_cnn_T2.json
-    python scripts/finetune_check.py resnet20 8 0 2 docs/results/finetune_resnet20_T8.json \
-        --augment shift-flip
+    python scripts/finetune_check.py resnet20 8 7 2 docs/results/finetune_resnet20_T8_bc.json \
+        --augment shift-flip --bias-correction
 
 Arguments: a shipped image model (its sidecar's data set), window T, calibration seed
 (1,000 training images), epochs, output JSON; options ``--lr`` and ``--augment``

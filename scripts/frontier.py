@@ -102,9 +102,7 @@ def _point(method: str, ann, snn, xc, T: int, seed: int, dataset: str, args) -> 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json)
-    if any(r.get("bias_correction", False) != args.bias_correction for r in done.rows):
-        sys.exit(f"{args.json} holds rows of the other --bias-correction setting: use another file")
+    done = Rows(args.json, args.bias_correction)
     methods = METHODS[:3] if args.no_finetune else METHODS
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
@@ -123,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
             secs = time.perf_counter() - t0
             if done.have(T, seed, method=method):
                 continue  # rebuilt only as the start of a later point
-            row = {**base, "method": method, "bias_correction": args.bias_correction}
-            row |= measure(ann, net, x, y, x_cost, ann_acc)
+            row = {**base, "method": method, **measure(ann, net, x, y, x_cost, ann_acc)}
             row["seconds"] = round(secs, 1)
             row.update(extra)
             ann_acc = row["ann_accuracy"]
@@ -146,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
 def _groups(rows: list[dict]) -> dict[tuple[str, int, str], list[dict]]:
     by: dict[tuple[str, int, str], list[dict]] = {}
     for r in rows:
-        by.setdefault((r["model"], r["phases"], r["method"]), []).append(r)
+        key = (r["model"], r["phases"], r["method"], r.get("bias_correction", False))
+        by.setdefault(key, []).append(r)
     for rs in by.values():
         rs.sort(key=lambda r: r["seed"])
     return by
@@ -161,7 +159,8 @@ def table(rows: list[dict]) -> str:
     ]
     order = {m: i for i, m in enumerate(METHODS)}
     by = _groups(rows)
-    for (model, T, method), rs in sorted(by.items(), key=lambda kv: (*kv[0][:2], order[kv[0][2]])):
+    groups = sorted(by.items(), key=lambda kv: (*kv[0][:2], kv[0][3], order[kv[0][2]]))
+    for (model, T, method, bc), rs in groups:
         losses = [r["loss"] for r in rs]
         per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rs))
         lat = "/".join(sorted({str(r["latency_steps"]) for r in rs}, key=int))
@@ -174,7 +173,8 @@ def table(rows: list[dict]) -> str:
         en_c = statistics.fmean(r["energy_ratio_compute"] for r in rs)
         en_t = statistics.fmean(r["energy_ratio_total"] for r in rs)
         lines.append(
-            f"| {model} | {T} | {LABELS[method]} | {lat} | {wins} | {per} | "
+            f"| {model} | {T} | {LABELS[method]}{', bias correction' if bc else ''} | {lat} | "
+            f"{wins} | {per} | "
             f"{statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
             f"{en_c:.2f}x; {en_t:.2f}x | {kept} |"
         )
@@ -237,9 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-samples", type=int, default=10000)
     p.add_argument("--no-finetune", action="store_true", help="only the first three points")
-    p.add_argument(
-        "--bias-correction", action="store_true", help="convert with bias_correction=True"
-    )
     p.add_argument("--plot", default=None, help="write the frontier plot here (.png)")
     plot_to = p.parse_known_args(argv)[0].plot
 

@@ -66,10 +66,10 @@ def _loss(ann, snn, shipped, ann_acc: float) -> float:
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     shipped = shipped_eval(args.model, args.test, 1)
-    rows = Rows(args.json)
-    bc = bool(args.bias_correction)
+    rows = Rows(args.json, args.bias_correction)
+    bc = args.bias_correction
     for T, seed in grid(args):
-        if rows.have(T, seed, bias_correction=bc):
+        if rows.have(T, seed):
             continue
         xc, row = calibration_draw(args, shipped, T, seed)
         t0 = time.perf_counter()
@@ -86,7 +86,6 @@ def run(args) -> int:
                 exact.append(_loss(shipped.ann, snn, shipped, ev.ann_accuracy))
             print(f"  {name}: alone {alone[-1]:+.2f}, exact {exact[-1]:+.2f}", flush=True)
         row |= {
-            "bias_correction": bc,
             "ann_accuracy": ev.ann_accuracy,
             "loss": ev.loss,
             "layers": names,
@@ -119,7 +118,6 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = draw_parser(__doc__, phases="8", threads=1)
-    p.add_argument("--bias-correction", action="store_true")
     return table_or_run(p, argv, table, run)
 
 

@@ -37,7 +37,9 @@ from onespike.experiments.draws import (
 
 def _run_one(ev: ShippedEval, T: int, seed: int, args: argparse.Namespace) -> dict:
     xc, row = calibration_draw(args, ev, T, seed)
-    snn = onespike.convert(ev.ann, xc, phases=T, progress=False)
+    snn = onespike.convert(
+        ev.ann, xc, phases=T, progress=False, bias_correction=args.bias_correction
+    )
     return {**row, **measure(ev.ann, snn, ev.x, ev.y, ev.x_cost)}
 
 
@@ -97,7 +99,7 @@ def table(rows: list[dict], bounds: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    rows = Rows(args.json)
+    rows = Rows(args.json, args.bias_correction)
     ev = shipped_eval(args.model, args.test, args.cost_images)
     for T, seed in grid(args):
         if rows.have(T, seed):

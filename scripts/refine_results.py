@@ -52,7 +52,7 @@ def _step_check(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json)
+    done = Rows(args.json, args.bias_correction)
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
     x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         xc, row = calibration_draw(args, shipped, T, seed)
         t0 = time.perf_counter()
-        snn = onespike.convert(ann, xc, phases=T, progress=False)
+        snn = onespike.convert(
+            ann, xc, phases=T, progress=False, bias_correction=args.bias_correction
+        )
         t_conv = time.perf_counter() - t0
         ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
         ann_acc = ev.ann_accuracy

@@ -42,7 +42,7 @@ from onespike.experiments.draws import (
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json)
+    done = Rows(args.json, args.bias_correction)
     ev = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = ev.ann, ev.x, ev.y, ev.x_cost
     ann_acc = None
@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         for key, windows, in_win in runs:
             t0 = time.perf_counter()
             snn = onespike.convert(
-                ann, xc, phases=T, windows=windows, input_window=in_win, progress=False
-            )
+                ann, xc, phases=T, windows=windows, input_window=in_win, progress=False,
+                bias_correction=args.bias_correction,
+            )  # fmt: skip
             secs = time.perf_counter() - t0
             row[key] = measure(ann, snn, x, y, x_cost, ann_acc)
             row[key]["convert_seconds"] = round(secs, 1)

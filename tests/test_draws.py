@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 import torch
 from torch import nn
 
-from onespike.experiments.draws import ShippedEval, calibration_draw, draw_parser, grid
+from onespike.experiments.draws import Rows, ShippedEval, calibration_draw, draw_parser, grid
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -30,4 +31,23 @@ def test_calibration_draw_is_the_seeded_draw_and_its_row_says_what_was_measured(
     assert row["model"] == "m" and row["dataset"] == "mnist"
     assert (row["phases"], row["seed"], row["threads"]) == (6, 3, 2)
     assert (row["test_images"], row["cost_images"]) == (30, 7)
+    assert row["bias_correction"] is False
+    _, row_bc = calibration_draw(_args(["--model", "m", "--bias-correction"]), shipped, 6, 3)
+    assert row_bc["bias_correction"] is True
     assert "16" in row["calibration"] and "3" in row["calibration"]
+
+
+def test_a_results_file_holds_one_bias_correction_setting(tmp_path) -> None:
+    """Rows written without the flag (or before it existed) are not resumed by a run with it,
+    nor mixed with its rows: the run is refused with what to do."""
+    path = tmp_path / "rows.json"
+    rows = Rows(path)
+    rows.add({"phases": 8, "seed": 0, "loss": 1.0})  # an old row: no field, no correction
+    assert Rows(path).have(8, 0)
+    with pytest.raises(SystemExit, match="another file"):
+        Rows(path, bias_correction=True)
+    bc = Rows(tmp_path / "bc.json", bias_correction=True)
+    bc.add({"phases": 8, "seed": 0, "bias_correction": True})
+    assert Rows(tmp_path / "bc.json", bias_correction=True).have(8, 0)
+    with pytest.raises(SystemExit, match="bias_correction=True"):
+        Rows(tmp_path / "bc.json")

@@ -82,6 +82,7 @@ def calibration_draw(
         "test_images": int(shipped.x.shape[0]),
         "cost_images": int(shipped.x_cost.shape[0]),
         "threads": args.threads,
+        "bias_correction": args.bias_correction,
     }
     return xc, row
 
@@ -114,11 +115,17 @@ def measure(
 
 class Rows:
     """The rows of a results file, one per ``(phases, seed)``; :meth:`add` rewrites the
-    file after every row, so rerunning the same command skips what is there."""
+    file after every row, so rerunning the same command skips what is there. A file holds
+    one ``--bias-correction`` setting (rows without the field were measured without it)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, bias_correction: bool = False):
         self.path = Path(path)
         self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
+        if any(r.get("bias_correction", False) != bias_correction for r in self.rows):
+            raise SystemExit(
+                f"{self.path} holds rows measured with bias_correction="
+                f"{not bias_correction}: write this run to another file (--json)"
+            )
 
     def have(self, phases: int, seed: int, **match: object) -> bool:
         """A row for ``phases`` and ``seed`` (and the fields of ``match``) is there."""
@@ -136,8 +143,8 @@ class Rows:
 
 def draw_parser(doc: str, phases: str, threads: int = 1) -> argparse.ArgumentParser:
     """The options every per-draw script takes (``--model``, ``--phases``, ``--seeds``,
-    ``--calibration``, ``--test``, ``--cost-images``, ``--threads``, ``--json``,
-    ``--table``); a script adds its own."""
+    ``--calibration``, ``--test``, ``--cost-images``, ``--threads``, ``--bias-correction``,
+    ``--json``, ``--table``); a script adds its own."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--model", help="shipped model name (mnist_cnn, resnet20, fast_vgg, ...)")
     p.add_argument("--phases", default=phases, help="windows T, comma-separated")
@@ -146,6 +153,11 @@ def draw_parser(doc: str, phases: str, threads: int = 1) -> argparse.ArgumentPar
     p.add_argument("--test", type=int, default=None, help="a fixed random N test images")
     p.add_argument("--cost-images", type=int, default=1000)
     p.add_argument("--threads", type=int, default=threads)
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="convert with bias_correction=True (recorded in every row; one setting per file)",
+    )
     p.add_argument("--json", help="results file (resumed if it exists)")
     p.add_argument("--table", nargs="+", default=None, help="only print the table of these files")
     return p
