@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _groups(rows: list[dict]) -> dict[tuple[str, int, str], list[dict]]:
-    by: dict[tuple[str, int, str], list[dict]] = {}
+def _groups(rows: list[dict]) -> dict[tuple[str, int, str, bool], list[dict]]:
+    by: dict[tuple[str, int, str, bool], list[dict]] = {}
     for r in rows:
         key = (r["model"], r["phases"], r["method"], r.get("bias_correction", False))
         by.setdefault(key, []).append(r)
