@@ -454,17 +454,22 @@ class _Search:
 
     def bias_correct(self, node: Node, env: dict[Node, object]) -> None:
         """Shift the bias of each consumer's last Conv/Linear by the mean error per channel
-        of the consumer's pre-activation (:meth:`bias_site`: for a residual sum, of the
+        of the consumer's pre-activation (:meth:`bias_terms`: for a residual sum, on the
         Conv/Linear term of the sum, so the error the shortcut carries is corrected too)."""
         with torch.no_grad():
             env = dict(env)
             self.runner.run(env, self.derived[node])
             for t in self.consumers[node]:
                 reg = self.regions[t]
-                self.runner.run(env, reg.nodes)
-                m = self.bias_site(reg.pre, env)
-                if m is None:
+                terms = self.bias_terms(reg.pre)
+                if not terms:
                     continue
+                self.runner.run(env, reg.nodes)
+                # the first term of the sum's own shape (not one broadcast into it)
+                term = next((a for a in terms if env[a].shape == env[reg.pre].shape), None)
+                if term is None:
+                    continue
+                m = self.runner.modules[term.target]
                 diff = (env[reg.pre] - self.ann[reg.pre]).double()
                 # a Linear's channels are the last dimension ([N, tokens, d] too)
                 ch = diff.dim() - 1 if isinstance(m, torch.nn.Linear) else 1
@@ -472,23 +477,22 @@ class _Search:
                 mean = diff.mean(dim=dims)
                 m.bias.data -= mean.to(m.bias.dtype)
 
-    def bias_site(self, pre: Node, env: dict[Node, object]) -> torch.nn.Module | None:
-        """The Conv/Linear module whose bias moves the pre-activation ``pre`` channel for
-        channel: ``pre``'s own module, or, when ``pre`` is a sum (a residual add), the
-        one term of it that is a Conv/Linear output of ``pre``'s shape; None if there is
-        none (or it has no bias)."""
+    def bias_terms(self, pre: Node) -> list[Node]:
+        """The Conv/Linear nodes with a bias that could move the pre-activation ``pre``
+        channel for channel: ``pre`` itself, or, when ``pre`` is a sum (a residual add),
+        its terms that are Conv/Linear outputs."""
         runner = self.runner
         terms = [pre]
         entry = op_of(pre, runner.modules)
         if entry is not None and entry.nir == "sum":
             terms = [a for a in pre.args if isinstance(a, Node)]
-        for a in terms:
-            if runner.role(a) != "weighted" or a.op != "call_module":
-                continue
-            m = runner.modules[a.target]
-            if m.bias is not None and env[a].shape == env[pre].shape:
-                return m
-        return None
+        return [
+            a
+            for a in terms
+            if runner.role(a) == "weighted"
+            and a.op == "call_module"
+            and runner.modules[a.target].bias is not None
+        ]
 
     def run_sequential(self, bases_override: list[float] | None = None, desc: str = "calibrate"):
         """Search every layer (the input first with the single-spike input code) in
