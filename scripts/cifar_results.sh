@@ -3,6 +3,7 @@
 # About 15-40 minutes per model and step on 2 CPU cores. Run from anywhere:
 #   scripts/cifar_results.sh sweep resnet20        # conversion table over phases (default search)
 #   scripts/cifar_results.sh per-layer resnet20    # the same with one scale per layer
+#   scripts/cifar_results.sh sweep-bc resnet20     # the same with bias_correction=True
 #   scripts/cifar_results.sh ablation resnet20     # the search ablation at T = 6, 8, 12
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
 #   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
@@ -12,7 +13,7 @@
 #                                                  # the latency of T = 8, three draws
 #   scripts/cifar_results.sh all resnet20         # every step above whose JSON is missing
 #                                                  # (hours; rerun to resume a stopped job)
-# (model: any shipped CIFAR-10 model: resnet20 | fast_vgg)
+# (model: any shipped CIFAR-10 model: resnet20 | fast_vgg | fast_vgg_e24)
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
@@ -33,6 +34,11 @@ case "${1:-}" in
 sweep)
     "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --subset random \
         --step-phases 8 --step-images 1000 --cost-images 1000 --json "$OUT/sweep_$2.json" --plot "$OUT/sweep_$2.png"
+    ;;
+sweep-bc)
+    "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --bias-correction --subset random \
+        --step-phases 8 --step-images 1000 --cost-images 1000 \
+        --json "$OUT/sweep_$2_bc.json" --plot "$OUT/sweep_$2_bc.png"
     ;;
 per-layer)
     "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --per-layer --subset random \
@@ -69,7 +75,7 @@ refine)
         --json "$OUT/refine_$2.json"
     ;;
 *)
-    echo "usage: $0 sweep|per-layer|ablation|refine|lossless|frontier|all MODEL | merge [NAME MODEL...]" >&2
+    echo "usage: $0 sweep|sweep-bc|per-layer|ablation|refine|lossless|frontier|all MODEL | merge [NAME MODEL...]" >&2
     exit 2
     ;;
 esac

@@ -18,7 +18,7 @@ from onespike.evaluate import evaluate as evaluate_snn
 from onespike.experiments.train import evaluate
 from onespike.models import load_pretrained, pretrained_info, weights_dir
 
-CIFAR_MODELS = {"resnet20": 19, "fast_vgg": 7}  # layers
+CIFAR_MODELS = {"resnet20": 19, "fast_vgg": 7, "fast_vgg_e24": 7}  # layers
 CONVERTED = ("resnet20", "fast_vgg")
 
 
