@@ -20,6 +20,14 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 OUT=docs/results
 PHASES=4,6,8,12,16,24,32
+# the sweep over PHASES of model $1 into sweep_$1$2.{json,png}, with the extra sweep options $3...
+sweep() {
+    local model="$1" suffix="$2"
+    shift 2
+    "$PY" -m onespike.cli sweep --model "$model" --phases "$PHASES" "$@" --subset random \
+        --step-phases 8 --step-images 1000 --cost-images 1000 \
+        --json "$OUT/sweep_$model$suffix.json" --plot "$OUT/sweep_$model$suffix.png"
+}
 if [ "${1:-}" = all ]; then
     # one step at a time, cheapest and most asked-for first; refine resumes per run
     [ -f "$OUT/sweep_$2.json" ] || "$SELF" sweep "$2"
@@ -32,18 +40,13 @@ if [ "${1:-}" = all ]; then
 fi
 case "${1:-}" in
 sweep)
-    "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --subset random \
-        --step-phases 8 --step-images 1000 --cost-images 1000 --json "$OUT/sweep_$2.json" --plot "$OUT/sweep_$2.png"
+    sweep "$2" ""
     ;;
 sweep-bc)
-    "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --bias-correction --subset random \
-        --step-phases 8 --step-images 1000 --cost-images 1000 \
-        --json "$OUT/sweep_$2_bc.json" --plot "$OUT/sweep_$2_bc.png"
+    sweep "$2" _bc --bias-correction
     ;;
 per-layer)
-    "$PY" -m onespike.cli sweep --model "$2" --phases "$PHASES" --per-layer --subset random \
-        --step-phases 8 --step-images 1000 --cost-images 1000 \
-        --json "$OUT/sweep_$2_per_layer.json" --plot "$OUT/sweep_$2_per_layer.png"
+    sweep "$2" _per_layer --per-layer
     ;;
 ablation)
     "$PY" -m onespike.cli ablation --model "$2" --phases 6,8,12 --json "$OUT/ablation_$2.json"

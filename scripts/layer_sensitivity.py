@@ -39,15 +39,14 @@ from onespike.experiments.draws import (
     table_or_run,
 )
 from onespike.observe import activation_of
-from onespike.trace import SPIKING, relu_cap, role
+from onespike.trace import spiking_caps
 
 
 @contextlib.contextmanager
 def exact_layers(snn: onespike.SpikingNetwork, names: set[str]) -> Iterator[None]:
     """Within the block, the spiking layers named in ``names`` compute the ANN's exact
     activation instead of their code (a clipped ReLU clipped at its bound, as in the ANN)."""
-    modules = dict(snn.ann_graph.named_modules())
-    caps = [relu_cap(n, modules) for n in snn.ann_graph.graph.nodes if role(n, modules) in SPIKING]
+    caps = spiking_caps(snn.ann_graph)
     patched = [(layer, cap) for layer, cap in zip(snn.spikes.values(), caps) if layer.name in names]
     for layer, cap in patched:
         layer.forward = lambda pre, kind=layer.kind, cap=cap: activation_of(kind, pre, cap)

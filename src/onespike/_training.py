@@ -30,7 +30,7 @@ from onespike.codes import phase as pc
 from onespike.codes import softmax as smx
 from onespike.errors import OptionError
 from onespike.network import SpikeLayer, SpikingNetwork, channel_shape
-from onespike.trace import SPIKING, relu_cap, role
+from onespike.trace import spiking_caps
 
 #: The settings object the functions below read: :class:`onespike.refine.RefineConfig` (or
 #: finetune's config built on it). Typed loosely here so this module, which refine imports,
@@ -340,9 +340,7 @@ def _trainable(snn: SpikingNetwork, cfg: RefineConfig, gen: torch.Generator) -> 
     """A trainable copy of ``snn`` (``snn`` itself is not touched); ``gen`` draws the
     drop masks."""
     gm = copy.deepcopy(snn.graph_module)
-    modules = dict(snn.ann_graph.named_modules())
-    nodes = snn.ann_graph.graph.nodes
-    caps = [relu_cap(n, modules) for n in nodes if role(n, modules) in SPIKING]
+    caps = spiking_caps(snn.ann_graph)
     codes: list[_LearnedCode] = []
     for key, layer in snn.spikes.items():
         code = _LearnedCode(layer, cfg.scales, cfg.drop, gen, caps[len(codes)], cfg.bases)

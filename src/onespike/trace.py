@@ -436,6 +436,13 @@ def relu_cap(node: Node, modules: dict[str, nn.Module]) -> float | None:
     return None if b is None or b[1] is None else float(b[1])
 
 
+def spiking_caps(gm: fx.GraphModule) -> list[float | None]:
+    """The clip bound (:func:`relu_cap`) of every spiking node of the folded ANN graph
+    ``gm``, in graph order: the order of a converted network's ``spikes``."""
+    modules = dict(gm.named_modules())
+    return [relu_cap(n, modules) for n in gm.graph.nodes if role(n, modules) in SPIKING]
+
+
 def role(node: Node, modules: dict[str, nn.Module]) -> str | None:
     """Role of a node in the conversion (module docstring), or ``None`` if unsupported."""
     op = node.op
