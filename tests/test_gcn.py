@@ -14,10 +14,9 @@ import torch
 import onespike
 from onespike.codes import phase as pc
 from onespike.data import DataError, Graph, load_planetoid, normalized_adjacency
-from onespike.errors import CalibrationError
+from onespike.errors import CalibrationError, UnsupportedModelError
 from onespike.experiments.gcn import accuracy, evaluate_graph, main, save_gcn, train_gcn
 from onespike.models import GCN, DeepGCN, load_pretrained_gcn, pretrained_info, weights_dir
-from onespike.trace import UnsupportedModelError
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onespike.trace import UnsupportedModelError, fold_batchnorm, trace
+from onespike.errors import UnsupportedModelError
+from onespike.trace import fold_batchnorm, trace
 from tests.nets import Net1d, make, randomize_bn
 
 

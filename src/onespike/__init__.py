@@ -26,6 +26,7 @@ from onespike.errors import (
     OptionError,
     OutputError,
     UnknownNameError,
+    UnsupportedModelError,
 )
 from onespike.finetune import FinetuneConfig, finetune
 from onespike.models import PretrainedWeightsNotFoundError
@@ -43,7 +44,6 @@ from onespike.serialize import (
     load,
     save,
 )
-from onespike.trace import UnsupportedModelError
 
 __all__ = [
     "SEARCH_PRESETS",

@@ -63,8 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from onespike.errors import OptionError
-from onespike.errors import UnsupportedModelError as UnsupportedModelError  # its old home
+from onespike.errors import OptionError, UnsupportedModelError
 
 Node = fx.Node
 Tensor = torch.Tensor
