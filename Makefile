@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/speed.py

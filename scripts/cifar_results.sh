@@ -70,7 +70,9 @@ lossless)
         --threads 1 --json "$OUT/lossless_$2.json"
     ;;
 frontier)
-    "$PY" scripts/frontier.py --model "$2" --phases 8 --seeds 0,7,11 --threads 1 \
+    # the VGG target has no fine-tuned column (issue 28): fine-tune ResNet-20 only
+    case "$2" in fast_vgg*) ft=(--no-finetune) ;; *) ft=() ;; esac
+    "$PY" scripts/frontier.py --model "$2" --phases 8 --seeds 0,7,11 --threads 1 "${ft[@]}" \
         --json "$OUT/frontier_$2.json" --plot "$OUT/frontier_$2.png"
     ;;
 refine)
