@@ -7,13 +7,13 @@
 #   scripts/cifar_results.sh ablation resnet20     # the search ablation at T = 6, 8, 12
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
 #   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
-#   scripts/cifar_results.sh refine fast_vgg       # refinement at T = 8 and 12, three draws
+#   scripts/cifar_results.sh refine fast_vgg_e24   # refinement at T = 8 and 12, three draws
 #   scripts/cifar_results.sh lossless resnet20     # the smallest lossless window, three draws
 #   scripts/cifar_results.sh frontier resnet20     # uniform / auto / refined / fine-tuned at
 #                                                  # the latency of T = 8, three draws
 #   scripts/cifar_results.sh all resnet20         # every step above whose JSON is missing
 #                                                  # (hours; rerun to resume a stopped job)
-# (model: any shipped CIFAR-10 model: resnet20 | fast_vgg | fast_vgg_e24)
+# (model: any shipped CIFAR-10 model: resnet20 | fast_vgg_e24)
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ ablation)
     ;;
 merge)
     name="${2:-cifar}"
-    if [ $# -gt 2 ]; then models=("${@:3}"); else models=(resnet20 fast_vgg); fi
+    if [ $# -gt 2 ]; then models=("${@:3}"); else models=(resnet20 fast_vgg_e24); fi
     for v in "" _per_layer; do
         files=()
         for m in "${models[@]}"; do

@@ -9,9 +9,9 @@
 #                                            # 1,000 test images, every code and the
 #                                            # refined phase code at T = 4, 6, 8, 12: about
 #                                            # 1.5 hours more on a free core, see COMPARE.md)
-#   CIFAR_MODELS="resnet20 fast_vgg" scripts/compare_all.sh   # these CIFAR-10 models
+#   CIFAR_MODELS="resnet20 fast_vgg_e24" scripts/compare_all.sh   # these CIFAR-10 models
 #                                            # instead (same settings; each about as long)
-#   ONLY=cifar CIFAR_MODELS=fast_vgg scripts/compare_all.sh  # only the CIFAR-10 models,
+#   ONLY=cifar CIFAR_MODELS=fast_vgg_e24 scripts/compare_all.sh  # only the CIFAR-10 models,
 #                                            # then the tables of every JSON there
 #
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,

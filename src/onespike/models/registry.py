@@ -99,9 +99,9 @@ MODELS: dict[str, ModelSpec] = {
         fast_vgg,
         "cifar10",
         (3, 32, 32),
-        "python -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 16 "
-        "--seed 0 --threads 1 --channels-last --checkpoint checkpoints/fast_vgg_orig.ckpt "
-        "--resume --no-progress --out checkpoints/new",
+        "python -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 24 "
+        "--seed 0 --threads 1 --channels-last --name fast_vgg_e24 "
+        "--checkpoint checkpoints/fast_vgg_orig.ckpt --resume --no-progress --out checkpoints/new",
     ),
     # issue 27: a BN/ReLU vision transformer (attention traced; conversion in progress)
     "vit_tiny": ModelSpec(
