@@ -11,6 +11,11 @@ search, measures the SNN on the whole
 test split, runs ``onespike.finetune`` over the whole training split (a tenth held out)
 and measures the result; the JSON has both accuracies and finetune's record (held-out
 checks, the step kept and why).
+
+``--held-out-test N``: images the ANN was never trained on choose the step kept. A fixed
+random N of the test images (permutation seed 0) are given to ``finetune(held_out=...)``
+as its validation split, the whole training split is fitted, and every accuracy in the
+output is measured on the **other** test images only (``test_images`` says how many).
 """
 
 import argparse
@@ -35,6 +40,7 @@ p.add_argument("--augment", default="none", choices=["none", "shift-flip"])
 p.add_argument(
     "--bias-correction", action="store_true", help="convert with bias_correction=True first"
 )
+p.add_argument("--held-out-test", type=int, default=0, metavar="N")
 args = p.parse_args()
 torch.set_num_threads(1)
 name, T, seed, epochs, out = args.name, args.T, args.seed, args.epochs, args.out
@@ -43,6 +49,12 @@ dataset = pretrained_info(name)["dataset"]
 xc, _ = calibration_set(dataset, 1000, seed)
 xtr, ytr = load_dataset(dataset, "train")
 xt, yt = load_dataset(dataset, "test")
+held_out = None
+if args.held_out_test:
+    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
+    hold, rest = perm[: args.held_out_test].sort().values, perm[args.held_out_test :]
+    held_out = (xt[hold], yt[hold])
+    xt, yt = xt[rest.sort().values], yt[rest.sort().values]
 t0 = time.time()
 snn = onespike.convert(ann, xc, phases=T, progress=False, bias_correction=args.bias_correction)
 ann_acc = evaluate(ann, xt, yt)
@@ -50,7 +62,15 @@ acc0 = evaluate(snn, xt, yt)
 print(f"ANN {ann_acc:.2f} SNN {acc0:.2f} loss {ann_acc - acc0:+.2f} ({time.time() - t0:.0f} s)")
 t0 = time.time()
 ft = onespike.finetune(
-    snn, ann, (xtr, ytr), epochs=epochs, progress=False, seed=seed, lr=args.lr, augment=args.augment
+    snn,
+    ann,
+    (xtr, ytr),
+    epochs=epochs,
+    progress=False,
+    seed=seed,
+    lr=args.lr,
+    augment=args.augment,
+    held_out=held_out,
 )
 acc1 = evaluate(ft, xt, yt)
 rec = ft.plan.search["finetune"]
@@ -58,6 +78,7 @@ print(f"finetuned {acc1:.2f} loss {ann_acc - acc1:+.2f} ({time.time() - t0:.0f} 
 print(rec["kept_because"])
 record = {"model": name, "dataset": dataset, "T": T, "seed": seed, "epochs": epochs}
 record |= {"lr": args.lr, "augment": args.augment, "bias_correction": args.bias_correction}
+record |= {"held_out_test": args.held_out_test, "test_images": len(xt)}
 record |= {"ann": ann_acc, "snn": acc0}
 record |= {"finetuned": acc1, "record": rec}
 with open(out, "w") as f:

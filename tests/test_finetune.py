@@ -87,6 +87,27 @@ def test_a_dataset_or_a_loader_gives_what_the_tensors_give(weak):
         assert a.plan.layers == other.plan.layers
 
 
+def test_a_given_held_out_set_chooses_the_step(weak):
+    """``held_out=``: a validation split of the caller's; all of ``data`` is fitted, the
+    given samples are the ones measured, and the result is never worse on them."""
+    ann, snn, (x, y), (xt, yt) = weak
+    held = (xt[:500], yt[:500])
+    r = onespike.finetune(
+        snn, ann, (x[:1000], y[:1000]), epochs=1, checks=3, held_out=held, progress=False
+    )
+    info = r.plan.search["finetune"]
+    assert info["held_out_given"] is True
+    assert (info["fit_samples"], info["held_out_samples"]) == (1000, 500)
+    before = _accuracy(snn, held) / 100
+    assert info["held_out_accuracy_before"] == pytest.approx(before, abs=2 / 500)
+    assert _accuracy(r, held) >= _accuracy(snn, held) - 0.2  # one image of float rounding
+    with pytest.raises(ValueError, match="finetune: held_out has shape") as e:
+        onespike.finetune(snn, ann, (x[:40], y[:40]), held_out=(xt[:8, :, :10], yt[:8]))
+    assert isinstance(e.value, onespike.errors.OnespikeError)
+    with pytest.raises(ValueError, match="finetune: held_out is empty"):
+        onespike.finetune(snn, ann, (x[:40], y[:40]), held_out=TensorDataset(xt[:0], yt[:0]))
+
+
 @pytest.mark.parametrize(
     ("bad", "needle"),
     [

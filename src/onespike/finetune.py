@@ -126,12 +126,11 @@ class FinetuneConfig:
             )
 
 
-def _labelled(data: object) -> tuple[Tensor, Tensor]:
+def _labelled(data: object, what: str = "finetune: data") -> tuple[Tensor, Tensor]:
     """``(x, y)`` from a pair of tensors, a Dataset of ``(x, y)`` samples or a DataLoader
     of ``(x, y)`` batches."""
     from torch.utils.data import DataLoader, Dataset
 
-    what = "finetune: data"
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
@@ -150,7 +149,7 @@ def _labelled(data: object) -> tuple[Tensor, Tensor]:
             xs.append(torch.as_tensor(batch[0]))
             ys.append(torch.as_tensor(batch[1]))
         if not xs:
-            raise InputError(f"{what} is empty: pass labelled training samples")
+            raise InputError(f"{what} is empty: pass labelled samples")
         x, y = torch.cat(xs), torch.cat(ys)
     else:
         raise InputError(
@@ -222,6 +221,7 @@ def finetune(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    held_out: object = None,
     **overrides: object,
 ) -> SpikingNetwork:
     """Fine-tune a converted network with labels: cross-entropy plus distillation.
@@ -238,6 +238,11 @@ def finetune(
             when the time budget stops it.
         resume: continue from ``checkpoint`` when it exists (it must come from the
             same networks, data and options; the time budget may differ).
+        held_out: labelled samples that choose the step kept, in any form ``data``
+            takes (a validation split). Then every sample of ``data`` is fitted and
+            ``config.holdout`` is not used. Give samples the ANN was not trained on:
+            held-out training images are ones the ANN already answers almost perfectly,
+            so gains on them need not carry over to new images (docs/FINETUNE.md).
 
     Returns:
         A new :class:`SpikingNetwork`, never worse than ``snn`` on the held-out split
@@ -260,6 +265,12 @@ def finetune(
         raise OptionError("finetune: graph models (whose samples interact) are not supported")
     x, y = _labelled(data)
     check_batch(x, snn.input_shape, what="finetune: data")
+    n_given = None
+    if held_out is not None:
+        xh, yh = _labelled(held_out, "finetune: held_out")
+        check_batch(xh, snn.input_shape, what="finetune: held_out")
+        n_given = len(xh)
+        x, y = torch.cat([x, xh.to(x.device, x.dtype)]), torch.cat([y, yh.to(y.device)])
     device = _device_of(snn)
     x, y = x.to(device), y.to(device)
     ann = ann.eval()
@@ -271,7 +282,7 @@ def finetune(
             f"got {int(y.min())}..{int(y.max())}"
         )
     gen = torch.Generator().manual_seed(cfg.seed)
-    data_ = _split(ann, x, y, targets, cfg, gen)
+    data_ = _split(ann, x, y, targets, cfg, gen, n_given)
     n_hold = len(data_.hold_idx)
     rc = RefineConfig(
         iterations=1, batch_size=cfg.batch_size, lr=cfg.lr, scale_lr=cfg.scale_lr, drop=0.0
@@ -299,7 +310,7 @@ def finetune(
     every = max(total // cfg.checks, 1)
     path = Path(checkpoint) if checkpoint is not None else None
     fingerprint = distributed.digest(
-        {"snn": snn.state_dict(), "ann": ann.state_dict(), "x": x, "y": y}
+        {"snn": snn.state_dict(), "ann": ann.state_dict(), "x": x, "y": y, "given": n_given}
     ) + distributed.digest(repr(dataclasses.replace(cfg, time_budget=None)))
     first = 0
     if resume and path is not None and path.exists():
@@ -345,6 +356,7 @@ def finetune(
         "samples": len(x),
         "fit_samples": len(data_.fit_idx),
         "held_out_samples": n_hold,
+        "held_out_given": n_given is not None,
     }
     return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
 
@@ -393,9 +405,19 @@ def _kept_record(keeper: _Keeper, steps: int, after: _Score) -> dict:
 
 
 def _split(
-    ann: nn.Module, x: Tensor, y: Tensor, targets: Tensor, cfg: FinetuneConfig, gen: torch.Generator
+    ann: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor,
+    cfg: FinetuneConfig,
+    gen: torch.Generator,
+    given: int | None = None,
 ) -> _Calibration:
-    """The data with its split into a fitted and a held-out part (drawn with ``gen``)."""
+    """The data with its split into a fitted and a held-out part: the last ``given``
+    samples when the caller gave them, else drawn with ``gen``."""
+    if given is not None:
+        n = len(x) - given
+        return _Calibration(ann, x, targets, y, False, torch.arange(n), torch.arange(n, len(x)))
     perm = torch.randperm(len(x), generator=gen)
     n_hold = round(cfg.holdout * len(x))
     if n_hold < 1 or n_hold >= len(x):
