@@ -5,11 +5,11 @@
         --augment shift-flip --bias-correction
 
 Arguments: a shipped image model (its sidecar's data set), window T, calibration seed
-(1,000 training images), epochs, output JSON; options ``--lr`` and ``--augment``
-(``FinetuneConfig``'s) and ``--bias-correction`` (``convert``'s). Converts with the default
-search, measures the SNN on the whole
-test split, runs ``onespike.finetune`` over the whole training split (a tenth held out)
-and measures the result; the JSON has both accuracies and finetune's record (held-out
+(1,000 training images), epochs, output JSON; options ``--lr``, ``--temperature``,
+``--distill`` and ``--augment`` (``FinetuneConfig``'s) and ``--bias-correction``
+(``convert``'s). Converts with the default search, measures the SNN on the whole test
+split, runs ``onespike.finetune`` over the whole training split (a tenth held out) and
+measures the result; the JSON has both accuracies and finetune's record (held-out
 checks, the step kept and why).
 
 ``--held-out-test N``: images the ANN was never trained on choose the step kept. A fixed
@@ -36,6 +36,8 @@ p.add_argument("seed", type=int)
 p.add_argument("epochs", type=int)
 p.add_argument("out")
 p.add_argument("--lr", type=float, default=onespike.FinetuneConfig.lr)
+p.add_argument("--temperature", type=float, default=onespike.FinetuneConfig.temperature)
+p.add_argument("--distill", type=float, default=onespike.FinetuneConfig.distill)
 p.add_argument("--augment", default="none", choices=["none", "shift-flip"])
 p.add_argument(
     "--bias-correction", action="store_true", help="convert with bias_correction=True first"
@@ -69,6 +71,8 @@ ft = onespike.finetune(
     progress=False,
     seed=seed,
     lr=args.lr,
+    temperature=args.temperature,
+    distill=args.distill,
     augment=args.augment,
     held_out=held_out,
 )
@@ -77,7 +81,8 @@ rec = ft.plan.search["finetune"]
 print(f"finetuned {acc1:.2f} loss {ann_acc - acc1:+.2f} ({time.time() - t0:.0f} s)")
 print(rec["kept_because"])
 record = {"model": name, "dataset": dataset, "T": T, "seed": seed, "epochs": epochs}
-record |= {"lr": args.lr, "augment": args.augment, "bias_correction": args.bias_correction}
+record |= {"lr": args.lr, "temperature": args.temperature, "distill": args.distill}
+record |= {"augment": args.augment, "bias_correction": args.bias_correction}
 record |= {"held_out_test": args.held_out_test, "test_images": len(xt)}
 record |= {"ann": ann_acc, "snn": acc0}
 record |= {"finetuned": acc1, "record": rec}
