@@ -5,6 +5,7 @@
 #   scripts/cifar_results.sh per-layer resnet20    # the same with one scale per layer
 #   scripts/cifar_results.sh sweep-bc resnet20     # the same with bias_correction=True
 #   scripts/cifar_results.sh ablation resnet20     # the search ablation at T = 6, 8, 12
+#                                                  # (resumes a stopped run)
 #   scripts/cifar_results.sh merge                 # both models' sweeps: one table + plot
 #   scripts/cifar_results.sh merge NAME M1 M2 ...  # the same for other models, into sweep_NAME.*
 #   scripts/cifar_results.sh refine fast_vgg_e24   # refinement at T = 8 and 12, three draws
@@ -32,7 +33,7 @@ if [ "${1:-}" = all ]; then
     # one step at a time, cheapest and most asked-for first; refine resumes per run
     [ -f "$OUT/sweep_$2.json" ] || "$SELF" sweep "$2"
     "$SELF" refine "$2"
-    [ -f "$OUT/ablation_$2.json" ] || "$SELF" ablation "$2"
+    "$SELF" ablation "$2"  # resumes: keeps the variants a stopped run finished
     [ -f "$OUT/sweep_$2_per_layer.json" ] || "$SELF" per-layer "$2"
     "$SELF" lossless "$2"
     "$SELF" frontier "$2"
@@ -49,7 +50,8 @@ per-layer)
     sweep "$2" _per_layer --per-layer
     ;;
 ablation)
-    "$PY" -m onespike.cli ablation --model "$2" --phases 6,8,12 --json "$OUT/ablation_$2.json"
+    "$PY" -m onespike.cli ablation --model "$2" --phases 6,8,12 --resume \
+        --json "$OUT/ablation_$2.json"
     ;;
 merge)
     name="${2:-cifar}"

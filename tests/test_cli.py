@@ -198,6 +198,18 @@ def test_ablation_variants_run():
     floor = next(r for r in res["rows"] if "floor" in r["variant"])
     threshold_shift = next(r for r in res["rows"] if r["variant"].startswith("2 "))
     assert floor["loss"][3] > threshold_shift["loss"][3]  # rounding beats floor at T=3
+
+    # resuming: the variants a saved run finished come from its JSON, the rest are run
+    saved = json.loads(json.dumps({**res, "rows": res["rows"][:1]}))  # as the CLI saves it
+    saved["rows"][0]["loss"]["3"] = 123.0  # a marker: this row must not be run again
+    again = ablate(
+        "mnist_cnn", ann, xc, x[:300], y[:300], [3], variants=some, done=saved, progress=False
+    )
+    assert [r["loss"][3] for r in again["rows"]] == [123.0, floor["loss"][3]]
+    other = ablate(
+        "mnist_cnn", ann, xc, x[:200], y[:200], [3], variants=some, done=saved, progress=False
+    )  # another test subset: nothing is taken from it
+    assert other["rows"][0]["loss"][3] != 123.0
     assert "T=3" in ablation_table([res])
     reloaded = json.loads(json.dumps([res]))  # JSON turns the T keys into strings
     assert ablation_table(reloaded) == ablation_table([res])
@@ -294,3 +306,17 @@ def test_evaluate_file_mistakes_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err, (argv, err)
         assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ablation_resume_refuses_a_file_it_cannot_use(tmp_path):
+    from onespike.errors import OptionError
+    from onespike.experiments.sweep import saved_ablation
+
+    assert saved_ablation(tmp_path / "none.json") == {}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(OptionError, match="cannot read"):
+        saved_ablation(bad)
+    bad.write_text('{"rows": []}')
+    with pytest.raises(OptionError, match="not an ablation's JSON"):
+        saved_ablation(bad)

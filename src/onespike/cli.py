@@ -472,7 +472,13 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_ablation(args: argparse.Namespace) -> int:
-    from onespike.experiments.sweep import ABLATIONS, REFINE_ABLATIONS, ablate, ablation_table
+    from onespike.experiments.sweep import (
+        ABLATIONS,
+        REFINE_ABLATIONS,
+        ablate,
+        ablation_table,
+        saved_ablation,
+    )
 
     variants = {**ABLATIONS, **REFINE_ABLATIONS} if args.refine else ABLATIONS
     if args.refine_only:
@@ -485,6 +491,7 @@ def run_ablation(args: argparse.Namespace) -> int:
             done = results if partial is None else [*results, partial]
             write_json(args.json, done)
 
+    saved = saved_ablation(args.json) if args.resume and args.json else {}
     for spec, model, _, xc, x, y in _each_model(args):
         results.append(
             ablate(
@@ -497,6 +504,7 @@ def run_ablation(args: argparse.Namespace) -> int:
                 variants=variants,
                 batch_size=args.batch_size,
                 on_row=save,
+                done=saved.get(spec),
             )
         )
     print(ablation_table(results))
@@ -611,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-only", action="store_true", help="only the default search and its refinements"
     )
     a.add_argument("--json", default=None)
+    a.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the variants a stopped run finished in --json (same model, phases, test "
+        "images) and run the rest",
+    )
     return p
 
 

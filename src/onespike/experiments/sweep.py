@@ -300,15 +300,24 @@ def ablate(
     batch_size: int = 500,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    done: dict | None = None,
 ) -> dict:
     """Loss (points) of each variant of the search at each ``T``, on ``(x, y)``.
 
     ``on_row(result_so_far)`` is called after each variant (the CLI saves it, so a
-    long ablation that is stopped keeps the variants it finished).
+    long ablation that is stopped keeps the variants it finished). ``done``: such a
+    saved result; the variants it finished with the same settings are taken from it, not
+    run again, when it is of the same model, phases and number of test samples.
     """
     variants = variants or ABLATIONS
     out: dict = {"model": name, "samples": int(x.shape[0]), "phases": phases, "rows": []}
+    finished = _finished_rows(out, done)
+    if finished:
+        out["ann_accuracy"] = done["ann_accuracy"]  # type: ignore[index]
     for label, kw in variants.items():
+        if label in finished and finished[label]["settings"] == kw:
+            out["rows"].append(finished[label])
+            continue
         row = {"variant": label, "settings": kw, "loss": {}, "snn_accuracy": {}}
         search, rest = variant_config(kw)
         for T in phases:
@@ -332,6 +341,41 @@ def ablate(
         if on_row is not None:
             on_row(out)
     return out
+
+
+def saved_ablation(path: str | Path) -> dict[str, dict]:
+    """A stopped ablation's JSON at ``path`` (``onespike ablation --resume``): its result
+    per model (none if there is no file); an :class:`OptionError` if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OptionError(f"--resume: cannot read {path} ({e}); remove it to start again") from None
+    if not isinstance(prev, list) or not all(isinstance(r, dict) for r in prev):
+        raise OptionError(f"--resume: {path} is not an ablation's JSON; remove it to start again")
+    done = {r.get("model"): r for r in prev}
+    for model, r in done.items():
+        print(f"resuming {path}: {model}, {len(r.get('rows', []))} variant(s) done", flush=True)
+    return done
+
+
+def _finished_rows(out: dict, done: dict | None) -> dict[str, dict]:
+    """The rows of a saved ablation ``done`` by variant, if it is of the same model,
+    phases and test samples as ``out`` (their losses keyed by ``T`` again: JSON keys are
+    strings); else none."""
+    if not done or "ann_accuracy" not in done:
+        return {}
+    if any(done.get(k) != out[k] for k in ("model", "samples", "phases")):
+        return {}
+    rows = {}
+    for row in done.get("rows", []):
+        r = dict(row)
+        for key in ("loss", "snn_accuracy"):
+            r[key] = {int(t): v for t, v in row[key].items()}
+        rows[r["variant"]] = r
+    return rows
 
 
 def ablation_table(results: list[dict]) -> str:
