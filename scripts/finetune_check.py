@@ -54,9 +54,10 @@ xt, yt = load_dataset(dataset, "test")
 held_out = None
 if args.held_out_test:
     perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
-    hold, rest = perm[: args.held_out_test].sort().values, perm[args.held_out_test :]
+    hold = perm[: args.held_out_test].sort().values
+    rest = perm[args.held_out_test :].sort().values
     held_out = (xt[hold], yt[hold])
-    xt, yt = xt[rest.sort().values], yt[rest.sort().values]
+    xt, yt = xt[rest], yt[rest]
 t0 = time.time()
 snn = onespike.convert(ann, xc, phases=T, progress=False, bias_correction=args.bias_correction)
 ann_acc = evaluate(ann, xt, yt)
