@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from onespike.errors import OnespikeError, OutputError
+from onespike.errors import OnespikeError, OptionError, OutputError
 
 __all__ = ["atomic_write", "check_output", "write_json", "write_text"]
 
@@ -189,3 +189,15 @@ def write_text(path: str | os.PathLike, text: str, **kw) -> None:
 def write_json(path: str | os.PathLike, obj: object, *, indent: int | None = 2, **kw) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic_write`)."""
     write_text(path, json.dumps(obj, indent=indent) + "\n", **kw)
+
+
+def read_resume_json(path: str | os.PathLike) -> object | None:
+    """A stopped run's JSON at ``path`` for ``--resume`` (None if there is no file); an
+    :class:`~onespike.errors.OptionError` saying what to do if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OptionError(f"--resume: cannot read {path} ({e}); remove it to start again") from None

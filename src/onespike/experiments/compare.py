@@ -93,7 +93,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from onespike._io import write_json
+from onespike._io import read_resume_json, write_json
 from onespike.accounting import E_ADD, E_MAC, E_MEM, E_MUL, Ops, ann_energy, energy_ratio
 from onespike.codes import burst as burst_code
 from onespike.data import SUBSETS, calibration_set, load_dataset, subset_indices
@@ -905,12 +905,9 @@ def _resumable(path: Path, settings: dict) -> tuple[dict[str, dict], float]:
     """The finished codes of a stopped run's JSON at ``path`` and the seconds it had
     spent (none and 0 if there is no file); an :class:`OptionError` when that run had
     other settings."""
-    if not path.is_file():
+    prev = read_resume_json(path)
+    if prev is None:
         return {}, 0.0
-    try:
-        prev = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise OptionError(f"--resume: cannot read {path} ({e}); remove it to start again") from None
     theirs = prev.get("settings") if isinstance(prev, dict) else None
     if theirs != settings:
         diff = sorted(k for k in settings if (theirs or {}).get(k, "?") != settings[k])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from onespike._io import atomic_write, write_json
+from onespike._io import atomic_write, read_resume_json, write_json
 from onespike.calibrate import SearchConfig
 from onespike.convert import convert
 from onespike.errors import OptionError, run_command
@@ -346,13 +346,9 @@ def ablate(
 def saved_ablation(path: str | Path) -> dict[str, dict]:
     """A stopped ablation's JSON at ``path`` (``onespike ablation --resume``): its result
     per model (none if there is no file); an :class:`OptionError` if it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
+    prev = read_resume_json(path)
+    if prev is None:
         return {}
-    try:
-        prev = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise OptionError(f"--resume: cannot read {path} ({e}); remove it to start again") from None
     if not isinstance(prev, list) or not all(isinstance(r, dict) for r in prev):
         raise OptionError(f"--resume: {path} is not an ablation's JSON; remove it to start again")
     done = {r.get("model"): r for r in prev}
