@@ -37,9 +37,11 @@ from onespike.experiments.draws import (
 
 def _run_one(ev: ShippedEval, T: int, seed: int, args: argparse.Namespace) -> dict:
     xc, row = calibration_draw(args, ev, T, seed)
+    extra = {} if args.search_samples is None else {"search_samples": args.search_samples}
     snn = onespike.convert(
-        ev.ann, xc, phases=T, progress=False, bias_correction=args.bias_correction
+        ev.ann, xc, phases=T, progress=False, bias_correction=args.bias_correction, **extra
     )
+    row["search_samples"] = snn.plan.search["search_samples"]
     return {**row, **measure(ev.ann, snn, ev.x, ev.y, ev.x_cost)}
 
 
@@ -114,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = draw_parser(__doc__, phases="4,6,8,12,16,24,32")
     p.add_argument("--bounds", default="0.5,0.1", help="loss bounds in points")
+    p.add_argument(
+        "--search-samples",
+        type=int,
+        default=None,
+        help="convert's search_samples= (default 256): the calibration images the search "
+        "scores candidates and measures the bias correction on (one setting per file)",
+    )
     bounds = [float(b) for b in p.parse_known_args(argv)[0].bounds.split(",")]
 
     def run_with_bounds(args: argparse.Namespace) -> int:
