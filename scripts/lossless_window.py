@@ -23,6 +23,7 @@ import sys
 import torch
 
 import onespike
+from onespike.calibrate import SearchConfig
 from onespike.experiments.draws import (
     Rows,
     ShippedEval,
@@ -102,6 +103,14 @@ def table(rows: list[dict], bounds: list[float]) -> str:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     rows = Rows(args.json, args.bias_correction)
+    # one search_samples setting per file (rows without the field used the default)
+    default = SearchConfig().search_samples
+    want = default if args.search_samples is None else args.search_samples
+    if any(r.get("search_samples", default) != want for r in rows.rows):
+        raise SystemExit(
+            f"{args.json} holds rows measured with another --search-samples than {want}: "
+            "write this run to another file (--json)"
+        )
     ev = shipped_eval(args.model, args.test, args.cost_images)
     for T, seed in grid(args):
         if rows.have(T, seed):
