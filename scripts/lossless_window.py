@@ -36,14 +36,26 @@ from onespike.experiments.draws import (
 )
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    """The search settings a results file holds one of: ``search_samples`` and convert's
+    ``base=`` and ``scale=`` (recorded in every row; rows without a field used the
+    default)."""
+    return {
+        "search_samples": (
+            SearchConfig().search_samples if args.search_samples is None else args.search_samples
+        ),
+        "base": "auto" if args.base is None else args.base,
+        "scale": "auto" if args.scale is None else args.scale,
+    }
+
+
 def _run_one(ev: ShippedEval, T: int, seed: int, args: argparse.Namespace) -> dict:
     xc, row = calibration_draw(args, ev, T, seed)
-    extra = {} if args.search_samples is None else {"search_samples": args.search_samples}
+    settings = _settings(args)
     snn = onespike.convert(
-        ev.ann, xc, phases=T, progress=False, bias_correction=args.bias_correction, **extra
+        ev.ann, xc, phases=T, progress=False, bias_correction=args.bias_correction, **settings
     )
-    row["search_samples"] = snn.plan.search["search_samples"]
-    return {**row, **measure(ev.ann, snn, ev.x, ev.y, ev.x_cost)}
+    return {**row, **settings, **measure(ev.ann, snn, ev.x, ev.y, ev.x_cost)}
 
 
 def smallest(rows: list[dict], bound: float) -> dict | None:
@@ -103,14 +115,15 @@ def table(rows: list[dict], bounds: list[float]) -> str:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     rows = Rows(args.json, args.bias_correction)
-    # one search_samples setting per file (rows without the field used the default)
-    default = SearchConfig().search_samples
-    want = default if args.search_samples is None else args.search_samples
-    if any(r.get("search_samples", default) != want for r in rows.rows):
-        raise SystemExit(
-            f"{args.json} holds rows measured with another --search-samples than {want}: "
-            "write this run to another file (--json)"
-        )
+    # one setting of the search per file (rows without a field used the default)
+    defaults = _settings(argparse.Namespace(search_samples=None, base=None, scale=None))
+    for key, want in _settings(args).items():
+        if any(r.get(key, defaults[key]) != want for r in rows.rows):
+            flag = "--" + key.replace("_", "-")
+            raise SystemExit(
+                f"{args.json} holds rows measured with another {flag} than {want}: "
+                "write this run to another file (--json)"
+            )
     ev = shipped_eval(args.model, args.test, args.cost_images)
     for T, seed in grid(args):
         if rows.have(T, seed):
@@ -122,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(text: str) -> str | float:
+    """``--scale``: 'auto', 'max' or a percentile (a number)."""
+    return text if text in ("auto", "max") else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = draw_parser(__doc__, phases="4,6,8,12,16,24,32")
     p.add_argument("--bounds", default="0.5,0.1", help="loss bounds in points")
@@ -131,6 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="convert's search_samples= (default 256): the calibration images the search "
         "scores candidates and measures the bias correction on (one setting per file)",
+    )
+    p.add_argument(
+        "--base",
+        type=float,
+        default=None,
+        help="convert's base=: one fixed base for every layer (default: searched per layer; "
+        "one setting per file)",
+    )
+    p.add_argument(
+        "--scale",
+        type=_scale,
+        default=None,
+        help="convert's scale=: 'auto' (searched; the default), 'max' or a percentile "
+        "(one setting per file)",
     )
     bounds = [float(b) for b in p.parse_known_args(argv)[0].bounds.split(",")]
 
