@@ -421,3 +421,34 @@ def test_a_refinement_that_hurts_returns_the_unrefined_network(small_res):
     assert torch.equal(r(x[:300]), snn(x[:300]))
     with pytest.raises(ValueError, match="margin"):
         RefineConfig(margin=-1.0)
+
+
+def test_a_given_held_out_set_chooses_the_step_and_all_calibration_is_fitted(mnist):
+    """``held_out=``: every calibration sample is fitted, the step kept is chosen on the
+    given samples (the checks count them), and bad held-out data is refused by name."""
+    ann, snn, x_cal, x_held = mnist
+    r = onespike.refine(
+        snn, ann, x_cal, held_out=x_held[:300], iterations=40, checks=2, progress=False
+    )
+    info = r.plan.search["refine"]
+    assert info["held_out_given"] is True
+    assert info["fit_samples"] == len(x_cal) and info["held_out_samples"] == 300
+    assert info["samples"] == len(x_cal) + 300
+    agree = snn(x_held[:300]).argmax(1).eq(ann(x_held[:300]).argmax(1)).sum().item()
+    assert info["held_out_checks"][0][2] == agree  # the input network, on the given samples
+    assert len(info["held_out_checks"]) == 3
+    # the same run with a batch list and (x, y) pairs: the same samples, the same result
+    r2 = onespike.refine(
+        snn,
+        ann,
+        x_cal,
+        held_out=[(x_held[:150], None), (x_held[150:300], None)],
+        iterations=40,
+        checks=2,
+        progress=False,
+    )
+    assert r2.plan.search["refine"]["held_out_checks"] == info["held_out_checks"]
+    with pytest.raises(CalibrationError, match="held_out"):
+        onespike.refine(snn, ann, x_cal, held_out=torch.rand(4, 3, 28, 28), progress=False)
+    with pytest.raises(CalibrationError, match="empty"):
+        onespike.refine(snn, ann, x_cal, held_out=torch.empty(0, 1, 28, 28), progress=False)

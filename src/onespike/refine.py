@@ -331,7 +331,10 @@ def _calibration(
     holdout: float,
     gen: torch.Generator,
     mixes_samples: bool,
+    n_given: int | None = None,
 ) -> _Calibration:
+    """The ANN's targets on ``x`` and its split: the last ``n_given`` samples held out
+    (given by the caller), or a random ``holdout`` share of them."""
     with torch.no_grad():
         targets = torch.cat([ann(x[c]) for c in _chunks(len(x), mixes_samples)])
         probe = x if mixes_samples else x[:2]
@@ -340,9 +343,12 @@ def _calibration(
                 f"the ANN's outputs {tuple(targets.shape[1:])} and the SNN's "
                 f"{tuple(snn(probe).shape[1:])} differ: pass the ANN the SNN was converted from"
             )
-    perm = torch.randperm(len(x), generator=gen)
-    n_hold = round(holdout * len(x))
-    fit_idx, hold_idx = perm[n_hold:].sort().values, perm[:n_hold].sort().values
+    if n_given is not None:
+        fit_idx, hold_idx = torch.arange(len(x) - n_given), torch.arange(len(x) - n_given, len(x))
+    else:
+        perm = torch.randperm(len(x), generator=gen)
+        n_hold = round(holdout * len(x))
+        fit_idx, hold_idx = perm[n_hold:].sort().values, perm[:n_hold].sort().values
     if len(fit_idx) == 0:
         raise CalibrationError(
             f"refine: {len(x)} calibration sample(s) leave none to fit after holding out "
@@ -511,12 +517,44 @@ def _configured(config: RefineConfig | None, overrides: dict) -> RefineConfig:
     return cfg
 
 
+def _refine_inputs(
+    snn: SpikingNetwork,
+    calibration: object,
+    held_out: object,
+    cfg: RefineConfig,
+    mixes_samples: bool,
+) -> tuple[Tensor, int | None]:
+    """The samples refinement runs on, checked: the calibration set (at most
+    ``max_samples``; all of a graph model's), then the ``held_out`` samples if given, and
+    how many of those there are."""
+    # graph models: the calibration set is one graph, every node of it is needed
+    x = collect_calibration(calibration, None if mixes_samples else cfg.max_samples)
+    try:
+        check_batch(x, snn.input_shape, what="calibration data")
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    if held_out is None:
+        return x, None
+    if mixes_samples:
+        raise OptionError(
+            "refine: held_out is not supported for graph models (their samples interact: "
+            "hold nodes out with RefineConfig(holdout=...) instead)"
+        )
+    xh = collect_calibration(held_out)
+    try:
+        check_batch(xh, snn.input_shape, what="refine: held_out")
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    return torch.cat([x, xh.to(x.device, x.dtype)]), len(xh)
+
+
 def refine(
     snn: SpikingNetwork,
     ann: nn.Module,
     calibration: object,
     config: RefineConfig | None = None,
     *,
+    held_out: object = None,
     progress: bool = True,
     **overrides: object,
 ) -> SpikingNetwork:
@@ -530,6 +568,11 @@ def refine(
             about 1,000 images.
         config: a :class:`RefineConfig`; keyword ``overrides`` replace its fields
             (``refine(snn, ann, x, iterations=200)``).
+        held_out: unlabelled samples, in any form ``calibration`` takes, that choose
+            the step kept instead of a held-out share of the calibration set (then all
+            of it is fitted and ``holdout`` is not used). Pass images the ANN was not
+            trained on (a validation split): on its training images a converted network
+            often agrees with the ANN everywhere, so no step can show a gain there.
         progress: show a progress bar with the running loss (on rank 0 only under a
             process group).
 
@@ -560,12 +603,7 @@ def refine(
     _check_network(snn, ann)
     cfg = _configured(config, overrides)
     mixes_samples = not batch_independent(Runner(snn.ann_graph))
-    # graph models: the calibration set is one graph, every node of it is needed
-    x = collect_calibration(calibration, None if mixes_samples else cfg.max_samples)
-    try:
-        check_batch(x, snn.input_shape, what="calibration data")
-    except ValueError as e:
-        raise CalibrationError(str(e)) from None
+    x, n_given = _refine_inputs(snn, calibration, held_out, cfg, mixes_samples)
     split = _rank_split(mixes_samples)
     progress = progress and distributed.is_main()
     same = {"model": ann.state_dict(), "network": (snn.state_dict(), snn.plan)}
@@ -577,7 +615,7 @@ def refine(
     gen_dev = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     tr = _trainable(snn, cfg, gen_dev)
     # a held-out part of the calibration set chooses the step to keep (step 0: unrefined)
-    data = _calibration(snn, ann, x, cfg.holdout, gen, mixes_samples)
+    data = _calibration(snn, ann, x, cfg.holdout, gen, mixes_samples, n_given)
     split.check(min(cfg.batch_size, len(data.fit_idx)))
     n_hold = len(data.hold_idx)
 
@@ -635,6 +673,7 @@ def refine(
         "samples": len(x),
         "fit_samples": len(data.fit_idx),
         "held_out_samples": n_hold,
+        "held_out_given": n_given is not None,
         "loss_before": fit_before.loss,
         "loss_after": fit_after.loss,
         "held_out_loss_before": keeper.first.loss if n_hold else None,
