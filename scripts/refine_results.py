@@ -12,6 +12,11 @@ command skips the runs already there, so a stopped job resumes.
     python scripts/refine_results.py --model resnet20 --phases 8,6 --seeds 0,7,11 \\
         --json docs/results/refine_resnet20.json
     python scripts/refine_results.py --table docs/results/refine_*.json   # markdown only
+
+``--held-out-test N``: images the ANN was never trained on choose the step kept. A fixed
+random N of the test images (permutation seed 0) go to ``refine(held_out=...)``, every
+calibration image is fitted, and every figure is measured on the **other** test images
+only (``test_images`` says how many; one setting per file).
 """
 
 from __future__ import annotations
@@ -53,8 +58,19 @@ def _step_check(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     done = Rows(args.json, args.bias_correction)
+    if any(r.get("held_out_test", 0) != args.held_out_test for r in done.rows):
+        raise SystemExit(
+            f"{args.json} holds rows measured with another --held-out-test than "
+            f"{args.held_out_test}: write this run to another file (--json)"
+        )
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
+    x_held = None
+    if args.held_out_test:
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+        hold, rest = perm[: args.held_out_test].sort().values, perm[args.held_out_test :]
+        x_held, x, y = x[hold], x[rest.sort().values], y[rest.sort().values]
+        x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
     x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
     overrides = json.loads(args.refine) if args.refine else {}
     ann_acc = None
@@ -70,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(ann, snn, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
         ann_acc = ev.ann_accuracy
         t0 = time.perf_counter()
-        ref = onespike.refine(snn, ann, xc, progress=args.progress, **overrides)
+        ref = onespike.refine(snn, ann, xc, held_out=x_held, progress=args.progress, **overrides)
         t_ref = time.perf_counter() - t0
         er = evaluate(ann, ref, x, y, step=False, costs=False, progress=False, ann_accuracy=ann_acc)
         row = {
             **row,
+            "test_images": int(x.shape[0]),
+            "held_out_test": args.held_out_test,
             "ann_accuracy": ann_acc,
             "snn_accuracy": ev.snn_accuracy,
             "refined_accuracy": er.snn_accuracy,
@@ -138,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         help="RefineConfig overrides as JSON, e.g. '{\"iterations\": 300}'",
     )
     p.add_argument("--progress", action="store_true")
+    p.add_argument(
+        "--held-out-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a fixed random N test images choose the step kept (refine's held_out=); "
+        "the rest are measured",
+    )
     return table_or_run(p, argv, table, run)
 
 
