@@ -98,7 +98,8 @@ class RefineConfig:
             (step 0) included, by a criterion that follows accuracy: top-1 agreement
             with the ANN, the loss breaking ties among steps that beat the unrefined
             network (see ``margin``), so refinement cannot make the network worse
-            unnoticed. 0 fits on everything and keeps the last step.
+            unnoticed. 0 fits on everything and keeps the last step. Not used when
+            :func:`refine` is given ``held_out=`` samples (those choose the step).
         checks: how many times the held-out samples are measured.
         margin: how clearly a refined step must beat the unrefined network to be kept:
             of the held-out samples on which exactly one of the two agrees with the ANN
