@@ -102,7 +102,7 @@ def _point(method: str, ann, snn, xc, T: int, seed: int, dataset: str, args) -> 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json, args.bias_correction)
+    done = Rows(args.json, {"bias_correction": args.bias_correction})
     methods = METHODS[:3] if args.no_finetune else METHODS
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost

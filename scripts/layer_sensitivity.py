@@ -68,7 +68,7 @@ def _loss(ann, snn, shipped, ann_acc: float) -> float:
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     shipped = shipped_eval(args.model, args.test, 1)
-    rows = Rows(args.json, args.bias_correction)
+    rows = Rows(args.json, {"bias_correction": args.bias_correction})
     bc = args.bias_correction
     for T, seed in grid(args):
         if rows.have(T, seed):

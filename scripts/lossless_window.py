@@ -114,16 +114,9 @@ def table(rows: list[dict], bounds: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    rows = Rows(args.json, args.bias_correction)
     # one setting of the search per file (rows without a field used the default)
     defaults = _settings(argparse.Namespace(search_samples=None, base=None, scale=None))
-    for key, want in _settings(args).items():
-        if any(r.get(key, defaults[key]) != want for r in rows.rows):
-            flag = "--" + key.replace("_", "-")
-            raise SystemExit(
-                f"{args.json} holds rows measured with another {flag} than {want}: "
-                "write this run to another file (--json)"
-            )
+    rows = Rows(args.json, {"bias_correction": args.bias_correction, **_settings(args)}, defaults)
     ev = shipped_eval(args.model, args.test, args.cost_images)
     for T, seed in grid(args):
         if rows.have(T, seed):

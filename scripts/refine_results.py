@@ -57,19 +57,19 @@ def _step_check(snn: onespike.SpikingNetwork, x: torch.Tensor) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json, args.bias_correction)
-    if any(r.get("held_out_test", 0) != args.held_out_test for r in done.rows):
-        raise SystemExit(
-            f"{args.json} holds rows measured with another --held-out-test than "
-            f"{args.held_out_test}: write this run to another file (--json)"
-        )
+    done = Rows(
+        args.json,
+        {"bias_correction": args.bias_correction, "held_out_test": args.held_out_test},
+        defaults={"held_out_test": 0},
+    )
     shipped = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = shipped.ann, shipped.x, shipped.y, shipped.x_cost
     x_held = None
     if args.held_out_test:
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-        hold, rest = perm[: args.held_out_test].sort().values, perm[args.held_out_test :]
-        x_held, x, y = x[hold], x[rest.sort().values], y[rest.sort().values]
+        hold = perm[: args.held_out_test].sort().values
+        rest = perm[args.held_out_test :].sort().values
+        x_held, x, y = x[hold], x[rest], y[rest]
         x_cost = x[fixed_subset(x.shape[0], min(args.cost_images, x.shape[0]))]
     x_step = x[fixed_subset(x.shape[0], min(args.step_images, x.shape[0]))]
     overrides = json.loads(args.refine) if args.refine else {}

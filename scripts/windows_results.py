@@ -42,7 +42,7 @@ from onespike.experiments.draws import (
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    done = Rows(args.json, args.bias_correction)
+    done = Rows(args.json, {"bias_correction": args.bias_correction})
     ev = shipped_eval(args.model, args.test, args.cost_images)
     ann, x, y, x_cost = ev.ann, ev.x, ev.y, ev.x_cost
     ann_acc = None

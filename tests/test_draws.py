@@ -45,9 +45,23 @@ def test_a_results_file_holds_one_bias_correction_setting(tmp_path) -> None:
     rows.add({"phases": 8, "seed": 0, "loss": 1.0})  # an old row: no field, no correction
     assert Rows(path).have(8, 0)
     with pytest.raises(SystemExit, match="another file"):
-        Rows(path, bias_correction=True)
-    bc = Rows(tmp_path / "bc.json", bias_correction=True)
+        Rows(path, {"bias_correction": True})
+    bc = Rows(tmp_path / "bc.json", {"bias_correction": True})
     bc.add({"phases": 8, "seed": 0, "bias_correction": True})
-    assert Rows(tmp_path / "bc.json", bias_correction=True).have(8, 0)
+    assert Rows(tmp_path / "bc.json", {"bias_correction": True}).have(8, 0)
     with pytest.raises(SystemExit, match="bias_correction=True"):
-        Rows(tmp_path / "bc.json")
+        Rows(tmp_path / "bc.json", {"bias_correction": False})
+
+
+def test_a_results_file_holds_one_value_of_each_setting_with_defaults_for_old_rows(
+    tmp_path,
+) -> None:
+    """Any option a script names is held to one value per file; a row without the field
+    counts as the default the script gives, so old files still resume."""
+    path = tmp_path / "rows.json"
+    Rows(path).add({"phases": 8, "seed": 0})  # before --base existed: the default, "auto"
+    assert Rows(path, {"base": "auto"}, defaults={"base": "auto"}).have(8, 0)
+    with pytest.raises(SystemExit, match="base='auto'; this run has base='global'"):
+        Rows(path, {"base": "global"}, defaults={"base": "auto"})
+    with pytest.raises(SystemExit, match="held_out_test=None"):
+        Rows(path, {"held_out_test": 5000})  # no default given: the missing field differs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,17 +115,30 @@ def measure(
 
 class Rows:
     """The rows of a results file, one per ``(phases, seed)``; :meth:`add` rewrites the
-    file after every row, so rerunning the same command skips what is there. A file holds
-    one ``--bias-correction`` setting (rows without the field were measured without it)."""
+    file after every row, so rerunning the same command skips what is there.
 
-    def __init__(self, path: str | Path, bias_correction: bool = False):
+    A file holds one value of each of ``settings`` (the options the rows were measured
+    with, e.g. ``{"bias_correction": True}``): a run with another value is refused rather
+    than resumed from, or mixed with, rows it did not measure. A row without a field was
+    measured with its entry in ``defaults`` (``bias_correction``: False)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: Mapping[str, object] | None = None,
+        defaults: Mapping[str, object] | None = None,
+    ):
         self.path = Path(path)
         self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
-        if any(r.get("bias_correction", False) != bias_correction for r in self.rows):
-            raise SystemExit(
-                f"{self.path} holds rows measured with bias_correction="
-                f"{not bias_correction}: write this run to another file (--json)"
-            )
+        defaults = {"bias_correction": False, **(defaults or {})}
+        for key, want in (settings or {}).items():
+            for r in self.rows:
+                have = r.get(key, defaults.get(key))
+                if have != want:
+                    raise SystemExit(
+                        f"{self.path} holds rows measured with {key}={have!r}; this run has "
+                        f"{key}={want!r}: write it to another file (--json)"
+                    )
 
     def have(self, phases: int, seed: int, **match: object) -> bool:
         """A row for ``phases`` and ``seed`` (and the fields of ``match``) is there."""
