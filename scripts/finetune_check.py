@@ -12,6 +12,8 @@ split, runs ``onespike.finetune`` over the whole training split (a tenth held ou
 measures the result; the JSON has both accuracies and finetune's record (held-out
 checks, the step kept and why).
 
+``--checkpoint PATH`` makes a long run resumable: rerun the same command after a stop.
+
 ``--held-out-test N``: images the ANN was never trained on choose the step kept. A fixed
 random N of the test images (permutation seed 0) are given to ``finetune(held_out=...)``
 as its validation split, the whole training split is fitted, and every accuracy in the
@@ -21,6 +23,7 @@ output is measured on the **other** test images only (``test_images`` says how m
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,6 +46,12 @@ p.add_argument(
     "--bias-correction", action="store_true", help="convert with bias_correction=True first"
 )
 p.add_argument("--held-out-test", type=int, default=0, metavar="N")
+p.add_argument(
+    "--checkpoint",
+    metavar="PATH",
+    help="finetune's checkpoint: rerunning the same command resumes from it (the converted "
+    "network is kept beside it, PATH.snn.safetensors, so the resumed run starts from the same one)",
+)
 args = p.parse_args()
 torch.set_num_threads(1)
 name, T, seed, epochs, out = args.name, args.T, args.seed, args.epochs, args.out
@@ -59,7 +68,13 @@ if args.held_out_test:
     held_out = (xt[hold], yt[hold])
     xt, yt = xt[rest], yt[rest]
 t0 = time.time()
-snn = onespike.convert(ann, xc, phases=T, progress=False, bias_correction=args.bias_correction)
+cached = Path(f"{args.checkpoint}.snn.safetensors") if args.checkpoint else None
+if cached is not None and cached.exists():
+    snn = onespike.load(cached)
+else:
+    snn = onespike.convert(ann, xc, phases=T, progress=False, bias_correction=args.bias_correction)
+    if cached is not None:
+        onespike.save(snn, cached)
 ann_acc = evaluate(ann, xt, yt)
 acc0 = evaluate(snn, xt, yt)
 print(f"ANN {ann_acc:.2f} SNN {acc0:.2f} loss {ann_acc - acc0:+.2f} ({time.time() - t0:.0f} s)")
@@ -76,6 +91,8 @@ ft = onespike.finetune(
     distill=args.distill,
     augment=args.augment,
     held_out=held_out,
+    checkpoint=args.checkpoint,
+    resume=args.checkpoint is not None,
 )
 acc1 = evaluate(ft, xt, yt)
 rec = ft.plan.search["finetune"]
