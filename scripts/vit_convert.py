@@ -10,7 +10,9 @@ phases and signs), and the cost report (ops, energy) on the first --cost-images.
 With --signed inputs, signed neurons carry the residual stream and attention's output
 too (every Linear but the patch embedding reads spikes). --model picks another shipped
 vit_ model (vit_tiny_relu: ReLU attention); --spike-tolerance and --per-channel are
-convert's spike_tolerance= and per_channel= (fewer spikes per neuron). With --refine,
+convert's spike_tolerance= and per_channel= (fewer spikes per neuron); --bias-correction
+is convert's bias_correction=True (each layer's mean coding error taken out of the next
+layer's bias). With --refine,
 each conversion is refined (onespike.refine's defaults, never worse than unrefined on
 held-out calibration images). With --finetune-epochs N, each conversion is then
 fine-tuned with labels (onespike.finetune, N epochs over the data set's training split,
@@ -128,6 +130,8 @@ def run(args) -> list[dict]:
             base["spike_tolerance"] = args.spike_tolerance
         if args.per_channel is not None:
             base["per_channel"] = {"true": True, "false": False}[args.per_channel]
+        if args.bias_correction:
+            base["bias_correction"] = True
         refine = args.refine
         if args.refine and args.refine_samples is not None:
             refine = RefineConfig(max_samples=args.refine_samples)
@@ -170,6 +174,7 @@ def run(args) -> list[dict]:
             "base_option": args.base or "auto",
             "spike_tolerance": args.spike_tolerance or 0.0,
             "per_channel": snn.plan.search["per_channel"],
+            "bias_correction": snn.plan.search["bias_correction"],
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "refine_kept_because": (
                 snn.plan.search.get("refine", {}).get("kept_because") if args.refine else None
@@ -233,6 +238,12 @@ def main() -> None:
         default=None,
         choices=("true", "false"),
         help="convert's per_channel= (default 'auto': a scale per token of a token tensor)",
+    )
+    ap.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="convert's bias_correction=True: the next layer's bias corrected for the code's "
+        "mean error",
     )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument(
