@@ -9,6 +9,8 @@
 #   scripts/train_cifar.sh vit_cifar  the ViT with a convolutional stem (issue 27): the standard
 #                                     recipe at LR 0.05, 40 epochs, batch 128 (bar: 85 %;
 #                                     reached 85.54 %)
+#   scripts/train_cifar.sh vit_cifar_relu  the same with ReLU attention (issue 27's
+#                                     softmax-against-ReLU ablation on CIFAR-10; same recipe)
 #   scripts/train_cifar.sh fast_vgg   the airbench94-style VGG (--recipe airbench,
 #                                     docs/MODELS.md), 24 epochs of batches of 1024, written
 #                                     as fast_vgg_e24 (bar: 93.5 %; reached 93.75 %)
@@ -31,11 +33,11 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-1}"
-what="${1:?usage: scripts/train_cifar.sh resnet20|vit_cifar|fast_vgg|carry}"
+what="${1:?usage: scripts/train_cifar.sh resnet20|vit_cifar|vit_cifar_relu|fast_vgg|carry}"
 mkdir -p checkpoints/new checkpoints/carry
 case "$what" in
 carry)
-    for f in resnet20_orig vit_cifar; do
+    for f in resnet20_orig vit_cifar vit_cifar_relu; do
         if [ -f "checkpoints/$f.ckpt" ]; then cp "checkpoints/$f.ckpt" "checkpoints/carry/$f.ckpt"; fi
     done
     ;;
@@ -47,13 +49,13 @@ resnet20)
         --lr 0.1 --threads "$THREADS" --channels-last --device "$DEVICE" --name resnet20 \
         --checkpoint checkpoints/resnet20_orig.ckpt --resume --no-progress --out checkpoints/new
     ;;
-vit_cifar)
-    if [ ! -f checkpoints/vit_cifar.ckpt ] && [ -f checkpoints/carry/vit_cifar.ckpt ]; then
-        cp checkpoints/carry/vit_cifar.ckpt checkpoints/vit_cifar.ckpt
+vit_cifar | vit_cifar_relu)
+    if [ ! -f "checkpoints/$what.ckpt" ] && [ -f "checkpoints/carry/$what.ckpt" ]; then
+        cp "checkpoints/carry/$what.ckpt" "checkpoints/$what.ckpt"
     fi
-    "$PY" -m onespike.experiments.train --model vit_cifar --epochs 40 --seed 0 --batch-size 128 \
+    "$PY" -m onespike.experiments.train --model "$what" --epochs 40 --seed 0 --batch-size 128 \
         --lr 0.05 --threads "$THREADS" --channels-last --device "$DEVICE" \
-        --checkpoint checkpoints/vit_cifar.ckpt --resume --no-progress --out checkpoints/new
+        --checkpoint "checkpoints/$what.ckpt" --resume --no-progress --out checkpoints/new
     ;;
 fast_vgg)
     "$PY" -m onespike.experiments.train --model fast_vgg --recipe airbench --epochs 24 --seed 0 \
@@ -61,7 +63,7 @@ fast_vgg)
         --checkpoint checkpoints/fast_vgg_orig.ckpt --resume --no-progress --out checkpoints/new
     ;;
 *)
-    echo "unknown target $what (resnet20 | vit_cifar | fast_vgg | carry)" >&2
+    echo "unknown target $what (resnet20 | vit_cifar | vit_cifar_relu | fast_vgg | carry)" >&2
     exit 2
     ;;
 esac

@@ -196,8 +196,9 @@ def test_conv_stem_vit_for_cifar_registered_and_converts():
     width 128; the stem's ReLUs convert as ordinary layers ahead of the attention's signed
     and softmax neurons; vit_small: 4x4 patches, 49 tokens, vit_tiny's parameter count;
     vit_stem: vit_small's blocks behind a 16-32 stem (to 14x14) and 2x2 patches;
-    vit_stem_relu: the same with ReLU attention (no softmax neurons)."""
-    from onespike.models import vit_cifar, vit_small, vit_stem, vit_stem_relu
+    vit_stem_relu: the same with ReLU attention (no softmax neurons); vit_cifar_relu:
+    vit_cifar with ReLU attention, the same parameters."""
+    from onespike.models import vit_cifar, vit_cifar_relu, vit_small, vit_stem, vit_stem_relu
 
     assert MODELS["vit_cifar"].dataset == "cifar10" and MODELS["vit_small"].dataset == "mnist"
     assert MODELS["vit_stem"].dataset == "fashion-mnist"
@@ -226,3 +227,10 @@ def test_conv_stem_vit_for_cifar_registered_and_converts():
         st = snn.simulate(x[:2], mode="step")
     torch.testing.assert_close(ev.output, st.output, rtol=1e-4, atol=1e-4)
     assert max(int(c.max()) for c in st.spike_counts.values()) <= 1
+    assert MODELS["vit_cifar_relu"].dataset == "cifar10"
+    relu_c = vit_cifar_relu()
+    assert {k: v.shape for k, v in relu_c.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    relu_kinds = onespike.convert(warm_bn(relu_c, x, passes=2), x, phases=4, progress=False)
+    assert "softmax" not in relu_kinds.plan.kinds and "signed" in relu_kinds.plan.kinds

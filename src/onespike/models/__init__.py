@@ -32,6 +32,7 @@ from onespike.models.vgg import VGG, VGG11_CFG, vgg11_bn
 from onespike.models.vit import (
     ViT,
     vit_cifar,
+    vit_cifar_relu,
     vit_small,
     vit_stem,
     vit_stem_relu,
@@ -70,6 +71,7 @@ __all__ = [
     "resolve_model",
     "vgg11_bn",
     "vit_cifar",
+    "vit_cifar_relu",
     "vit_small",
     "vit_stem",
     "vit_stem_relu",

@@ -26,6 +26,7 @@ from onespike.models.resnet import resnet20
 from onespike.models.vgg import vgg11_bn
 from onespike.models.vit import (
     vit_cifar,
+    vit_cifar_relu,
     vit_small,
     vit_stem,
     vit_stem_relu,
@@ -163,6 +164,17 @@ MODELS: dict[str, ModelSpec] = {
         "python -m onespike.experiments.train --model vit_cifar --epochs 40 --seed 0 "
         "--batch-size 128 --lr 0.05 --threads 1 --channels-last "
         "--checkpoint checkpoints/vit_cifar.ckpt --resume --no-progress --out checkpoints/new",
+    ),
+    # vit_cifar with ReLU attention: issue 27's softmax-against-ReLU ablation on CIFAR-10
+    "vit_cifar_relu": ModelSpec(
+        "vit_cifar_relu",
+        vit_cifar_relu,
+        "cifar10",
+        (3, 32, 32),
+        "python -m onespike.experiments.train --model vit_cifar_relu --epochs 40 --seed 0 "
+        "--batch-size 128 --lr 0.05 --threads 1 --channels-last "
+        "--checkpoint checkpoints/vit_cifar_relu.ckpt --resume --no-progress "
+        "--out checkpoints/new",
     ),
     # graph models: the builder reads the adjacency from the Planetoid files (see
     # onespike.models.gcn.load_pretrained_gcn); weights gcn_{cora,citeseer}, gcn_res_...

@@ -33,6 +33,7 @@ __all__ = [
     "ViT",
     "conv_stem",
     "vit_cifar",
+    "vit_cifar_relu",
     "vit_small",
     "vit_stem",
     "vit_stem_relu",
@@ -196,6 +197,16 @@ def vit_stem_relu(num_classes: int = 10, in_channels: int = 1, pool: str = "mean
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, pool: str = "mean") -> ViT:
     """A ViT with a convolutional stem for 32x32 images: stem 32-64-128 (to 8x8), a 1x1
     patch embedding to 64 tokens of width 128, 4 blocks with 4 heads and a 256-wide MLP."""
+    return _vit_cifar(num_classes, in_channels, pool, "softmax")
+
+
+def vit_cifar_relu(num_classes: int = 10, in_channels: int = 3, pool: str = "mean") -> ViT:
+    """:func:`vit_cifar` with ReLU attention (``relu(scores) / N`` in place of the softmax),
+    for the spike-shift softmax against ReLU attention on CIFAR-10."""
+    return _vit_cifar(num_classes, in_channels, pool, "relu")
+
+
+def _vit_cifar(num_classes: int, in_channels: int, pool: str, attention: str) -> ViT:
     return ViT(
         image_size=32,
         patch=1,
@@ -207,4 +218,5 @@ def vit_cifar(num_classes: int = 10, in_channels: int = 3, pool: str = "mean") -
         mlp_dim=256,
         pool=pool,
         stem=(32, 64, 128),
+        attention=attention,
     )
