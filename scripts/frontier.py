@@ -38,6 +38,7 @@ from onespike.data import load_dataset
 from onespike.experiments.draws import (
     Rows,
     calibration_draw,
+    draw_cells,
     draw_parser,
     grid,
     measure,
@@ -161,22 +162,15 @@ def table(rows: list[dict]) -> str:
     by = _groups(rows)
     groups = sorted(by.items(), key=lambda kv: (*kv[0][:2], kv[0][3], order[kv[0][2]]))
     for (model, T, method, bc), rs in groups:
-        losses = [r["loss"] for r in rs]
-        per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rs))
         lat = "/".join(sorted({str(r["latency_steps"]) for r in rs}, key=int))
         wins = ", ".join("(" + ",".join(str(w) for w in r["windows"]) + ")" for r in rs)
         if len({tuple(r["windows"]) for r in rs}) == 1:
             wins = "(" + ",".join(str(w) for w in rs[0]["windows"]) + ")"
         key = {"auto": "auto_kept", "refined": "refine_kept", "finetuned": "finetune_kept"}
         kept = ", ".join(str(r.get(key.get(method, ""), "")) for r in rs) if method in key else ""
-        spikes = statistics.fmean(r["spikes_per_neuron"] for r in rs)
-        en_c = statistics.fmean(r["energy_ratio_compute"] for r in rs)
-        en_t = statistics.fmean(r["energy_ratio_total"] for r in rs)
         lines.append(
             f"| {model} | {T} | {LABELS[method]}{', bias correction' if bc else ''} | {lat} | "
-            f"{wins} | {per} | "
-            f"{statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
-            f"{en_c:.2f}x; {en_t:.2f}x | {kept} |"
+            f"{wins} | {draw_cells(rs)} | {kept} |"
         )
     return "\n".join(lines)
 

@@ -28,6 +28,7 @@ from onespike.experiments.draws import (
     Rows,
     ShippedEval,
     calibration_draw,
+    draw_cells,
     draw_parser,
     grid,
     measure,
@@ -86,16 +87,7 @@ def table(rows: list[dict], bounds: list[float]) -> str:
         by_key.setdefault((r["model"], r["phases"]), []).append(r)
     for (model, T), rs in sorted(by_key.items()):
         rs.sort(key=lambda r: r["seed"])
-        losses = [r["loss"] for r in rs]
-        per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rs))
-        spikes = statistics.fmean(r["spikes_per_neuron"] for r in rs)
-        en_c = statistics.fmean(r["energy_ratio_compute"] for r in rs)
-        en_t = statistics.fmean(r["energy_ratio_total"] for r in rs)
-        lines.append(
-            f"| {model} | {T} | {rs[0]['latency_steps']} | {per} | "
-            f"{statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
-            f"{en_c:.2f}x; {en_t:.2f}x |"
-        )
+        lines.append(f"| {model} | {T} | {rs[0]['latency_steps']} | {draw_cells(rs)} |")
     lines.append("")
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model]

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from onespike.experiments.draws import Rows, ShippedEval, calibration_draw, draw_parser, grid
+from onespike.experiments.draws import (
+    Rows,
+    ShippedEval,
+    calibration_draw,
+    draw_cells,
+    draw_parser,
+    grid,
+)
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -65,3 +72,19 @@ def test_a_results_file_holds_one_value_of_each_setting_with_defaults_for_old_ro
         Rows(path, {"base": "global"}, defaults={"base": "auto"})
     with pytest.raises(SystemExit, match="held_out_test=None"):
         Rows(path, {"held_out_test": 5000})  # no default given: the missing field differs
+
+
+def test_draw_cells_give_every_draw_the_mean_the_worst_and_the_mean_costs() -> None:
+    rows = [
+        {
+            "seed": s,
+            "loss": v,
+            "spikes_per_neuron": sp,
+            "energy_ratio_compute": c,
+            "energy_ratio_total": t,
+        }
+        for s, v, sp, c, t in [(0, 0.5, 0.4, 6.0, 3.0), (7, -0.1, 0.6, 4.0, 2.0)]
+    ]
+    assert (
+        draw_cells(rows) == "+0.50 (seed 0), -0.10 (seed 7) | +0.20 / +0.50 | 0.500 | 5.00x; 2.50x"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "Rows",
     "ShippedEval",
     "calibration_draw",
+    "draw_cells",
     "draw_parser",
     "grid",
     "measure",
@@ -152,6 +154,21 @@ class Rows:
     def add(self, row: dict) -> None:
         self.rows.append(row)
         write_text(self.path, json.dumps(self.rows, indent=2) + "\n")
+
+
+def draw_cells(rows: list[dict]) -> str:
+    """The cells every per-draw table shares, for the rows of one setting (their draws):
+    ``loss per draw | mean / worst | spikes/neuron | energy ANN/SNN compute; total``, the
+    costs as the mean over the draws."""
+    losses = [r["loss"] for r in rows]
+    per = ", ".join(f"{v:+.2f} (seed {r['seed']})" for v, r in zip(losses, rows))
+    spikes = statistics.fmean(r["spikes_per_neuron"] for r in rows)
+    en_c = statistics.fmean(r["energy_ratio_compute"] for r in rows)
+    en_t = statistics.fmean(r["energy_ratio_total"] for r in rows)
+    return (
+        f"{per} | {statistics.fmean(losses):+.2f} / {max(losses):+.2f} | {spikes:.3f} | "
+        f"{en_c:.2f}x; {en_t:.2f}x"
+    )
 
 
 def draw_parser(doc: str, phases: str, threads: int = 1) -> argparse.ArgumentParser:
