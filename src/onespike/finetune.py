@@ -263,24 +263,8 @@ def finetune(
         raise OptionError(f"finetune: {e}") from None
     if not batch_independent(Runner(snn.ann_graph)):
         raise OptionError("finetune: graph models (whose samples interact) are not supported")
-    x, y = _labelled(data)
-    check_batch(x, snn.input_shape, what="finetune: data")
-    n_given = None
-    if held_out is not None:
-        xh, yh = _labelled(held_out, "finetune: held_out")
-        check_batch(xh, snn.input_shape, what="finetune: held_out")
-        n_given = len(xh)
-        x, y = torch.cat([x, xh.to(x.device, x.dtype)]), torch.cat([y, yh.to(y.device)])
-    device = _device_of(snn)
-    x, y = x.to(device), y.to(device)
     ann = ann.eval()
-    with torch.no_grad():
-        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), False)])
-    if int(y.min()) < 0 or int(y.max()) >= targets.shape[-1]:
-        raise InputError(
-            f"finetune: labels must lie in 0..{targets.shape[-1] - 1} (the ANN's classes), "
-            f"got {int(y.min())}..{int(y.max())}"
-        )
+    x, y, targets, n_given = _labelled_with_targets(snn, ann, data, held_out)
     gen = torch.Generator().manual_seed(cfg.seed)
     data_ = _split(ann, x, y, targets, cfg, gen, n_given)
     n_hold = len(data_.hold_idx)
@@ -359,6 +343,32 @@ def finetune(
         "held_out_given": n_given is not None,
     }
     return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
+
+
+def _labelled_with_targets(
+    snn: SpikingNetwork, ann: nn.Module, data: object, held_out: object
+) -> tuple[Tensor, Tensor, Tensor, int | None]:
+    """The samples and labels of ``data`` followed by those of ``held_out`` (if given), on
+    the network's device, the ANN's logits of each, and how many were held out (``None``
+    when ``held_out`` was not given); every part checked against the network first."""
+    x, y = _labelled(data)
+    check_batch(x, snn.input_shape, what="finetune: data")
+    n_given = None
+    if held_out is not None:
+        xh, yh = _labelled(held_out, "finetune: held_out")
+        check_batch(xh, snn.input_shape, what="finetune: held_out")
+        n_given = len(xh)
+        x, y = torch.cat([x, xh.to(x.device, x.dtype)]), torch.cat([y, yh.to(y.device)])
+    device = _device_of(snn)
+    x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        targets = torch.cat([ann(x[c]) for c in _chunks(len(x), False)])
+    if int(y.min()) < 0 or int(y.max()) >= targets.shape[-1]:
+        raise InputError(
+            f"finetune: labels must lie in 0..{targets.shape[-1] - 1} (the ANN's classes), "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
+    return x, y, targets, n_given
 
 
 def _step_loss(
