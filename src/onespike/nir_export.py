@@ -438,96 +438,12 @@ class _Exporter:
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
 
     def operator(self, n: fx.Node, modules: dict[str, nn.Module], where: str) -> None:
-        nir = self.nir
         m = modules.get(n.target) if n.op == "call_module" else None
         src_node = n.args[0] if n.args else None
         spiking_in = self.runner.is_spiking(src_node)
         in_shape = self.shape(src_node) if isinstance(src_node, fx.Node) else ()
         out_shape = self.shape(n)
-        node = None
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            if m.padding_mode != "zeros":
-                raise NIRExportError(f"{where}: padding_mode {m.padding_mode!r} has no NIR form")
-            bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_channels)
-            if isinstance(m, nn.Conv2d):
-                node = nir.Conv2d(
-                    input_shape=tuple(int(s) for s in in_shape[1:]),
-                    weight=_np(m.weight),
-                    stride=tuple(m.stride),
-                    padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
-                    dilation=tuple(m.dilation),
-                    groups=int(m.groups),
-                    bias=_np(bias),
-                )
-            else:
-                node = nir.Conv1d(
-                    input_shape=int(in_shape[1]),
-                    weight=_np(m.weight),
-                    stride=int(m.stride[0]),
-                    padding=m.padding if isinstance(m.padding, str) else int(m.padding[0]),
-                    dilation=int(m.dilation[0]),
-                    groups=int(m.groups),
-                    bias=_np(bias),
-                )
-            node.metadata = {"has_bias": m.bias is not None}
-        elif isinstance(m, nn.Linear):
-            if m.bias is not None:
-                node = nir.Affine(weight=_np(m.weight), bias=_np(m.bias))
-            else:
-                node = nir.Linear(weight=_np(m.weight))
-            node.metadata = {"has_bias": m.bias is not None}
-        elif isinstance(m, nn.MaxPool2d) and spiking_in:
-            if m.ceil_mode or _pair(m.dilation).tolist() != [1, 1] or m.return_indices:
-                raise NIRExportError(
-                    f"{where}: NIR has no max-pool node; onespike writes a max-pooling of "
-                    "spikes as SumPool2d with metadata, which has no ceil_mode or dilation"
-                )
-            node = nir.SumPool2d(
-                kernel_size=_pair(m.kernel_size),
-                stride=_pair(m.stride if m.stride is not None else m.kernel_size),
-                padding=_pair(m.padding),
-            )
-            node.metadata = {
-                "onespike_op": "max_pool_spikes",
-                "rule": "max-pooling of single spikes: the first spike of each pool window "
-                "passes, later ones are dropped",
-            }
-        elif isinstance(m, nn.AvgPool2d):
-            pad = _pair(m.padding)
-            if (
-                m.ceil_mode
-                or m.divisor_override is not None
-                or (pad.any() and not m.count_include_pad)
-            ):
-                raise NIRExportError(
-                    f"{where}: average pooling with ceil_mode, divisor_override or "
-                    "count_include_pad=False has no NIR form"
-                )
-            k = _pair(m.kernel_size)
-            s = _pair(m.stride if m.stride is not None else m.kernel_size)
-            node = nir.AvgPool2d(kernel_size=k, stride=s, padding=pad)
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
-            hw = in_shape[1:]
-            size = tuple(h if o is None else o for o, h in zip(size, hw))
-            if any(h % o for h, o in zip(hw, size)):
-                raise NIRExportError(
-                    f"{where}: adaptive average pooling from {tuple(hw)} to {size} does not "
-                    "divide evenly and has no NIR form"
-                )
-            k = np.array([h // o for h, o in zip(hw, size)], dtype=np.int64)
-            node = nir.AvgPool2d(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
-            node.metadata = {
-                "onespike_op": "adaptive_avg_pool2d",
-                "output_size": np.array(size, dtype=np.int64),
-            }
-        elif self._is_flatten(n, m, in_shape, out_shape):
-            start, end = self._flatten_dims(n, m)
-            node = nir.Flatten(
-                input_type={"input": np.array(in_shape, dtype=np.int64)},
-                start_dim=start,
-                end_dim=end,
-            )
+        node = self._module_node(n, m, in_shape, out_shape, spiking_in, where)
         if node is None:
             what = (
                 f"module {type(m).__name__}"
@@ -551,6 +467,34 @@ class _Exporter:
         else:
             self.connect(name, self.window[n], self.arg_expr(n))
         self.expr[n] = name
+
+    def _module_node(self, n: fx.Node, m, in_shape, out_shape, spiking_in: bool, where: str):
+        """The NIR node of the operator ``n`` (module ``m`` or None), or None when it
+        has no NIR form."""
+        nir = self.nir
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return _conv_node(nir, m, in_shape, where)
+        if isinstance(m, nn.Linear):
+            if m.bias is not None:
+                node = nir.Affine(weight=_np(m.weight), bias=_np(m.bias))
+            else:
+                node = nir.Linear(weight=_np(m.weight))
+            node.metadata = {"has_bias": m.bias is not None}
+            return node
+        if isinstance(m, nn.MaxPool2d) and spiking_in:
+            return _max_pool_node(nir, m, where)
+        if isinstance(m, nn.AvgPool2d):
+            return _avg_pool_node(nir, m, where)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return _adaptive_avg_pool_node(nir, m, in_shape, where)
+        if self._is_flatten(n, m, in_shape, out_shape):
+            start, end = self._flatten_dims(n, m)
+            return nir.Flatten(
+                input_type={"input": np.array(in_shape, dtype=np.int64)},
+                start_dim=start,
+                end_dim=end,
+            )
+        return None
 
     def concat(self, n: fx.Node, where: str) -> None:
         """``torch.cat`` along the channels (or features) as a sum of zero-padded maps: input
@@ -625,6 +569,86 @@ class _Exporter:
         if start < 1:
             raise NIRExportError(f"node '{n.name}': a flatten of the batch dimension")
         return start - 1, end - 1 if end >= 1 else end
+
+
+def _conv_node(nir, m: nn.Conv1d | nn.Conv2d, in_shape, where: str):
+    if m.padding_mode != "zeros":
+        raise NIRExportError(f"{where}: padding_mode {m.padding_mode!r} has no NIR form")
+    bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_channels)
+    if isinstance(m, nn.Conv2d):
+        node = nir.Conv2d(
+            input_shape=tuple(int(s) for s in in_shape[1:]),
+            weight=_np(m.weight),
+            stride=tuple(m.stride),
+            padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
+            dilation=tuple(m.dilation),
+            groups=int(m.groups),
+            bias=_np(bias),
+        )
+    else:
+        node = nir.Conv1d(
+            input_shape=int(in_shape[1]),
+            weight=_np(m.weight),
+            stride=int(m.stride[0]),
+            padding=m.padding if isinstance(m.padding, str) else int(m.padding[0]),
+            dilation=int(m.dilation[0]),
+            groups=int(m.groups),
+            bias=_np(bias),
+        )
+    node.metadata = {"has_bias": m.bias is not None}
+    return node
+
+
+def _max_pool_node(nir, m: nn.MaxPool2d, where: str):
+    """Max-pooling of single spikes, written as SumPool2d with metadata (NIR has no
+    max-pool node)."""
+    if m.ceil_mode or _pair(m.dilation).tolist() != [1, 1] or m.return_indices:
+        raise NIRExportError(
+            f"{where}: NIR has no max-pool node; onespike writes a max-pooling of "
+            "spikes as SumPool2d with metadata, which has no ceil_mode or dilation"
+        )
+    node = nir.SumPool2d(
+        kernel_size=_pair(m.kernel_size),
+        stride=_pair(m.stride if m.stride is not None else m.kernel_size),
+        padding=_pair(m.padding),
+    )
+    node.metadata = {
+        "onespike_op": "max_pool_spikes",
+        "rule": "max-pooling of single spikes: the first spike of each pool window "
+        "passes, later ones are dropped",
+    }
+    return node
+
+
+def _avg_pool_node(nir, m: nn.AvgPool2d, where: str):
+    pad = _pair(m.padding)
+    if m.ceil_mode or m.divisor_override is not None or (pad.any() and not m.count_include_pad):
+        raise NIRExportError(
+            f"{where}: average pooling with ceil_mode, divisor_override or "
+            "count_include_pad=False has no NIR form"
+        )
+    k = _pair(m.kernel_size)
+    s = _pair(m.stride if m.stride is not None else m.kernel_size)
+    return nir.AvgPool2d(kernel_size=k, stride=s, padding=pad)
+
+
+def _adaptive_avg_pool_node(nir, m: nn.AdaptiveAvgPool2d, in_shape, where: str):
+    """Adaptive average pooling that divides evenly, as AvgPool2d with its output size."""
+    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+    hw = in_shape[1:]
+    size = tuple(h if o is None else o for o, h in zip(size, hw))
+    if any(h % o for h, o in zip(hw, size)):
+        raise NIRExportError(
+            f"{where}: adaptive average pooling from {tuple(hw)} to {size} does not "
+            "divide evenly and has no NIR form"
+        )
+    k = np.array([h // o for h, o in zip(hw, size)], dtype=np.int64)
+    node = nir.AvgPool2d(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
+    node.metadata = {
+        "onespike_op": "adaptive_avg_pool2d",
+        "output_size": np.array(size, dtype=np.int64),
+    }
+    return node
 
 
 def _version() -> str:
@@ -851,48 +875,8 @@ def _build_from_graph(g) -> SpikingNetwork:
         elif isinstance(node, nir.IF):
             layers.append(_layer_plan(md))
             env[name] = module(name, nn.ReLU())
-        elif isinstance(node, (nir.Conv1d, nir.Conv2d)):
-            w = torch.from_numpy(np.array(node.weight))
-            cls = nn.Conv2d if isinstance(node, nir.Conv2d) else nn.Conv1d
-            pad = node.padding
-            pad = _meta_str(pad) if isinstance(pad, (str, bytes)) else _tuple(pad)
-            has_bias = bool(md.get("has_bias", True))
-            m = cls(
-                w.shape[1] * int(node.groups),
-                w.shape[0],
-                tuple(w.shape[2:]),
-                stride=_tuple(node.stride),
-                padding=pad,
-                dilation=_tuple(node.dilation),
-                groups=int(node.groups),
-                bias=has_bias,
-            )
-            m.weight = nn.Parameter(w)
-            if has_bias:
-                m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
+        elif (m := _torch_module(nir, name, node, md, kind)) is not None:
             env[name] = module(name, m)
-        elif isinstance(node, (nir.Affine, nir.Linear)):
-            w = torch.from_numpy(np.array(node.weight))
-            m = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
-            m.weight = nn.Parameter(w)
-            if isinstance(node, nir.Affine):
-                m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
-            env[name] = module(name, m)
-        elif isinstance(node, nir.SumPool2d):
-            if kind != "max_pool_spikes":
-                raise NIRExportError(f"node '{name}': sum pooling is not a onespike operator")
-            m = nn.MaxPool2d(_tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding))
-            env[name] = module(name, m)
-        elif isinstance(node, nir.AvgPool2d):
-            if kind == "adaptive_avg_pool2d":
-                m = nn.AdaptiveAvgPool2d(_tuple(md["output_size"]))
-            else:
-                k, s, p = _tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding)
-                m = nn.AvgPool2d(k, s, p)
-            env[name] = module(name, m)
-        elif isinstance(node, nir.Flatten):
-            start, end = int(node.start_dim), int(node.end_dim)
-            env[name] = module(name, nn.Flatten(start + 1, end + 1 if end >= 0 else end))
         elif isinstance(node, (nir.Delay, nir.I)):
             env[name] = inputs(name)  # delays are the windows' structure; the readout sums
         elif isinstance(node, nir.Output):
@@ -911,6 +895,51 @@ def _build_from_graph(g) -> SpikingNetwork:
         input_window=None if in_steps == int(meta["phases"]) else in_steps,
     )
     return SpikingNetwork(gm, plan, _tuple(meta["input_shape"]))
+
+
+def _torch_module(nir, name: str, node, md: dict, kind: str) -> nn.Module | None:
+    """The torch module of a NIR weight, pooling or flatten node written by
+    :func:`export_nir`, or None for any other node."""
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        w = torch.from_numpy(np.array(node.weight))
+        cls = nn.Conv2d if isinstance(node, nir.Conv2d) else nn.Conv1d
+        pad = node.padding
+        pad = _meta_str(pad) if isinstance(pad, (str, bytes)) else _tuple(pad)
+        has_bias = bool(md.get("has_bias", True))
+        m = cls(
+            w.shape[1] * int(node.groups),
+            w.shape[0],
+            tuple(w.shape[2:]),
+            stride=_tuple(node.stride),
+            padding=pad,
+            dilation=_tuple(node.dilation),
+            groups=int(node.groups),
+            bias=has_bias,
+        )
+        m.weight = nn.Parameter(w)
+        if has_bias:
+            m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
+        return m
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        w = torch.from_numpy(np.array(node.weight))
+        m = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
+        m.weight = nn.Parameter(w)
+        if isinstance(node, nir.Affine):
+            m.bias = nn.Parameter(torch.from_numpy(np.array(node.bias)))
+        return m
+    if isinstance(node, nir.SumPool2d):
+        if kind != "max_pool_spikes":
+            raise NIRExportError(f"node '{name}': sum pooling is not a onespike operator")
+        return nn.MaxPool2d(_tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding))
+    if isinstance(node, nir.AvgPool2d):
+        if kind == "adaptive_avg_pool2d":
+            return nn.AdaptiveAvgPool2d(_tuple(md["output_size"]))
+        k, s, p = _tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding)
+        return nn.AvgPool2d(k, s, p)
+    if isinstance(node, nir.Flatten):
+        start, end = int(node.start_dim), int(node.end_dim)
+        return nn.Flatten(start + 1, end + 1 if end >= 0 else end)
+    return None
 
 
 __all__ = ["NIRExportError", "export_nir", "import_nir", "read_graph"]
