@@ -263,7 +263,6 @@ def finetune(
         raise OptionError(f"finetune: {e}") from None
     if not batch_independent(Runner(snn.ann_graph)):
         raise OptionError("finetune: graph models (whose samples interact) are not supported")
-    ann = ann.eval()
     x, y, targets, n_given = _labelled_with_targets(snn, ann, data, held_out)
     gen = torch.Generator().manual_seed(cfg.seed)
     data_ = _split(ann, x, y, targets, cfg, gen, n_given)
@@ -350,7 +349,8 @@ def _labelled_with_targets(
 ) -> tuple[Tensor, Tensor, Tensor, int | None]:
     """The samples and labels of ``data`` followed by those of ``held_out`` (if given), on
     the network's device, the ANN's logits of each, and how many were held out (``None``
-    when ``held_out`` was not given); every part checked against the network first."""
+    when ``held_out`` was not given); every part checked against the network first, and
+    the ANN put in eval mode."""
     x, y = _labelled(data)
     check_batch(x, snn.input_shape, what="finetune: data")
     n_given = None
@@ -361,6 +361,7 @@ def _labelled_with_targets(
         x, y = torch.cat([x, xh.to(x.device, x.dtype)]), torch.cat([y, yh.to(y.device)])
     device = _device_of(snn)
     x, y = x.to(device), y.to(device)
+    ann.eval()  # only once the data are known good: a user mistake changes nothing
     with torch.no_grad():
         targets = torch.cat([ann(x[c]) for c in _chunks(len(x), False)])
     if int(y.min()) < 0 or int(y.max()) >= targets.shape[-1]:
