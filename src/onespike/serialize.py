@@ -65,6 +65,7 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
@@ -74,6 +75,9 @@ from onespike.errors import MAX_PHASES, OnespikeError, check_device
 from onespike.network import SpikingNetwork
 from onespike.plan import LAYER_KINDS, LayerPlan, Plan
 from onespike.trace import OPS, SPIKING
+
+if TYPE_CHECKING:
+    from onespike.graph import Runner
 
 Tensor = torch.Tensor
 
@@ -428,7 +432,7 @@ def _check_layer_plan(lp: object, what: str) -> None:
     _check_number(lp.phases, f"{what}'s window (phases)", 1, MAX_PHASES, integer=True)
     _check_number(lp.neurons, f"{what}'s neuron count", 0, math.inf, integer=True)
     _check_number(lp.fire_window, f"{what}'s fire window", 0, 1 << 30, integer=True)
-    if getattr(lp, "kind", "relu") not in LAYER_KINDS:
+    if lp.kind not in LAYER_KINDS:
         raise ValueError(f"{what} has kind {lp.kind!r}; a kind is one of {LAYER_KINDS}")
     if lp.kind == "softmax" and lp.scale != 1.0:
         raise ValueError(f"{what} is a softmax of scale {lp.scale!r}; its scale is 1")
@@ -461,9 +465,19 @@ def check_plan(net: SpikingNetwork) -> None:
     """
     from onespike import calibrate
     from onespike.graph import Runner
+
+    _check_plan_fields(net.plan)
+    runner = Runner(net.ann_graph)
+    _check_plan_graph(net.plan, runner)
+    _check_scale_tensors(net)
+    if calibrate.batch_independent(runner):  # where samples mix (a GCN): no one-sample probe
+        _check_neuron_counts(net)
+
+
+def _check_plan_fields(plan: Plan) -> None:
+    """The plan's own fields: windows, input coding, search record, each layer plan."""
     from onespike.plan import INPUT_CODINGS
 
-    plan = net.plan
     _check_number(plan.phases, "the plan's window (phases)", 1, MAX_PHASES, integer=True)
     if plan.input_coding not in INPUT_CODINGS:
         raise ValueError(
@@ -476,46 +490,46 @@ def check_plan(net: SpikingNetwork) -> None:
     if (plan.input_coding == "single") != (plan.input is not None):
         raise ValueError(f"the input coding is {plan.input_coding!r} but the input layer plan is "
                          f"{'present' if plan.input is not None else 'missing'}")  # fmt: skip
-    in_win = getattr(plan, "input_window", None)
-    if in_win is not None:  # an analog input's own window (windows="auto")
-        _check_number(in_win, "the input's window", 1, MAX_PHASES, integer=True)
+    if plan.input_window is not None:  # an analog input's own window (windows="auto")
+        _check_number(plan.input_window, "the input's window", 1, MAX_PHASES, integer=True)
         if plan.input_coding != "analog":
             raise ValueError(f"the {plan.input_coding!r} input has a window of its own")
     if plan.input is not None:
         _check_layer_plan(plan.input, "the input layer")
         if plan.input.phases != plan.phases or plan.input.fire_window != 0:
             raise ValueError("the input layer's window or fire window is not the plan's")
-    runner = Runner(net.ann_graph)
+
+
+def _check_plan_graph(plan: Plan, runner: Runner) -> None:
+    """The layers' kinds, fire windows and the latency against the places in the graph."""
+    from onespike import calibrate
+
     relus = [n for n in runner.nodes if runner.role(n) in SPIKING]
     if len(relus) != len(plan.layers):
         raise ValueError(f"the plan has {len(plan.layers)} spiking layers, the graph {len(relus)}")
+    fire, _ = calibrate.fire_windows(runner, relus)
     for node, lp in zip(relus, plan.layers):
         if runner.role(node) != lp.kind:
             raise ValueError(
                 f"layer '{lp.name}' is of kind {lp.kind!r}; its place in the graph is a "
                 f"{runner.role(node)!r} layer"
             )
-    fire, out_window = calibrate.fire_windows(runner, relus)
-    for node, lp in zip(relus, plan.layers):
         if lp.fire_window != fire[node]:
             raise ValueError(
                 f"layer '{lp.name}' has fire window {lp.fire_window}; its place in the graph "
                 f"gives {fire[node]}"
             )
     windows = [lp.phases for lp in plan.layers]
-    fire_steps = getattr(calibrate, "fire_steps", None)  # per-layer windows
-    if fire_steps is not None:
-        in_steps = getattr(plan, "input_steps", plan.phases)  # the input's window
-        latency = fire_steps(runner, relus, windows, in_steps)[1]
-    else:
-        odd = [lp.name for lp in plan.layers if lp.phases != plan.phases]
-        if odd:
-            raise ValueError(f"layer '{odd[0]}' has a window other than the plan's {plan.phases}")
-        latency = (out_window + 1) * plan.phases
+    latency = calibrate.fire_steps(runner, relus, windows, plan.input_steps)[1]
     if plan.latency_steps != latency:
         raise ValueError(
             f"the plan's latency is {plan.latency_steps!r} steps; its windows give {latency}"
         )
+
+
+def _check_scale_tensors(net: SpikingNetwork) -> None:
+    """Each spiking layer's ``scale`` buffer equals its plan's scale."""
+    plan = net.plan
     layers = [*net.spikes.values()] + ([net.input_encoder.layer] if plan.input else [])
     lps = [*plan.layers] + ([plan.input] if plan.input else [])
     for layer, lp in zip(layers, lps):
@@ -525,8 +539,10 @@ def check_plan(net: SpikingNetwork) -> None:
         want = torch.tensor(lp.scale, dtype=torch.float32, device="cpu").to(buf.dtype)
         if buf.shape != want.shape or not torch.equal(buf.cpu(), want):
             raise ValueError(f"layer '{lp.name}''s scale tensor is not the plan's scale")
-    if not calibrate.batch_independent(runner):
-        return  # samples mix (a GCN): no one-sample probe
+
+
+def _check_neuron_counts(net: SpikingNetwork) -> None:
+    """Run one zero sample: each layer's neurons (and per-channel scales) fit its output."""
     p = next((t for t in net.parameters() if t.is_floating_point()), None)
     x = torch.zeros(
         (1, *net.input_shape),
@@ -539,7 +555,7 @@ def check_plan(net: SpikingNetwork) -> None:
     except (RuntimeError, ValueError, IndexError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise ValueError(f"the plan does not fit the graph ({msg})") from None
-    for lp in plan.layers:
+    for lp in net.plan.layers:
         phase = run.spike_phases[lp.name]
         if phase.dim() < 2 or phase[0].numel() != lp.neurons:
             raise ValueError(
