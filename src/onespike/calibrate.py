@@ -992,24 +992,7 @@ def calibrate(
             search, traced, phases, budget, latency_of, held_x
         )
     elif cfg.base == "global":
-        # one base for every layer, scored by the error of the logits: every 4th base
-        # of the grid, then the grid's neighbours (two each side) of the best one
-        tried: dict[float, tuple] = {}
-        bar = tqdm(desc="global base", disable=not progress, leave=False)
-
-        def run_base(b: float) -> None:
-            if b not in tried:
-                chosen, errors = search.run_sequential([b], desc=f"base {b}")
-                tried[b] = (search.output_error(chosen), chosen, errors)
-                bar.update()
-
-        for b in BASE_GRID[::4]:
-            run_base(b)
-        j = BASE_GRID.index(min(tried, key=lambda b: tried[b][0]))
-        for b in BASE_GRID[max(j - 2, 0) : j + 3]:
-            run_base(b)
-        bar.close()
-        _, chosen, errors = min(tried.values(), key=lambda t: t[0])
+        chosen, errors = _global_base(search, progress)
     else:
         chosen, errors = search.run_sequential()
     code = search.code
@@ -1020,8 +1003,59 @@ def calibrate(
         layer_figures(env, x_search, chosen, search.relus, search.input, code, sums, traced.caps)
     else:  # chunk by chunk (on this rank's shard), then added up in the chunks' order
         sums = stream.figures(chosen, search.relus, code)
-    fire, _ = fire_windows(search.runner, search.relus)
     _, latency = fire_steps(search.runner, relus, [code.window(n) for n in relus], input_steps)
+    layers, inp = _layer_plans(search, traced, cfg, chosen, errors, sums, input_coding)
+    search_info = cfg.describe()
+    if windows is not None:  # the uniform plan's record stays as it was
+        search_info["windows"] = "auto" if windows == "auto" else "list"
+    if window_info is not None:
+        search_info["auto_windows"] = window_info
+    return Plan(
+        phases=phases,
+        input_coding=input_coding,
+        layers=tuple(layers),
+        input=inp,
+        latency_steps=latency,
+        search=search_info,
+        input_window=None if input_steps == phases else input_steps,
+    )
+
+
+def _global_base(search: _Search, progress: bool) -> tuple[dict, dict]:
+    """One base for every layer (``base="global"``), scored by the error of the logits:
+    every 4th base of the grid, then the grid's neighbours (two each side) of the best
+    one. Returns the chosen ``(scale, base)`` per layer and the layers' output errors."""
+    tried: dict[float, tuple] = {}
+    bar = tqdm(desc="global base", disable=not progress, leave=False)
+
+    def run_base(b: float) -> None:
+        if b not in tried:
+            chosen, errors = search.run_sequential([b], desc=f"base {b}")
+            tried[b] = (search.output_error(chosen), chosen, errors)
+            bar.update()
+
+    for b in BASE_GRID[::4]:
+        run_base(b)
+    j = BASE_GRID.index(min(tried, key=lambda b: tried[b][0]))
+    for b in BASE_GRID[max(j - 2, 0) : j + 3]:
+        run_base(b)
+    bar.close()
+    _, chosen, errors = min(tried.values(), key=lambda t: t[0])
+    return chosen, errors
+
+
+def _layer_plans(
+    search: _Search,
+    traced: TracedModel,
+    cfg: SearchConfig,
+    chosen: dict,
+    errors: dict,
+    sums: dict[Node, list[float]],
+    input_coding: str,
+) -> tuple[list[LayerPlan], LayerPlan | None]:
+    """The spiking layers' plans, in graph order, and the input's (``"single"`` coding)."""
+    code = search.code
+    fire, _ = fire_windows(search.runner, search.relus)
 
     def lp_for(node: Node, name: str, window: int) -> LayerPlan:
         s, b = chosen[node]
@@ -1042,17 +1076,4 @@ def calibrate(
 
     layers = [lp_for(n, traced.names[n], fire[n]) for n in search.relus]
     inp = lp_for(search.input, "input", 0) if input_coding == "single" else None
-    search_info = cfg.describe()
-    if windows is not None:  # the uniform plan's record stays as it was
-        search_info["windows"] = "auto" if windows == "auto" else "list"
-    if window_info is not None:
-        search_info["auto_windows"] = window_info
-    return Plan(
-        phases=phases,
-        input_coding=input_coding,
-        layers=tuple(layers),
-        input=inp,
-        latency_steps=latency,
-        search=search_info,
-        input_window=None if input_steps == phases else input_steps,
-    )
+    return layers, inp
