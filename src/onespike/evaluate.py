@@ -149,6 +149,66 @@ def check_labels(y: object, classes: int, where: str = "") -> None:
         )
 
 
+@dataclass
+class _Tally:
+    """What :func:`evaluate` counts over its batches (this rank's, until
+    :meth:`all_reduce`)."""
+
+    run_ann: bool  # count the ANN's correct predictions (its accuracy is not given)
+    step: bool  # run the step simulator and compare it with the event path
+    costs: bool  # a cost report per batch
+    ann_ok: int = 0
+    snn_ok: int = 0
+    step_ok: int = 0
+    same: int = 0  # images whose step and event predictions agree
+    mismatches: int = 0  # neurons whose step and event phases differ
+    neurons: int = 0
+    max_spikes: int = 0
+    reports: list[CostReport] = field(default_factory=list)
+
+    def add(self, ann: nn.Module | None, snn: SpikingNetwork, xb: Tensor, yb: Tensor) -> None:
+        if self.run_ann:
+            self.ann_ok += int((ann(xb).argmax(1) == yb).sum())
+        if not (self.step or self.costs):  # only the output: the fast path (identical outputs)
+            self.snn_ok += int((snn(xb).argmax(1) == yb).sum())
+            return
+        run = ev = snn.simulate(xb, mode="event")
+        pe = ev.output.argmax(1)
+        self.snn_ok += int((pe == yb).sum())
+        if self.step:
+            run = st = snn.simulate(xb, mode="step")
+            ps = st.output.argmax(1)
+            self.step_ok += int((ps == yb).sum())
+            self.same += int((ps == pe).sum())
+            for k, ph in st.spike_phases.items():
+                self.mismatches += int((ph != ev.spike_phases[k]).sum())
+                self.neurons += ph.numel()
+                self.max_spikes = max(self.max_spikes, int(st.spike_counts[k].max()))
+        if self.costs:
+            self.reports.append(cost(None, snn, xb, run=run))
+
+    def all_reduce(self) -> None:
+        """Every rank's counts added up (the spike count by a max), the reports gathered
+        in the chunks' order."""
+        counts = [self.ann_ok, self.snn_ok, self.step_ok, self.same, self.mismatches]
+        counts = distributed.all_reduce([*counts, self.neurons], integer=True)
+        self.ann_ok, self.snn_ok, self.step_ok, self.same, self.mismatches, self.neurons = counts
+        (self.max_spikes,) = distributed.all_reduce([self.max_spikes], "max", integer=True)
+        self.reports = [r for part in distributed.gather_objects(self.reports) for r in part]
+
+    def result(self, n: int, ann_accuracy: float | None) -> EvalResult:
+        res = EvalResult(samples=n, ann_accuracy=ann_accuracy, snn_accuracy=100.0 * self.snn_ok / n)
+        if self.step:
+            res.step_accuracy = 100.0 * self.step_ok / n
+            res.step_event_same_predictions = self.same
+            res.phase_mismatches = self.mismatches
+            res.phase_agreement = 1.0 - self.mismatches / max(self.neurons, 1)
+            res.max_spikes_per_neuron = self.max_spikes
+        if self.costs:
+            res.cost = merge_reports(self.reports)
+        return res
+
+
 @torch.no_grad()
 def evaluate(
     ann: nn.Module | None,
@@ -212,10 +272,7 @@ def evaluate(
         }
     )
     mine = distributed.shard(data, batch_size)
-    ann_ok = snn_ok = step_ok = same = 0
-    mism = total_neurons = 0
-    max_spk = 0
-    reports: list[CostReport] = []
+    tally = _Tally(run_ann=ann is not None and ann_accuracy is None, step=step, costs=costs)
     batches = distributed.chunks(mine, batch_size)
     total = 0 if mine is None else -(-mine.count // batch_size)
     show = progress and distributed.is_main()
@@ -224,46 +281,9 @@ def evaluate(
     ):
         if not isinstance(y, Tensor):
             check_labels(yb, classes, f"batch {i}")
-        if ann is not None and ann_accuracy is None:
-            ann_ok += int((ann(xb).argmax(1) == yb).sum())
-        if not (step or costs):  # only the output: the fast path (identical outputs)
-            snn_ok += int((snn(xb).argmax(1) == yb).sum())
-            continue
-        ev = snn.simulate(xb, mode="event")
-        pe = ev.output.argmax(1)
-        snn_ok += int((pe == yb).sum())
-        run = ev
-        if step:
-            st = snn.simulate(xb, mode="step")
-            ps = st.output.argmax(1)
-            step_ok += int((ps == yb).sum())
-            same += int((ps == pe).sum())
-            for k, ph in st.spike_phases.items():
-                mism += int((ph != ev.spike_phases[k]).sum())
-                total_neurons += ph.numel()
-                max_spk = max(max_spk, int(st.spike_counts[k].max()))
-            run = st
-        if costs:
-            reports.append(cost(None, snn, xb, run=run))
+        tally.add(ann, snn, xb, yb)
     if distributed.active():  # the whole data's figures on every rank
-        ann_ok, snn_ok, step_ok, same, mism, total_neurons = distributed.all_reduce(
-            [ann_ok, snn_ok, step_ok, same, mism, total_neurons], integer=True
-        )
-        (max_spk,) = distributed.all_reduce([max_spk], "max", integer=True)
-        reports = [r for part in distributed.gather_objects(reports) for r in part]
-    res = EvalResult(
-        samples=n,
-        ann_accuracy=ann_accuracy
-        if ann_accuracy is not None or ann is None
-        else 100.0 * ann_ok / n,
-        snn_accuracy=100.0 * snn_ok / n,
-    )
-    if step:
-        res.step_accuracy = 100.0 * step_ok / n
-        res.step_event_same_predictions = same
-        res.phase_mismatches = mism
-        res.phase_agreement = 1.0 - mism / max(total_neurons, 1)
-        res.max_spikes_per_neuron = max_spk
-    if costs:
-        res.cost = merge_reports(reports)
-    return res
+        tally.all_reduce()
+    if ann_accuracy is None and ann is not None:
+        ann_accuracy = 100.0 * tally.ann_ok / n
+    return tally.result(n, ann_accuracy)
