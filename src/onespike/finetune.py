@@ -254,19 +254,12 @@ def finetune(
     (no data-parallel split) and rank 0 writes the checkpoint.
     """
     _check_network(snn, ann, "finetune")
-    cfg = config if config is not None else FinetuneConfig()
-    if epochs is not None:
-        overrides = {**overrides, "epochs": epochs}
-    try:
-        cfg = dataclasses.replace(cfg, **overrides)
-    except TypeError as e:
-        raise OptionError(f"finetune: {e}") from None
+    cfg = _config(config, epochs, overrides)
     if not batch_independent(Runner(snn.ann_graph)):
         raise OptionError("finetune: graph models (whose samples interact) are not supported")
     x, y, targets, n_given = _labelled_with_targets(snn, ann, data, held_out)
     gen = torch.Generator().manual_seed(cfg.seed)
     data_ = _split(ann, x, y, targets, cfg, gen, n_given)
-    n_hold = len(data_.hold_idx)
     rc = RefineConfig(
         iterations=1, batch_size=cfg.batch_size, lr=cfg.lr, scale_lr=cfg.scale_lr, drop=0.0
     )
@@ -297,8 +290,7 @@ def finetune(
     ) + distributed.digest(repr(dataclasses.replace(cfg, time_budget=None)))
     first = 0
     if resume and path is not None and path.exists():
-        state = _load(path, fingerprint)
-        first = _restore(state, tr, opt, keeper)
+        first = _restore(_load(path, fingerprint), tr, opt, keeper)
 
     def save(steps: int) -> None:
         if path is not None:
@@ -328,20 +320,32 @@ def finetune(
         save(steps)  # before this run's own last check: a resumed run goes on as if uncut
         keeper.offer(steps, "fine-tuned")
     keeper.restore()
-    after = measure(data_.hold_idx)[0]
     info = {
         **dataclasses.asdict(cfg),
         "steps": steps,
         "total_steps": total,
         "resumed_from": first,
         "seconds": round(time.perf_counter() - start, 2),
-        **_kept_record(keeper, steps, after),
+        **_kept_record(keeper, steps, measure(data_.hold_idx)[0]),
         "samples": len(x),
         "fit_samples": len(data_.fit_idx),
-        "held_out_samples": n_hold,
+        "held_out_samples": len(data_.hold_idx),
         "held_out_given": n_given is not None,
     }
     return _write_back(snn, tr, info, "finetune", keeper.kind == keeper.what)
+
+
+def _config(
+    config: FinetuneConfig | None, epochs: int | None, overrides: dict[str, object]
+) -> FinetuneConfig:
+    """``config`` (or the defaults) with ``epochs`` and the keyword overrides applied."""
+    cfg = config if config is not None else FinetuneConfig()
+    if epochs is not None:
+        overrides = {**overrides, "epochs": epochs}
+    try:
+        return dataclasses.replace(cfg, **overrides)
+    except TypeError as e:
+        raise OptionError(f"finetune: {e}") from None
 
 
 def _labelled_with_targets(
