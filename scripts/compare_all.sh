@@ -14,6 +14,11 @@
 #   ONLY=cifar CIFAR_MODELS=fast_vgg_e24 scripts/compare_all.sh  # only the CIFAR-10 models,
 #                                            # then the tables of every JSON there
 #
+# On two free cores a CIFAR-10 model's codes can run in two processes: a second
+# `onespike compare` with the same settings, `--codes a,b --prefix <model>_part2`, then the
+# main one with `--merge docs/results/compare/<model>_part2.json`, which takes the codes
+# the second finished as done (docs/COMPARE.md, "How the runs were made").
+#
 # Outputs: docs/results/compare/<model>_<dataset>.json and three PNGs each,
 # docs/results/compare/peer_spikingjelly.{json,txt}, and the Markdown tables printed by
 # `python -m onespike.experiments.compare docs/results/compare/*.json` (pasted into docs/COMPARE.md).

@@ -232,12 +232,40 @@ def test_cli_compare_resumes_a_stopped_run(tmp_path, capsys):
     (tmp_path / "m.json").write_text(json.dumps(stopped))
     capsys.readouterr()
     assert main([*argv, "--codes", "rate-max,ttfs", "--resume"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert "reusing" in capsys.readouterr().out
     again = json.loads((tmp_path / "m.json").read_text())
     assert again["complete"] is True and list(again["codes"]) == ["rate-max", "ttfs"]
     assert again["codes"]["rate-max"]["seconds"] == 12345.0
     assert again["codes"]["ttfs"]["points"] == full["codes"]["ttfs"]["points"]
     assert main([*argv, "--codes", "ttfs", "--test", "10", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (test)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_compare_merges_the_codes_of_another_process(tmp_path, capsys):
+    """``--merge`` takes the finished codes of a second run with the same settings (a
+    second process given other codes and another prefix): the result has every code in
+    the order asked, the merged ones not run again; a run of other settings, or a missing
+    file, is refused with one line."""
+    from onespike.cli import main
+
+    argv = ["compare", "--model", "mnist_cnn", "--dataset", "mnist", "--calibration", "100"]
+    argv += ["--test", "20", "--max-steps", "16", "--out", str(tmp_path), "--no-plots"]
+    assert main([*argv, "--codes", "ttfs", "--prefix", "b"]) == 0
+    part = json.loads((tmp_path / "b.json").read_text())
+    part["codes"]["ttfs"]["seconds"] = 12345.0  # a mark: kept, not recomputed
+    (tmp_path / "b.json").write_text(json.dumps(part))
+    capsys.readouterr()
+    both = [*argv, "--codes", "rate-max,ttfs", "--prefix", "a", "--merge", str(tmp_path / "b.json")]
+    assert main(both) == 0
+    assert "reusing" in capsys.readouterr().out
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert res["complete"] is True and list(res["codes"]) == ["rate-max", "ttfs"]
+    assert res["codes"]["ttfs"]["seconds"] == 12345.0
+    assert main([*both[:-1], str(tmp_path / "nowhere.json")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    other = [*argv, "--codes", "rate-max", "--prefix", "c", "--test", "10"]
+    assert main([*other, "--merge", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
     assert "other settings (test)" in err and len(err.strip().splitlines()) == 1
 

@@ -802,6 +802,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the JSON is rewritten after every code; with --resume, a stopped run's JSON "
         "(same settings) is read and the codes it finished are not run again",
     )
+    p.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="the JSON of another run with the same settings (for example a second process "
+        "given other --codes and another --prefix): the codes it finished are taken as "
+        "done, as with --resume; repeatable",
+    )
 
 
 def load_graph_task(model: str, dataset: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
@@ -856,6 +865,12 @@ def main(args: argparse.Namespace) -> int:
         "refine_phases": refine_phases,
     }
     done, spent = _resumable(jpath, settings) if getattr(args, "resume", False) else ({}, 0.0)
+    for other in getattr(args, "merge", []):
+        if not Path(other).is_file():
+            raise OptionError(f"--merge: {other} is not a file; give the JSON of another run")
+        theirs, their_spent = _resumable(Path(other), settings)
+        done |= {k: v for k, v in theirs.items() if k not in done}
+        spent += their_spent
 
     def finish(result: dict, complete: bool) -> dict:
         result.update(
@@ -912,11 +927,11 @@ def _resumable(path: Path, settings: dict) -> tuple[dict[str, dict], float]:
     if theirs != settings:
         diff = sorted(k for k in settings if (theirs or {}).get(k, "?") != settings[k])
         raise OptionError(
-            f"--resume: {path} was made with other settings ({', '.join(diff) or 'unknown'}); "
+            f"{path} was made with other settings ({', '.join(diff) or 'unknown'}); "
             "rerun with its settings, or remove it to start again"
         )
     codes = dict(prev.get("codes", {}))
-    print(f"resuming {path}: {len(codes)} code(s) done ({', '.join(codes)})", flush=True)
+    print(f"reusing {path}: {len(codes)} code(s) done ({', '.join(codes)})", flush=True)
     return codes, float(prev.get("seconds", 0.0))
 
 
