@@ -52,6 +52,7 @@ from onespike._training import (
     _rank_split,
     _RankSplit,
     _run_to,
+    _Score,
     _slowest,
     _Trainable,
     _trainable,
@@ -663,7 +664,28 @@ def refine(
     seconds = _slowest(time.perf_counter() - start)
     fit_after, hold_after = measure(data.fit_idx)[0], measure(data.hold_idx)[0]
     distributed.check_identical("the refined network", tr.gm.state_dict())
-    info = {
+    info = _record(
+        cfg, keeper, data, steps, seconds, recon, n_given, fit_before, fit_after, hold_after
+    )
+    unchanged = n_hold > 0 and keeper.kind == keeper.what
+    return _write_back(snn, tr, info, "refine", unchanged)
+
+
+def _record(
+    cfg: RefineConfig,
+    keeper: _Keeper,
+    data: _Calibration,
+    steps: int,
+    seconds: float,
+    recon: dict | None,
+    n_given: int | None,
+    fit_before: _Score,
+    fit_after: _Score,
+    hold_after: _Score,
+) -> dict:
+    """What the plan's ``search["refine"]`` records of a run (see :func:`refine`)."""
+    n_hold = len(data.hold_idx)
+    return {
         **cfg.describe(),
         "steps": steps,
         "seconds": round(seconds, 2),
@@ -671,7 +693,7 @@ def refine(
         "kept": keeper.kind if n_hold else ("end-to-end" if steps else "reconstructed"),
         "kept_because": keeper.reason(steps),
         "reconstruction": recon,
-        "samples": len(x),
+        "samples": len(data.x),
         "fit_samples": len(data.fit_idx),
         "held_out_samples": n_hold,
         "held_out_given": n_given is not None,
@@ -685,8 +707,6 @@ def refine(
         "held_out_checks": keeper.history if n_hold else [],
         **({"ranks": distributed.world_size()} if distributed.world_size() > 1 else {}),
     }
-    unchanged = n_hold > 0 and keeper.kind == keeper.what
-    return _write_back(snn, tr, info, "refine", unchanged)
 
 
 __all__ = ["LOSSES", "RefineConfig", "as_config", "refine"]
