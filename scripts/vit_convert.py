@@ -12,7 +12,8 @@ too (every Linear but the patch embedding reads spikes). --model picks another s
 vit_ model (vit_tiny_relu: ReLU attention); --spike-tolerance and --per-channel are
 convert's spike_tolerance= and per_channel= (fewer spikes per neuron); --bias-correction
 is convert's bias_correction=True (each layer's mean coding error taken out of the next
-layer's bias). With --refine,
+layer's bias); --windows auto is convert's windows="auto" (per-layer windows within
+the uniform latency). With --refine,
 each conversion is refined (onespike.refine's defaults, never worse than unrefined on
 held-out calibration images). With --finetune-epochs N, each conversion is then
 fine-tuned with labels (onespike.finetune, N epochs over the data set's training split,
@@ -132,6 +133,8 @@ def run(args) -> list[dict]:
             base["per_channel"] = {"true": True, "false": False}[args.per_channel]
         if args.bias_correction:
             base["bias_correction"] = True
+        if args.windows is not None:
+            base["windows"] = args.windows
         refine = args.refine
         if args.refine and args.refine_samples is not None:
             refine = RefineConfig(max_samples=args.refine_samples)
@@ -175,6 +178,8 @@ def run(args) -> list[dict]:
             "spike_tolerance": args.spike_tolerance or 0.0,
             "per_channel": snn.plan.search["per_channel"],
             "bias_correction": snn.plan.search["bias_correction"],
+            "windows": [lp.phases for lp in snn.plan.layers],
+            "input_window": snn.plan.input_steps,
             "refine": snn.plan.search.get("refine", {}).get("kept") if args.refine else None,
             "refine_kept_because": (
                 snn.plan.search.get("refine", {}).get("kept_because") if args.refine else None
@@ -244,6 +249,13 @@ def main() -> None:
         action="store_true",
         help="convert's bias_correction=True: the next layer's bias corrected for the code's "
         "mean error",
+    )
+    ap.add_argument(
+        "--windows",
+        default=None,
+        choices=("auto",),
+        help="convert's windows='auto': each spiking layer its own window, the latency at "
+        "most the uniform network's (default: every window T)",
     )
     ap.add_argument("--refine", action="store_true", help="convert with refine=True (the defaults)")
     ap.add_argument(
