@@ -815,7 +815,6 @@ def _auto_windows(
     """
     relus = list(search.relus)
     uniform = [phases] * len(relus)
-    single = search.input_coding == "single"
     state0 = _bias_state(traced) if search.cfg.bias_correction else None
     ann_held = search.logits(held_x, None) if held_x is not None else None
 
@@ -828,24 +827,7 @@ def _auto_windows(
     chosen_u, errors_u = search.run_sequential(desc="windows: uniform")
     state_u = _bias_state(traced) if state0 is not None else None
     e_uniform = search.output_error(chosen_u)
-    order = ([search.input] if single else []) + relus
-    lo, hi = max(1, phases - AUTO_SPAN), phases + AUTO_SPAN
-    curves: list[dict[int, float]] = []
-    bar = tqdm(relus, desc="windows: sensitivity", disable=not search.progress, leave=False)
-    for idx, node in enumerate(bar):
-        pos = order.index(node)
-        before = {n: chosen_u[n] for n in order[:pos]}
-        upto = max(search.consumers[node], key=search.runner.order.__getitem__, default=None)
-        curve = {phases: e_uniform}
-        for w in range(lo, hi + 1):
-            if w == phases:
-                continue
-            search.set_windows({n.name: (w if n is node else phases) for n in relus})
-            env = search.env_with(before, upto)
-            s, b, _ = search.search_layer(node, idx, env, None, None)
-            curve[w] = search.output_error({**chosen_u, node: (s, b)})
-        curves.append(curve)
-    search.set_windows({n.name: phases for n in relus})
+    curves = _sensitivity(search, chosen_u, e_uniform, phases)
     scores = [measure(chosen_u)]
     cands = _candidates(curves, uniform, latency, budget, AUTO_CANDIDATES)
     info: dict = {
@@ -893,6 +875,34 @@ def _auto_windows(
         search.invalidate_after(search.input)
     search.set_windows({n.name: w for n, w in zip(relus, windows)})
     return chosen, errors, windows, info
+
+
+def _sensitivity(
+    search: _Search, chosen_u: dict[Node, tuple[Tensor, float]], e_uniform: float, phases: int
+) -> list[dict[int, float]]:
+    """Step 2 of :func:`_auto_windows`: per spiking layer, the error of the logits at each
+    window ``w`` in ``T-AUTO_SPAN .. T+AUTO_SPAN`` (>= 1), the layer searched anew at ``w``
+    after the layers before it as in the uniform search ``chosen_u``, every other layer
+    as there. Leaves every window at ``T``."""
+    relus = list(search.relus)
+    order = ([search.input] if search.input_coding == "single" else []) + relus
+    lo, hi = max(1, phases - AUTO_SPAN), phases + AUTO_SPAN
+    curves: list[dict[int, float]] = []
+    bar = tqdm(relus, desc="windows: sensitivity", disable=not search.progress, leave=False)
+    for idx, node in enumerate(bar):
+        before = {n: chosen_u[n] for n in order[: order.index(node)]}
+        upto = max(search.consumers[node], key=search.runner.order.__getitem__, default=None)
+        curve = {phases: e_uniform}
+        for w in range(lo, hi + 1):
+            if w == phases:
+                continue
+            search.set_windows({n.name: (w if n is node else phases) for n in relus})
+            env = search.env_with(before, upto)
+            s, b, _ = search.search_layer(node, idx, env, None, None)
+            curve[w] = search.output_error({**chosen_u, node: (s, b)})
+        curves.append(curve)
+    search.set_windows({n.name: phases for n in relus})
+    return curves
 
 
 def _bias_state(traced: TracedModel) -> dict[str, Tensor]:
