@@ -363,79 +363,96 @@ class _Exporter:
         return self.add(name, node)
 
     def run(self):
-        nir, snn, T = self.nir, self.snn, self.T
-        modules = self.runner.modules
-        plan = snn.plan
+        """The NIR graph: a node (or an expression of nodes) per torch node, in order."""
         for n in self.runner.nodes:
-            r = self.runner.role(n)
-            where = f"node '{n.name}'"
-            if n.op == "placeholder":
-                inp = nir.Input(input_type=np.array(snn.input_shape, dtype=np.int64))
-                t_in = int(self.T_in)  # the input's window (steps)
-                inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": t_in}
-                self.expr[n] = self.add(n.name, inp)
-                self.shapes[n.name] = tuple(snn.input_shape)
-                self.carrier_window[n.name] = t_in  # sent in steps 0 .. t_in-1
-            elif r == "input":
-                src = self.arg_expr(n)
-                if plan.input_coding == "single":
-                    name = self.neuron(n.name, plan.input, snn.input_shape, "input_encoder", -1, 0)
-                    self.connect(name, 0, src)
-                    self.expr[n] = name
-                    self.carrier_window[name] = T
-                else:  # the phase code: the Input node's metadata
-                    self.expr[n] = src
-            elif r == "relu":
-                lp = self.lp[n]
-                name = self.names[n]
-                self.neuron(name, lp, self.shape(n), "spiking_layer", lp.fire_window - 1,
-                            lp.fire_window, (self.input_start[n], self.fire_start[n]))  # fmt: skip
-                self.connect(name, self.fire_start[n], self.arg_expr(n))
-                self.expr[n] = name
-                self.carrier_window[name] = self.fire_start[n] + lp.phases
-            elif r == "shape":
-                continue
-            elif _is_add(n):
-                self.expr[n] = [self.arg_expr(n, 0), self.arg_expr(n, 1)]
-            elif op_of(n, modules) is not None and op_of(n, modules).nir == "concat":
-                self.concat(n, where)
-            elif n.op == "call_method" and n.target == "contiguous":
-                self.expr[n] = self.arg_expr(n)
-            elif n.op == "output":
-                src = self.arg_expr(n)
-                if self.runner.is_spiking(n.args[0]):
-                    raise NIRExportError(
-                        "the network's output is a spiking layer's spikes; NIR export "
-                        "needs a weighted readout layer"
-                    )
-                shape = self.shape(n.args[0])
-                ro = nir.I(r=np.ones(shape, dtype=np.float32))
-                ro.metadata = {
-                    "onespike_role": "readout",
-                    "input_window": int(self.out_window),
-                    "input_start": int(self.input_start[n]),
-                    "input_end": int(self.until[n]),
-                    "rule": "never fires: its membrane at the end of its input window, "
-                    "in real units, is the output",
-                }
-                self.add("readout", ro)
-                self.connect("readout", self.until[n], src)
-                self.add("output", nir.Output(output_type=np.array(shape, dtype=np.int64)))
-                self.edges.append(("readout", "output"))
-            else:
-                self.operator(n, modules, where)
-        meta = {
+            self._node(n)
+        return self.nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=self._metadata())
+
+    def _node(self, n: fx.Node) -> None:
+        modules = self.runner.modules
+        r = self.runner.role(n)
+        where = f"node '{n.name}'"
+        if n.op == "placeholder":
+            self._placeholder(n)
+        elif r == "input":
+            self._input(n)
+        elif r == "relu":
+            self._spiking(n)
+        elif r == "shape":
+            return
+        elif _is_add(n):
+            self.expr[n] = [self.arg_expr(n, 0), self.arg_expr(n, 1)]
+        elif op_of(n, modules) is not None and op_of(n, modules).nir == "concat":
+            self.concat(n, where)
+        elif n.op == "call_method" and n.target == "contiguous":
+            self.expr[n] = self.arg_expr(n)
+        elif n.op == "output":
+            self._readout(n)
+        else:
+            self.operator(n, modules, where)
+
+    def _placeholder(self, n: fx.Node) -> None:
+        plan, shape = self.snn.plan, tuple(self.snn.input_shape)
+        inp = self.nir.Input(input_type=np.array(shape, dtype=np.int64))
+        t_in = int(self.T_in)  # the input's window (steps)
+        inp.metadata = {"coding": plan.input_coding, "window": 0, "phases": t_in}
+        self.expr[n] = self.add(n.name, inp)
+        self.shapes[n.name] = shape
+        self.carrier_window[n.name] = t_in  # sent in steps 0 .. t_in-1
+
+    def _input(self, n: fx.Node) -> None:
+        src, plan = self.arg_expr(n), self.snn.plan
+        if plan.input_coding == "single":
+            name = self.neuron(n.name, plan.input, self.snn.input_shape, "input_encoder", -1, 0)
+            self.connect(name, 0, src)
+            self.expr[n] = name
+            self.carrier_window[name] = self.T
+        else:  # the phase code: the Input node's metadata
+            self.expr[n] = src
+
+    def _spiking(self, n: fx.Node) -> None:
+        lp, name = self.lp[n], self.names[n]
+        self.neuron(name, lp, self.shape(n), "spiking_layer", lp.fire_window - 1,
+                    lp.fire_window, (self.input_start[n], self.fire_start[n]))  # fmt: skip
+        self.connect(name, self.fire_start[n], self.arg_expr(n))
+        self.expr[n] = name
+        self.carrier_window[name] = self.fire_start[n] + lp.phases
+
+    def _readout(self, n: fx.Node) -> None:
+        src = self.arg_expr(n)
+        if self.runner.is_spiking(n.args[0]):
+            raise NIRExportError(
+                "the network's output is a spiking layer's spikes; NIR export "
+                "needs a weighted readout layer"
+            )
+        shape = self.shape(n.args[0])
+        ro = self.nir.I(r=np.ones(shape, dtype=np.float32))
+        ro.metadata = {
+            "onespike_role": "readout",
+            "input_window": int(self.out_window),
+            "input_start": int(self.input_start[n]),
+            "input_end": int(self.until[n]),
+            "rule": "never fires: its membrane at the end of its input window, "
+            "in real units, is the output",
+        }
+        self.add("readout", ro)
+        self.connect("readout", self.until[n], src)
+        self.add("output", self.nir.Output(output_type=np.array(shape, dtype=np.int64)))
+        self.edges.append(("readout", "output"))
+
+    def _metadata(self) -> dict:
+        plan = self.snn.plan
+        return {
             "format": NIR_FORMAT,
             "format_version": NIR_FORMAT_VERSION,
             "onespike_version": _version(),
-            "phases": int(T),
+            "phases": int(self.T),
             "latency_steps": int(plan.latency_steps),
             "input_coding": plan.input_coding,
-            "input_shape": np.array(snn.input_shape, dtype=np.int64),
+            "input_shape": np.array(self.snn.input_shape, dtype=np.int64),
             "node_order": json.dumps(self.order),
             "plan_search": _search_json(plan.search),
         }
-        return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
 
     def operator(self, n: fx.Node, modules: dict[str, nn.Module], where: str) -> None:
         m = modules.get(n.target) if n.op == "call_module" else None
