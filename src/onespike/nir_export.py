@@ -825,6 +825,49 @@ def _check_thresholds(g) -> None:
             raise ValueError(f"node '{name}': fire_thresholds are not those of its base")
 
 
+class _Rebuilder:
+    """The torch graph of a NIR file being rebuilt: each NIR node's torch node, and how a
+    node's inputs (its recorded input expression, or its one predecessor) become one."""
+
+    def __init__(self, g) -> None:
+        self.g = g
+        self.preds: dict[str, list[str]] = {k: [] for k in g.nodes}
+        for a, b in g.edges:
+            self.preds[b].append(a)
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.env: dict[str, fx.Node] = {}
+        self.concat: dict[str, tuple[int, str, fx.Node]] = {}  # part -> (index, torch node, input)
+
+    def inputs(self, name: str) -> fx.Node:
+        node_meta = self.g.nodes[name].metadata or {}
+        expr = json.loads(_meta_str(node_meta["inputs"])) if "inputs" in node_meta else None
+        if expr is None:
+            if len(self.preds[name]) != 1:
+                raise NIRExportError(
+                    f"node '{name}' has {len(self.preds[name])} inputs and no order"
+                )
+            return self.env[self.preds[name][0]]
+        return self._build(expr)
+
+    def _build(self, e) -> fx.Node:
+        if isinstance(e, str):
+            return self.env[e]
+        if all(isinstance(x, str) and x in self.concat for x in e):  # the parts of a torch.cat
+            ins = [self.concat[x] for x in e]
+            in_order = [i for i, _, _ in ins] == list(range(len(e)))
+            if in_order and len({c for _, c, _ in ins}) == 1:
+                return self.graph.call_function(torch.cat, ([v for _, _, v in ins], 1))
+        acc = self._build(e[0])
+        for x in e[1:]:
+            acc = self.graph.call_function(operator.add, (acc, self._build(x)))
+        return acc
+
+    def module(self, name: str, m: nn.Module) -> fx.Node:
+        self.root.add_module(name, m)
+        return self.graph.call_module(name, (self.inputs(name),))
+
+
 def _build_from_graph(g) -> SpikingNetwork:
     """Rebuild the :class:`SpikingNetwork` of a NIR file written by :func:`export_nir`.
 
@@ -836,72 +879,37 @@ def _build_from_graph(g) -> SpikingNetwork:
 
     nir = require_nir()
     meta = g.metadata
-    order = json.loads(_meta_str(meta["node_order"]))
-    preds: dict[str, list[str]] = {k: [] for k in g.nodes}
-    for a, b in g.edges:
-        preds[b].append(a)
-    root = nn.Module()
-    graph = fx.Graph()
-    env: dict[str, fx.Node] = {}
+    rb = _Rebuilder(g)
+    env = rb.env
     layers: list[LayerPlan] = []
     input_lp = None
-    concat: dict[str, tuple[int, str, fx.Node]] = {}  # part -> (index, torch node, input)
-
-    def inputs(name: str) -> fx.Node:
-        node_meta = g.nodes[name].metadata or {}
-        expr = json.loads(_meta_str(node_meta["inputs"])) if "inputs" in node_meta else None
-        if expr is None:
-            if len(preds[name]) != 1:
-                raise NIRExportError(f"node '{name}' has {len(preds[name])} inputs and no order")
-            return env[preds[name][0]]
-
-        def build(e):
-            if isinstance(e, str):
-                return env[e]
-            if all(isinstance(x, str) and x in concat for x in e):  # the parts of a torch.cat
-                ins = [concat[x] for x in e]
-                if [i for i, _, _ in ins] == list(range(len(e))) and len(
-                    {c for _, c, _ in ins}
-                ) == 1:
-                    return graph.call_function(torch.cat, ([v for _, _, v in ins], 1))
-            acc = build(e[0])
-            for x in e[1:]:
-                acc = graph.call_function(operator.add, (acc, build(x)))
-            return acc
-
-        return build(expr)
-
-    def module(name: str, m: nn.Module) -> fx.Node:
-        root.add_module(name, m)
-        return graph.call_module(name, (inputs(name),))
-
     in_steps = int(meta["phases"])
-    for name in order:
+    for name in json.loads(_meta_str(meta["node_order"])):
         node = g.nodes[name]
         md = node.metadata or {}
         kind = _meta_str(md.get("onespike_role", md.get("onespike_op", "")))
         if isinstance(node, nir.Input):
-            env[name] = graph.placeholder(name)
+            env[name] = rb.graph.placeholder(name)
             in_steps = int(md.get("phases", meta["phases"]))  # the input's window
         elif kind == "concat":  # a part of a torch.cat: rebuilt as the cat where summed
-            concat[name] = (int(md["part"]), _meta_str(md["torch_node"]), inputs(name))
-            env[name] = concat[name][2]
+            rb.concat[name] = (int(md["part"]), _meta_str(md["torch_node"]), rb.inputs(name))
+            env[name] = rb.concat[name][2]
         elif isinstance(node, nir.IF) and kind == "input_encoder":
             input_lp = _layer_plan(md)
-            env[name] = inputs(name)
+            env[name] = rb.inputs(name)
         elif isinstance(node, nir.IF):
             layers.append(_layer_plan(md))
-            env[name] = module(name, nn.ReLU())
+            env[name] = rb.module(name, nn.ReLU())
         elif (m := _torch_module(nir, name, node, md, kind)) is not None:
-            env[name] = module(name, m)
+            env[name] = rb.module(name, m)
         elif isinstance(node, (nir.Delay, nir.I)):
-            env[name] = inputs(name)  # delays are the windows' structure; the readout sums
+            env[name] = rb.inputs(name)  # delays are the windows' structure; the readout sums
         elif isinstance(node, nir.Output):
-            graph.output(inputs(name))
+            rb.graph.output(rb.inputs(name))
         else:
             raise NIRExportError(f"node '{name}' ({type(node).__name__}) is not one onespike reads")
-    graph.lint()
-    gm = fx.GraphModule(root, graph).eval()
+    rb.graph.lint()
+    gm = fx.GraphModule(rb.root, rb.graph).eval()
     plan = Plan(
         phases=int(meta["phases"]),
         input_coding=_meta_str(meta["input_coding"]),
