@@ -226,14 +226,7 @@ def cost(
     """
     snn.check_input(x)
     if ann is not None:
-        try:
-            probe = x[:1]
-            y = ann.eval()(probe)
-        except RuntimeError:  # a model that mixes samples (GCN adjacency) needs them all
-            probe = x
-            y = ann.eval()(probe)
-        if y.shape[1:] != snn(probe).shape[1:]:
-            raise OptionError("the ANN and the SNN produce outputs of different shapes")
+        _check_same_outputs(ann, snn, x)
     run = run if run is not None else snn.simulate(x, mode=mode)
     n = x.shape[0]
     T = snn.phases
@@ -254,31 +247,18 @@ def cost(
         dense, nonzero = ann_counts(ann_g.runner, a_reg, ann_env, seen)
         acs, macs = synaptic[s_t]
         neurons = int(math.prod(ann_env[a_reg.pre].shape[1:]))
-        in_mul = in_add = 0.0
         # the target's neurons and the accumulators its region reads by MACs (first time)
-        for size, srcs in [(neurons, membranes[s_t])] + [
+        parts = [(neurons, membranes[s_t])] + [
             (int(math.prod(shapes[a.name][1:])), rs) for a, rs in accumulators[s_t]
-        ]:
-            # one compartment per sender base, updated at each step of its senders' longest
-            # window; the analog input's current added at each step of the input's window
-            spike_comps: dict[float, int] = {}
-            for s in srcs:
-                if tags[s][0] == "events":
-                    spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
-            in_mul += sum(spike_comps.values()) * size * n
-            if any(tags[s][0] == "dense" for s in srcs):
-                in_add += snn.plan.input_steps * size * n
+        ]
+        in_mul, in_add = _input_updates(parts, tags, bases, windows, snn.plan.input_steps)
         muls, adds = attention.get(s_t, (0.0, 0.0))
-        in_mul, in_add = in_mul + muls, in_add + adds
+        in_mul, in_add = in_mul * n + muls, in_add * n + adds
         if s_t.op == "output":
             name, fire, spikes, mean, mx = "output", 0.0, 0.0, 0.0, 0
         else:
             name = runner.modules[s_t.target].name
-            ph = run.spike_phases[name]
-            fire = float(pc.fire_updates(ph, runner.modules[s_t.target].phases).sum())
-            cnt = run.spike_counts[name]
-            spikes = float(cnt.sum())
-            mean, mx = spikes / cnt.numel(), int(cnt.max())
+            fire, spikes, mean, mx = _spike_figures(run, name, runner.modules[s_t.target].phases)
         rows.append(
             LayerCost(
                 name=name,
@@ -299,6 +279,52 @@ def cost(
     report = CostReport(T, snn.plan.latency_steps, n, rows, in_spk)
     report.totals = _totals(rows)
     return report
+
+
+def _check_same_outputs(ann: nn.Module, snn: SpikingNetwork, x: Tensor) -> None:
+    """The ANN given to :func:`cost` computes outputs of the SNN's shape."""
+    try:
+        probe = x[:1]
+        y = ann.eval()(probe)
+    except RuntimeError:  # a model that mixes samples (GCN adjacency) needs them all
+        probe = x
+        y = ann.eval()(probe)
+    if y.shape[1:] != snn(probe).shape[1:]:
+        raise OptionError("the ANN and the SNN produce outputs of different shapes")
+
+
+def _input_updates(
+    parts: list[tuple[int, list[Node]]],
+    tags: dict[Node, tuple[str, object]],
+    bases: dict[Node, float],
+    windows: dict[Node, int],
+    input_steps: int,
+) -> tuple[float, float]:
+    """Per sample, the input-window updates of compartments holding ``size`` values that
+    the senders ``srcs`` reach, for each ``(size, srcs)`` of ``parts``: one compartment
+    per sender base, multiplied at each step of its senders' longest window; the analog
+    input's current added at each step of the input's window. ``(muls, adds)``."""
+    muls = adds = 0.0
+    for size, srcs in parts:
+        spike_comps: dict[float, int] = {}
+        for s in srcs:
+            if tags[s][0] == "events":
+                spike_comps[bases[s]] = max(spike_comps.get(bases[s], 0), windows[s])
+        muls += sum(spike_comps.values()) * size
+        if any(tags[s][0] == "dense" for s in srcs):
+            adds += input_steps * size
+    return muls, adds
+
+
+def _spike_figures(
+    run: SimulationResult, name: str, phases: int
+) -> tuple[float, float, float, int]:
+    """A spiking layer's threshold updates and spikes over the batch, and its spikes per
+    neuron (mean, max)."""
+    fire = float(pc.fire_updates(run.spike_phases[name], phases).sum())
+    cnt = run.spike_counts[name]
+    spikes = float(cnt.sum())
+    return fire, spikes, spikes / cnt.numel(), int(cnt.max())
 
 
 def _compartments(
