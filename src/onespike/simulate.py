@@ -276,6 +276,22 @@ def _fire(lp: LayerPlan, u: Tensor) -> tuple[Tensor, Tensor, _Source]:
     return phase, count, _Source("single", lp.base, phase, unit, phases=lp.phases)
 
 
+def _encode_input(plan: Plan, x: Tensor) -> tuple[_Source, Tensor]:
+    """The coded input (``"binary"``: base-2 spikes; ``"single"``: one phase-coded spike
+    per value, by the input's layer plan) and its spike counts."""
+    T, dtype = plan.phases, x.dtype
+    if plan.input_coding == "binary":
+        code = binary.encode(x, T)
+        unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype, device=x.device)
+        return _Source("multi", binary.BASE, code, unit, phases=T), binary.spike_count(code)
+    lp = plan.input
+    assert lp is not None, "single-spike input coding without a layer plan"
+    z = x / _scale(lp, x)
+    phase, count = pc.fire(z, lp.base, lp.phases, threshold_shift=lp.threshold_shift)
+    unit = (_scale(lp, x) * pc.unit_value(lp.base, lp.phases)).expand(x.shape)
+    return _Source("single", lp.base, phase, unit.to(dtype), phases=lp.phases), count
+
+
 def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationResult:
     """Run the network of ``graph`` and ``plan`` step by step on a batch ``x``.
 
@@ -287,7 +303,6 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
     """
     walk = SpikeGraph(graph)
     runner = walk.runner
-    T = plan.phases
     starts, _ = fire_steps(runner, walk.layers, plan.windows, plan.input_steps)
     products: dict[Node, Tensor] = {}  # products of two spiking tensors, by traces
     dtype = x.dtype
@@ -305,19 +320,7 @@ def simulate_steps(graph: fx.GraphModule, plan: Plan, x: Tensor) -> SimulationRe
             sources[node] = _Source("analog", 1.0, x, phases=plan.input_steps)
             env_const[node] = x
         elif kind == "encoder":
-            if plan.input_coding == "binary":
-                code = binary.encode(x, T)
-                unit = torch.full(x.shape, binary.unit_weight(T), dtype=dtype, device=x.device)
-                sources[node] = _Source("multi", binary.BASE, code, unit, phases=T)
-                input_spikes = binary.spike_count(code)
-            else:
-                lp = plan.input
-                assert lp is not None, "single-spike input coding without a layer plan"
-                z = x / _scale(lp, x)
-                phase, count = pc.fire(z, lp.base, lp.phases, threshold_shift=lp.threshold_shift)
-                unit = (_scale(lp, x) * pc.unit_value(lp.base, lp.phases)).expand(x.shape)
-                sources[node] = _Source("single", lp.base, phase, unit.to(dtype), phases=lp.phases)
-                input_spikes = count
+            sources[node], input_spikes = _encode_input(plan, x)
             env_const[node] = x
         elif kind == "const":
             env_const[node] = runner.run_node(node, env_const)
