@@ -237,6 +237,28 @@ class BinaryNeurons(RateNeurons):
         return every, hidden * n + spikes + (every if phase == 0 else 0)
 
 
+def _region_parts(
+    net: CodeNet, env0: dict[Node, Tensor], consts: dict[Node, object]
+) -> dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]]:
+    """Per target region: the constant input it gets at each injection (bias plus the
+    analog current), the analog current alone (None without one), its spiking sources,
+    and zeros of each spike source's shape."""
+    parts = {}
+    for t in net.targets:
+        reg = net.regions[t]
+        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
+        bias = net.region_value(reg, zeros, consts, bias=True)
+        an = net.analog(reg)
+        analog = (
+            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
+            if an
+            else None
+        )
+        const = bias if analog is None else bias + analog
+        parts[t] = (const, analog, net.spiking(reg), zeros)
+    return parts
+
+
 @torch.no_grad()
 def simulate_clocked(
     net: CodeNet,
@@ -260,19 +282,7 @@ def simulate_clocked(
     n = x.shape[0]
     hidden, n_out = net.neurons(env0)
     K = code.period
-    parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
-    for t in net.targets:
-        reg = net.regions[t]
-        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
-        bias = net.region_value(reg, zeros, consts, bias=True)
-        an = net.analog(reg)
-        analog = (
-            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
-            if an
-            else None
-        )
-        const = bias if analog is None else bias + analog
-        parts[t] = (const, analog, net.spiking(reg), zeros)
+    parts = _region_parts(net, env0, consts)
     code.start({n_: env0[n_] for n_ in net.relus})
     # what each neuron has sent so far, kept only where a max-pool gates by it
     sent = {node.args[0]: torch.zeros_like(env0[node.args[0]]) for _, node in net.walk("pool")}
