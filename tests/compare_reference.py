@@ -20,7 +20,7 @@ from onespike.experiments.compare import (
     _Task,
     onespike_ops,
 )
-from onespike.simulate_codes import CodeNet, _gather, _maxpool_indices
+from onespike.simulate_codes import CodeNet, _gather, _maxpool_indices, _region_parts
 
 
 @torch.no_grad()
@@ -46,19 +46,7 @@ def simulate_clocked(
     n = x.shape[0]
     hidden, n_out = net.neurons(env0)
     K = code.period
-    parts: dict[Node, tuple[Tensor, Tensor | None, list[Node], dict[Node, Tensor]]] = {}
-    for t in net.targets:
-        reg = net.regions[t]
-        zeros = {s: torch.zeros_like(env0[s]) for s in reg.spike_sources}
-        bias = net.region_value(reg, zeros, consts, bias=True)
-        an = net.analog(reg)
-        analog = (
-            net.region_value(reg, {**zeros, **{s: env0[s] for s in an}}, consts, bias=False)
-            if an
-            else None
-        )
-        const = bias if analog is None else bias + analog
-        parts[t] = (const, analog, net.spiking(reg), zeros)
+    parts = _region_parts(net, env0, consts)  # the regions' setup, unchanged since
     code.start({n_: env0[n_] for n_ in net.relus})
     sent = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
     counts = {n_: torch.zeros_like(env0[n_]) for n_ in [*net.relus, *net.derived]}
