@@ -526,58 +526,61 @@ def _problems(gm: fx.GraphModule) -> list[str]:
     if len(placeholders) != 1:
         out.append(f"the model must take exactly one input tensor, it takes {len(placeholders)}")
     for node in gm.graph.nodes:
-        r = role(node, modules)
         where = _place(node, modules)
-        if r is None:
-            if clip_bounds(node, modules) is not None:
-                out.append(f"{where}: {_clip_problem(node, modules)}")
-            elif node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
-                out.append(f"{where}: non-ReLU activation; only ReLU can become spiking neurons")
-            else:
-                out.append(f"{where}: unsupported operator")
-            continue
-        if r == "refused":
-            out.append(f"{where}: not convertible; {op_of(node, modules).instead}")  # type: ignore[union-attr]
-            continue
-        if r == "softmax" and softmax_dim(node, modules) != -1:
-            out.append(
-                f"{where}: softmax converts only over the last dimension: write dim=-1 "
-                f"(here dim={softmax_dim(node, modules)!r})"
-            )
-        if r == "drop" and node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, _BN_MODULES) and _fold_source(node, modules) is None:
-                why = _forward_fold_problem(node, modules, gm)
-                if why is not None:
-                    out.append(
-                        f"{where}: BatchNorm folds into the Conv/Linear before it (used "
-                        f"nowhere else) or, after a ReLU, into the next one; {why}"
-                    )
-        if r == "weighted" and node.op == "call_function":
-            mat = node.args[0] if node.args else None
-            if not (isinstance(mat, Node) and mat.op == "get_attr"):
-                out.append(
-                    f"{where}: a matrix product is supported as a fixed matrix (a buffer of "
-                    "the model) times the activations or as a product of two activations; "
-                    "for activations times a parameter use nn.Linear"
-                )
-        if r == "linear" and node.target in (operator.mul, torch.mul, operator.truediv):
-            consts = [a for a in node.args if not isinstance(a, Node) or _is_size(a)]
-            number = consts and (isinstance(consts[0], (int, float)) or _is_size(consts[0]))
-            if len(consts) != 1 or not number:
-                out.append(f"{where}: only multiplication/division by a number is supported")
-        if r != "shape" and is_add(node) and any(not isinstance(a, Node) for a in node.args):
-            out.append(f"{where}: adding a constant is not supported (add two tensors only)")
-        if r == "maxpool":
-            src = node.args[0]
-            if not _is_spiking(src, modules):
-                out.append(
-                    f"{where}: max-pooling must take spikes: place it after a ReLU "
-                    f"(its input is node '{getattr(src, 'name', src)}')"
-                )
+        out += [f"{where}: {why}" for why in _node_problems(node, modules, gm)]
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     if outputs and not isinstance(outputs[0].args[0], Node):
         out.append("the model must return a single tensor (not a tuple, list or dict)")
+    return out
+
+
+def _node_problems(node: Node, modules: dict[str, nn.Module], gm: fx.GraphModule) -> list[str]:
+    """Why ``node`` cannot be converted (none: an empty list)."""
+    r = role(node, modules)
+    if r is None:
+        if clip_bounds(node, modules) is not None:
+            return [_clip_problem(node, modules)]
+        if node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
+            return ["non-ReLU activation; only ReLU can become spiking neurons"]
+        return ["unsupported operator"]
+    if r == "refused":
+        return [f"not convertible; {op_of(node, modules).instead}"]  # type: ignore[union-attr]
+    out: list[str] = []
+    if r == "softmax" and softmax_dim(node, modules) != -1:
+        out.append(
+            "softmax converts only over the last dimension: write dim=-1 "
+            f"(here dim={softmax_dim(node, modules)!r})"
+        )
+    if r == "drop" and node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, _BN_MODULES) and _fold_source(node, modules) is None:
+            why = _forward_fold_problem(node, modules, gm)
+            if why is not None:
+                out.append(
+                    "BatchNorm folds into the Conv/Linear before it (used nowhere else) or, "
+                    f"after a ReLU, into the next one; {why}"
+                )
+    if r == "weighted" and node.op == "call_function":
+        mat = node.args[0] if node.args else None
+        if not (isinstance(mat, Node) and mat.op == "get_attr"):
+            out.append(
+                "a matrix product is supported as a fixed matrix (a buffer of the model) "
+                "times the activations or as a product of two activations; for activations "
+                "times a parameter use nn.Linear"
+            )
+    if r == "linear" and node.target in (operator.mul, torch.mul, operator.truediv):
+        consts = [a for a in node.args if not isinstance(a, Node) or _is_size(a)]
+        number = consts and (isinstance(consts[0], (int, float)) or _is_size(consts[0]))
+        if len(consts) != 1 or not number:
+            out.append("only multiplication/division by a number is supported")
+    if r != "shape" and is_add(node) and any(not isinstance(a, Node) for a in node.args):
+        out.append("adding a constant is not supported (add two tensors only)")
+    if r == "maxpool" and not _is_spiking(node.args[0], modules):
+        src = node.args[0]
+        out.append(
+            "max-pooling must take spikes: place it after a ReLU "
+            f"(its input is node '{getattr(src, 'name', src)}')"
+        )
     return out
 
 
