@@ -66,5 +66,6 @@ PYTHONPATH="${SJ_PATH:-}" "$PY" benchmarks/peer_spikingjelly.py --images 2000 \
 fi
 
 shopt -s nullglob
-"$PY" -m onespike.experiments.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/*_cifar10*.json \
+# (the *_part<N>.json of a run split over processes are in their main JSON once merged)
+"$PY" -m onespike.experiments.compare "$OUT"/mnist_cnn_*.json "$OUT"/gcn*_*.json "$OUT"/*_cifar10_1000.json \
     | tee "$OUT/tables.md"
