@@ -11,8 +11,8 @@ f1c599c); it is downloaded when ``--airbench`` is not given.
     python scripts/airbench_reference.py --runs 3 --work /tmp/airbench
 
 On a CUDA GPU (with torchvision) the file runs as published: float16, channels-last.
-``--cpu`` runs the same file, unmodified, on the CPU of a machine without a GPU (about
-80 minutes a run on one core): before the file is loaded, its CUDA calls are given CPU
+``--cpu`` runs the same file, unmodified, on the CPU of a machine without a GPU (about two
+hours a run on one core): before the file is loaded, its CUDA calls are given CPU
 stand-ins (``Module.cuda`` returns the module, ``torch.cuda.Event`` times with the wall
 clock, ``torch.cuda.synchronize`` does nothing, its loader's device 0 becomes the CPU), float16
 becomes float32 (``half()`` returns ``float()``: CPUs have no fast float16 convolution),

@@ -6,7 +6,8 @@ the shipped ``fast_vgg_e24`` is trained with that recipe (``--recipe airbench``,
 instead of about 10). Scored the same way on all 10,000 test images, it should land near that figure
 if the data is the original release; on a lossy copy it would fall well short (the JPEG
 copy cost airbench94 3.4 points). This does not replace ``scripts/airbench_reference.py``
-(airbench94 itself, which needs a CUDA GPU); it is the check this machine can run.
+(airbench94 itself: seconds on a CUDA GPU, about two hours of one core here with ``--cpu``);
+it is the quicker check this machine can run.
 Converted networks are never scored with TTA: an SNN sees each image once.
 
     python scripts/tta_check.py --models fast_vgg_e24 --json docs/results/tta_check.json
