@@ -495,6 +495,87 @@ def summarize(result: dict, tolerances: Sequence[float] = TOLERANCES) -> list[di
     return rows
 
 
+def _setup(
+    ann: nn.Module,
+    xc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    max_steps: int,
+    batch_size: int,
+    eval_idx: Tensor | None,
+    progress: bool,
+) -> tuple[CodeNet, _Task, dict]:
+    """The traced network, the task every code runs, and the result's ANN figures."""
+    from onespike.calibrate import batch_independent
+
+    net = CodeNet(trace(ann.eval()))
+    n = x.shape[0]
+    samples_interact = not batch_independent(net.runner)  # a graph model: one batch
+    if samples_interact:
+        batch_size = n
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[eval_idx if eval_idx is not None else slice(None)] = True
+    with torch.no_grad():
+        ann_pred = torch.cat([ann(x[sl]).argmax(1) for sl in _batches(n, batch_size)])
+        probe_x = x if samples_interact else x[:2]
+        probe = net.runner.forward_all(probe_x)
+        hidden, n_out = net.neurons(probe)
+        ann_macs = net.ann_macs(probe) / probe_x.shape[0]
+    ann_acc = 100.0 * int(((ann_pred == y) & mask).sum()) / int(mask.sum())
+    out: dict = {
+        "samples": int(mask.sum()),
+        "rows_simulated": n,
+        "calibration_samples": int(xc.shape[0]),
+        "ann_accuracy": ann_acc,
+        "ann_macs": ann_macs,
+        "ann_energy_compute_pj": ann_energy(ann_macs)[0],
+        "ann_energy_total_pj": ann_energy(ann_macs)[1],
+        "hidden_neurons": hidden,
+        "output_neurons": n_out,
+        "spiking_layers": len(net.relus),
+        "latency_windows": net.latency_windows(),
+        "max_steps": max_steps,
+        "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
+        "codes": {},
+    }
+    task = _Task(x, y, ann_pred, mask, max_steps, batch_size, hidden, ann_macs, progress)
+    return net, task, out
+
+
+def _run_onespike_code(
+    cr: CodeResult,
+    spec: CodeSpec,
+    ann: nn.Module,
+    net: CodeNet,
+    xc: Tensor,
+    task: _Task,
+    conversions: Conversions,
+    grid: Sequence[int] | None,
+) -> None:
+    """The ``onespike`` or ``onespike-refined`` rows into ``cr`` (points, errors, and what
+    each refinement recorded)."""
+    refined: dict[int, dict] = {}
+    cr.points = run_onespike(
+        ann,
+        net,
+        xc,
+        task,
+        phases=grid,
+        errors=cr.errors,
+        refine=spec.refine,
+        conversions=conversions,
+        refined=refined,
+    )
+    if spec.refine:
+        cr.params["refined"] = {str(T): r for T, r in refined.items()}
+        if not grid:
+            cr.errors.append(
+                f"no window of {REFINE_PHASES} fits {task.max_steps} steps "
+                f"({net.latency_windows()} windows per run); pass refine_phases"
+            )
+
+
 def compare(
     ann: nn.Module,
     xc: Tensor,
@@ -528,45 +609,19 @@ def compare(
     matrix such as a GCN's adjacency mixes them) runs as one batch, and its
     figures per inference are per row (per node), as in onespike's cost model.
     """
-    from onespike.calibrate import batch_independent
-
-    ann = ann.eval()
-    traced = trace(ann)
-    net = CodeNet(traced)
-    n = x.shape[0]
-    samples_interact = not batch_independent(net.runner)  # a graph model: one batch
-    if samples_interact:
-        batch_size = n
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[eval_idx if eval_idx is not None else slice(None)] = True
-    with torch.no_grad():
-        ann_pred = torch.cat([ann(x[sl]).argmax(1) for sl in _batches(n, batch_size)])
-        probe_x = x if samples_interact else x[:2]
-        probe = net.runner.forward_all(probe_x)
-        hidden, n_out = net.neurons(probe)
-        ann_macs = net.ann_macs(probe) / probe_x.shape[0]
-    ann_acc = 100.0 * int(((ann_pred == y) & mask).sum()) / int(mask.sum())
-    out: dict = {
-        "samples": int(mask.sum()),
-        "rows_simulated": n,
-        "calibration_samples": int(xc.shape[0]),
-        "ann_accuracy": ann_acc,
-        "ann_macs": ann_macs,
-        "ann_energy_compute_pj": ann_energy(ann_macs)[0],
-        "ann_energy_total_pj": ann_energy(ann_macs)[1],
-        "hidden_neurons": hidden,
-        "output_neurons": n_out,
-        "spiking_layers": len(net.relus),
-        "latency_windows": net.latency_windows(),
-        "max_steps": max_steps,
-        "unit_energy_pj": {"add": E_ADD, "mul": E_MUL, "mac": E_MAC, "mem": E_MEM},
-        "codes": {},
-    }
-    task = _Task(x, y, ann_pred, mask, max_steps, batch_size, hidden, ann_macs, progress)
+    net, task, out = _setup(
+        ann,
+        xc,
+        x,
+        y,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        eval_idx=eval_idx,
+        progress=progress,
+    )
     scale_cache: dict[str | float, dict[Node, float]] = {}
     conversions = Conversions(ann, xc)
-    windows = net.latency_windows()
-    refine_grid = refine_windows(windows, max_steps, refine_phases)
+    refine_grid = refine_windows(net.latency_windows(), max_steps, refine_phases)
     for spec in codes:
         if done and spec.name in done:
             out["codes"][spec.name] = done[spec.name]
@@ -574,25 +629,8 @@ def compare(
         t0 = time.time()
         cr = CodeResult(spec.name, spec.describe())
         if spec.kind == "onespike":
-            refined: dict[int, dict] = {}
-            cr.points = run_onespike(
-                ann,
-                net,
-                xc,
-                task,
-                phases=refine_grid if spec.refine else (onespike_phases or None),
-                errors=cr.errors,
-                refine=spec.refine,
-                conversions=conversions,
-                refined=refined,
-            )
-            if spec.refine:
-                cr.params["refined"] = {str(T): r for T, r in refined.items()}
-                if not refine_grid:
-                    cr.errors.append(
-                        f"no window of {REFINE_PHASES} fits {max_steps} steps "
-                        f"({windows} windows per run); pass refine_phases"
-                    )
+            grid = refine_grid if spec.refine else (onespike_phases or None)
+            _run_onespike_code(cr, spec, ann, net, xc, task, conversions, grid)
         else:
             if spec.scale not in scale_cache:
                 scale_cache[spec.scale] = layer_scales(net, xc, spec.scale)
