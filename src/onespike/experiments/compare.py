@@ -871,17 +871,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.time()
     source = source_version()  # at the start: the code this run loads
     codes = parse_codes(args.codes)
-    eval_idx = None
-    if args.dataset in GRAPH_DATASETS:  # transductive: the graph is its own calibration
-        ann, x, y, eval_idx = load_graph_task(args.model, args.dataset)
-        xc, where = x, "the graph's own node features (transductive, no labels)"
-    else:
-        ann, _ = resolve_model(args.model, args.dataset)
-        xc, where = calibration_set(args.dataset, args.calibration, args.seed)
-        x, y = load_dataset(args.dataset, "test")
-        if args.test is not None:
-            idx = subset_indices(x.shape[0], args.test, args.subset)
-            x, y = x[idx], y[idx]
+    ann, xc, where, x, y, eval_idx = _load_task(args)
     print(f"calibration: {where}", flush=True)
     phases = [int(t) for t in args.onespike_phases.split(",")] if args.onespike_phases else None
     refine_phases = [int(t) for t in args.refine_phases.split(",")] if args.refine_phases else None
@@ -902,13 +892,7 @@ def main(args: argparse.Namespace) -> int:
         "onespike_phases": phases,
         "refine_phases": refine_phases,
     }
-    done, spent = _resumable(jpath, settings) if getattr(args, "resume", False) else ({}, 0.0)
-    for other in getattr(args, "merge", []):
-        if not Path(other).is_file():
-            raise OptionError(f"--merge: {other} is not a file; give the JSON of another run")
-        theirs, their_spent = _resumable(Path(other), settings)
-        done |= {k: v for k, v in theirs.items() if k not in done}
-        spent += their_spent
+    done, spent = _finished_codes(args, jpath, settings)
 
     def finish(result: dict, complete: bool) -> dict:
         result.update(
@@ -952,6 +936,37 @@ def main(args: argparse.Namespace) -> int:
         for p in plot(result, out, prefix, title):
             print(f"wrote {p}")
     return 0
+
+
+def _load_task(args: argparse.Namespace) -> tuple:
+    """``(ann, xc, where, x, y, eval_idx)``: the model, its calibration inputs and where
+    they come from, the test rows and labels, and the scored rows (a graph's test nodes;
+    None: all)."""
+    if args.dataset in GRAPH_DATASETS:  # transductive: the graph is its own calibration
+        ann, x, y, eval_idx = load_graph_task(args.model, args.dataset)
+        return ann, x, "the graph's own node features (transductive, no labels)", x, y, eval_idx
+    ann, _ = resolve_model(args.model, args.dataset)
+    xc, where = calibration_set(args.dataset, args.calibration, args.seed)
+    x, y = load_dataset(args.dataset, "test")
+    if args.test is not None:
+        idx = subset_indices(x.shape[0], args.test, args.subset)
+        x, y = x[idx], y[idx]
+    return ann, xc, where, x, y, None
+
+
+def _finished_codes(
+    args: argparse.Namespace, jpath: Path, settings: dict
+) -> tuple[dict[str, dict], float]:
+    """The codes already run (this run's own JSON with ``--resume``, then each ``--merge``
+    JSON's codes not in it) and the seconds they took."""
+    done, spent = _resumable(jpath, settings) if getattr(args, "resume", False) else ({}, 0.0)
+    for other in getattr(args, "merge", []):
+        if not Path(other).is_file():
+            raise OptionError(f"--merge: {other} is not a file; give the JSON of another run")
+        theirs, their_spent = _resumable(Path(other), settings)
+        done |= {k: v for k, v in theirs.items() if k not in done}
+        spent += their_spent
+    return done, spent
 
 
 def _resumable(path: Path, settings: dict) -> tuple[dict[str, dict], float]:
