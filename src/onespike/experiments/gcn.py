@@ -576,104 +576,18 @@ def markdown_tables(
     summary: dict[str, Any], command: str | None = None, version: str | None = None
 ) -> str:
     """The results as markdown: a summary per (dataset, model, coding) and the detail."""
-    ann = {(a["dataset"], a["model"]): a for a in summary["ann"]}
     rows = summary["rows"]
-    phases = sorted({r["phases"] for r in rows})
+    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model"], r["coding"]), {})[r["phases"]] = r
     lines: list[str] = []
     if command:
         where = f" (source `{version}`)" if version else ""
         lines += [f"Command: `{command}`{where}", ""]
-    lines.append(
-        "Test accuracy (%) of the ANN and of the SNN at each window length T "
-        "(mean ± sample std over seeds; default conversion settings). "
-        "Loss = ANN - SNN in points."
-    )
-    lines.append("")
-    lines += _md_head(["dataset", "model", "input", "ANN"] + [f"T={T}" for T in phases])
-    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["model"], r["coding"]), {})[r["phases"]] = r
-    for (ds, model, coding), by_t in groups.items():
-        cells = [ds, model, coding, _pm(ann[(ds, model)]["test_acc"])]
-        for T in phases:
-            d = by_t.get(T, {}).get("default")
-            cells.append("" if d is None else f"{_pm(d['snn_test'])} ({d['loss_test'][0]:+.2f})")
-        lines.append(_md_row(cells))
-    lines.append("")
-    lines.append(
-        "Detail (default settings): loss in points (mean ± std), spikes per hidden neuron "
-        "(mean; max over every neuron of every node and seed, input neurons included for "
-        "single-spike input), input spikes per node, energy ratio ANN/SNN (compute only; "
-        "with memory access; compute only against an ANN that skips zero inputs), latency "
-        "in steps, and the step-by-step vs event simulator check over every neuron of every "
-        "node (neurons with a different spike phase / nodes with a different prediction, "
-        "summed over seeds; float32, then float64)."
-    )
-    lines.append("")
-    lines += _md_head(
-        [
-            "dataset",
-            "model",
-            "input",
-            "T",
-            "latency",
-            "SNN test",
-            "loss",
-            "spikes/neuron",
-            "max",
-            "input spikes/node",
-            "energy ratio",
-            "w/ memory",
-            "vs sparse ANN",
-            "step≠event f32",
-            "f64",
-        ]
-    )
-    for r in rows:
-        d = r["default"]
-        if d is None:
-            continue
-        lines.append(
-            _md_row(
-                [
-                    *_row_key(r),
-                    str(d["latency_steps"]),
-                    _pm(d["snn_test"]),
-                    _pm(d["loss_test"], 2),
-                    f"{d['spikes_per_neuron_mean'][0]:.3f}",
-                    str(d["max_spikes_per_neuron"]),
-                    f"{d['input_spikes_per_node'][0]:.1f}" if r["coding"] != "analog" else "-",
-                    f"{d['energy_ratio_compute'][0]:.2f}x",
-                    f"{d['energy_ratio_total'][0]:.2f}x",
-                    f"{d['energy_ratio_compute_sparse_ann'][0]:.2f}x",
-                    f"{d['phase_mismatches']} / {d['prediction_mismatches']}",
-                    f"{d['phase_mismatches_f64']} / {d['prediction_mismatches_f64']}",
-                ]
-            )
-        )
+    lines += _md_summary(summary, groups)
+    lines += _md_detail(rows)
     if any(r["n_configs"] > 1 for r in rows):
-        lines.append("")
-        lines.append(
-            "Settings chosen on the validation nodes (best mean validation accuracy "
-            "among the configs run), with their test accuracy:"
-        )
-        lines.append("")
-        lines += _md_head(
-            ["dataset", "model", "input", "T", "config", "SNN val", "SNN test", "loss"]
-        )
-        for r in rows:
-            s = r["selected"]
-            lines.append(
-                _md_row(
-                    [
-                        *_row_key(r),
-                        r["selected_config"],
-                        _pm(s["snn_val"]),
-                        _pm(s["snn_test"]),
-                        _pm(s["loss_test"], 2),
-                    ]
-                )
-            )
+        lines += _md_selected(rows)
     lines.append("")
     lines.append("Target (mean loss <= 0.3 points at some T <= 12, default settings):")
     lines.append("")
@@ -686,6 +600,103 @@ def markdown_tables(
         verdict = f"met at T in {ok}" if ok else "not met"
         lines.append(f"- {ds} / {model} / {coding} input: {verdict}")
     return "\n".join(lines) + "\n"
+
+
+def _md_summary(summary: dict[str, Any], groups: dict[tuple, dict[int, dict]]) -> list[str]:
+    """The accuracy table: ANN and SNN (loss) per window, a row per (dataset, model, coding)."""
+    ann = {(a["dataset"], a["model"]): a for a in summary["ann"]}
+    phases = sorted({r["phases"] for r in summary["rows"]})
+    lines = [
+        "Test accuracy (%) of the ANN and of the SNN at each window length T "
+        "(mean ± sample std over seeds; default conversion settings). "
+        "Loss = ANN - SNN in points.",
+        "",
+    ]
+    lines += _md_head(["dataset", "model", "input", "ANN"] + [f"T={T}" for T in phases])
+    for (ds, model, coding), by_t in groups.items():
+        cells = [ds, model, coding, _pm(ann[(ds, model)]["test_acc"])]
+        for T in phases:
+            d = by_t.get(T, {}).get("default")
+            cells.append("" if d is None else f"{_pm(d['snn_test'])} ({d['loss_test'][0]:+.2f})")
+        lines.append(_md_row(cells))
+    return lines
+
+
+_DETAIL_HEAD = [
+    "dataset",
+    "model",
+    "input",
+    "T",
+    "latency",
+    "SNN test",
+    "loss",
+    "spikes/neuron",
+    "max",
+    "input spikes/node",
+    "energy ratio",
+    "w/ memory",
+    "vs sparse ANN",
+    "step≠event f32",
+    "f64",
+]
+
+
+def _md_detail(rows: list[dict[str, Any]]) -> list[str]:
+    """The detail table of the default settings, a row per run."""
+    lines = [
+        "",
+        "Detail (default settings): loss in points (mean ± std), spikes per hidden neuron "
+        "(mean; max over every neuron of every node and seed, input neurons included for "
+        "single-spike input), input spikes per node, energy ratio ANN/SNN (compute only; "
+        "with memory access; compute only against an ANN that skips zero inputs), latency "
+        "in steps, and the step-by-step vs event simulator check over every neuron of every "
+        "node (neurons with a different spike phase / nodes with a different prediction, "
+        "summed over seeds; float32, then float64).",
+        "",
+    ]
+    lines += _md_head(_DETAIL_HEAD)
+    for r in rows:
+        d = r["default"]
+        if d is None:
+            continue
+        cells = [
+            *_row_key(r),
+            str(d["latency_steps"]),
+            _pm(d["snn_test"]),
+            _pm(d["loss_test"], 2),
+            f"{d['spikes_per_neuron_mean'][0]:.3f}",
+            str(d["max_spikes_per_neuron"]),
+            f"{d['input_spikes_per_node'][0]:.1f}" if r["coding"] != "analog" else "-",
+            f"{d['energy_ratio_compute'][0]:.2f}x",
+            f"{d['energy_ratio_total'][0]:.2f}x",
+            f"{d['energy_ratio_compute_sparse_ann'][0]:.2f}x",
+            f"{d['phase_mismatches']} / {d['prediction_mismatches']}",
+            f"{d['phase_mismatches_f64']} / {d['prediction_mismatches_f64']}",
+        ]
+        lines.append(_md_row(cells))
+    return lines
+
+
+def _md_selected(rows: list[dict[str, Any]]) -> list[str]:
+    """The settings chosen on the validation nodes, with their test accuracy."""
+    lines = [
+        "",
+        "Settings chosen on the validation nodes (best mean validation accuracy "
+        "among the configs run), with their test accuracy:",
+        "",
+    ]
+    lines += _md_head(["dataset", "model", "input", "T", "config", "SNN val", "SNN test", "loss"])
+    for r in rows:
+        s = r["selected"]
+        cells = [
+            *_row_key(r),
+            r["selected_config"],
+            _pm(s["snn_val"]),
+            _pm(s["snn_test"]),
+            _pm(s["loss_test"], 2),
+        ]
+        lines.append(_md_row(cells))
+    return lines
 
 
 # --------------------------------------------------------------------------- command line
