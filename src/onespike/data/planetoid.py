@@ -10,7 +10,7 @@ val = the next 500, test = the ids in ``ind.NAME.test.index``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,28 +240,10 @@ def load_planetoid(name: str, root: PathLike | None = None) -> Graph:
         DataError: unknown name, missing, corrupt or mutually inconsistent files.
     """
     name = check_choice("Planetoid data set", name, PLANETOID_NAMES)
-    root_path, how = resolve_root(root)
-    folder = root_path / "planetoid"
-    paths = {ext: folder / f"ind.{name}.{ext}" for ext in PLANETOID_FILES}
-    for ext, path in paths.items():
-        if not path.is_file():
-            raise DataError(
-                missing_file_message(
-                    f"Planetoid file 'ind.{name}.{ext}'",
-                    path,
-                    root_path,
-                    how,
-                    "planetoid",
-                    f"download_planetoid({name!r})",
-                )
-            )
-
-    x = _dense(_read_object(paths["x"]), paths["x"])
-    y = _dense(_read_object(paths["y"]), paths["y"])
-    tx = _dense(_read_object(paths["tx"]), paths["tx"])
-    ty = _dense(_read_object(paths["ty"]), paths["ty"])
-    allx = _dense(_read_object(paths["allx"]), paths["allx"])
-    ally = _dense(_read_object(paths["ally"]), paths["ally"])
+    paths = _planetoid_paths(name, root)
+    x, y, tx, ty, allx, ally = (
+        _dense(_read_object(paths[k]), paths[k]) for k in ("x", "y", "tx", "ty", "allx", "ally")
+    )
     graph = _read_object(paths["graph"])
     test_index = _read_test_index(paths["test.index"])
     if not isinstance(graph, Mapping):
@@ -269,42 +251,13 @@ def load_planetoid(name: str, root: PathLike | None = None) -> Graph:
             f"Planetoid file {paths['graph']} holds a {type(graph).__name__}, "
             f"not a dict of adjacency lists."
         )
-
-    def inconsistent(what: str) -> DataError:
-        return DataError(
-            f"Planetoid files ind.{name}.* in {folder} do not fit together: {what}; "
-            f"download them again."
-        )
-
-    if not (x.shape[1] == tx.shape[1] == allx.shape[1]):
-        raise inconsistent(
-            f"feature widths x {x.shape[1]}, tx {tx.shape[1]}, allx {allx.shape[1]} differ"
-        )
-    if not (y.shape[1] == ty.shape[1] == ally.shape[1]):
-        raise inconsistent("label widths of y, ty and ally differ")
-    if len(x) != len(y) or len(tx) != len(ty) or len(allx) != len(ally):
-        raise inconsistent("a feature file and its label file hold different node counts")
-    if len(y) > len(allx):
-        raise inconsistent(f"{len(y)} training nodes but only {len(allx)} rows in allx")
-    if len(test_index) != len(tx) or len(np.unique(test_index)) != len(test_index):
-        raise inconsistent(
-            f"test.index holds {len(test_index)} ids ({len(np.unique(test_index))} distinct) "
-            f"for {len(tx)} rows of tx"
-        )
-
+    inconsistent = _inconsistency(name, paths["x"].parent)
+    _check_fit(inconsistent, x, y, tx, ty, allx, ally, test_index)
     n_known = len(allx)
     sorted_test = np.sort(test_index)
     if len(tx) and sorted_test[0] != n_known:
         raise inconsistent(f"the smallest test id is {sorted_test[0]}, not {n_known}")
-    if len(tx) and sorted_test[-1] - sorted_test[0] + 1 > len(tx):
-        # CiteSeer: some test ids have no row in tx (isolated nodes); pad with zero rows
-        # over the full id range, as Kipf & Welling and PyG do.
-        span = int(sorted_test[-1] - sorted_test[0] + 1)
-        tx_ext = np.zeros((span, tx.shape[1]), dtype=np.float32)
-        tx_ext[sorted_test - sorted_test[0]] = tx
-        ty_ext = np.zeros((span, ty.shape[1]), dtype=np.float32)
-        ty_ext[sorted_test - sorted_test[0]] = ty
-        tx, ty = tx_ext, ty_ext
+    tx, ty = _pad_isolated(tx, ty, sorted_test)
 
     features = np.vstack([allx, tx])
     features[test_index] = features[sorted_test]
@@ -328,3 +281,69 @@ def load_planetoid(name: str, root: PathLike | None = None) -> Graph:
         num_nodes=num_nodes,
         num_classes=int(onehot.shape[1]),
     )
+
+
+def _planetoid_paths(name: str, root: PathLike | None) -> dict[str, Path]:
+    """The data set's files by extension; a :class:`DataError` naming the first missing."""
+    root_path, how = resolve_root(root)
+    folder = root_path / "planetoid"
+    paths = {ext: folder / f"ind.{name}.{ext}" for ext in PLANETOID_FILES}
+    for ext, path in paths.items():
+        if not path.is_file():
+            raise DataError(
+                missing_file_message(
+                    f"Planetoid file 'ind.{name}.{ext}'",
+                    path,
+                    root_path,
+                    how,
+                    "planetoid",
+                    f"download_planetoid({name!r})",
+                )
+            )
+    return paths
+
+
+def _inconsistency(name: str, folder: Path) -> Callable[[str], DataError]:
+    """The error for files of ``name`` in ``folder`` that do not fit together."""
+
+    def inconsistent(what: str) -> DataError:
+        return DataError(
+            f"Planetoid files ind.{name}.* in {folder} do not fit together: {what}; "
+            f"download them again."
+        )
+
+    return inconsistent
+
+
+def _check_fit(
+    inconsistent: Callable[[str], DataError], x, y, tx, ty, allx, ally, test_index
+) -> None:
+    """Widths and node counts of the files agree, and test.index has one id per row of tx."""
+    if not (x.shape[1] == tx.shape[1] == allx.shape[1]):
+        raise inconsistent(
+            f"feature widths x {x.shape[1]}, tx {tx.shape[1]}, allx {allx.shape[1]} differ"
+        )
+    if not (y.shape[1] == ty.shape[1] == ally.shape[1]):
+        raise inconsistent("label widths of y, ty and ally differ")
+    if len(x) != len(y) or len(tx) != len(ty) or len(allx) != len(ally):
+        raise inconsistent("a feature file and its label file hold different node counts")
+    if len(y) > len(allx):
+        raise inconsistent(f"{len(y)} training nodes but only {len(allx)} rows in allx")
+    if len(test_index) != len(tx) or len(np.unique(test_index)) != len(test_index):
+        raise inconsistent(
+            f"test.index holds {len(test_index)} ids ({len(np.unique(test_index))} distinct) "
+            f"for {len(tx)} rows of tx"
+        )
+
+
+def _pad_isolated(tx: np.ndarray, ty: np.ndarray, sorted_test: np.ndarray) -> tuple:
+    """``(tx, ty)`` over the full range of test ids. CiteSeer: some test ids have no row in
+    tx (isolated nodes); they get zero rows, as Kipf & Welling and PyG do."""
+    if not len(tx) or sorted_test[-1] - sorted_test[0] + 1 <= len(tx):
+        return tx, ty
+    span = int(sorted_test[-1] - sorted_test[0] + 1)
+    tx_ext = np.zeros((span, tx.shape[1]), dtype=np.float32)
+    tx_ext[sorted_test - sorted_test[0]] = tx
+    ty_ext = np.zeros((span, ty.shape[1]), dtype=np.float32)
+    ty_ext[sorted_test - sorted_test[0]] = ty
+    return tx_ext, ty_ext
