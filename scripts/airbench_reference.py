@@ -118,13 +118,27 @@ def main() -> int:
         )
         return 2
     if args.airbench is not None:
+        if not args.airbench.is_file():
+            print(
+                f"--airbench: {args.airbench} is not a file (legacy/airbench94.py)", file=sys.stderr
+            )
+            return 2
         args.airbench = args.airbench.resolve()  # the work folder becomes the current one
     args.work.mkdir(parents=True, exist_ok=True)
     src = args.airbench
     if src is None:
         src = args.work / "airbench94.py"
         if not src.exists():
-            urllib.request.urlretrieve(URL, src)
+            try:
+                urllib.request.urlretrieve(URL, src)
+            except OSError as e:
+                src.unlink(missing_ok=True)  # no half-written file for the next run to read
+                print(
+                    f"could not download airbench94.py ({e}); fetch {URL} by other means "
+                    "and pass it with --airbench PATH",
+                    file=sys.stderr,
+                )
+                return 2
     write_airbench_data(args.work)
     spec = importlib.util.spec_from_file_location("airbench94", src)
     assert spec is not None and spec.loader is not None
